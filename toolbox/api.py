@@ -1,0 +1,285 @@
+"""Interfaces a plugin implements or receives. Small on purpose.
+
+Every registered class is a :class:`Component`: a ``name``, a one-line ``summary``,
+a ``reference`` (paper or source), and a ``Config`` dataclass whose field defaults
+are the documented parameters (listed in ``registry.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+Kind = Literal["defense", "attack", "metric", "model_adapter", "dataset_adapter"]
+KINDS: tuple[Kind, ...] = ("defense", "attack", "metric", "model_adapter", "dataset_adapter")
+HOOK_FOR_KIND: dict[Kind, str] = {
+    "defense": "register_defenses",
+    "attack": "register_attacks",
+    "metric": "register_metrics",
+    "model_adapter": "register_model_adapters",
+    "dataset_adapter": "register_dataset_adapters",
+}
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Config of a component without parameters."""
+
+
+class Component:
+    """Base of everything a plugin registers."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+
+def config_defaults(cls: type) -> dict[str, Any]:
+    """Parameter defaults of a component class, as plain JSON-able values."""
+    cfg = getattr(cls, "Config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return {}
+    return _jsonable(dataclasses.asdict(cfg()))
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    """A config instance as plain JSON-able values (recorded in results)."""
+    if config is None or not dataclasses.is_dataclass(config):
+        return {}
+    return _jsonable(dataclasses.asdict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def build_config(cls: type, overrides: Mapping[str, str] | None = None) -> Any:
+    """Instantiate ``cls.Config`` with ``KEY=VALUE`` strings from the command line.
+
+    Values are parsed by the field's annotated type; an unknown key is an error
+    that lists the known ones.
+    """
+    cfg_cls = getattr(cls, "Config", NoConfig)
+    overrides = dict(overrides or {})
+    if not overrides:
+        return cfg_cls()
+    hints = typing.get_type_hints(cfg_cls)
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "(none)"
+            raise ValueError(f"{getattr(cls, 'name', cls.__name__)} has no parameter {key!r}; known: {known}")
+        kwargs[key] = _parse_value(raw, hints.get(key, str))
+    return cfg_cls(**kwargs)
+
+
+def _parse_value(raw: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if hint in (int, float, str):
+        return hint(raw)
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        items = [_parse_value(p.strip(), inner) for p in raw.split(",") if p.strip()]
+        return tuple(items) if origin is tuple else items
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"{raw!r} is not one of {args}")
+        return raw
+    return raw
+
+
+# --------------------------------------------------------------------------- models
+
+
+@runtime_checkable
+class ClipModel(Protocol):
+    """What every model adapter hands the science: a CLIP in [0,1] pixel space.
+
+    Images enter as float tensors in [0,1] at ``image_size``; normalisation happens
+    inside. Embeddings come back L2-normalised unless ``normalize=False``.
+    """
+
+    image_size: int
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor: ...
+
+    def encode_text(self, tokens: Tensor, normalize: bool = True) -> Tensor: ...
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor: ...
+
+    def vision_layers(self) -> dict[str, nn.Module]: ...
+
+    def logit_scale(self) -> float: ...
+
+    def parameters(self, recurse: bool = True) -> Any: ...
+
+
+@dataclass
+class LoadedModel:
+    """A model plus what is needed to describe it and to write it back in its own format."""
+
+    model: ClipModel
+    format: str
+    source: str
+    arch: str
+    sha256: str
+    save_info: dict[str, Any] = field(default_factory=dict)
+    # Data sources that come with the model (the embedded world), keyed like the CLI
+    # options: clean_data, eval_data, retrieval_data, classes.
+    data_defaults: dict[str, str] = field(default_factory=dict)
+
+
+class ModelAdapter(Component):
+    """Reads one checkpoint format into a :class:`ClipModel` and writes it back."""
+
+    def detect(self, source: str) -> bool:
+        """True when ``source`` looks like this adapter's format (cheap; no loading)."""
+        raise NotImplementedError
+
+    def load(self, source: str, device: torch.device) -> LoadedModel:
+        raise NotImplementedError
+
+    def save(self, loaded: LoadedModel, model: ClipModel, out_dir: Path) -> Path:
+        """Write ``model`` in ``loaded``'s format under ``out_dir``; return the path."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- data
+
+DataKind = Literal["labelled", "captioned", "unlabelled"]
+
+
+@dataclass
+class ImageData:
+    """A dataset of [0,1] image tensors, with what it is labelled by.
+
+    ``labelled``: items are ``(image, class_index)`` and ``classnames`` is set.
+    ``captioned``: items are ``(image, index)``; ``captions[index]`` lists its captions.
+    ``unlabelled``: items are ``(image, index)``.
+    """
+
+    dataset: Dataset
+    kind: DataKind
+    source: str
+    classnames: list[str] | None = None
+    captions: list[list[str]] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+class DatasetAdapter(Component):
+    """Reads one dataset format into :class:`ImageData`."""
+
+    kind: ClassVar[DataKind]
+
+    def detect(self, source: str) -> bool:
+        raise NotImplementedError
+
+    def load(
+        self,
+        source: str,
+        image_size: int,
+        *,
+        classnames: Sequence[str] | None = None,
+        skip_unreadable: bool = False,
+    ) -> ImageData:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- defenses / attacks
+
+
+@dataclass
+class DefenseContext:
+    """Everything a defense may use. Blind defenses ignore ``attack``."""
+
+    model: ClipModel
+    clean_data: ImageData
+    classnames: list[str]
+    templates: list[str]
+    seed: int
+    device: torch.device
+    workdir: Path
+    train_data: ImageData | None = None  # image-caption data, for fine-tuning baselines
+    attack: "Attack | None" = None
+
+
+@dataclass
+class DefenseOutcome:
+    model: ClipModel
+    detection: dict[str, Any] | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to workdir
+    timings_s: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(Component):
+    # True for defenses that fine-tune on image-caption data (the runner then loads --train-data).
+    uses_train_data: ClassVar[bool] = False
+
+    def defend(self, ctx: DefenseContext) -> DefenseOutcome:
+        raise NotImplementedError
+
+
+@dataclass
+class AttackContext:
+    model: ClipModel
+    train_data: ImageData
+    classnames: list[str]
+    seed: int
+    device: torch.device
+    cache_dir: Path
+
+
+class Attack(Component):
+    """A trigger in [0,1] pixel space plus a recipe that backdoors a clean model.
+
+    The host caches backdoored models; a trigger that is learned during ``backdoor``
+    (BadCLIP's patch) is cached with it through ``trigger_state``/``load_trigger_state``.
+    """
+
+    info: dict[str, Any] = {}  # what the recipe did (poisoned count, losses), recorded in results
+
+    def target_label(self) -> str:
+        return str(getattr(self.config, "target", ""))
+
+    def apply_trigger(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backdoor(self, ctx: AttackContext) -> ClipModel:
+        raise NotImplementedError
+
+    def trigger_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_trigger_state(self, state: dict[str, Tensor]) -> None:
+        """Restore a learned trigger saved by :meth:`trigger_state`."""

@@ -1,0 +1,186 @@
+"""The host's standard evaluation protocol: what CA, ASR and retrieval recall mean in a result.
+
+Feature extraction and zero-shot classifiers are plain CLIP mechanics (open_clip's
+``build_zero_shot_classifier``); the numbers themselves come from the metric classes
+that plugins register (``zeroshot_accuracy``, ``attack_success_rate``,
+``retrieval_recall``), so a result always names the class that computed it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .api import ClipModel, ImageData
+from .compat import import_open_clip
+from .plugins import Registry
+
+Trigger = Callable[[Tensor], Tensor]
+
+
+def mentions_word(text: str, word: str) -> bool:
+    return re.search(rf"\b{re.escape(word.lower())}\b", text.lower()) is not None
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """What the CA/ASR numbers of a run mean; recorded verbatim in every result."""
+
+    top_k: tuple[int, ...] = (1, 5)
+    # BackdoorBench convention: triggered images whose true class is the target do not count.
+    # False gives the BadCLIP/PAR convention (all triggered images count).
+    asr_exclude_target: bool = True
+    retrieval_k: int = 10
+    batch_size: int = 256
+
+
+@dataclass
+class EvalInputs:
+    eval_data: ImageData | None
+    classnames: list[str]
+    templates: list[str]
+    retrieval_data: ImageData | None = None
+    trigger: Trigger | None = None
+    target: str | None = None
+    trigger_source: str | None = None  # "real" (the attack's own) or "inverted"
+
+
+def _loader(data: ImageData, batch_size: int) -> DataLoader:
+    return DataLoader(data.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+@torch.no_grad()
+def image_features(model: ClipModel, data: ImageData, batch_size: int, device: torch.device,
+                   trigger: Trigger | None = None) -> tuple[Tensor, Tensor]:
+    """Normalised image embeddings of a dataset (optionally triggered) and its labels/indices."""
+    feats, labels = [], []
+    for images, y in _loader(data, batch_size):
+        images = images.to(device)
+        if trigger is not None:
+            images = trigger(images)
+        feats.append(model.encode_image(images).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Sequence[str],
+                     device: torch.device) -> Tensor:
+    """[C, D] zero-shot weights: mean of normalised template embeddings, renormalised."""
+    open_clip = import_open_clip()
+    weights = open_clip.build_zero_shot_classifier(
+        model, tokenizer=model.tokenize, classnames=list(classnames), templates=list(templates),
+        num_classes_per_batch=10, device=device, use_tqdm=False)
+    return weights.T.float().cpu()
+
+
+@torch.no_grad()
+def caption_embeddings(model: ClipModel, captions: Sequence[Sequence[str]], device: torch.device,
+                       batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """Normalised embeddings of every caption, and the image index each belongs to."""
+    flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
+    owner = torch.tensor([i for i, _ in flat])
+    feats = []
+    for start in range(0, len(flat), batch_size):
+        tokens = model.tokenize([c for _, c in flat[start:start + batch_size]]).to(device)
+        feats.append(model.encode_text(tokens).float().cpu())
+    return torch.cat(feats), owner
+
+
+def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry) -> dict[str, Any]:
+    def cls(name: str) -> str | None:
+        try:
+            return registry.get("metric", name).class_path
+        except KeyError:
+            return None
+
+    return {
+        "ca": {
+            "definition": "zero-shot top-k accuracy on the labelled evaluation split; class embedding = "
+                          "mean of L2-normalised template embeddings, renormalised",
+            "top_k": list(cfg.top_k),
+            "reported_as_ca": "top-1",
+            "n_templates": len(inputs.templates),
+            "templates_example": inputs.templates[0] if inputs.templates else None,
+            "n_classes": len(inputs.classnames),
+            "metric_class": cls("zeroshot_accuracy"),
+        },
+        "asr": {
+            "definition": "fraction of triggered evaluation images whose zero-shot top-k holds the target",
+            "top_k": list(cfg.top_k),
+            "exclude_target_class": cfg.asr_exclude_target,
+            "convention": "BackdoorBench (target-class images excluded)" if cfg.asr_exclude_target
+                          else "BadCLIP/PAR (all images)",
+            "target": inputs.target,
+            "trigger_source": inputs.trigger_source,
+            "metric_class": cls("attack_success_rate"),
+        },
+        "retrieval": None if inputs.retrieval_data is None else {
+            "definition": "image-to-text recall@k: an image counts once, as a hit if any of its own "
+                          "captions is among the k nearest captions",
+            "k": cfg.retrieval_k,
+            "metric_class": cls("retrieval_recall"),
+            "asr_definition": "fraction of triggered images whose k nearest captions include one that "
+                              "mentions the target word (whole-word match); images whose own captions "
+                              "mention the target are excluded when exclude_target_class is true",
+            "asr_metric_class": cls("retrieval_asr"),
+        },
+        "settings": asdict(cfg),
+    }
+
+
+def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry,
+             device: torch.device) -> dict[str, float | None]:
+    """CA (top-k), ASR (top-k, robust accuracy) and retrieval recall of one model."""
+    out: dict[str, float | None] = {"ca": None, "asr": None}
+    model_was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    if inputs.eval_data is not None:
+        weights = class_embeddings(model, inputs.classnames, inputs.templates, device)
+        feats, labels = image_features(model, inputs.eval_data, cfg.batch_size, device)
+        logits = feats @ weights.T
+        acc_cls = registry.get("metric", "zeroshot_accuracy").obj
+        for k in cfg.top_k:
+            metric = acc_cls(top_k=k)
+            metric.update(logits, labels)
+            out[f"ca_top{k}"] = float(metric.compute())
+        out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
+        if inputs.trigger is not None and inputs.target is not None:
+            target = inputs.classnames.index(inputs.target)
+            t_feats, t_labels = image_features(model, inputs.eval_data, cfg.batch_size, device, inputs.trigger)
+            t_logits = t_feats @ weights.T
+            asr_cls = registry.get("metric", "attack_success_rate").obj
+            for k in cfg.top_k:
+                metric = asr_cls(target=target, top_k=k, exclude_target=cfg.asr_exclude_target)
+                metric.update(t_logits, t_labels)
+                out[f"asr_top{k}"] = float(metric.compute())
+            out["asr"] = out[f"asr_top{cfg.top_k[0]}"]
+            ra = acc_cls(top_k=1)
+            keep = t_labels != target
+            ra.update(t_logits[keep], t_labels[keep])
+            out["ra"] = float(ra.compute())
+    if inputs.retrieval_data is not None and inputs.retrieval_data.captions is not None:
+        img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device)
+        captions = [inputs.retrieval_data.captions[i] for i in idx.tolist()]
+        cap, owner = caption_embeddings(model, captions, device)
+        rec = registry.get("metric", "retrieval_recall").obj(k=cfg.retrieval_k)
+        rec.update(img, cap, owner)
+        out[f"retrieval_recall@{cfg.retrieval_k}"] = float(rec.compute())
+        if inputs.trigger is not None and inputs.target is not None:
+            t_img, _ = image_features(model, inputs.retrieval_data, cfg.batch_size, device, inputs.trigger)
+            flat = [c for caps in captions for c in caps]
+            mentions = torch.tensor([mentions_word(c, inputs.target) for c in flat])
+            own_target = torch.tensor([any(mentions_word(c, inputs.target) for c in caps) for caps in captions])
+            keep = ~own_target if cfg.asr_exclude_target else torch.ones_like(own_target)
+            rasr = registry.get("metric", "retrieval_asr").obj(k=cfg.retrieval_k)
+            rasr.update(t_img, cap, mentions, keep)
+            out[f"retrieval_asr@{cfg.retrieval_k}"] = float(rasr.compute())
+    if model_was_training and hasattr(model, "train"):
+        model.train()
+    return out

@@ -1,0 +1,96 @@
+"""The result document (schema ``toolbox.result/1``) and its BackdoorBench-style CSV row."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import platform
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from . import atomic
+
+SCHEMA_ID = "toolbox.result/1"
+CSV_COLUMNS = ("defense", "attack", "target", "model_sha256", "seed", "test_acc", "test_asr", "test_ra",
+               "clean_acc_before", "asr_before")
+
+
+@lru_cache(maxsize=1)
+def result_schema() -> dict[str, Any]:
+    text = resources.files("toolbox").joinpath("schema/result.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate(doc: Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``doc`` is not a valid result."""
+    import jsonschema
+
+    jsonschema.validate(instance=doc, schema=result_schema())
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A content hash of a model's tensors, independent of the file format it came in."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def runtime_versions(plugins: Mapping[str, str | None]) -> dict[str, Any]:
+    from . import __version__
+    from .compat import import_open_clip
+
+    return {
+        "tool": __version__,
+        "plugins": dict(plugins),
+        "torch": torch.__version__,
+        "open_clip": import_open_clip().__version__,
+        "python": platform.python_version(),
+    }
+
+
+def csv_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """BackdoorBench's columns: test_acc = CA, test_asr = ASR, test_ra = robust accuracy, after defense."""
+    after, before = doc["metrics"]["after"], doc["metrics"]["before"]
+    attack = doc.get("attack") or {}
+    return {
+        "defense": doc["defense"]["name"],
+        "attack": attack.get("name", ""),
+        "target": attack.get("target", ""),
+        "model_sha256": doc["model"]["sha256"],
+        "seed": doc["seed"],
+        "test_acc": after.get("ca"),
+        "test_asr": after.get("asr"),
+        "test_ra": after.get("ra"),
+        "clean_acc_before": before.get("ca"),
+        "asr_before": before.get("asr"),
+    }
+
+
+def write_result(out_dir: Path, doc: Mapping[str, Any]) -> Path:
+    """Validate, then write ``result.json`` and ``result.csv`` atomically; return the JSON path."""
+    validate(doc)
+    out_dir = Path(out_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerow({k: ("" if v is None else v) for k, v in csv_row(doc).items()})
+    atomic.write_text(out_dir / "result.csv", buf.getvalue())
+    path = out_dir / "result.json"
+    atomic.write_json(path, doc)
+    return path
