@@ -1,0 +1,1 @@
+"""The procedural image-caption world and the tiny CLIP trained on it (the embedded default)."""

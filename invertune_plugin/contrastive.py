@@ -1,0 +1,110 @@
+"""CLIP's contrastive objective and a small, deterministic training loop.
+
+Used to train the embedded tiny CLIP from scratch, by poisoning attacks (fine-tuning on
+a poisoned image-caption set) and by the fine-tuning baselines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from toolbox.progress import progress
+
+from toolbox.api import ClipModel
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """Training schedule. Defaults: the embedded default's from-scratch training (feasibility
+    study: 3 epochs of 20k pairs at batch 256, AdamW lr 1e-3 reach ~97 % zero-shot CA)."""
+
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE over a batch of matching (image, text) pairs (CLIP's loss)."""
+    logits = logit_scale * image_emb @ text_emb.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def lr_at(step: int, total: int, cfg: ContrastiveConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: ContrastiveConfig, *,
+                      desc: str = "train", on_epoch: EpochCallback | None = None,
+                      batch_transform: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                      params: list[nn.Parameter] | None = None) -> list[dict[str, float]]:
+    """Train ``model`` on (image, caption-token) pairs; returns per-epoch loss history.
+
+    ``images`` is uint8 [N,3,H,W] (or float in [0,1]); ``tokens`` is [N, context].
+    ``batch_transform(images, tokens, index)`` may rewrite a batch (poisoning on the fly).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(images)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    device = next(model.parameters()).device
+    history: list[dict[str, float]] = []
+    step = 0
+    model.train()
+    bar = progress(total=total, desc=desc, unit="step")
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = images[idx]
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            t = tokens[idx]
+            if batch_transform is not None:
+                x, t = batch_transform(x, t, idx)
+            x, t = x.to(device), t.to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg)
+            img_emb, txt_emb, scale = model(x, t)
+            loss = clip_loss(img_emb, txt_emb, scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():  # CLIP clamps the temperature at 100
+                clip_module = getattr(model, "clip", None)
+                if clip_module is not None:
+                    clip_module.logit_scale.clamp_(0, math.log(100))
+            running += loss.item()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+        stats = {"epoch": epoch + 1, "loss": running / steps_per_epoch}
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, stats)
+    bar.close()
+    model.eval()
+    return history
