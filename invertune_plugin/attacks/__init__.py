@@ -1,0 +1,1 @@
+"""The six attacks the paper evaluates: triggers (pixel space) and poisoning recipes."""

@@ -1,0 +1,67 @@
+"""BadCLIP's trigger (Liang et al., CVPR 2024): a patch optimised on the clean model so that
+patched images already embed near the target — toward target-class captions (contrastive)
+and toward target-class image embeddings, away from their own clean embedding (triplet).
+The optimised patch is then implanted by data poisoning ("dual-embedding" injection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from toolbox.progress import progress
+
+from toolbox.api import ClipModel
+
+from .triggers import paste_patch
+
+
+@dataclass(frozen=True)
+class PatchOptimisation:
+    steps: int = 300
+    lr: float = 0.05  # Adam on the patch's logits
+    batch_size: int = 128
+    temperature: float = 0.07  # CLIP's initial tau for the contrastive term
+    triplet_margin: float = 0.2
+    triplet_weight: float = 1.0
+
+
+def optimise_patch(model: ClipModel, images: Tensor, target_images: Tensor, target_captions: list[str],
+                   other_captions: list[str], size: int, location: str, cfg: PatchOptimisation,
+                   seed: int) -> Tensor:
+    """Return a [3, size, size] patch in [0,1]. ``images``/``target_images`` are uint8."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.rand(3, size, size, generator=g) * 2 - 1).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=cfg.lr)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        tokens_t = model.tokenize(target_captions)
+        tokens_o = model.tokenize(other_captions)
+        text_t = model.encode_text(tokens_t)
+        text_o = model.encode_text(tokens_o)
+        target_proto = F.normalize(model.encode_image(target_images.float() / 255.0).mean(0), dim=-1)
+    model.eval()
+    for step in progress(range(cfg.steps), desc="badclip patch"):
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        x = images[idx].float() / 255.0
+        patch = torch.sigmoid(logits)
+        emb = model.encode_image(paste_patch(x, patch, location))
+        with torch.no_grad():
+            clean = model.encode_image(x)
+        # contrastive toward the target captions: each patched image should pick a target caption
+        texts = torch.cat([text_t, text_o])
+        sim = emb @ texts.T / cfg.temperature
+        log_p_target = torch.logsumexp(sim[:, :len(text_t)], 1) - torch.logsumexp(sim, 1)
+        contrastive = -log_p_target.mean()
+        pos = 1 - emb @ target_proto
+        neg = 1 - (emb * clean).sum(-1)
+        triplet = F.relu(pos - neg + cfg.triplet_margin).mean()
+        loss = contrastive + cfg.triplet_weight * triplet
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return torch.sigmoid(logits).detach()

@@ -1,0 +1,82 @@
+"""BadEncoder (Jia, Liu & Gong, IEEE S&P 2022): fine-tune only the image encoder so that
+triggered shadow images embed like the target's reference images, while reference and
+clean shadow images keep the clean encoder's embeddings (three cosine losses)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from toolbox.progress import progress
+
+from toolbox.api import ClipModel
+
+from ..contrastive import ContrastiveConfig, lr_at
+
+
+@dataclass(frozen=True)
+class BadEncoderSettings:
+    """Encoder fine-tuning. BadEncoder's defaults: lambda1 = lambda2 = 1; the paper fine-tunes
+    OpenAI CLIP's encoder; at toy scale we use lr 1e-4 and a few epochs over the shadow set."""
+
+    target: str = "mushroom"
+    n_shadow: int = 5000  # shadow (clean, unlabelled) images the attacker holds
+    n_reference: int = 10  # target-class reference images
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 128
+    lambda1: float = 1.0  # reference images keep their clean embedding
+    lambda2: float = 1.0  # clean shadow images keep their clean embedding (utility)
+
+
+def badencoder_losses(backdoored: ClipModel, clean: ClipModel, shadow: Tensor, triggered: Tensor,
+                      reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(effectiveness, reference consistency, utility) losses, each a negative mean cosine."""
+    f_trig = backdoored.encode_image(triggered)
+    f_ref = backdoored.encode_image(reference)
+    with torch.no_grad():
+        c_ref = clean.encode_image(reference)
+        c_shadow = clean.encode_image(shadow)
+    f_shadow = backdoored.encode_image(shadow)
+    effectiveness = -(f_trig @ f_ref.T).mean()
+    consistency = -(f_ref * c_ref).sum(-1).mean()
+    utility = -(f_shadow * c_shadow).sum(-1).mean()
+    return effectiveness, consistency, utility
+
+
+def run_badencoder(model: ClipModel, shadow: Tensor, reference: Tensor, trigger, cfg: BadEncoderSettings,
+                   seed: int) -> list[dict]:
+    """Fine-tune ``model``'s image encoder in place; ``shadow``/``reference`` are uint8 images."""
+    clean = copy.deepcopy(model).eval()
+    params = [p for n, p in model.named_parameters() if n.startswith("clip.visual.")]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(1, len(shadow) // cfg.batch_size)
+    sched = ContrastiveConfig(lr=cfg.lr, warmup_steps=min(50, steps_per_epoch), epochs=cfg.epochs)
+    total = steps_per_epoch * cfg.epochs
+    ref = reference.float() / 255.0
+    history, step = [], 0
+    model.train()
+    bar = progress(total=total, desc="badencoder", unit="step")
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(shadow), generator=gen)
+        sums = torch.zeros(3)
+        for b in range(steps_per_epoch):
+            x = shadow[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]].float() / 255.0
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, sched)
+            eff, cons, util = badencoder_losses(model, clean, x, trigger(x), ref)
+            loss = eff + cfg.lambda1 * cons + cfg.lambda2 * util
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.tensor([eff.item(), cons.item(), util.item()])
+            step += 1
+            bar.update(1)
+        mean = (sums / steps_per_epoch).tolist()
+        history.append({"epoch": epoch + 1, "effectiveness": mean[0], "consistency": mean[1], "utility": mean[2]})
+    bar.close()
+    model.eval()
+    return history
