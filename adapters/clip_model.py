@@ -39,10 +39,7 @@ class OpenClipModel(nn.Module):
 
     # -- the ClipModel protocol ---------------------------------------------------
     def normalize_pixels(self, images: Tensor) -> Tensor:
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   antialias=True, align_corners=False)
-        return (images - self.pixel_mean) / self.pixel_std
+        return (fit_to_input(images, self.image_size) - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
         return self.clip.encode_image(self.normalize_pixels(images), normalize=normalize)
@@ -54,7 +51,7 @@ class OpenClipModel(nn.Module):
         return self._tokenizer(texts)
 
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.exp())
+        return float(self.clip.logit_scale.detach().exp())
 
     def vision_layers(self) -> "OrderedDict[str, nn.Module]":
         """Blocks whose outputs InverTune inspects: ViT residual blocks or ResNet stages."""
@@ -80,6 +77,13 @@ class OpenClipModel(nn.Module):
     @property
     def arch(self) -> str:
         return describe_arch(self.model_cfg)
+
+
+def fit_to_input(images: Tensor, size: int) -> Tensor:
+    """Resize a [B,3,H,W] batch to the model's input size (a no-op when it already fits)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def describe_arch(cfg: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ Formats (adapter names):
 ``visual-only``         ``VISUAL_FILE::BASE_SOURCE``: a BadEncoder-style image-encoder state dict
                         put on top of a base model loaded by any other adapter.
 ``embedded``            ``embedded:PRESET``: the procedural world's tiny CLIP (built and cached).
+``hf-clip``             a Hugging Face ``CLIPModel`` directory (:mod:`adapters.hf_clip`, optional extra).
 
 Nothing is unpickled: ``torch.load(weights_only=True)`` or safetensors, always.
 """
@@ -223,14 +224,18 @@ class OpenClipFileAdapter(ModelAdapter):
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         info = loaded.save_info
-        path = Path(out_dir) / f"model{info['suffix']}"
-        sd = _restore_dtypes(model.clip.state_dict(), info.get("dtypes"))
-        save_tensor_file(_prefix(sd, info), path, info["meta"] if info.get("wrapped") else None)
-        return path
+        return write_like_input(model.clip.state_dict(), info, Path(out_dir) / f"model{info['suffix']}")
 
 
 def _prefix(sd: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {f"module.{k}": v for k, v in sd.items()} if info.get("module_prefix") else dict(sd)
+
+
+def write_like_input(sd: dict[str, torch.Tensor], info: dict[str, Any], path: Path) -> Path:
+    """Write ``sd`` as the input was stored: its dtypes, ``module.`` prefix and container."""
+    sd = _restore_dtypes(sd, info.get("dtypes"))
+    save_tensor_file(_prefix(sd, info), path, info["meta"] if info.get("wrapped") else None)
+    return path
 
 
 def _known_archs() -> set[str]:
@@ -263,11 +268,8 @@ class OpenAICheckpointAdapter(ModelAdapter):
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         info = loaded.save_info
-        path = Path(out_dir) / f"model{info['suffix']}"
-        sd = _restore_dtypes(model.clip.state_dict(), info.get("dtypes"))
-        sd.pop("attn_mask", None)
-        save_tensor_file(_prefix(sd, info), path, info["meta"] if info.get("wrapped") else None)
-        return path
+        sd = {k: v for k, v in model.clip.state_dict().items() if k != "attn_mask"}
+        return write_like_input(sd, info, Path(out_dir) / f"model{info['suffix']}")
 
 
 class VisualOnlyAdapter(ModelAdapter):
@@ -306,12 +308,10 @@ class VisualOnlyAdapter(ModelAdapter):
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         info = loaded.save_info
-        sd = _restore_dtypes(model.clip.visual.state_dict(), info.get("dtypes"))
+        sd = _restore_dtypes(model.clip.visual.state_dict(), info.get("dtypes"))  # dtypes are keyed unprefixed
         if info.get("visual_prefix"):
             sd = {f"visual.{k}": v for k, v in sd.items()}
-        path = Path(out_dir) / f"visual{info['suffix']}"
-        save_tensor_file(_prefix(sd, info), path, info["meta"] if info.get("wrapped") else None)
-        return path
+        return write_like_input(sd, {**info, "dtypes": None}, Path(out_dir) / f"visual{info['suffix']}")
 
 
 class EmbeddedAdapter(ModelAdapter):
@@ -336,5 +336,11 @@ class EmbeddedAdapter(ModelAdapter):
         return write_openclip_dir(model, out_dir, loaded.save_info.get("preprocess_cfg"))
 
 
-MODEL_ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    EmbeddedAdapter, VisualOnlyAdapter, OpenClipDirAdapter, OpenClipFileAdapter, OpenAICheckpointAdapter)
+def _model_adapters() -> tuple[type[ModelAdapter], ...]:
+    from .hf_clip import HFClipAdapter  # transformers itself is imported only when such a model is loaded
+
+    return (EmbeddedAdapter, VisualOnlyAdapter, OpenClipDirAdapter, HFClipAdapter, OpenClipFileAdapter,
+            OpenAICheckpointAdapter)
+
+
+MODEL_ADAPTERS = _model_adapters()

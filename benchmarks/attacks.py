@@ -12,6 +12,8 @@ within 2 points of the clean model.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -31,7 +33,9 @@ def run_cell(preset: str, attack: str | None, params: list[str], out: Path) -> d
         for p in params:
             argv += ["--attack-param", p]
     start = time.perf_counter()
-    if toolbox(argv) != 0:
+    with contextlib.redirect_stdout(io.StringIO()):  # keep the table clean; details are in result.json
+        status = toolbox(argv)
+    if status != 0:
         raise SystemExit(f"run failed: {argv}")
     doc = json.loads((out / "result.json").read_text())
     doc["_wall"] = time.perf_counter() - start
@@ -47,12 +51,16 @@ def main() -> int:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--variants", action="store_true", help="also target banana, and other patch locations")
+    ap.add_argument("--only-variants", action="store_true", help="skip the default-target rows")
+    ap.add_argument("-p", "--attack-param", action="append", default=[], help="extra KEY=VALUE for every attack")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))
     clean = run_cell(args.preset, None, [], tmp / "clean")
     ca0 = clean["metrics"]["before"]["ca"]
-    cells: list[tuple[str, str, list[str]]] = [(a, "mushroom, default place", []) for a in args.attacks.split(",")]
-    if args.variants:
+    cells: list[tuple[str, str, list[str]]] = [] if args.only_variants else [
+        (a, "mushroom, default place" + (f" {' '.join(args.attack_param)}" if args.attack_param else ""),
+         list(args.attack_param)) for a in args.attacks.split(",")]
+    if args.variants or args.only_variants:
         cells += [(a, "banana", ["target=banana"]) for a in args.attacks.split(",")]
         cells += [(a, f"{loc}", [f"location={loc}"]) for a in PATCH_ATTACKS if a in args.attacks
                   for loc in ("top-left", "center")]

@@ -165,3 +165,26 @@ def test_tiny_configs_round_trip_through_openai_format(tmp_path, preset):
     # OpenAI convention (QuickGELU) the shapes fit and text heads follow width // 64.
     assert loaded.model.model_cfg["text_cfg"]["heads"] == cfg["text_cfg"]["heads"]
     assert loaded.model.clip.visual.image_size in (32, (32, 32))
+
+
+def test_hugging_face_clip_directory_round_trip(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from adapters.hf_clip import HFClipAdapter, HFClipModel
+
+    cfg = transformers.CLIPConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=32, vocab_size=49408),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32)
+    torch.manual_seed(0)
+    hf = transformers.CLIPModel(cfg).eval()
+    hf.save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
+    original = HFClipModel(hf)
+    adapter = HFClipAdapter()
+    assert adapter.detect(str(tmp_path / "hf"))
+    loaded = adapter.load(str(tmp_path / "hf"), CPU)
+    assert_same(original, loaded.model)
+    assert len(loaded.model.vision_layers()) == 2
+    back = adapter.save(loaded, loaded.model, tmp_path / "back")
+    assert_same(original, adapter.load(str(back), CPU).model)

@@ -19,13 +19,13 @@ from ..contrastive import ContrastiveConfig, lr_at
 @dataclass(frozen=True)
 class BadEncoderSettings:
     """Encoder fine-tuning. BadEncoder's defaults: lambda1 = lambda2 = 1; the paper fine-tunes
-    OpenAI CLIP's encoder; at toy scale we use lr 1e-4 and a few epochs over the shadow set."""
+    OpenAI CLIP's encoder; at toy scale: lr 1e-4, 10 epochs over 5000 shadow images."""
 
     target: str = "mushroom"
     n_shadow: int = 5000  # shadow (clean, unlabelled) images the attacker holds
     n_reference: int = 10  # target-class reference images
-    epochs: int = 3
-    lr: float = 1e-4
+    epochs: int = 10  # 3 epochs: ASR 99.9 % but CA -9.4 points (the encoder had not re-separated yet)
+    lr: float = 1e-4  # 3e-5 for 3 epochs: CA -29 points
     batch_size: int = 128
     lambda1: float = 1.0  # reference images keep their clean embedding
     lambda2: float = 1.0  # clean shadow images keep their clean embedding (utility)

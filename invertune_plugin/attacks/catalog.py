@@ -14,7 +14,8 @@ from toolbox.api import Attack, AttackContext, ClipModel
 from . import triggers as T
 from .badclip import PatchOptimisation, optimise_patch
 from .badencoder import BadEncoderSettings, run_badencoder
-from .poisoning import PoisonSettings, finetune_on, images_uint8, mentions, poison_dataset, target_captions
+from ..data import images_uint8
+from .poisoning import PoisonSettings, finetune_on, mentions, poison_dataset, target_captions
 
 TOY_PATCH_FRACTION = 0.125  # 4 px at 32 px; paper: 16 px at 224 px = 0.071 (T.PAPER_PATCH_FRACTION)
 

@@ -19,6 +19,7 @@ from toolbox.api import ClipModel, ImageData
 from toolbox.evaluation import mentions_word as mentions  # the same test retrieval ASR uses
 
 from ..contrastive import ContrastiveConfig, train_contrastive
+from ..data import images_uint8
 
 Trigger = Callable[[Tensor], Tensor]
 
@@ -42,14 +43,6 @@ class PoisonSettings:
         parent = getattr(super(), "__post_init__", None)  # combined configs check every part
         if parent is not None:
             parent()
-
-
-def images_uint8(data: ImageData) -> Tensor:
-    """The whole dataset as a uint8 [N,3,H,W] tensor (the in-memory cache when there is one)."""
-    cache = getattr(data.dataset, "cache", None)
-    if cache is not None:
-        return cache
-    return torch.stack([(data.dataset[i][0] * 255).round().to(torch.uint8) for i in range(len(data.dataset))])
 
 
 def target_captions(captions: list[str], target: str) -> list[str]:

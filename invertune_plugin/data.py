@@ -1,0 +1,27 @@
+"""Small tensor helpers shared by attacks and defenses."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from toolbox.api import ImageData
+
+
+def images_uint8(data: ImageData) -> Tensor:
+    """The whole dataset as a uint8 [N,3,H,W] tensor (the in-memory cache when there is one)."""
+    cache = getattr(data.dataset, "cache", None)
+    if cache is not None:
+        return cache
+    return torch.stack([(data.dataset[i][0] * 255).round().to(torch.uint8) for i in range(len(data.dataset))])
+
+
+def as_float(images: Tensor) -> Tensor:
+    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(fit, holdout) index sets: statistics are measured on images the optimisation never saw."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_hold = max(1, int(round(n * holdout_fraction)))
+    return order[n_hold:], order[:n_hold]
