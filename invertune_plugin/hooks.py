@@ -10,6 +10,13 @@ from toolbox.hookspecs import hookimpl
 
 
 @hookimpl
+def register_defenses(register) -> None:
+    from .defense import InverTune
+
+    register(InverTune)
+
+
+@hookimpl
 def register_attacks(register) -> None:
     from .attacks.catalog import ATTACKS
 

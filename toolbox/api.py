@@ -73,22 +73,41 @@ def _jsonable(value: Any) -> Any:
 def build_config(cls: type, overrides: Mapping[str, str] | None = None) -> Any:
     """Instantiate ``cls.Config`` with ``KEY=VALUE`` strings from the command line.
 
-    Values are parsed by the field's annotated type; an unknown key is an error
-    that lists the known ones.
+    A class may provide ``configure(overrides)`` (e.g. to start from a named profile);
+    otherwise the defaults of ``cls.Config`` are overridden field by field.
     """
-    cfg_cls = getattr(cls, "Config", NoConfig)
-    overrides = dict(overrides or {})
+    configure = getattr(cls, "configure", None)
+    if callable(configure):
+        return configure(dict(overrides or {}))
+    return apply_overrides(getattr(cls, "Config", NoConfig)(), overrides or {}, getattr(cls, "name", cls.__name__))
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") -> Any:
+    """A copy of dataclass ``config`` with ``KEY=VALUE`` strings applied; ``stage.key`` reaches
+    into nested dataclasses. Values are parsed by the annotated type; unknown keys are errors
+    that list the known ones."""
     if not overrides:
-        return cfg_cls()
+        return config
+    cfg_cls = type(config)
     hints = typing.get_type_hints(cfg_cls)
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    kwargs: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    nested: dict[str, dict[str, str]] = {}
+    changes: dict[str, Any] = {}
     for key, raw in overrides.items():
-        if key not in fields:
+        head, _, rest = key.partition(".")
+        if head not in fields:
             known = ", ".join(sorted(fields)) or "(none)"
-            raise ValueError(f"{getattr(cls, 'name', cls.__name__)} has no parameter {key!r}; known: {known}")
-        kwargs[key] = _parse_value(raw, hints.get(key, str))
-    return cfg_cls(**kwargs)
+            raise ValueError(f"{owner or cfg_cls.__name__} has no parameter {head!r}; known: {known}")
+        if rest:
+            nested.setdefault(head, {})[rest] = raw
+        else:
+            changes[head] = _parse_value(raw, hints.get(head, str))
+    for head, sub in nested.items():
+        inner = changes.get(head, getattr(config, head))
+        if not dataclasses.is_dataclass(inner):
+            raise ValueError(f"{owner or cfg_cls.__name__}.{head} has no sub-parameters")
+        changes[head] = apply_overrides(inner, sub, f"{owner}.{head}" if owner else head)
+    return dataclasses.replace(config, **changes)
 
 
 def _parse_value(raw: str, hint: Any) -> Any:
@@ -240,6 +259,10 @@ class DefenseOutcome:
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to workdir
     timings_s: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # Triggers the defense reconstructed (e.g. "inverted"), with the target they aim at: the host
+    # reports ASR with each, before and after, labelled by name, beside the real trigger's.
+    triggers: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
 
 
 class Defense(Component):

@@ -9,7 +9,7 @@ that plugins register (``zeroshot_accuracy``, ``attack_success_rate``,
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -31,7 +31,7 @@ def mentions_word(text: str, word: str) -> bool:
 class MetricConfig:
     """What the CA/ASR numbers of a run mean; recorded verbatim in every result."""
 
-    top_k: tuple[int, ...] = (1, 5)
+    top_k: tuple[int, ...] = (1, 5, 10)
     # BackdoorBench convention: triggered images whose true class is the target do not count.
     # False gives the BadCLIP/PAR convention (all triggered images count).
     asr_exclude_target: bool = True
@@ -48,6 +48,8 @@ class EvalInputs:
     trigger: Trigger | None = None
     target: str | None = None
     trigger_source: str | None = None  # "real" (the attack's own) or "inverted"
+    # Reconstructed triggers reported beside the real one: name -> (trigger, target class)
+    extra_triggers: dict[str, tuple[Trigger, str]] = field(default_factory=dict)
 
 
 def _loader(data: ImageData, batch_size: int) -> DataLoader:
@@ -119,6 +121,8 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
             "target": inputs.target,
             "trigger_source": inputs.trigger_source,
             "metric_class": cls("attack_success_rate"),
+            "reconstructed_triggers": "asr_<name>* keys: the same ASR with a trigger a defense reconstructed "
+                                      "(e.g. asr_inverted), aimed at the target the defense identified",
         },
         "retrieval": None if inputs.retrieval_data is None else {
             "definition": "image-to-text recall@k: an image counts once, as a hit if any of its own "
@@ -132,6 +136,25 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
         },
         "settings": asdict(cfg),
     }
+
+
+def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,
+                    cfg: MetricConfig, registry: Registry, device: torch.device) -> dict[str, float]:
+    """ASR@k (``asr_topk``, ``asr`` = first k) and robust accuracy (``ra``) of one trigger."""
+    feats, labels = image_features(model, data, cfg.batch_size, device, trigger)
+    logits = feats @ weights.T
+    out: dict[str, float] = {}
+    asr_cls = registry.get("metric", "attack_success_rate").obj
+    for k in cfg.top_k:
+        metric = asr_cls(target=target, top_k=k, exclude_target=cfg.asr_exclude_target)
+        metric.update(logits, labels)
+        out[f"asr_top{k}"] = float(metric.compute())
+    out["asr"] = out[f"asr_top{cfg.top_k[0]}"]
+    ra = registry.get("metric", "zeroshot_accuracy").obj(top_k=1)
+    keep = labels != target
+    ra.update(logits[keep], labels[keep])
+    out["ra"] = float(ra.compute())
+    return out
 
 
 def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry,
@@ -152,19 +175,13 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             out[f"ca_top{k}"] = float(metric.compute())
         out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
         if inputs.trigger is not None and inputs.target is not None:
-            target = inputs.classnames.index(inputs.target)
-            t_feats, t_labels = image_features(model, inputs.eval_data, cfg.batch_size, device, inputs.trigger)
-            t_logits = t_feats @ weights.T
-            asr_cls = registry.get("metric", "attack_success_rate").obj
-            for k in cfg.top_k:
-                metric = asr_cls(target=target, top_k=k, exclude_target=cfg.asr_exclude_target)
-                metric.update(t_logits, t_labels)
-                out[f"asr_top{k}"] = float(metric.compute())
-            out["asr"] = out[f"asr_top{cfg.top_k[0]}"]
-            ra = acc_cls(top_k=1)
-            keep = t_labels != target
-            ra.update(t_logits[keep], t_labels[keep])
-            out["ra"] = float(ra.compute())
+            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger,
+                                       inputs.classnames.index(inputs.target), cfg, registry, device))
+        for name, (trigger, target) in inputs.extra_triggers.items():
+            extra = trigger_metrics(model, inputs.eval_data, weights, trigger, inputs.classnames.index(target),
+                                    cfg, registry, device)
+            out.update({f"{key.replace('asr', f'asr_{name}', 1)}": v for key, v in extra.items()
+                        if key.startswith("asr")})
     if inputs.retrieval_data is not None and inputs.retrieval_data.captions is not None:
         img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device)
         captions = [inputs.retrieval_data.captions[i] for i in idx.tolist()]

@@ -10,7 +10,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -231,6 +231,13 @@ def run(req: RunRequest) -> Path:
             seed=req.seed, device=device, workdir=work, train_data=data["train_data"], attack=attack))
     for name, secs in outcome.timings_s.items():
         timer.timings[f"defense.{name}"] = round(secs, 3)
+    if outcome.triggers and outcome.target in classnames:
+        # ASR with the defense's own reconstructed triggers, before and after, labelled by name
+        inputs.extra_triggers = {name: (trig, outcome.target) for name, trig in outcome.triggers.items()}
+        with timer.stage("evaluate_reconstructed_before"):
+            extra_before = evaluate(model, replace(inputs, trigger=None, retrieval_data=None), mcfg, registry,
+                                    device)
+        before.update({k: v for k, v in extra_before.items() if k.startswith("asr_") and k not in before})
     with timer.stage("evaluate_after"):
         after = evaluate(outcome.model, inputs, mcfg, registry, device)
 

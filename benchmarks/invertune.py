@@ -1,0 +1,83 @@
+"""InverTune bars (issue 5): the paper-style table on the embedded world.
+
+    python benchmarks/invertune.py                                  # ViT, default profile, clean + 6 attacks
+    python benchmarks/invertune.py --preset default-resnet          # ResNet-type tiny CLIP
+    python benchmarks/invertune.py --profile paper                  # the paper's hyperparameters
+    python benchmarks/invertune.py --attacks badnet --attack-param location=top-left
+
+Each row is one real `toolbox run --attack A --defense invertune` (attacked models come
+from the cache). Columns: CA / ASR@1 / ASR@10 / retrieval recall@10 / retrieval ASR@10,
+before (no defense) and after; stage-1 rank of the true target and the verdict; the
+inverted trigger's own ASR and mask size; wall time of the defense. Bars: target at rank 1,
+verdict "no backdoor" on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from toolbox.cli import main as toolbox
+
+ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
+
+
+def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], out: Path) -> dict:
+    argv = ["run", "--defense", "invertune", "--preset", preset, "--out", str(out), "-p", f"profile={profile}"]
+    if attack:
+        argv += ["--attack", attack]
+        for p in attack_params:
+            argv += ["--attack-param", p]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if toolbox(argv) != 0:
+            raise SystemExit(f"run failed: {argv}")
+    return json.loads((out / "result.json").read_text())
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--attacks", default="none," + ",".join(ATTACKS))
+    ap.add_argument("--attack-param", action="append", default=[])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-invertune-"))
+    print(f"preset {args.preset}, profile {args.profile}, attack params {args.attack_param or 'defaults'}\n")
+    print("| attack | CA before | CA after | ASR@1 before | ASR@1 after | ASR@10 after | recall@10 before | "
+          "recall@10 after | retr. ASR before | retr. ASR after | target rank | verdict | inverted ASR | "
+          "mask % | defense s | bars |")
+    print("|" + "---|" * 16)
+    for attack in args.attacks.split(","):
+        attack = None if attack == "none" else attack
+        doc = run_cell(args.preset, attack, args.profile, args.attack_param, tmp / (attack or "clean"))
+        b, a = doc["metrics"]["before"], doc["metrics"]["after"]
+        det = doc["detection"] or {}
+        true_target = (doc["attack"] or {}).get("target")
+        ranking = [r["class"] for r in det.get("ranking_top5", [])]
+        rank = (ranking.index(true_target) + 1 if true_target in ranking else ">5") if true_target else "-"
+        inv = det.get("inverted_trigger", {})
+        secs = doc["timings_s"].get("defense", 0.0)
+        if attack is None:
+            ok = det.get("backdoored") is False
+        else:
+            ok = (rank == 1 and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
+                  and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= 300)
+        print(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | {pct(a['asr'])} | "
+              f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
+              f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
+              f"{det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | {pct(inv.get('mask_fraction'))} | "
+              f"{secs:.0f} | {'met' if ok else 'NOT met'} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The InverTune defense plugin: identify -> invert -> tune, with artifacts and evidence.
+
+Two profiles (``-p profile=paper``): ``default``, the settings that reach the bars on the
+toy world, and ``paper``, the paper's hyperparameters for stages 2 and 3 as published
+(stage 1's generator is not specified by the paper nor shipped by its code; both profiles
+use ours). Any stage setting can be overridden with ``-p invert.steps=300`` and the like.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
+
+from .data import as_float, images_uint8
+from .identify import IdentifyConfig, Identification, identify
+from .verdict import VerdictConfig, decide
+from .invert import InvertConfig, InvertedTrigger, invert
+from .tune import TuneConfig, TuneReport, tune
+from .zeroshot import ZeroShotHead
+
+
+@dataclass(frozen=True)
+class InverTuneConfig:
+    profile: str = "default"  # "default" (toy-world tuned) or "paper"
+    target: str | None = None  # known target: skip stage 1's ranking (the verdict is then not computed)
+    n_images: int = 1024  # clean images used (paper: a 50k ImageNet subset); at most what the defender has
+    purify_when_clean: bool = False  # tune even when the verdict is "no backdoor found"
+    # Stage 1 picks the target by UAP shift alone (paper; candidates=1). With candidates=K, stage 2
+    # inverts toward each of stage 1's top K and the smallest effective mask wins. Measured on the
+    # default ViT (K=5): it did not rescue SIG or BadCLIP (their true targets needed masks as large
+    # as the attractor classes': 8.1-8.5 %) and costs K-1 extra inversions, so it is off by default.
+    candidates: int = 1
+    rounds: int = 1  # paper 1; further rounds re-invert on the tuned model and tune again
+    min_round_asr: float = 0.5  # a further round runs only if its inverted trigger still works this well
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+def paper_profile() -> InverTuneConfig:
+    return InverTuneConfig(
+        profile="paper",
+        invert=InvertConfig(lr=1e-2, steps=300, batch_size=64, ssim_window=11, parameterization="clamp",
+                            mask_init_logit=0.0),
+        tune=TuneConfig(layer_selection="mean+std", lr=8e-6, steps=200, normalize_losses=False, embedding_weight=0.0),
+    )
+
+
+PROFILES = {"default": InverTuneConfig, "paper": paper_profile}
+
+
+class InverTune(Defense):
+    name = "invertune"
+    summary = "InverTune: UAP target identification, trigger inversion, masked activation tuning."
+    reference = "Sun et al., InverTune (arXiv 2506.12411, 2025), sections 3-4, appendices C-D"
+    Config: ClassVar[type] = InverTuneConfig
+
+    @classmethod
+    def configure(cls, overrides: dict[str, str]) -> InverTuneConfig:
+        profile = overrides.pop("profile", "default")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown InverTune profile {profile!r}; one of {', '.join(PROFILES)}")
+        return apply_overrides(PROFILES[profile](), overrides, cls.name)
+
+    def defend(self, ctx: DefenseContext) -> DefenseOutcome:
+        cfg: InverTuneConfig = self.config
+        timings: dict[str, float] = {}
+        images = images_uint8(ctx.clean_data)
+        if len(images) > cfg.n_images:
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(ctx.seed))[:cfg.n_images]
+            images = images[keep.sort().values]
+        images = images.to(ctx.device)
+        head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
+
+        ident: Identification | None = None
+        if cfg.target is None:
+            start = time.perf_counter()
+            ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
+            timings["identify"] = time.perf_counter() - start
+        elif cfg.target not in head.classnames:
+            raise ValueError(f"target {cfg.target!r} is not in the class vocabulary")
+        target = cfg.target or ident.target  # type: ignore[union-attr]
+        probes: list[dict[str, Any]] = []
+        trigger: InvertedTrigger | None = None
+        if ident is not None and cfg.candidates > 1:
+            # stage 2 run for each of stage 1's top classes; the winner's trigger is kept
+            start = time.perf_counter()
+            trigger, probes = pick_by_inversion(ctx.model, images, head, [c for c, _ in ident.ranking[:cfg.candidates]],
+                                                cfg.invert, cfg.verdict, ctx.seed)
+            target = trigger.target
+            timings["invert"] = time.perf_counter() - start
+        else:
+            start = time.perf_counter()
+            trigger = invert(ctx.model, images, head, target, cfg.invert, ctx.seed)
+            timings["invert"] = time.perf_counter() - start
+
+        found = decide(ident, trigger, cfg.verdict) if ident is not None else None
+        detection = self.detection(ident, trigger, target, found)
+        if probes:
+            detection["candidates"] = probes
+        artifacts = write_artifacts(ctx.workdir, ident, trigger, images)
+        model, report = ctx.model, None
+        rounds: list[dict[str, float]] = []
+        if found is not False or cfg.purify_when_clean:  # a given target means "purify"
+            current = trigger
+            for r in range(cfg.rounds):
+                if r > 0:  # invert again on the tuned model: what the first round left behind
+                    start = time.perf_counter()
+                    current = invert(model, images, head, target, cfg.invert, ctx.seed + r)
+                    timings[f"invert.round{r + 1}"] = time.perf_counter() - start
+                    if current.holdout_asr < cfg.min_round_asr:
+                        break
+                start = time.perf_counter()
+                model, report = tune(model, images, current, head, cfg.tune, ctx.seed + r)
+                timings["tune" if r == 0 else f"tune.round{r + 1}"] = time.perf_counter() - start
+                rounds.append({"round": r + 1, "inverted_asr": round(current.holdout_asr, 4),
+                               "mask_l1": round(current.mask_l1, 2)})
+            artifacts.update(write_layer_table(ctx.workdir, report))
+        info: dict[str, Any] = {"profile": cfg.profile, "purified": model is not ctx.model,
+                                "n_images": len(images), "rounds": rounds}
+        if report is not None:
+            info["tune"] = {"n_params_updated": report.n_params_updated,
+                            "layers_selected": [layer.name for layer in report.layers if layer.selected],
+                            "history": report.history}
+        info["invert_history"] = trigger.history
+        return DefenseOutcome(model=model, detection=detection, artifacts=artifacts, timings_s=timings, info=info,
+                              triggers={"inverted": trigger}, target=target)
+
+    @staticmethod
+    def detection(ident: Identification | None, trigger: InvertedTrigger, target: str,
+                  found: bool | None) -> dict[str, Any]:
+        size = trigger.mask.numel()
+        doc: dict[str, Any] = {
+            "backdoored": found,
+            "verdict": {True: "backdoored", False: "no backdoor found", None: "not assessed (target given)"}[found],
+            "target": target,
+            "target_given": ident is None,
+            "inverted_trigger": {"holdout_asr": round(trigger.holdout_asr, 4), "mask_l1": round(trigger.mask_l1, 2),
+                                 "mask_fraction": round(trigger.mask_l1 / size, 4)},
+        }
+        if ident is not None:
+            doc["ranking_top5"] = [{"class": c, "shift": round(v, 4)} for c, v in ident.ranking[:5]]
+            doc["stage1"] = ident.evidence()
+        return doc
+
+
+def pick_by_inversion(model: Any, images: torch.Tensor, head: ZeroShotHead, candidates: list[str],
+                      cfg: InvertConfig, verdict: VerdictConfig, seed: int) -> tuple[InvertedTrigger, list[dict[str, Any]]]:
+    """Invert toward each candidate; the smallest mask that reaches the verdict's ASR wins
+    (stage 1's order decides when none does). Returns the winning trigger and every probe."""
+    triggers = [invert(model, images, head, cls, cfg, seed) for cls in candidates]
+    probes = [{"class": t.target, "holdout_asr": round(t.holdout_asr, 4),
+               "mask_fraction": round(t.mask_l1 / t.mask.numel(), 4)} for t in triggers]
+    effective = [t for t in triggers if t.holdout_asr >= verdict.min_inverted_asr]
+    best = min(effective, key=lambda t: t.mask_l1) if effective else triggers[0]
+    return best, probes
+
+
+def write_artifacts(workdir: Path, ident: Identification | None, trigger: InvertedTrigger,
+                    images: torch.Tensor) -> dict[str, str]:
+    """target_ranking.csv, a bar chart of the top shifts, the inverted mask/pattern/example as PNG."""
+    from .plots import save_image_grid, save_shift_chart
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    sample = as_float(images[:8].cpu())
+    save_image_grid([trigger.mask.expand(3, -1, -1).cpu()], workdir / "inverted_mask.png")
+    save_image_grid([trigger.pattern.cpu()], workdir / "inverted_pattern.png")
+    save_image_grid(list(sample) + list(trigger(sample)), workdir / "inverted_example.png", columns=len(sample))
+    written = {"inverted_mask": "inverted_mask.png", "inverted_pattern": "inverted_pattern.png",
+               "inverted_example": "inverted_example.png"}
+    if ident is None:
+        return written
+    with open(workdir / "target_ranking.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "class", "consensus_shift", *[u.kind for u in ident.uaps]])
+        for rank, (cls, shift) in enumerate(ident.ranking, 1):
+            ci = ident.classnames.index(cls)
+            w.writerow([rank, cls, f"{shift:.4f}", *[f"{float(u.shift[ci]):.4f}" for u in ident.uaps]])
+    save_shift_chart(ident.ranking[:10], workdir / "target_shift.png")
+    return {**written, "target_ranking": "target_ranking.csv", "target_shift_chart": "target_shift.png"}
+
+
+def write_layer_table(workdir: Path, report: TuneReport) -> dict[str, str]:
+    with open(workdir / "layer_impact.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["layer", "diff", "selected", "n_neurons", "n_critical"])
+        for layer in report.layers:
+            w.writerow([layer.name, f"{layer.diff:.5f}", int(layer.selected), layer.n_neurons, layer.n_critical])
+    return {"layer_impact": "layer_impact.csv"}

@@ -1,0 +1,231 @@
+"""Stage 3 — activation tuning (paper section 3.3, eq. 8-11, algorithm 2).
+
+1. Layer impact: for every vision layer (ViT residual blocks, ResNet stages, HF encoder
+   layers — named by the model adapter), diff = ||mu_clean - mu_trig|| / ||mu_clean||
+   over per-neuron mean activations (neuron = channel; mean over batch and tokens/pixels).
+2. Layer selection: the paper keeps layers with diff > mean + std. On shallow models the
+   diffs are nearly flat and that keeps one layer (feasibility study: ASR stayed 80-93 %),
+   so the tuned default keeps every layer ("all").
+3. Critical neurons: seeded K-means (k=2) on |mu_clean - mu_trig| per selected layer; the
+   cluster with the larger centroid.
+4. Tuning: L = activation alignment on critical neurons + beta * preservation of the
+   image-text similarities of the original model. Updates are masked: only the parameter
+   rows that write critical channels move (attention/MLP output projections of a block;
+   the last convolution / batch-norm of each bottleneck and its shortcut). The model stays
+   in eval mode, so batch-norm running statistics are left intact; all in fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import Tensor, nn
+
+from toolbox.api import ClipModel
+from toolbox.progress import progress
+
+from .data import as_float
+from .zeroshot import ZeroShotHead
+
+Trigger = Callable[[Tensor], Tensor]
+
+# Submodules (by name suffix inside a layer) whose output rows write the layer's output channels.
+WRITER_SUFFIXES = ("attn.out_proj", "mlp.c_proj", "self_attn.out_proj", "mlp.fc2", "conv3", "bn3",
+                   "downsample.0", "downsample.1", "downsample.2")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Stage 3 settings; the paper's value is named where the toy default differs."""
+
+    layer_selection: Literal["mean+std", "all"] = "all"  # paper mean+std
+    kmeans_k: int = 2  # paper 2
+    beta: float = 0.5  # paper 0.5
+    lr: float = 1e-3  # paper 8e-6; feasibility study: 1e-3 with masked updates
+    steps: int = 200  # paper 200
+    batch_size: int = 64  # paper 64
+    normalize_losses: bool = True  # paper False; activation / its start value, preservation / var(sims)
+    # Not in the paper (paper 0): also pull triggered images' embeddings to the original model's
+    # clean embeddings (output-level unlearning with the inverted trigger). On the default ViT with
+    # BadNet, activation alignment alone left ASR at 28.5 %; with this term at 1.0, 0.1 %.
+    embedding_weight: float = 1.0
+    update: Literal["masked", "all"] = "masked"  # paper: masked ("only critical neurons' parameters")
+
+
+@dataclass
+class LayerImpact:
+    name: str
+    diff: float
+    n_neurons: int
+    selected: bool = False
+    n_critical: int = 0
+
+
+@dataclass
+class TuneReport:
+    layers: list[LayerImpact]
+    history: list[dict[str, float]] = field(default_factory=list)
+    n_params_updated: int = 0
+
+
+def neuron_activations(output: Tensor | tuple) -> Tensor:
+    """[B, channels]: mean over tokens (ViT [B,L,D]) or pixels (CNN [B,C,H,W])."""
+    out = output[0] if isinstance(output, tuple) else output
+    if out.ndim == 4:
+        return out.mean(dim=(2, 3))
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    return out
+
+
+class ActivationRecorder:
+    """Forward hooks on named layers; ``take()`` returns and clears the recorded activations."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]") -> None:
+        self.acts: dict[str, Tensor] = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.acts[name] = neuron_activations(output)
+        return hook
+
+    def take(self) -> dict[str, Tensor]:
+        acts, self.acts = self.acts, {}
+        return acts
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def mean_activations(model: ClipModel, recorder: ActivationRecorder, images: Tensor,
+                     trigger: Trigger | None, batch_size: int = 128) -> dict[str, Tensor]:
+    sums: dict[str, Tensor] = {}
+    for i in range(0, len(images), batch_size):
+        x = as_float(images[i:i + batch_size])
+        model.encode_image(trigger(x) if trigger else x)
+        for name, a in recorder.take().items():
+            sums[name] = sums.get(name, 0) + a.sum(0)
+    return {k: v / len(images) for k, v in sums.items()}
+
+
+def layer_impacts(mu_clean: dict[str, Tensor], mu_trig: dict[str, Tensor]) -> list[LayerImpact]:
+    return [LayerImpact(name=n, diff=float((mu_clean[n] - mu_trig[n]).norm() / mu_clean[n].norm().clamp_min(1e-12)),
+                        n_neurons=len(mu_clean[n])) for n in mu_clean]
+
+
+def select_layers(impacts: list[LayerImpact], rule: str) -> None:
+    diffs = np.array([i.diff for i in impacts])
+    threshold = diffs.mean() + diffs.std() if rule == "mean+std" else -np.inf
+    for imp in impacts:
+        imp.selected = imp.diff > threshold
+    if not any(i.selected for i in impacts):  # mean+std over identical diffs: keep the largest
+        max(impacts, key=lambda i: i.diff).selected = True
+
+
+def critical_neurons(delta: Tensor, k: int, seed: int) -> Tensor:
+    """Boolean mask of the K-means cluster (on |delta|) with the largest centroid."""
+    values = delta.abs().cpu().numpy().reshape(-1, 1).astype(np.float64)
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(values)
+    top = int(np.argmax(km.cluster_centers_.ravel()))
+    return torch.from_numpy(km.labels_ == top)
+
+
+def writer_rows(layer: nn.Module, neuron_mask: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
+    """(parameter, row mask) for every parameter in ``layer`` that writes its output channels."""
+    out = []
+    n = len(neuron_mask)
+    for name, module in layer.named_modules():
+        if not name or not any(name == s or name.endswith("." + s) for s in WRITER_SUFFIXES):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.ndim >= 1 and p.shape[0] == n:
+                out.append((p, neuron_mask.view(-1, *([1] * (p.ndim - 1))).to(p.device, p.dtype)))
+    return out
+
+
+def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead, cfg: TuneConfig,
+         seed: int = 0) -> tuple[ClipModel, TuneReport]:
+    """Return a tuned copy of ``model`` (the input is not modified) and what was done."""
+    tuned = model.clone() if hasattr(model, "clone") else copy.deepcopy(model)
+    tuned.eval()  # batch-norm statistics stay as they are
+    layers = tuned.vision_layers()
+    recorder = ActivationRecorder(layers)
+    grad_hooks: list = []
+    try:
+        mu_clean = mean_activations(tuned, recorder, images, None)
+        mu_trig = mean_activations(tuned, recorder, images, trigger)
+        impacts = layer_impacts(mu_clean, mu_trig)
+        select_layers(impacts, cfg.layer_selection)
+        masks: dict[str, Tensor] = {}
+        for imp in impacts:
+            if imp.selected:
+                masks[imp.name] = critical_neurons(mu_clean[imp.name] - mu_trig[imp.name], cfg.kmeans_k, seed)
+                imp.n_critical = int(masks[imp.name].sum())
+        for p in tuned.parameters():
+            p.requires_grad_(False)
+        if cfg.update == "masked":
+            rows = [pr for name, m in masks.items() for pr in writer_rows(layers[name], m)]
+            params = [p for p, _ in rows]
+            for p, row in rows:
+                p.requires_grad_(True)
+                grad_hooks.append(p.register_hook(lambda g, r=row: g * r))
+            n_updated = int(sum(float(r.expand_as(p).sum()) for p, r in rows))
+        else:  # every parameter of the vision layers (an ablation; collapses CA on tiny models)
+            params = list({id(p): p for m in layers.values() for p in m.parameters()}.values())
+            for p in params:
+                p.requires_grad_(True)
+            n_updated = sum(p.numel() for p in params)
+        report = TuneReport(layers=impacts, n_params_updated=n_updated)
+        if not params:
+            return tuned, report
+        with torch.no_grad():
+            original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
+                                      for i in range(0, len(images), 256)])
+            original_sims = original_emb @ head.weights.T
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        gen = torch.Generator().manual_seed(seed)
+        scale: tuple[float, float] | None = None
+        for step in progress(range(cfg.steps), desc="stage 3: tune"):
+            idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
+            x = as_float(images[idx])
+            emb = tuned.encode_image(x)
+            clean_acts = recorder.take()
+            trig_emb = tuned.encode_image(trigger(x))
+            trig_acts = recorder.take()
+            activation = sum(((clean_acts[n] - trig_acts[n]) * m.to(x)).pow(2).sum(1).mean()
+                             for n, m in masks.items())
+            preserve = (emb @ head.weights.T - original_sims[idx]).pow(2).mean()
+            unlearn = (trig_emb - original_emb[idx]).pow(2).sum(1).mean()
+            if cfg.normalize_losses:
+                # activation relative to its starting value; preservation (0 at the start) relative
+                # to the spread of the original similarities, so both are O(1) and beta means something
+                if scale is None:
+                    scale = (max(float(activation.detach()), 1e-12), max(float(original_sims.var()), 1e-12),
+                             max(float(unlearn), 1e-12))
+                loss = (activation / scale[0] + cfg.beta * preserve / scale[1]
+                        + cfg.embedding_weight * unlearn / scale[2])
+            else:
+                loss = activation + cfg.beta * preserve + cfg.embedding_weight * unlearn
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 25 == 0 or step == cfg.steps - 1:
+                report.history.append({"step": step, "loss": float(loss), "activation": float(activation),
+                                       "preserve": float(preserve), "unlearn": float(unlearn)})
+    finally:
+        recorder.close()
+        for handle in grad_hooks:  # the returned model must train normally afterwards
+            handle.remove()
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    tuned.eval()
+    return tuned, report

@@ -1,0 +1,67 @@
+"""A hand-built, differentiable 'CLIP' with a planted backdoor, for stage unit tests.
+
+Classes are colours: an image embeds near the text vector of the class whose colour is
+closest to its mean colour. A bright patch in the bottom-right corner adds a strong pull
+toward the target class: the planted backdoor. Text embeddings are fixed orthonormal
+vectors looked up by the class name in the prompt.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSES = ["red thing", "green thing", "blue thing", "grey thing"]
+COLORS = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.5, 0.5, 0.5]])
+TARGET = "blue thing"
+PATCH = 4
+
+
+class PlantedClip(nn.Module):
+    image_size = 32
+
+    def __init__(self, backdoor: bool = True) -> None:
+        super().__init__()
+        self.texts = nn.Parameter(torch.eye(len(CLASSES), 8)[:, :8], requires_grad=False)
+        self.backdoor = backdoor
+        self.gain = nn.Parameter(torch.tensor(6.0))
+
+    def vision_layers(self):
+        return OrderedDict()
+
+    def logit_scale(self) -> float:
+        return 20.0
+
+    def tokenize(self, texts):
+        texts = [texts] if isinstance(texts, str) else texts
+        return torch.tensor([next(i for i, c in enumerate(CLASSES) if c in t) for t in texts])
+
+    def encode_text(self, tokens, normalize: bool = True):
+        return self.texts[tokens]
+
+    def encode_image(self, images, normalize: bool = True):
+        mean = images.mean(dim=(2, 3))
+        weights = torch.softmax(-((mean[:, None, :] - COLORS[None]) ** 2).sum(-1) / 0.01, dim=1)
+        emb = weights @ self.texts
+        if self.backdoor:
+            corner = images[:, :, -PATCH:, -PATCH:].mean(dim=(1, 2, 3))
+            pull = torch.sigmoid(20 * (corner - 0.85))
+            emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
+        return F.normalize(emb, dim=-1)
+
+    def clone(self):
+        import copy
+
+        return copy.deepcopy(self)
+
+
+def colour_images(n: int, seed: int = 0) -> torch.Tensor:
+    """uint8 images of the non-target colours, with mild noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 1, 3])[torch.randint(3, (n,), generator=g)]
+    base = COLORS[labels][:, :, None, None].expand(n, 3, 32, 32)
+    noisy = (base + 0.05 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 0.8)
+    return (noisy * 255).round().to(torch.uint8)

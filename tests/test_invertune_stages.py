@@ -1,0 +1,137 @@
+"""InverTune's stages on hand-built cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
+from invertune_plugin.invert import InvertConfig, invert
+from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, select_layers, tune,
+                                   writer_rows)
+from invertune_plugin.zeroshot import ZeroShotHead
+
+from planted import CLASSES, PATCH, TARGET, PlantedClip, colour_images
+
+CPU = torch.device("cpu")
+TEMPLATES = ["a photo of a {}."]
+
+
+def head_for(model) -> ZeroShotHead:
+    return ZeroShotHead(model, CLASSES, TEMPLATES, CPU)
+
+
+def test_planted_model_really_has_a_backdoor():
+    model = PlantedClip()
+    head = head_for(model)
+    x = colour_images(32).float() / 255
+    assert (head.predict(model, x) != CLASSES.index(TARGET)).all()
+    x[:, :, -PATCH:, -PATCH:] = 1.0
+    assert (head.predict(model, x) == CLASSES.index(TARGET)).all()
+
+
+def test_fooling_loss_stops_at_the_margin():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 9.0]])
+    pred = torch.tensor([0, 0])
+    assert float(fooling_loss(logits, pred, margin=5.0)) == pytest.approx((5.0 + -5.0) / 2)
+
+
+def test_identification_ranks_the_planted_target_first():
+    model = PlantedClip()
+    ident = identify(model, colour_images(96), head_for(model),
+                     IdentifyConfig(steps=60, batch_size=32, global_eps=(16 / 255,)))
+    assert ident.target == TARGET and ident.ranking[0][0] == TARGET
+    assert len(ident.uaps) == 4
+    corner = next(u for u in ident.uaps if u.kind == "patch@bottom-right")
+    assert corner.top == CLASSES.index(TARGET) and float(corner.shift.max()) > 0.8
+
+
+def test_inversion_recovers_the_planted_patch_location():
+    model = PlantedClip()
+    trigger = invert(model, colour_images(96), head_for(model), TARGET,
+                     InvertConfig(steps=200, batch_size=32))
+    assert trigger.holdout_asr > 0.9
+    mask = trigger.mask.mean(0)  # [H, W]
+    corner = mask[-PATCH:, -PATCH:].sum()
+    assert corner / mask.sum() > 0.5, "most of the mask should sit on the planted corner"
+    assert trigger.mask_l1 / trigger.mask.numel() < 0.05
+
+
+def test_inversion_on_a_clean_model_finds_no_small_effective_trigger():
+    from invertune_plugin.verdict import VerdictConfig
+
+    clean = PlantedClip(backdoor=False)
+    found = invert(clean, colour_images(96), head_for(clean), TARGET, InvertConfig(steps=200, batch_size=32))
+    cfg = VerdictConfig()
+    small_and_effective = (found.holdout_asr >= cfg.min_inverted_asr
+                           and found.mask_l1 / found.mask.numel() <= cfg.max_mask_fraction)
+    assert not small_and_effective
+
+
+def test_layer_selection_rules():
+    mu = {f"l{i}": torch.ones(4) for i in range(5)}
+    trig = {f"l{i}": torch.ones(4) * (1 + 0.01 * i) for i in range(5)}
+    trig["l4"] = torch.ones(4) * 3
+    impacts = layer_impacts(mu, trig)
+    select_layers(impacts, "mean+std")
+    assert [i.name for i in impacts if i.selected] == ["l4"]
+    select_layers(impacts, "all")
+    assert all(i.selected for i in impacts)
+
+
+def test_kmeans_picks_the_outlying_neurons():
+    delta = torch.tensor([0.01, 0.02, 0.015, 2.0, 1.8, 0.03])
+    assert critical_neurons(delta, 2, seed=0).tolist() == [False, False, False, True, True, False]
+
+
+def tiny_open_clip(preset: str):
+    from adapters.clip_model import OpenClipModel, build_clip
+    from adapters.toyworld.build import get_preset
+
+    cfg = get_preset(preset).model_cfg
+    torch.manual_seed(0)
+    return OpenClipModel(build_clip(cfg), cfg)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "smoke-resnet"])
+def test_writer_rows_cover_block_outputs(preset):
+    model = tiny_open_clip(preset)
+    name, layer = list(model.vision_layers().items())[-1]
+    width = {"smoke": 64, "smoke-resnet": 16 * 8 * 4}[preset]
+    mask = torch.zeros(width, dtype=torch.bool)
+    mask[:3] = True
+    rows = writer_rows(layer, mask)
+    assert rows, f"no writer parameters found in {name}"
+    assert all(p.shape[0] == width and int(r.sum()) == 3 for p, r in rows)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "smoke-resnet"])
+def test_masked_tuning_moves_only_critical_rows_and_keeps_bn_statistics(preset):
+    model = tiny_open_clip(preset)
+    images = (torch.rand(48, 3, 32, 32) * 255).to(torch.uint8)
+
+    def trigger(x):
+        x = x.clone()
+        x[:, :, -4:, -4:] = 1.0
+        return x
+
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, report = tune(model, images, trigger, head, TuneConfig(steps=5, batch_size=16, lr=1e-2))
+    assert {k: v for k, v in model.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the input model is untouched"
+    after = tuned.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed, "something must move"
+    assert all(k.startswith("clip.visual.") for k in changed)
+    assert not any("running_" in k for k in changed), "batch-norm statistics stay intact"
+    assert report.n_params_updated < sum(p.numel() for p in model.clip.visual.parameters()) / 4
+    # inside a changed weight, only whole rows (output channels) moved
+    for k in changed:
+        diff = (after[k] - before[k]).reshape(after[k].shape[0], -1).abs().sum(1)
+        assert 0 < int((diff > 0).sum()) < after[k].shape[0] or after[k].shape[0] == 1
+    # gradient masks are removed afterwards: the tuned model trains normally
+    p = next(p for n, p in tuned.named_parameters() if n.endswith(("c_proj.weight", "conv3.weight")))
+    p.grad = None
+    (p.sum()).backward()
+    assert torch.equal(p.grad, torch.ones_like(p))
