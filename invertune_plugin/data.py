@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
+from torch import nn
 from torch import Tensor
 
 from toolbox.api import ImageData
@@ -25,3 +29,20 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[Tensor, T
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_hold = max(1, int(round(n * holdout_fraction)))
     return order[n_hold:], order[:n_hold]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, no parameter gradients, for optimising inputs (UAPs, triggers, patches);
+    the model's own flags and mode are restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)

@@ -25,7 +25,7 @@ from toolbox.api import ClipModel
 from toolbox.progress import progress
 
 from .attacks.triggers import paste_patch, patch_pixels
-from .data import as_float, split_indices
+from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
 
@@ -114,10 +114,12 @@ def histogram(pred: Tensor, n_classes: int) -> Tensor:
 
 def identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
              seed: int = 0) -> Identification:
-    """Run every UAP, rank classes by their mean prediction-frequency rise, and give a verdict."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    """Run every UAP and rank classes by their mean prediction-frequency rise (eq. 1)."""
+    with frozen(model):
+        return _identify(model, images, head, cfg, seed)
+
+
+def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
     gen = torch.Generator().manual_seed(seed)
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     fit_images, hold_images = images[fit], as_float(images[hold])
@@ -135,8 +137,6 @@ def identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: Identify
         adv_pred = head.predict(model, perturb(hold_images))
         results.append(UAPResult(kind=kind, shift=histogram(adv_pred, n_classes) - p_clean,
                                  fooling_rate=float((adv_pred != hold_pred).float().mean()), perturb=perturb))
-    for p in model.parameters():
-        p.requires_grad_(True)
     consensus = torch.stack([r.shift for r in results]).mean(0)
     order = consensus.argsort(descending=True)
     top = int(order[0])

@@ -28,7 +28,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .data import as_float, split_indices
+from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
 
@@ -99,9 +99,12 @@ def target_anchor(model: ClipModel, head: ZeroShotHead, images: Tensor, target: 
 def invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig,
            seed: int = 0) -> InvertedTrigger:
     """Optimise mask and pattern so that clean images carrying them are classified as ``target``."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    with frozen(model):
+        return _invert(model, images, head, target, cfg, seed)
+
+
+def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig,
+            seed: int) -> InvertedTrigger:
     gen = torch.Generator().manual_seed(seed)
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     fit_images, hold_images = images[fit], as_float(images[hold])
@@ -139,8 +142,6 @@ def invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cf
         if step % 50 == 0 or step == cfg.steps - 1:
             history.append({"step": step, "loss": loss.item(), "align": align.item(), "emb": emb_term.item(),
                             "ssim": sim_term.item(), "mask_l1": mask_term.item()})
-    for p in model.parameters():
-        p.requires_grad_(True)
     mask, pattern = (v.detach() for v in _materialise(mask_p, pattern_p, cfg))
     trigger = InvertedTrigger(mask=mask, pattern=pattern, target=target, history=history,
                               mask_l1=float(mask.sum()))

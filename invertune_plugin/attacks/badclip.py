@@ -14,6 +14,7 @@ from toolbox.progress import progress
 
 from toolbox.api import ClipModel
 
+from ..data import frozen
 from .triggers import paste_patch
 
 
@@ -31,19 +32,24 @@ def optimise_patch(model: ClipModel, images: Tensor, target_images: Tensor, targ
                    other_captions: list[str], size: int, location: str, cfg: PatchOptimisation,
                    seed: int) -> Tensor:
     """Return a [3, size, size] patch in [0,1]. ``images``/``target_images`` are uint8."""
+    with frozen(model):
+        return _optimise_patch(model, images, target_images, target_captions, other_captions, size, location,
+                               cfg, seed)
+
+
+def _optimise_patch(model: ClipModel, images: Tensor, target_images: Tensor, target_captions: list[str],
+                    other_captions: list[str], size: int, location: str, cfg: PatchOptimisation,
+                    seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     logits = (torch.rand(3, size, size, generator=g) * 2 - 1).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=cfg.lr)
-    for p in model.parameters():
-        p.requires_grad_(False)
     with torch.no_grad():
         tokens_t = model.tokenize(target_captions)
         tokens_o = model.tokenize(other_captions)
         text_t = model.encode_text(tokens_t)
         text_o = model.encode_text(tokens_o)
         target_proto = F.normalize(model.encode_image(target_images.float() / 255.0).mean(0), dim=-1)
-    model.eval()
-    for step in progress(range(cfg.steps), desc="badclip patch"):
+    for _ in progress(range(cfg.steps), desc="badclip patch"):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=g)
         x = images[idx].float() / 255.0
         patch = torch.sigmoid(logits)
@@ -62,6 +68,4 @@ def optimise_patch(model: ClipModel, images: Tensor, target_images: Tensor, targ
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    for p in model.parameters():
-        p.requires_grad_(True)
     return torch.sigmoid(logits).detach()
