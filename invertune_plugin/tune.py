@@ -209,8 +209,8 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                 # activation relative to its starting value; preservation (0 at the start) relative
                 # to the spread of the original similarities, so both are O(1) and beta means something
                 if scale is None:
-                    scale = (max(float(activation.detach()), 1e-12), max(float(original_sims.var()), 1e-12),
-                             max(float(unlearn), 1e-12))
+                    scale = (max(activation.item(), 1e-12), max(original_sims.var().item(), 1e-12),
+                             max(unlearn.item(), 1e-12))
                 loss = (activation / scale[0] + cfg.beta * preserve / scale[1]
                         + cfg.embedding_weight * unlearn / scale[2])
             else:
@@ -219,8 +219,8 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             loss.backward()
             opt.step()
             if step % 25 == 0 or step == cfg.steps - 1:
-                report.history.append({"step": step, "loss": float(loss), "activation": float(activation),
-                                       "preserve": float(preserve), "unlearn": float(unlearn)})
+                report.history.append({"step": step, "loss": loss.item(), "activation": activation.item(),
+                                       "preserve": preserve.item(), "unlearn": unlearn.item()})
     finally:
         recorder.close()
         for handle in grad_hooks:  # the returned model must train normally afterwards
