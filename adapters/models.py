@@ -101,6 +101,30 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Architecture keys a checkpoint's own metadata may set. Anything else (hf_model_name, timm_*,
+# ...) could make open_clip fetch third-party weights, so a suspect checkpoint may not ask for it.
+ALLOWED_CFG = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}
+ALLOWED_VISION = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
+ALLOWED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
+MAX_WIDTH = 8192
+
+
+def checked_model_cfg(cfg: Any, source: str) -> dict[str, Any]:
+    """A model config read from a checkpoint, limited to plain CLIP architecture numbers."""
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{source}: refusing model_cfg from the checkpoint: {msg}")
+
+    if not isinstance(cfg, dict) or set(cfg) - ALLOWED_CFG:
+        raise bad(f"unexpected keys {sorted(set(cfg) - ALLOWED_CFG) if isinstance(cfg, dict) else cfg!r}")
+    for part, allowed in (("vision_cfg", ALLOWED_VISION), ("text_cfg", ALLOWED_TEXT)):
+        sub = cfg.get(part, {})
+        if not isinstance(sub, dict) or set(sub) - allowed:
+            raise bad(f"{part} has unexpected keys {sorted(set(sub) - allowed) if isinstance(sub, dict) else sub!r}")
+        if int(sub.get("width", 0)) > MAX_WIDTH:
+            raise bad(f"{part}.width {sub['width']} is implausibly large")
+    return cfg
+
+
 def infer_openai_cfg(sd: dict[str, torch.Tensor], quick_gelu: bool) -> dict[str, Any]:
     """open_clip model config from an OpenAI-layout state dict's tensor shapes (fp32, lossless)."""
     vit = "visual.proj" in sd
@@ -172,7 +196,7 @@ class OpenClipDirAdapter(ModelAdapter):
     def load(self, source: str, device: torch.device) -> LoadedModel:
         path = Path(source)
         doc = json.loads((path / OPENCLIP_CONFIG).read_text(encoding="utf-8"))
-        cfg = doc.get("model_cfg", doc)
+        cfg = checked_model_cfg(doc.get("model_cfg", doc), source)
         open_clip = import_open_clip()
         clip = open_clip.create_model(f"local-dir:{path}", device="cpu", weights_only=True)
         model = wrap(clip, cfg).to(device)
@@ -259,7 +283,8 @@ class OpenAICheckpointAdapter(ModelAdapter):
             raise ValueError(f"{source}: not a full CLIP state dict (no text tower); for an image-encoder-only "
                              f"checkpoint use VISUAL_FILE::BASE_SOURCE (format visual-only)")
         meta = container["meta"]
-        cfg = meta.get("model_cfg") or infer_openai_cfg(sd, quick_gelu=bool(meta.get("quick_gelu", True)))
+        cfg = (checked_model_cfg(meta["model_cfg"], source) if meta.get("model_cfg")
+               else infer_openai_cfg(sd, quick_gelu=bool(meta.get("quick_gelu", True))))
         clip = build_clip(cfg)
         load_state_into(clip, sd, source)
         model = wrap(clip, cfg).to(device)

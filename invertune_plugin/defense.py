@@ -44,6 +44,10 @@ class InverTuneConfig:
     invert: InvertConfig = field(default_factory=InvertConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.candidates < 1 or self.n_images < 2:
+            raise ValueError("rounds and candidates must be >= 1 and n_images >= 2")
+
 
 def paper_profile() -> InverTuneConfig:
     return InverTuneConfig(

@@ -96,7 +96,7 @@ def global_uap(image_size: int, eps: float) -> tuple[Tensor, Callable[[Tensor, T
 def optimise_uap(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, param: Tensor,
                  apply: Callable[[Tensor, Tensor], Tensor], cfg: IdentifyConfig, gen: torch.Generator,
                  desc: str) -> Tensor:
-    param = param.clone().normal_(0, 0.5, generator=gen).requires_grad_(True)
+    param = param.clone().normal_(0, 0.5, generator=gen).to(images.device).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=cfg.lr)
     for _ in progress(range(cfg.steps), desc=desc):
         idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)

@@ -69,14 +69,14 @@ class InvertedTrigger:
 
 
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,
-            gen: torch.Generator) -> tuple[Tensor, Tensor]:
+            gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
     if cfg.parameterization == "sigmoid":
         mask = torch.full(shape_mask, cfg.mask_init_logit)
         pattern = torch.randn(shape_pattern, generator=gen) * 0.5
     else:  # the paper's: random values in range, clamped after each step
         mask = torch.rand(shape_mask, generator=gen)
         pattern = torch.rand(shape_pattern, generator=gen)
-    return mask.requires_grad_(True), pattern.requires_grad_(True)
+    return mask.to(device).requires_grad_(True), pattern.to(device).requires_grad_(True)
 
 
 def _materialise(mask: Tensor, pattern: Tensor, cfg: InvertConfig) -> tuple[Tensor, Tensor]:
@@ -110,7 +110,7 @@ def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, c
     fit_images, hold_images = images[fit], as_float(images[hold])
     t = head.index(target)
     size = images.shape[-1]
-    mask_p, pattern_p = _params((cfg.mask_channels, size, size), (3, size, size), cfg, gen)
+    mask_p, pattern_p = _params((cfg.mask_channels, size, size), (3, size, size), cfg, gen, images.device)
     opt = torch.optim.Adam([mask_p, pattern_p], lr=cfg.lr)
     tau = cfg.temperature if cfg.temperature is not None else 1.0 / head.scale
     anchor = target_anchor(model, head, as_float(fit_images), t) if cfg.embedding_anchor == "target" else None
@@ -122,7 +122,7 @@ def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, c
         x_t = mask * pattern + (1 - mask) * x
         emb = model.encode_image(x_t)
         logits = emb @ head.weights.T / tau
-        align = F.cross_entropy(logits, torch.full((len(x),), t, dtype=torch.long))
+        align = F.cross_entropy(logits, torch.full((len(x),), t, dtype=torch.long, device=logits.device))
         if anchor is None:
             with torch.no_grad():
                 ref = model.encode_image(x)

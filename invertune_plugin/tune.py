@@ -185,8 +185,8 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                 p.requires_grad_(True)
             n_updated = sum(p.numel() for p in params)
         report = TuneReport(layers=impacts, n_params_updated=n_updated)
-        if not params:
-            return tuned, report
+        if not params:  # nothing writes the critical neurons: report it, change nothing
+            return model, report
         with torch.no_grad():
             original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
                                       for i in range(0, len(images), 256)])
@@ -225,7 +225,7 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
         recorder.close()
         for handle in grad_hooks:  # the returned model must train normally afterwards
             handle.remove()
-    for p in tuned.parameters():
-        p.requires_grad_(True)
+        for p in tuned.parameters():
+            p.requires_grad_(True)
     tuned.eval()
     return tuned, report

@@ -72,3 +72,9 @@ def test_unknown_profile_and_parameter_exit_2(host, capsys):
     assert "profile" in capsys.readouterr().err
     assert main(["run", "--defense", "invertune", "-p", "invert.nosuch=1"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_bad_stage_settings_are_refused(host, capsys):
+    assert main(["run", "--defense", "invertune", "-p", "rounds=0"]) == 2
+    assert main(["run", "--defense", "invertune", "-p", "verdict=0.8"]) == 2
+    assert "group of settings" in capsys.readouterr().err

@@ -188,3 +188,12 @@ def test_hugging_face_clip_directory_round_trip(tmp_path):
     assert len(loaded.model.vision_layers()) == 2
     back = adapter.save(loaded, loaded.model, tmp_path / "back")
     assert_same(original, adapter.load(str(back), CPU).model)
+
+
+@pytest.mark.parametrize("bad", [{"embed_dim": 8, "text_cfg": {"hf_model_name": "someone/weights"}},
+                                 {"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}},
+                                 {"embed_dim": 8, "vision_cfg": {"width": 10 ** 7}}])
+def test_checkpoint_metadata_cannot_ask_for_foreign_weights_or_huge_models(tmp_path, bad):
+    torch.save({"state_dict": {"token_embedding.weight": torch.zeros(2, 2)}, "model_cfg": bad}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="refusing model_cfg"):
+        OpenAICheckpointAdapter().load(str(tmp_path / "x.pt"), CPU)

@@ -109,3 +109,20 @@ def test_interrupted_write_leaves_no_file(tmp_path):
             raise KeyboardInterrupt
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unlabelled_eval_data_is_refused(host, smoke_world, tmp_path, capsys):
+    out = tmp_path / "x"
+    argv = ["run", "--defense", "none", "--preset", "smoke", "--out", str(out),
+            "--eval-data", str(smoke_world.world.defender_dir)]
+    assert main(argv) == 1
+    assert "must be labelled" in capsys.readouterr().err
+
+
+def test_a_new_run_clears_what_an_earlier_run_left(register_plugin, smoke_world, tmp_path):
+    register_plugin(ShiftPlugin(), "shift-plugin")
+    out = tmp_path / "same"
+    assert main(["run", "--defense", "shift-test", "--preset", "smoke", "--out", str(out)]) == 0
+    assert (out / "model").exists() and (out / "artifacts" / "note.txt").exists()
+    assert main(["run", "--defense", "none", "--preset", "smoke", "--out", str(out)]) == 0
+    assert not (out / "model").exists() and not (out / "artifacts" / "note.txt").exists()

@@ -100,6 +100,9 @@ def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") 
             raise ValueError(f"{owner or cfg_cls.__name__} has no parameter {head!r}; known: {known}")
         if rest:
             nested.setdefault(head, {})[rest] = raw
+        elif dataclasses.is_dataclass(getattr(config, head)):
+            raise ValueError(f"{owner or cfg_cls.__name__}.{head} is a group of settings; set one of them, "
+                             f"e.g. {head}.{dataclasses.fields(getattr(config, head))[0].name}=...")
         else:
             changes[head] = _parse_value(raw, hints.get(head, str))
     for head, sub in nested.items():
@@ -290,7 +293,9 @@ class Attack(Component):
     (BadCLIP's patch) is cached with it through ``trigger_state``/``load_trigger_state``.
     """
 
-    info: dict[str, Any] = {}  # what the recipe did (poisoned count, losses), recorded in results
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.info: dict[str, Any] = {}  # what the recipe did (poisoned count, losses), recorded in results
 
     def target_label(self) -> str:
         return str(getattr(self.config, "target", ""))

@@ -127,6 +127,31 @@ def default_out_dir(req: RunRequest) -> Path:
     return Path("results") / f"{req.attack or 'clean'}-{req.defense}-seed{req.seed}"
 
 
+RUN_OUTPUTS = ("result.json", "result.csv", "artifacts", "model")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier run wrote here, so nothing stale sits beside this run's result."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def source_fingerprint(source: str) -> dict[str, Any]:
+    """Path plus size and modification time: a changed training set is a different cache key."""
+    path = Path(source)
+    if not path.exists():
+        return {"source": source}
+    stat = path.stat()
+    return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_source: str) -> tuple[ClipModel, dict]:
     """The attacked model from the cache, or built now and cached (keyed by everything it depends on)."""
     import json
@@ -136,7 +161,8 @@ def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_sourc
     from . import atomic
     from .cache import cache_root, config_hash, entry_lock
 
-    key = config_hash(model_sha, attack.name, config_values(attack.config), train_source, ctx.seed)
+    key = config_hash(model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source),
+                      ctx.seed)
     entry = cache_root() / "attacked" / key
     with entry_lock(entry):
         if not (entry / "attack.json").exists():
@@ -170,7 +196,7 @@ def run(req: RunRequest) -> Path:
     seed_everything(req.seed)
     device = torch.device(req.device)
     out_dir = Path(req.out) if req.out else default_out_dir(req)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out_dir)
     timer = StageTimer()
 
     source = req.model or f"{EMBEDDED_PREFIX}{req.preset}"
@@ -198,6 +224,9 @@ def run(req: RunRequest) -> Path:
             classnames = list(data["eval_data"].classnames)
     if data["clean_data"] is None:
         raise RunError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
+    for key, kind in (("eval_data", "labelled"), ("retrieval_data", "captioned"), ("train_data", "captioned")):
+        if data[key] is not None and data[key].kind != kind:
+            raise RunError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
 
     attack_doc = None
     trigger = target = None

@@ -32,7 +32,6 @@ class _TriggerAttack(Attack):
         super().__init__(config)
         self._triggers: dict[int, Callable[[Tensor], Tensor]] = {}
         self.history: list[dict] = []
-        self.info: dict[str, Any] = {}  # recorded in the result (poisoned count, loss history)
 
     def build_trigger(self, image_size: int) -> Callable[[Tensor], Tensor]:
         raise NotImplementedError
