@@ -86,7 +86,8 @@ def load_model(registry: Registry, source: str, fmt: str | None, device: torch.d
     if fmt:
         adapter = registry.get("model_adapter", fmt).obj()
     else:
-        adapter = next((r.obj() for r in registry.entries["model_adapter"].values() if r.obj().detect(source)), None)
+        adapters = (r.obj() for r in registry.entries["model_adapter"].values())
+        adapter = next((a for a in adapters if a.detect(source)), None)
         if adapter is None:
             known = ", ".join(registry.names("model_adapter"))
             raise RunError(f"no model adapter recognises {source!r}; pass --model-format (one of: {known})")
