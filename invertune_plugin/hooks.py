@@ -11,9 +11,12 @@ from toolbox.hookspecs import hookimpl
 
 @hookimpl
 def register_defenses(register) -> None:
+    from .baselines import BASELINES
     from .defense import InverTune
 
     register(InverTune)
+    for cls in BASELINES:
+        register(cls)
 
 
 @hookimpl
