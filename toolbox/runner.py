@@ -94,8 +94,34 @@ def load_model(registry: Registry, source: str, fmt: str | None, device: torch.d
     return adapter, adapter.load(source, device)
 
 
+_DATA_MEMO: dict[tuple, ImageData] | None = None
+
+
+@contextmanager
+def memoised_data() -> Iterator[None]:
+    """Within this block, a dataset read once is reused (``toolbox compare`` runs many cells on
+    the same data; reading 20k images per cell would dominate). Keyed by source, its size and
+    mtime, image size, vocabulary and the skip flag."""
+    global _DATA_MEMO
+    previous, _DATA_MEMO = _DATA_MEMO, {}
+    try:
+        yield
+    finally:
+        _DATA_MEMO = previous
+
+
 def load_data(registry: Registry, source: str, image_size: int, classnames: list[str] | None,
               skip_unreadable: bool) -> ImageData:
+    if _DATA_MEMO is not None:
+        key = (repr(source_fingerprint(source)), image_size, tuple(classnames or ()), skip_unreadable)
+        if key not in _DATA_MEMO:
+            _DATA_MEMO[key] = _load_data(registry, source, image_size, classnames, skip_unreadable)
+        return _DATA_MEMO[key]
+    return _load_data(registry, source, image_size, classnames, skip_unreadable)
+
+
+def _load_data(registry: Registry, source: str, image_size: int, classnames: list[str] | None,
+               skip_unreadable: bool) -> ImageData:
     for reg in registry.entries["dataset_adapter"].values():
         adapter = reg.obj()
         if adapter.detect(source):

@@ -1,0 +1,73 @@
+"""Issue 6 bars: the 6 x 6 comparison, its sanity checks, and cell reuse.
+
+    python benchmarks/compare.py                       # 6 attacks x 6 defenses on the embedded default
+    python benchmarks/compare.py --attacks badnet,blended --defenses none,ft,invertune
+    python benchmarks/compare.py --reuse-check         # 2 attacks x 3 defenses, twice: the second call must reuse
+
+Prints the paper-style table (from `toolbox compare`), then, per baseline, the attacks on
+which it lowered ASR@1 by at least 10 points (a baseline that never moves ASR is
+suspicious), and the columns where InverTune has the lowest ASR among the defenses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from toolbox.compare import CompareRequest, compare, markdown_table
+
+ATTACKS = "badnet,blended,sig,wanet,badencoder,badclip"
+DEFENSES = "none,ft,cleanclip,cleanerclip,par,invertune"
+MOVED = 0.10  # ASR@1 drop that counts as "moved"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--attacks", default=ATTACKS)
+    ap.add_argument("--defenses", default=DEFENSES)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--out", type=Path, default=Path("results/compare-benchmark"))
+    ap.add_argument("--reuse-check", action="store_true", help="run 2 attacks x 3 defenses twice and time both")
+    args = ap.parse_args()
+    if args.reuse_check:
+        req = CompareRequest(attacks=["badnet", "blended"], defenses=["none", "ft", "invertune"],
+                             out=args.out / "reuse", preset=args.preset)
+        for call in (1, 2):
+            start = time.perf_counter()
+            cells = compare(req)
+            print(f"call {call}: {len(cells)} cells, {sum(c.from_cache for c in cells)} reused, "
+                  f"{time.perf_counter() - start:.1f} s")
+        return 0
+    req = CompareRequest(attacks=args.attacks.split(","), defenses=args.defenses.split(","), out=args.out,
+                         preset=args.preset)
+    start = time.perf_counter()
+    cells = compare(req)
+    print(markdown_table(cells))
+    print(f"{len(cells)} cells, {sum(c.from_cache for c in cells)} reused, {time.perf_counter() - start:.0f} s; "
+          f"tables under {args.out}\n")
+    by = {(c.attack, c.defense): c for c in cells}
+    attacks = list(dict.fromkeys(c.attack for c in cells))
+    defenses = list(dict.fromkeys(c.defense for c in cells))
+    for d in defenses:
+        if d == "none":
+            continue
+        moved = [a for a in attacks if (a, d) in by and by[(a, d)].before.get("asr") is not None
+                 and by[(a, d)].before["asr"] - by[(a, d)].after["asr"] >= MOVED]
+        print(f"{d}: lowered ASR@1 by >= {100 * MOVED:.0f} points on {len(moved)}/{len(attacks)} attacks "
+              f"({', '.join(moved) or 'none'})")
+    if "invertune" in defenses:
+        lowest = []
+        for a in attacks:
+            asrs = {d: by[(a, d)].after.get("asr") for d in defenses if d != "none" and (a, d) in by}
+            if asrs and asrs.get("invertune") is not None and asrs["invertune"] <= min(v for v in asrs.values()
+                                                                                      if v is not None):
+                lowest.append(a)
+        print(f"invertune has the lowest ASR@1 in {len(lowest)}/{len(attacks)} attack columns "
+              f"({', '.join(lowest) or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

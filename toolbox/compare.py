@@ -1,0 +1,267 @@
+"""``toolbox compare``: the paper's Table 1 as one command.
+
+Every (attack, defense) cell is one ordinary :func:`toolbox.runner.run`, written to a cache
+entry keyed by the cell's full configuration (model source, attack and defense with their
+resolved parameters, data sources, seed, metric switches, tool and plugin versions). A cell
+whose ``result.json`` exists is reused, so an interrupted comparison resumes where it
+stopped; ``--no-reuse`` runs every cell again.
+
+Defense effectiveness rate (BackdoorBench's simplified DER, Wu et al. 2022):
+``DER = (max(0, ASR_bd - ASR_def) - max(0, CA_bd - CA_def) + 1) / 2``, in [0, 1];
+0.5 means "nothing changed", 1 means "ASR removed at no CA cost".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import atomic
+from .api import build_config, config_values
+from .cache import cache_root, config_hash, entry_lock
+from .plugins import get_host
+from .runner import RunRequest, memoised_data, run, source_fingerprint
+
+
+@dataclass
+class CompareRequest:
+    attacks: list[str]
+    defenses: list[str]
+    out: Path
+    preset: str = "default"
+    model: str | None = None
+    model_format: str | None = None
+    clean_data: str | None = None
+    eval_data: str | None = None
+    retrieval_data: str | None = None
+    train_data: str | None = None
+    classes: str | None = None
+    templates: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    defense_params: dict[str, dict[str, str]] = field(default_factory=dict)  # defense -> {key: value}
+    attack_params: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> {key: value}
+    asr_include_target: bool = False
+    reuse: bool = True
+
+
+@dataclass
+class Cell:
+    attack: str
+    defense: str
+    key: str
+    result_path: Path
+    from_cache: bool
+    seconds: float
+    doc: dict[str, Any]
+
+    @property
+    def before(self) -> dict[str, Any]:
+        return self.doc["metrics"]["before"]
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return self.doc["metrics"]["after"]
+
+
+def der(ca_before: float | None, asr_before: float | None, ca_after: float | None,
+        asr_after: float | None) -> float | None:
+    """BackdoorBench's simplified defense effectiveness rate (fractions in, fraction out)."""
+    if None in (ca_before, asr_before, ca_after, asr_after):
+        return None
+    return (max(0.0, asr_before - asr_after) - max(0.0, ca_before - ca_after) + 1) / 2  # type: ignore[operator]
+
+
+def split_params(pairs: Mapping[str, str], names: list[str], what: str) -> dict[str, dict[str, str]]:
+    """``{"ft.lr": "1e-4"}`` -> ``{"ft": {"lr": "1e-4"}}``; the prefix must be one of ``names``."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in pairs.items():
+        owner, _, rest = key.partition(".")
+        if not rest or owner not in names:
+            raise ValueError(f"{what} parameter {key!r} must be NAME.KEY=VALUE with NAME one of {', '.join(names)}")
+        out.setdefault(owner, {})[rest] = value
+    return out
+
+
+def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[str, Any],
+             defense_cfg: dict[str, Any], versions: dict[str, Any]) -> str:
+    model_source = req.model or f"embedded:{req.preset}"
+    sources = {k: (None if v is None else source_fingerprint(v)) for k, v in {
+        "model": req.model, "clean_data": req.clean_data, "eval_data": req.eval_data,
+        "retrieval_data": req.retrieval_data, "train_data": req.train_data, "classes": req.classes,
+        "templates": req.templates}.items()}
+    return config_hash("compare-cell", model_source, req.model_format, sources, attack, attack_cfg, defense,
+                       defense_cfg, req.seed, req.device, req.asr_include_target, versions)
+
+
+def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
+    entry = cache_root() / "cells" / key
+    start = time.perf_counter()
+    with entry_lock(entry):
+        path = entry / "result.json"
+        cached = req.reuse and path.is_file()
+        if not cached:
+            run(RunRequest(
+                defense=defense, attack=None if attack == "none" else attack, model=req.model,
+                model_format=req.model_format, clean_data=req.clean_data, eval_data=req.eval_data,
+                retrieval_data=req.retrieval_data, train_data=req.train_data, classes=req.classes,
+                templates=req.templates, out=entry, seed=req.seed, preset=req.preset, device=req.device,
+                defense_params=dict(req.defense_params.get(defense, {})),
+                attack_params=dict(req.attack_params.get(attack, {})),
+                asr_include_target=req.asr_include_target,
+                command=["toolbox", "compare", "(cell)", "--attack", attack, "--defense", defense]))
+        doc = json.loads(path.read_text())
+    return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
+
+
+def compare(req: CompareRequest) -> list[Cell]:
+    """Run or reuse every cell, then write the table files under ``req.out``."""
+    host = get_host()
+    registry = host.build_registry()
+    for name in req.defenses:
+        registry.get("defense", name)
+    for name in req.attacks:
+        if name != "none":
+            registry.get("attack", name)
+    versions = {p.name: p.version for p in host.plugins()}
+    configs: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for attack in req.attacks:  # every parameter is checked before the first cell runs
+        acfg = {} if attack == "none" else config_values(
+            build_config(registry.get("attack", attack).obj, dict(req.attack_params.get(attack, {}))))
+        for defense in req.defenses:
+            dcfg = config_values(build_config(registry.get("defense", defense).obj,
+                                              dict(req.defense_params.get(defense, {}))))
+            configs[(attack, defense)] = (acfg, dcfg)
+    cells: list[Cell] = []
+    total = len(configs)
+    with memoised_data():
+        for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
+            key = cell_key(req, attack, defense, acfg, dcfg, versions)
+            print(f"compare: cell {i}/{total}: attack={attack} defense={defense} (key {key})", file=sys.stderr,
+                  flush=True)
+            cell = run_cell(req, attack, defense, key)
+            print(f"compare: cell {i}/{total} {'reused from cache' if cell.from_cache else 'done'} in "
+                  f"{cell.seconds:.0f} s: CA {pct(cell.after.get('ca'))} ASR {pct(cell.after.get('asr'))}",
+                  file=sys.stderr, flush=True)
+            cells.append(cell)
+    write_outputs(req, cells)
+    return cells
+
+
+# --------------------------------------------------------------------------- tables
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def cell_row(cell: Cell) -> dict[str, Any]:
+    b, a = cell.before, cell.after
+    return {
+        "attack": cell.attack, "defense": cell.defense,
+        "ca_before": b.get("ca"), "asr_before": b.get("asr"), "ca_after": a.get("ca"), "asr_after": a.get("asr"),
+        "asr_top10_after": a.get("asr_top10"), "retrieval_recall10_after": a.get("retrieval_recall@10"),
+        "retrieval_asr10_after": a.get("retrieval_asr@10"),
+        "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")),
+        "detected_target": (cell.doc.get("detection") or {}).get("target"),
+        "defense_seconds": cell.doc["timings_s"].get("defense"),
+        "from_cache": cell.from_cache, "cell_key": cell.key, "result": str(cell.result_path),
+    }
+
+
+def markdown_table(cells: list[Cell]) -> str:
+    """Defenses as rows, CA / ASR per attack as columns (percent), best of the defenses in bold."""
+    attacks = list(dict.fromkeys(c.attack for c in cells))
+    defenses = list(dict.fromkeys(c.defense for c in cells))
+    by = {(c.attack, c.defense): c for c in cells}
+    best: dict[tuple[str, str], float] = {}
+    for attack in attacks:
+        rivals = [by[(attack, d)] for d in defenses if d != "none" and (attack, d) in by]
+        cas = [c.after["ca"] for c in rivals if c.after.get("ca") is not None]
+        asrs = [c.after["asr"] for c in rivals if c.after.get("asr") is not None]
+        if cas:
+            best[(attack, "ca")] = max(cas)
+        if asrs:
+            best[(attack, "asr")] = min(asrs)
+    head = "| defense | " + " | ".join(f"{a} CA | {a} ASR" for a in attacks) + " | mean DER |"
+    lines = [head, "|" + "---|" * (2 * len(attacks) + 2)]
+    for d in defenses:
+        parts, ders = [], []
+        for attack in attacks:
+            c = by.get((attack, d))
+            if c is None:
+                parts += ["", ""]
+                continue
+            for metric in ("ca", "asr"):
+                v = c.after.get(metric)
+                text = pct(v)
+                if d != "none" and v is not None and best.get((attack, metric)) == v:
+                    text = f"**{text}**"
+                parts.append(text)
+            value = cell_row(c)["der"]
+            if value is not None and attack != "none":
+                ders.append(value)
+        mean_der = f"{100 * sum(ders) / len(ders):.1f}" if ders else "-"
+        lines.append(f"| {d} | " + " | ".join(parts) + f" | {mean_der} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
+    out = Path(req.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [cell_row(c) for c in cells]
+    table = markdown_table(cells)
+    metric_note = ("CA = zero-shot top-1 accuracy (%), ASR = ASR@1 with the real trigger (%), target-class images "
+                   f"{'included' if req.asr_include_target else 'excluded'}; best of the defenses in bold; "
+                   "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks.\n")
+    atomic.write_text(out / "compare.md", table + "\n" + metric_note)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["attack", "defense"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(out / "compare.csv", buf.getvalue())
+    atomic.write_json(out / "compare.json", {
+        "schema": "toolbox.compare/1", "seed": req.seed, "preset": req.preset, "model": req.model,
+        "attacks": req.attacks, "defenses": req.defenses, "asr_include_target": req.asr_include_target,
+        "defense_params": req.defense_params, "attack_params": req.attack_params, "cells": rows,
+        "metric_config": cells[0].doc["metric_config"] if cells else None})
+    scatter_plot(rows, out / "compare_scatter.png")
+
+
+def scatter_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """CA after (x) against ASR after (y): one colour per defense, one marker per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = "osD^vP*Xh<>"
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for r in rows:
+        if r["ca_after"] is None or r["asr_after"] is None:
+            continue
+        ax.scatter(100 * r["ca_after"], 100 * r["asr_after"], color=colours(defenses.index(r["defense"]) % 10),
+                   marker=markers[attacks.index(r["attack"]) % len(markers)], s=48, edgecolors="black",
+                   linewidths=0.4)
+    for i, d in enumerate(defenses):
+        ax.scatter([], [], color=colours(i % 10), label=d)
+    for j, a in enumerate(attacks):
+        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=a)
+    ax.set_xlabel("clean accuracy after defense (%)")
+    ax.set_ylabel("attack success rate after defense (%)")
+    ax.set_title("CA vs ASR per (attack, defense)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic.write_bytes(path, buf.getvalue())
