@@ -2,8 +2,8 @@
 
 Two profiles (``-p profile=paper``): ``default``, the settings that reach the bars on the
 toy world, and ``paper``, the paper's hyperparameters for stages 2 and 3 as published
-(stage 1's generator is not specified by the paper nor shipped by its code; both profiles
-use ours). Any stage setting can be overridden with ``-p invert.steps=300`` and the like.
+(stage 1's generator is not specified by the paper nor shipped by its code: ``paper`` uses
+our untargeted UAPs, the paper's eq. 1; ``default`` our targeted race, see identify.py). Any stage setting can be overridden with ``-p invert.steps=300`` and the like.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class InverTuneConfig:
 def paper_profile() -> InverTuneConfig:
     return InverTuneConfig(
         profile="paper",
+        identify=IdentifyConfig(method="untargeted"),
         invert=InvertConfig(lr=1e-2, steps=300, batch_size=64, ssim_window=11, parameterization="clamp",
                             mask_init_logit=0.0),
         tune=TuneConfig(layer_selection="mean+std", lr=8e-6, steps=200, normalize_losses=False, embedding_weight=0.0),

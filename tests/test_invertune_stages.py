@@ -36,14 +36,37 @@ def test_fooling_loss_stops_at_the_margin():
     assert float(fooling_loss(logits, pred, margin=5.0)) == pytest.approx((5.0 + -5.0) / 2)
 
 
-def test_identification_ranks_the_planted_target_first():
+def test_untargeted_identification_ranks_the_planted_target_first():
     model = PlantedClip()
     ident = identify(model, colour_images(96), head_for(model),
-                     IdentifyConfig(steps=60, batch_size=32, global_eps=(16 / 255,)))
-    assert ident.target == TARGET and ident.ranking[0][0] == TARGET
+                     IdentifyConfig(method="untargeted", steps=60, batch_size=32, global_eps=(16 / 255,)))
+    assert ident.target == TARGET and ident.ranking[0][0] == TARGET and ident.method == "untargeted"
     assert len(ident.uaps) == 4
     corner = next(u for u in ident.uaps if u.kind == "patch@bottom-right")
     assert corner.top == CLASSES.index(TARGET) and float(corner.shift.max()) > 0.8
+
+
+def test_targeted_race_ranks_the_planted_target_first():
+    model = PlantedClip()
+    ident = identify(model, colour_images(96), head_for(model), IdentifyConfig(race_steps=20, batch_size=32))
+    assert ident.method == "targeted" and ident.target == TARGET
+    kinds = [u.kind for u in ident.uaps]
+    assert kinds == ["race:patch@bottom-right", "race:patch@top-left", "race:patch@center", "race:global@32/255"]
+    corner = ident.uaps[0]
+    assert corner.top == CLASSES.index(TARGET) and corner.fooling_rate > 0.9
+    assert ident.evidence()["uaps"][0]["top"] == TARGET
+
+
+def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
+    import invertune_plugin.identify as ident_mod
+
+    raced: list[list[int]] = []
+    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    model = PlantedClip()
+    head = head_for(model)
+    cfg = IdentifyConfig(max_race_classes=2, steps=5, batch_size=16)
+    assert identify(model, colour_images(32), head, cfg) == "raced"
+    assert len(raced[0]) == 2  # only the screen's top classes race
 
 
 def test_inversion_recovers_the_planted_patch_location():
