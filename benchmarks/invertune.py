@@ -4,6 +4,7 @@
     python benchmarks/invertune.py --preset default-resnet          # ResNet-type tiny CLIP
     python benchmarks/invertune.py --profile paper                  # the paper's hyperparameters
     python benchmarks/invertune.py --attacks badnet --attack-param location=top-left
+    python benchmarks/invertune.py --from-compare results/compare   # rows from a `toolbox compare` run's cells
 
 Each row is one real `toolbox run --attack A --defense invertune` (attacked models come
 from the cache). Columns: CA / ASR@1 / ASR@10 / retrieval recall@10 / retrieval ASR@10,
@@ -49,16 +50,27 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--attacks", default="none," + ",".join(ATTACKS))
     ap.add_argument("--attack-param", action="append", default=[])
+    ap.add_argument("--from-compare", type=Path, help="read the invertune cells of a `toolbox compare` output dir")
     args = ap.parse_args()
+    cells: dict[str, dict] = {}
+    if args.from_compare:
+        for c in json.loads((args.from_compare / "compare.json").read_text())["cells"]:
+            if c["defense"] == "invertune":
+                cells[c["attack"]] = json.loads(Path(c["result"]).read_text())
     tmp = Path(tempfile.mkdtemp(prefix="bench-invertune-"))
-    print(f"preset {args.preset}, profile {args.profile}, attack params {args.attack_param or 'defaults'}\n")
+    if cells:
+        print(f"cells read from {args.from_compare}/compare.json (their own parameters are in each result)\n")
+    else:
+        print(f"preset {args.preset}, profile {args.profile}, attack params {args.attack_param or 'defaults'}\n")
     print("| attack | CA before | CA after | ASR@1 before | ASR@1 after | ASR@10 after | recall@10 before | "
           "recall@10 after | retr. ASR before | retr. ASR after | target rank | verdict | inverted ASR | "
           "mask % | defense s | bars |")
     print("|" + "---|" * 16)
-    for attack in args.attacks.split(","):
+    for attack in (list(cells) if cells else args.attacks.split(",")):
+        doc = cells[attack] if cells else None
         attack = None if attack == "none" else attack
-        doc = run_cell(args.preset, attack, args.profile, args.attack_param, tmp / (attack or "clean"))
+        if doc is None:
+            doc = run_cell(args.preset, attack, args.profile, args.attack_param, tmp / (attack or "clean"))
         b, a = doc["metrics"]["before"], doc["metrics"]["after"]
         det = doc["detection"] or {}
         true_target = (doc["attack"] or {}).get("target")

@@ -28,14 +28,16 @@ BatchLoss = Callable[[ClipModel, Tensor, list[str], torch.Generator, random.Rand
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Shared schedule. Paper values are for OpenAI RN50 on 500k CC3M pairs; the tiny CLIP
-    trained from scratch at lr 1e-3 needs a larger step to move in one short epoch."""
+    """Shared schedule. Paper values are for OpenAI RN50 on 500k CC3M pairs, where the
+    baselines' lr (4.5e-6) is of the order of the poisoning lr (1e-6). The toy world's
+    attacks fine-tune at 5e-4, so the baselines use that: at 1e-4, FT left BadNet at
+    100 % ASR (CA 97.3), i.e. one short epoch at a fifth of the poisoning lr moves nothing."""
 
     data_ratio: float = 10.0  # paper: baselines get 10x InverTune's data
     reference_images: int = 1024  # InverTune's n_images; pairs used = data_ratio * reference_images
     epochs: int = 1  # paper 10
     batch_size: int = 64  # paper 64
-    lr: float = 1e-4  # paper 4.5e-6 (FT, CleanCLIP, CleanerCLIP); toy world: see the closing note
+    lr: float = 5e-4  # paper 4.5e-6 (FT, CleanCLIP, CleanerCLIP); toy world: the attacks' 5e-4
     warmup_steps: int = 16  # paper 50 (FT/CleanCLIP), 10000 (CleanerCLIP)
     weight_decay: float = 0.1  # paper 0.1
     grad_clip: float = 1.0
