@@ -3,6 +3,7 @@
     python benchmarks/compare.py                       # 6 attacks x 6 defenses on the embedded default
     python benchmarks/compare.py --attacks badnet,blended --defenses none,ft,invertune
     python benchmarks/compare.py --reuse-check         # 2 attacks x 3 defenses, twice: the second call must reuse
+    python benchmarks/compare.py --baseline-data-ratio 2   # baselines on 2x InverTune's data (faster)
 
 Prints the paper-style table (from `toolbox compare`), then, per baseline, the attacks on
 which it lowered ASR@1 by at least 10 points (a baseline that never moves ASR is
@@ -21,6 +22,7 @@ from toolbox.compare import CompareRequest, compare, markdown_table
 ATTACKS = "badnet,blended,sig,wanet,badencoder,badclip"
 DEFENSES = "none,ft,cleanclip,cleanerclip,par,invertune"
 MOVED = 0.10  # ASR@1 drop that counts as "moved"
+BASELINES = ("ft", "cleanclip", "cleanerclip", "par")
 
 
 def main() -> int:
@@ -30,18 +32,23 @@ def main() -> int:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--out", type=Path, default=Path("results/compare-benchmark"))
     ap.add_argument("--reuse-check", action="store_true", help="run 2 attacks x 3 defenses twice and time both")
+    ap.add_argument("--baseline-data-ratio", type=float, help="the baselines' data_ratio (default: theirs, 10)")
     args = ap.parse_args()
+    params = ({b: {"data_ratio": str(args.baseline_data_ratio)} for b in BASELINES}
+              if args.baseline_data_ratio is not None else {})
     if args.reuse_check:
         req = CompareRequest(attacks=["badnet", "blended"], defenses=["none", "ft", "invertune"],
-                             out=args.out / "reuse", preset=args.preset)
+                             out=args.out / "reuse", preset=args.preset,
+                             defense_params={k: v for k, v in params.items() if k == "ft"})
         for call in (1, 2):
             start = time.perf_counter()
             cells = compare(req)
             print(f"call {call}: {len(cells)} cells, {sum(c.from_cache for c in cells)} reused, "
                   f"{time.perf_counter() - start:.1f} s")
         return 0
-    req = CompareRequest(attacks=args.attacks.split(","), defenses=args.defenses.split(","), out=args.out,
-                         preset=args.preset)
+    defenses = args.defenses.split(",")
+    req = CompareRequest(attacks=args.attacks.split(","), defenses=defenses, out=args.out, preset=args.preset,
+                         defense_params={k: v for k, v in params.items() if k in defenses})
     start = time.perf_counter()
     cells = compare(req)
     print(markdown_table(cells))
