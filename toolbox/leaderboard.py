@@ -98,7 +98,9 @@ class Entry:
     def row(self) -> dict[str, Any]:
         b, a = self.sub["metrics"]["before"], self.sub["metrics"]["after"]
         attack = self.sub.get("attack") or {}
+        params = json.dumps(self.sub["defense"].get("params"), sort_keys=True)
         return {"defense": self.sub["defense"]["name"], "attack": attack.get("name") or "none",
+                "defense_config": hashlib.sha256(params.encode()).hexdigest()[:8],
                 "model": self.sub["model"].get("id"), "seed": self.sub["seed"], "ca": a.get("ca"),
                 "asr": a.get("asr"), "ca_before": b.get("ca"), "asr_before": b.get("asr"),
                 "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")), "file": str(self.source)}
@@ -138,15 +140,16 @@ def group_by_metric_config(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 
 def ranked_table(entries: list[Entry]) -> str:
-    """Rank by DER (higher first), then lower ASR, then higher CA; defenses that report no attack last."""
+    """One row per result; "defense config" is a short hash of the defense's parameters, so the
+    same defense run with other settings is told apart. Rank by DER (higher first), then lower ASR, then higher CA; defenses that report no attack last."""
     rows = [e.row for e in entries]
     rows.sort(key=lambda r: (r["der"] is None, -(r["der"] or 0), r["asr"] if r["asr"] is not None else 2,
                              -(r["ca"] or 0)))
-    lines = ["| rank | defense | attack | model | seed | CA | ASR | CA before | ASR before | DER | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rank | defense | defense config | attack | model | seed | CA | ASR | CA before | ASR before | DER | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         der_text = "-" if r["der"] is None else f"{100 * r['der']:.1f}"
-        lines.append(f"| {i} | {r['defense']} | {r['attack']} | {r['model']} | {r['seed']} | {pct(r['ca'])} | "
+        lines.append(f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['model']} | {r['seed']} | {pct(r['ca'])} | "
                      f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {r['file']} |")
     return "\n".join(lines) + "\n"
 
