@@ -47,6 +47,20 @@ def lr_at(step: int, total: int, cfg: ContrastiveConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with CLIP's grouping: weight decay on matrices only, not on gains, biases or the temperature."""
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+
+
+def clamp_temperature(model: ClipModel) -> None:
+    """CLIP keeps its logit scale at most 100."""
+    clip_module = getattr(model, "clip", None)
+    if clip_module is not None and hasattr(clip_module, "logit_scale"):
+        with torch.no_grad():
+            clip_module.logit_scale.clamp_(0, math.log(100))
+
+
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -64,10 +78,7 @@ def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: Con
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(trainable, cfg.lr, cfg.weight_decay)
     device = next(model.parameters()).device
     history: list[dict[str, float]] = []
     step = 0
@@ -93,10 +104,7 @@ def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: Con
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            with torch.no_grad():  # CLIP clamps the temperature at 100
-                clip_module = getattr(model, "clip", None)
-                if clip_module is not None:
-                    clip_module.logit_scale.clamp_(0, math.log(100))
+            clamp_temperature(model)
             running += loss.item()
             step += 1
             bar.update(1)

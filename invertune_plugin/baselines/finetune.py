@@ -19,7 +19,7 @@ from torch import Tensor
 from toolbox.api import ClipModel, DefenseContext
 from toolbox.progress import progress
 
-from ..contrastive import ContrastiveConfig, lr_at
+from ..contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from ..data import as_float, images_uint8
 
 # (model, images [B,3,H,W] in [0,1], captions, torch generator, python rng) -> (loss, scalars to log)
@@ -81,8 +81,7 @@ def finetune(model: ClipModel, pairs: PairSet, cfg: FinetuneConfig, batch_loss: 
                                  weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                  grad_clip=cfg.grad_clip, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(params, cfg.lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -121,10 +120,3 @@ def finetune(model: ClipModel, pairs: PairSet, cfg: FinetuneConfig, batch_loss: 
     model.eval()
     return history
 
-
-def clamp_temperature(model: ClipModel) -> None:
-    """CLIP keeps its logit scale at most 100."""
-    clip_module = getattr(model, "clip", None)
-    if clip_module is not None and hasattr(clip_module, "logit_scale"):
-        with torch.no_grad():
-            clip_module.logit_scale.clamp_(0, math.log(100))
