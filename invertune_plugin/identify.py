@@ -15,11 +15,14 @@ methods (``IdentifyConfig.method``):
   on clean and backdoored models alike): the true target ranked 4-5 for SIG, BadEncoder
   and BadCLIP.
 - ``targeted`` (ours, default): a *race*. For every candidate class and every perturbation
-  family (trigger-sized patches at several locations, global L-inf at two budgets) a short
+  family (trigger-sized patches at several locations, a global L-inf UAP) a short
   targeted UAP is optimised; a class's score is its held-out targeted success rate minus
-  the family's median over classes, averaged over families. A backdoor target is reachable
+  the family's median over classes, the best over families (``race_aggregate``). A backdoor target is reachable
   from every family that can express its trigger, attractors mostly from one. Large
   vocabularies race only the untargeted screen's top ``max_race_classes``.
+  ``refine_patches`` gives the race's top classes a longer patch UAP with restarts at their
+  best location; the defense runs it when stage 2 finds no small effective mask, and a
+  refined patch that works on nearly every held-out image becomes the trigger (verdict.py).
 
 Histograms and rates are measured on held-out images. A single UAP can concentrate on one
 class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; the verdict
@@ -53,8 +56,20 @@ class IdentifyConfig:
     race_patch_locations: tuple[str, ...] = ("bottom-right", "top-left", "center")
     race_global_eps: tuple[float, ...] = (32 / 255,)  # 16/255 reached at most 0.33 on non-Blended models
     race_steps: int = 20  # per (class, family)
+    # Race patches live in pixel space, projected onto [0, 1] after each Adam step, from a uniform
+    # init: 20 steps of lr 0.1 can reach any colour. ("sigmoid": the untargeted UAPs' logit
+    # parameterisation; from a N(0, 0.5) init 20 steps reach at most sigmoid(+-2.5) = 0.08..0.92.)
+    race_patch_param: str = "pixel"
     max_race_classes: int = 64  # larger vocabularies race the untargeted screen's top classes
     race_aggregate: str = "max"  # a class's score over families: "max" or "mean" (see the closing note)
+    # patch refinement (ours; run by the defense only when stage 2 finds no small effective trigger):
+    # the race's top classes get a longer patch UAP, with restarts, at the location where they raced
+    # best. A patch trigger aligned with a ViT token can be a sharp optimum that 20 steps from a random
+    # patch miss (default ViT, BadEncoder: "mushroom" 0.705 after 20 steps, 0.996 after 100 x 3).
+    refine_classes: int = 3  # 0: no refinement
+    refine_steps: int = 100
+    refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
+    refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
     # untargeted UAPs (the paper's method, and the screen for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)
     patch_locations: tuple[str, ...] = ("bottom-right", "top-left", "center")
@@ -72,6 +87,7 @@ class UAPResult:
     shift: Tensor  # [C] untargeted: P_adv - P_clean; race: success rate minus the family median
     fooling_rate: float
     perturb: Callable[[Tensor], Tensor] = field(repr=False)
+    rates: Tensor | None = field(default=None, repr=False)  # race only: raw held-out success rate per class
 
     @property
     def top(self) -> int:
@@ -96,9 +112,16 @@ class Identification:
             "agreement": round(self.agreement, 4),
             "consensus_shift": round(self.consensus_shift, 4),
             "margin": round(self.margin, 4),
-            "uaps": [{"kind": u.kind, "top": self.classnames[u.top], "top_shift": round(float(u.shift.max()), 4),
-                      "fooling_rate": round(u.fooling_rate, 4)} for u in self.uaps],
+            "uaps": [self._uap_evidence(u) for u in self.uaps],
         }
+
+    def _uap_evidence(self, u: UAPResult) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": u.kind, "top": self.classnames[u.top], "top_shift": round(float(u.shift.max()), 4),
+                               "fooling_rate": round(u.fooling_rate, 4)}
+        if u.rates is not None:  # race: the ranked target's own success rate and the family's median
+            doc["target_rate"] = round(float(u.rates[self.classnames.index(self.target)]), 4)
+            doc["median_rate"] = round(float(u.rates.nanmedian()), 4)
+        return doc
 
 
 def targeted_loss(logits: Tensor, target: int) -> Tensor:
@@ -160,13 +183,70 @@ def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: Identif
     return _race(model, images, head, cfg, seed, candidates)
 
 
-def race_families(image_size: int, cfg: IdentifyConfig) -> list[tuple[str, Callable[[], tuple[Tensor, Callable]]]]:
+@dataclass(frozen=True)
+class RaceFamily:
+    """One perturbation family of the race: how its parameter starts, acts and stays valid."""
+
+    kind: str
+    init: Callable[[torch.Generator], Tensor]
+    apply: Callable[[Tensor, Tensor], Tensor]
+    project: Callable[[Tensor], None]  # in place, after each optimiser step
+    location: str | None = None  # patch families: where the patch sits
+    pixels: Callable[[Tensor], Tensor] | None = None  # patch families: the parameter as a [3, s, s] patch in [0, 1]
+
+
+def _no_projection(_: Tensor) -> None:
+    return None
+
+
+def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
+    if cfg.race_patch_param not in ("pixel", "sigmoid"):
+        raise ValueError(f"identify.race_patch_param must be 'pixel' or 'sigmoid', got {cfg.race_patch_param!r}")
     size = patch_pixels(image_size, cfg.race_patch_fraction)
-    fams: list[tuple[str, Callable[[], tuple[Tensor, Callable]]]] = [
-        (f"race:patch@{loc}", (lambda loc=loc: patch_uap(size, loc))) for loc in cfg.race_patch_locations]
-    fams += [(f"race:global@{eps * 255:.0f}/255", (lambda eps=eps: global_uap(image_size, eps)))
-             for eps in cfg.race_global_eps]
+    fams: list[RaceFamily] = []
+    for loc in cfg.race_patch_locations:
+        if cfg.race_patch_param == "pixel":
+            fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.rand(3, size, size, generator=g),
+                                   (lambda x, p, loc=loc: paste_patch(x, p, loc)), lambda p: p.clamp_(0, 1),
+                                   location=loc, pixels=lambda p: p))
+        else:
+            fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
+                                   (lambda x, p, loc=loc: paste_patch(x, torch.sigmoid(p), loc)), _no_projection,
+                                   location=loc, pixels=torch.sigmoid))
+    for eps in cfg.race_global_eps:
+        fams.append(RaceFamily(f"race:global@{eps * 255:.0f}/255",
+                               lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
+                               (lambda x, p, eps=eps: (x + eps * torch.tanh(p)).clamp(0, 1)), _no_projection))
     return fams
+
+
+def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily, target: int,
+                 cfg: IdentifyConfig, steps: int, gen: torch.Generator) -> Tensor:
+    """A targeted UAP of ``family`` toward class ``target``: ``steps`` Adam steps from a random init."""
+    param = family.init(gen).to(fit_images.device).requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=cfg.lr)
+    for _ in range(steps):
+        idx = torch.randint(len(fit_images), (min(cfg.batch_size, len(fit_images)),), generator=gen)
+        loss = targeted_loss(head.logits(model, family.apply(as_float(fit_images[idx]), param)), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            family.project(param)
+    return param.detach()
+
+
+def success_rate(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, target: int) -> float:
+    """Fraction of ``images`` (already perturbed) not of class ``target`` before that now are."""
+    others = clean_pred != target  # images already of the target class do not count
+    return float((head.predict(model, images)[others] == target).float().mean()) if others.any() else 0.0
+
+
+def race_rate(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor,
+              family: RaceFamily, target: int, cfg: IdentifyConfig, gen: torch.Generator) -> float:
+    """Held-out success rate of a short targeted UAP of ``family`` toward class ``target``."""
+    param = targeted_uap(model, head, fit_images, family, target, cfg, cfg.race_steps, gen)
+    return success_rate(model, head, family.apply(hold_images, param), hold_pred, target)
 
 
 def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int,
@@ -177,28 +257,66 @@ def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyCon
     hold_pred = head.predict(model, hold_images)
     n_classes = len(head.classnames)
     results: list[UAPResult] = []
-    for f_index, (kind, make) in enumerate(race_families(images.shape[-1], cfg)):
+    for f_index, family in enumerate(race_families(images.shape[-1], cfg)):
         rates = torch.full((n_classes,), float("nan"))
-        for c in progress(candidates, desc=f"stage 1: {kind}"):
+        for c in progress(candidates, desc=f"stage 1: {family.kind}"):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + f_index * 10_007 + c)
-            param, apply = make()
-            param = param.clone().normal_(0, 0.5, generator=gen).to(images.device).requires_grad_(True)
-            opt = torch.optim.Adam([param], lr=cfg.lr)
-            for _ in range(cfg.race_steps):
-                idx = torch.randint(len(fit_images), (min(cfg.batch_size, len(fit_images)),), generator=gen)
-                loss = targeted_loss(head.logits(model, apply(as_float(fit_images[idx]), param)), c)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            pred = head.predict(model, apply(hold_images, param.detach()))
-            others = hold_pred != c  # images already of class c do not count
-            rates[c] = float((pred[others] == c).float().mean()) if others.any() else 0.0
+            rates[c] = race_rate(model, head, fit_images, hold_images, hold_pred, family, c, cfg, gen)
         raced = rates[candidates]
         score = torch.full((n_classes,), float("nan"))
         score[candidates] = raced - raced.median()
-        results.append(UAPResult(kind=kind, shift=score.nan_to_num(-1.0), fooling_rate=float(raced.max()),
-                                 perturb=lambda x: x))
+        results.append(UAPResult(kind=family.kind, shift=score.nan_to_num(-1.0), fooling_rate=float(raced.max()),
+                                 perturb=lambda x: x, rates=rates))
     return _rank(results, head, "targeted", cfg.race_aggregate)
+
+
+@dataclass
+class RefinedPatch:
+    """A longer patch UAP toward one class: a candidate trigger of its own (mask = the patch's box)."""
+
+    target: str
+    location: str
+    patch: Tensor  # [3, s, s] in [0, 1]
+    holdout_rate: float  # held-out images (not already of the class) sent to it
+
+    def evidence(self) -> dict[str, Any]:
+        return {"class": self.target, "location": self.location, "holdout_rate": round(self.holdout_rate, 4)}
+
+
+def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
+                   cfg: IdentifyConfig, seed: int = 0) -> list[RefinedPatch]:
+    """Longer patch UAPs for the race's top ``refine_classes``, each at its best-raced location."""
+    with frozen(model):
+        return _refine_patches(model, images, head, ident, cfg, seed)
+
+
+def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
+                    cfg: IdentifyConfig, seed: int) -> list[RefinedPatch]:
+    fams = {f.kind: f for f in race_families(images.shape[-1], cfg) if f.pixels is not None}
+    patch_uaps = [u for u in ident.uaps if u.kind in fams]
+    if not patch_uaps or cfg.refine_classes < 1:
+        return []
+    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
+    fit_images, hold_images = images[fit], as_float(images[hold])
+    hold_pred = head.predict(model, hold_images)
+    judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
+    refined: list[RefinedPatch] = []
+    for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine patches"):
+        c = head.classnames.index(cls)
+        best_uap = max(patch_uaps, key=lambda u: float(u.shift[c]))
+        family = fams[best_uap.kind]
+        candidates = []
+        for r in range(cfg.refine_restarts):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + 777_767 * (r + 1) + c)
+            param = targeted_uap(model, head, fit_images, family, c, cfg, cfg.refine_steps, gen)
+            with torch.no_grad():
+                loss = float(targeted_loss(head.logits(model, family.apply(judge, param)), c))
+            candidates.append((loss, param))
+        param = min(candidates, key=lambda lp: lp[0])[1]
+        rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+        refined.append(RefinedPatch(target=cls, location=str(family.location), patch=family.pixels(param),
+                                    holdout_rate=rate))
+    return refined
 
 
 def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: str = "mean") -> Identification:
