@@ -19,9 +19,9 @@ import torch
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from .data import as_float, images_uint8
-from .identify import IdentifyConfig, Identification, identify
-from .verdict import VerdictConfig, decide
-from .invert import InvertConfig, InvertedTrigger, invert
+from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patches
+from .verdict import VerdictConfig, best_patch, decide
+from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, tune
 from .zeroshot import ZeroShotHead
 
@@ -108,7 +108,22 @@ class InverTune(Defense):
             timings["invert"] = time.perf_counter() - start
 
         found = decide(ident, trigger, cfg.verdict) if ident is not None else None
+        source = "stage 2 inversion"
+        refined: list[RefinedPatch] = []
+        if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_classes > 0:
+            # no small effective mask: longer patch UAPs for the race's top classes (identify.py)
+            start = time.perf_counter()
+            refined = refine_patches(ctx.model, images, head, ident, cfg.identify, ctx.seed)
+            timings["refine"] = time.perf_counter() - start
+            winner = best_patch(refined, cfg.verdict)
+            if winner is not None:
+                trigger = patch_trigger(winner.patch, winner.location, images.shape[-1], winner.target,
+                                        winner.holdout_rate)
+                target, found, source = winner.target, True, "stage 1 refined patch"
         detection = self.detection(ident, trigger, target, found)
+        detection["inverted_trigger"]["source"] = source
+        if refined:
+            detection["refined_patches"] = [p.evidence() for p in refined]
         if probes:
             detection["candidates"] = probes
         artifacts = write_artifacts(ctx.workdir, ident, trigger, images)

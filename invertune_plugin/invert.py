@@ -28,6 +28,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
+from .attacks.triggers import paste_patch
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
@@ -66,6 +67,15 @@ class InvertedTrigger:
     def __call__(self, images: Tensor) -> Tensor:
         m = self.mask.to(images)
         return m * self.pattern.to(images) + (1 - m) * images
+
+
+def patch_trigger(patch: Tensor, location: str, image_size: int, target: str, holdout_asr: float) -> InvertedTrigger:
+    """A pasted patch as an :class:`InvertedTrigger` (mask: the patch's box, one channel)."""
+    canvas = torch.zeros(1, 3, image_size, image_size)
+    pattern = paste_patch(canvas, patch.detach().cpu(), location)[0]
+    mask = paste_patch(torch.zeros(1, 1, image_size, image_size), torch.ones(1, *patch.shape[1:]), location)[0]
+    return InvertedTrigger(mask=mask, pattern=pattern, target=target, holdout_asr=holdout_asr,
+                           mask_l1=float(mask.sum()))
 
 
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,

@@ -57,6 +57,41 @@ def test_targeted_race_ranks_the_planted_target_first():
     assert ident.evidence()["uaps"][0]["top"] == TARGET
 
 
+def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
+    from invertune_plugin.identify import refine_patches
+    from invertune_plugin.invert import patch_trigger
+    from invertune_plugin.verdict import VerdictConfig, best_patch
+
+    model = PlantedClip()
+    head = head_for(model)
+    images = colour_images(96)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=30, refine_restarts=2)
+    ident = identify(model, images, head, cfg)
+    refined = refine_patches(model, images, head, ident, cfg)
+    assert [p.target for p in refined] == [c for c, _ in ident.ranking[:2]]
+    winner = best_patch(refined, VerdictConfig())
+    assert winner is not None and winner.target == TARGET and winner.location == "bottom-right"
+    size = images.shape[-1]
+    trigger = patch_trigger(winner.patch, winner.location, size, winner.target, winner.holdout_rate)
+    assert trigger.mask.shape == (1, size, size) and trigger.mask_l1 == winner.patch.shape[-1] ** 2
+    x = images[:8].float() / 255
+    assert torch.equal(trigger(x)[..., -winner.patch.shape[-1]:, -winner.patch.shape[-1]:],
+                       winner.patch.expand(8, -1, -1, -1))
+    assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
+
+
+def test_refinement_on_a_clean_model_finds_no_effective_patch():
+    from invertune_plugin.identify import refine_patches
+    from invertune_plugin.verdict import VerdictConfig, best_patch
+
+    model = PlantedClip(backdoor=False)
+    head = head_for(model)
+    images = colour_images(96)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=30, refine_restarts=2)
+    refined = refine_patches(model, images, head, identify(model, images, head, cfg), cfg)
+    assert len(refined) == 2 and best_patch(refined, VerdictConfig()) is None
+
+
 def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
     import invertune_plugin.identify as ident_mod
 
