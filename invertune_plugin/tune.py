@@ -158,6 +158,8 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
     tuned = model.clone() if hasattr(model, "clone") else copy.deepcopy(model)
     tuned.eval()  # batch-norm statistics stay as they are
     layers = tuned.vision_layers()
+    if not layers:
+        raise ValueError("stage 3 needs the model adapter to name its vision layers; this model names none")
     recorder = ActivationRecorder(layers)
     grad_hooks: list = []
     try:

@@ -193,3 +193,34 @@ def test_masked_tuning_moves_only_critical_rows_and_keeps_bn_statistics(preset):
     p.grad = None
     (p.sum()).backward()
     assert torch.equal(p.grad, torch.ones_like(p))
+
+
+def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    import invertune_plugin.defense as defense_mod
+    from invertune_plugin.defense import InverTune
+    from invertune_plugin.tune import TuneReport
+    from toolbox.api import DefenseContext, ImageData
+
+    tuned_with = []  # the planted model has no layers to tune: record which trigger stage 3 would get
+    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s: tuned_with.append(trig) or (m, TuneReport([])))
+
+    images = colour_images(96)
+    data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
+                     source="planted")
+    defense = InverTune(InverTune.configure({
+        "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
+        "identify.refine_steps": "30", "identify.refine_restarts": "2", "invert.steps": "20",
+        "verdict.max_mask_fraction": "0.0",  # no inverted mask can pass: the refinement must decide
+        "tune.steps": "5", "tune.batch_size": "16"}))
+    ctx = DefenseContext(model=PlantedClip(), clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
+                         device=CPU, workdir=tmp_path)
+    outcome = defense.defend(ctx)
+    det = outcome.detection
+    assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
+    assert det["inverted_trigger"]["source"] == "stage 1 refined patch"
+    assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH ** 2 / images.shape[-1] ** 2, abs=1e-3)
+    assert [p["class"] for p in det["refined_patches"]] == [r["class"] for r in det["ranking_top5"][:2]]
+    assert "refine" in outcome.timings_s
+    assert tuned_with == [outcome.triggers["inverted"]] and tuned_with[0].mask_l1 == PATCH ** 2
