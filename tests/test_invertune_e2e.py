@@ -17,7 +17,8 @@ ATTACK = ["--attack", "badnet", "--attack-param", "poison_rate=0.1", "--attack-p
 # Fewer steps for CI; purify_when_clean so the test exercises the pipeline whatever the verdict
 # heuristic (calibrated on the default preset) says about the smaller smoke model.
 FAST = ["-p", "identify.race_steps=15", "-p", "invert.steps=200", "-p", "tune.steps=100", "-p", "n_images=256",
-        "-p", "purify_when_clean=true", "-p", "candidates=2"]
+        "-p", "purify_when_clean=true", "-p", "candidates=2", "-p", "identify.refine_steps=20",
+        "-p", "identify.refine_restarts=1"]
 
 
 @pytest.fixture(scope="module")
