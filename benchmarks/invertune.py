@@ -9,8 +9,9 @@
 Each row is one real `toolbox run --attack A --defense invertune` (attacked models come
 from the cache). Columns: CA / ASR@1 / ASR@10 / retrieval recall@10 / retrieval ASR@10,
 before (no defense) and after; stage-1 rank of the true target and the verdict; the
-inverted trigger's own ASR and mask size; wall time of the defense. Bars: target at rank 1,
-verdict "no backdoor" on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min.
+inverted trigger's own ASR, mask size and source (stage-2 inversion or a refined stage-1
+patch); wall time of the defense. Bars: the chosen target is the attack's, verdict "no backdoor"
+on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--attacks", default="none," + ",".join(ATTACKS))
     ap.add_argument("--attack-param", action="append", default=[])
+    ap.add_argument("--out", type=Path, help="keep each cell's run directory here (default: a temp dir)")
     ap.add_argument("--from-compare", type=Path, help="read the invertune cells of a `toolbox compare` output dir")
     args = ap.parse_args()
     cells: dict[str, dict] = {}
@@ -57,15 +59,15 @@ def main() -> int:
         for c in json.loads((args.from_compare / "compare.json").read_text())["cells"]:
             if c["defense"] == "invertune":
                 cells[c["attack"]] = json.loads(Path(c["result"]).read_text())
-    tmp = Path(tempfile.mkdtemp(prefix="bench-invertune-"))
+    tmp = args.out or Path(tempfile.mkdtemp(prefix="bench-invertune-"))
     if cells:
         print(f"cells read from {args.from_compare}/compare.json (their own parameters are in each result)\n")
     else:
         print(f"preset {args.preset}, profile {args.profile}, attack params {args.attack_param or 'defaults'}\n")
     print("| attack | CA before | CA after | ASR@1 before | ASR@1 after | ASR@10 after | recall@10 before | "
-          "recall@10 after | retr. ASR before | retr. ASR after | target rank | verdict | inverted ASR | "
-          "mask % | defense s | bars |")
-    print("|" + "---|" * 16)
+          "recall@10 after | retr. ASR before | retr. ASR after | stage-1 rank | target | verdict | inverted ASR | "
+          "mask % | trigger from | defense s | bars |")
+    print("|" + "---|" * 18)
     for attack in (list(cells) if cells else args.attacks.split(",")):
         doc = cells[attack] if cells else None
         attack = None if attack == "none" else attack
@@ -81,13 +83,13 @@ def main() -> int:
         if attack is None:
             ok = det.get("backdoored") is False
         else:
-            ok = (rank == 1 and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
+            ok = (det.get("target") == true_target and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
                   and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= 300)
         print(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | {pct(a['asr'])} | "
               f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
               f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
-              f"{det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | {pct(inv.get('mask_fraction'))} | "
-              f"{secs:.0f} | {'met' if ok else 'NOT met'} |", flush=True)
+              f"{det.get('target', '-')} | {det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | "
+              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {'met' if ok else 'NOT met'} |", flush=True)
     return 0
 
 
