@@ -1,13 +1,21 @@
-"""Backdoored or not: a verdict from stage-2 evidence, calibrated on the clean toy model.
+"""Backdoored or not: a verdict from stage-2 evidence, calibrated on the clean toy models.
 
 A single UAP's margin cannot decide, and on this toy world neither can UAP agreement:
 the clean default ViT sends 75 % of its patch UAPs to "traffic light" (a colourful patch
 looks like one), more agreement than most backdoored models show. What separates them
 is how small a mask suffices to send held-out images to the ranked class: the clean
 model's inverted "traffic light" needs 9.5 % of the mask entries (96 % ASR), the BadNet
-model's "mushroom" 4.8 % (99 %). The threshold sits between those two measurements —
-two data points, so treat it as a heuristic; the result carries the raw evidence
-(stage-1 agreement and shifts, inverted ASR and mask size) so a user can judge.
+model's "mushroom" 4.8 % (99 %). The ResNet-type tiny CLIP moved the line: its natural
+classes need smaller masks (inverted with the default settings, >= 92 % held-out ASR):
+"tennis ball" 5.4 % on the clean model, 5.4-6.3 % on the WaNet, SIG, BadNet and Blended
+models, where it is not the target; the next natural classes 7.0-7.5 %. The smallest
+natural mask measured on either architecture is therefore 5.4 %, and the largest backdoor
+mask the threshold must accept (no refined patch catches a global trigger) is Blended's
+3.5 % on the ViT; BadNet's are 4.8 % (ViT) and 2.2 % (ResNet). ``max_mask_fraction`` = 5 %
+sits in that gap, which is narrow (4.8 against 5.4) and measured on the same handful of
+models the threshold is meant for — treat it as a heuristic. The result carries the raw
+evidence (stage-1 race rates, inverted ASR and mask size, refined patches) so a user can
+judge, and ``-p verdict.max_mask_fraction=...`` moves it.
 
 When the inversion finds no small effective mask, the race's top classes get a longer
 patch UAP (``identify.refine_patches``). A patch is 1.6 % of the image, so one that sends
@@ -28,7 +36,9 @@ from .invert import InvertedTrigger
 @dataclass(frozen=True)
 class VerdictConfig:
     min_inverted_asr: float = 0.9  # inversion must really work ...
-    max_mask_fraction: float = 0.07  # ... with a mask this small (clean ViT: 0.095; BadNet: 0.048)
+    # ... with a mask this small: ours, below every natural class measured (ResNet "tennis ball"
+    # 0.054, ViT >= 0.070) and above BadNet (ViT 0.048, ResNet 0.022) and Blended (ViT 0.035)
+    max_mask_fraction: float = 0.05
     # a refined stage-1 patch (4 px at 32 px) counts as a trigger at this held-out success rate
     min_patch_rate: float = 0.95  # ours (clean ViT: at most 0.824; BadEncoder: 1.0); see the docstring
 
