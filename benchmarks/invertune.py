@@ -4,6 +4,7 @@
     python benchmarks/invertune.py --preset default-resnet          # ResNet-type tiny CLIP
     python benchmarks/invertune.py --profile paper                  # the paper's hyperparameters
     python benchmarks/invertune.py --attacks badnet --attack-param location=top-left
+    python benchmarks/invertune.py -p rounds=2                      # any InverTune setting
     python benchmarks/invertune.py --from-compare results/compare   # rows from a `toolbox compare` run's cells
 
 Each row is one real `toolbox run --attack A --defense invertune` (attacked models come
@@ -29,8 +30,11 @@ from toolbox.cli import main as toolbox
 ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
 
 
-def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], out: Path) -> dict:
+def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], params: list[str],
+             out: Path) -> dict:
     argv = ["run", "--defense", "invertune", "--preset", preset, "--out", str(out), "-p", f"profile={profile}"]
+    for p in params:
+        argv += ["-p", p]
     if attack:
         argv += ["--attack", attack]
         for p in attack_params:
@@ -51,6 +55,7 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--attacks", default="none," + ",".join(ATTACKS))
     ap.add_argument("--attack-param", action="append", default=[])
+    ap.add_argument("-p", "--param", action="append", default=[], help="InverTune setting KEY=VALUE (repeatable)")
     ap.add_argument("--out", type=Path, help="keep each cell's run directory here (default: a temp dir)")
     ap.add_argument("--from-compare", type=Path, help="read the invertune cells of a `toolbox compare` output dir")
     args = ap.parse_args()
@@ -63,7 +68,8 @@ def main() -> int:
     if cells:
         print(f"cells read from {args.from_compare}/compare.json (their own parameters are in each result)\n")
     else:
-        print(f"preset {args.preset}, profile {args.profile}, attack params {args.attack_param or 'defaults'}\n")
+        print(f"preset {args.preset}, profile {args.profile}, InverTune params {args.param or 'defaults'}, "
+              f"attack params {args.attack_param or 'defaults'}\n")
     print("| attack | CA before | CA after | ASR@1 before | ASR@1 after | ASR@10 after | recall@10 before | "
           "recall@10 after | retr. ASR before | retr. ASR after | stage-1 rank | target | verdict | inverted ASR | "
           "mask % | trigger from | defense s | bars |")
@@ -72,7 +78,7 @@ def main() -> int:
         doc = cells[attack] if cells else None
         attack = None if attack == "none" else attack
         if doc is None:
-            doc = run_cell(args.preset, attack, args.profile, args.attack_param, tmp / (attack or "clean"))
+            doc = run_cell(args.preset, attack, args.profile, args.attack_param, args.param, tmp / (attack or "clean"))
         b, a = doc["metrics"]["before"], doc["metrics"]["after"]
         det = doc["detection"] or {}
         true_target = (doc["attack"] or {}).get("target")
