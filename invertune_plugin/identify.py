@@ -296,6 +296,8 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
     patch_uaps = [u for u in ident.uaps if u.kind in fams]
     if not patch_uaps or cfg.refine_classes < 1:
         return []
+    if cfg.refine_restarts < 1:
+        raise ValueError(f"identify.refine_restarts must be >= 1, got {cfg.refine_restarts}")
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     fit_images, hold_images = images[fit], as_float(images[hold])
     hold_pred = head.predict(model, hold_images)

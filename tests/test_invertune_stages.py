@@ -213,6 +213,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
         "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
         "identify.refine_steps": "30", "identify.refine_restarts": "2", "invert.steps": "20",
         "verdict.max_mask_fraction": "0.0",  # no inverted mask can pass: the refinement must decide
+        "min_round_asr": "0.0",  # round 2 runs whatever 20 inversion steps reach
         "tune.steps": "5", "tune.batch_size": "16"}))
     ctx = DefenseContext(model=PlantedClip(), clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
                          device=CPU, workdir=tmp_path)
@@ -223,4 +224,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH ** 2 / images.shape[-1] ** 2, abs=1e-3)
     assert [p["class"] for p in det["refined_patches"]] == [r["class"] for r in det["ranking_top5"][:2]]
     assert "refine" in outcome.timings_s
-    assert tuned_with == [outcome.triggers["inverted"]] and tuned_with[0].mask_l1 == PATCH ** 2
+    assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
+    # refined_rounds=2 (default): the second round inverts on the "tuned" model (here: unchanged)
+    assert len(tuned_with) == 2 and tuned_with[1].mask.shape[0] == 3, "round 2 tunes with a stage-2 inversion"
+    assert [r["round"] for r in outcome.info["rounds"]] == [1, 2] and "invert.round2" in outcome.timings_s
