@@ -66,7 +66,7 @@ class IdentifyConfig:
     # the race's top classes get a longer patch UAP, with restarts, at the location where they raced
     # best. A patch trigger aligned with a ViT token can be a sharp optimum that 20 steps from a random
     # patch miss (default ViT, BadEncoder: "mushroom" 0.705 after 20 steps, 0.996 after 100 x 3).
-    refine_classes: int = 3  # 0: no refinement
+    refine_classes: int = 3  # at most this many (the defense stops at the first effective patch); 0: none
     refine_steps: int = 100
     refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
@@ -284,14 +284,16 @@ class RefinedPatch:
 
 
 def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
-                   cfg: IdentifyConfig, seed: int = 0) -> list[RefinedPatch]:
-    """Longer patch UAPs for the race's top ``refine_classes``, each at its best-raced location."""
+                   cfg: IdentifyConfig, seed: int = 0, stop_rate: float | None = None) -> list[RefinedPatch]:
+    """Longer patch UAPs for the race's top ``refine_classes``, each at its best-raced location,
+    in ranking order; with ``stop_rate``, the first patch whose held-out rate reaches it ends
+    the refinement (the defense passes the verdict's ``min_patch_rate``: that patch is the trigger)."""
     with frozen(model):
-        return _refine_patches(model, images, head, ident, cfg, seed)
+        return _refine_patches(model, images, head, ident, cfg, seed, stop_rate)
 
 
 def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
-                    cfg: IdentifyConfig, seed: int) -> list[RefinedPatch]:
+                    cfg: IdentifyConfig, seed: int, stop_rate: float | None) -> list[RefinedPatch]:
     fams = {f.kind: f for f in race_families(images.shape[-1], cfg) if f.pixels is not None}
     patch_uaps = [u for u in ident.uaps if u.kind in fams]
     if not patch_uaps or cfg.refine_classes < 1:
@@ -318,6 +320,8 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
         rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
         refined.append(RefinedPatch(target=cls, location=str(family.location), patch=family.pixels(param),
                                     holdout_rate=rate))
+        if stop_rate is not None and rate >= stop_rate:
+            break
     return refined
 
 

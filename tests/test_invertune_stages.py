@@ -222,7 +222,11 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
     assert det["inverted_trigger"]["source"] == "stage 1 refined patch"
     assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH ** 2 / images.shape[-1] ** 2, abs=1e-3)
-    assert [p["class"] for p in det["refined_patches"]] == [r["class"] for r in det["ranking_top5"][:2]]
+    # refinement follows stage 1's order and stops at the first effective patch
+    patches = det["refined_patches"]
+    assert [p["class"] for p in patches] == [r["class"] for r in det["ranking_top5"][:len(patches)]]
+    assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95
+    assert all(p["holdout_rate"] < 0.95 for p in patches[:-1])
     assert "refine" in outcome.timings_s
     assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
     # refined_rounds=2 (default): the second round inverts on the "tuned" model (here: unchanged)
