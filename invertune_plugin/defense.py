@@ -66,6 +66,7 @@ def paper_profile() -> InverTuneConfig:
 
 
 PROFILES = {"default": InverTuneConfig, "paper": paper_profile}
+FROM_INVERSION, FROM_REFINED_PATCH = "stage 2 inversion", "stage 1 refined patch"  # detection.inverted_trigger.source
 
 
 class InverTune(Defense):
@@ -114,7 +115,7 @@ class InverTune(Defense):
             timings["invert"] = time.perf_counter() - start
 
         found = decide(ident, trigger, cfg.verdict) if ident is not None else None
-        source = "stage 2 inversion"
+        source = FROM_INVERSION
         refined: list[RefinedPatch] = []
         if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_classes > 0:
             # no small effective mask: longer patch UAPs for the race's top classes (identify.py)
@@ -126,7 +127,7 @@ class InverTune(Defense):
             if winner is not None:
                 trigger = patch_trigger(winner.patch, winner.location, images.shape[-1], winner.target,
                                         winner.holdout_rate)
-                target, found, source = winner.target, True, "stage 1 refined patch"
+                target, found, source = winner.target, True, FROM_REFINED_PATCH
         detection = self.detection(ident, trigger, target, found)
         detection["inverted_trigger"]["source"] = source
         if refined:
@@ -138,7 +139,7 @@ class InverTune(Defense):
         rounds: list[dict[str, float]] = []
         if found is not False or cfg.purify_when_clean:  # a given target means "purify"
             current = trigger
-            for r in range(cfg.refined_rounds if source == "stage 1 refined patch" else cfg.rounds):
+            for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
                 if r > 0:  # invert again on the tuned model: what the first round left behind
                     start = time.perf_counter()
                     current = invert(model, images, head, target, cfg.invert, ctx.seed + r)

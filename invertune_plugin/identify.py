@@ -209,14 +209,13 @@ def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
             fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.rand(3, size, size, generator=g),
                                    (lambda x, p, loc=loc: paste_patch(x, p, loc)), lambda p: p.clamp_(0, 1),
                                    location=loc, pixels=lambda p: p))
-        else:
+        else:  # the untargeted patch UAP's parameterisation
             fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
-                                   (lambda x, p, loc=loc: paste_patch(x, torch.sigmoid(p), loc)), _no_projection,
-                                   location=loc, pixels=torch.sigmoid))
+                                   patch_uap(size, loc)[1], _no_projection, location=loc, pixels=torch.sigmoid))
     for eps in cfg.race_global_eps:
         fams.append(RaceFamily(f"race:global@{eps * 255:.0f}/255",
                                lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
-                               (lambda x, p, eps=eps: (x + eps * torch.tanh(p)).clamp(0, 1)), _no_projection))
+                               global_uap(image_size, eps)[1], _no_projection))
     return fams
 
 
