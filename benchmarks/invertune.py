@@ -12,7 +12,8 @@ from the cache). Columns: CA / ASR@1 / ASR@10 / retrieval recall@10 / retrieval 
 before (no defense) and after; stage-1 rank of the true target and the verdict; the
 inverted trigger's own ASR, mask size and source (stage-2 inversion or a refined stage-1
 patch); wall time of the defense. Bars: the chosen target is the attack's, verdict "no backdoor"
-on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min.
+on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min. A cell whose attack left
+ASR@1 below NOT_IMPLANTED before any defense has no backdoor to find: it is marked "n/a", not met.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from toolbox.cli import main as toolbox
 
 ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
+NOT_IMPLANTED = 0.2  # ASR@1 before: below this the attack did not plant a backdoor worth the name
 
 
 def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], params: list[str],
@@ -47,6 +49,12 @@ def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[
 
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+def verdict_cell(ok: bool | None, asr_before: float | None) -> str:
+    if ok is None:
+        return f"n/a (attack not implanted: ASR@1 {pct(asr_before)} % before)"
+    return "met" if ok else "NOT met"
 
 
 def main() -> int:
@@ -88,6 +96,8 @@ def main() -> int:
         secs = doc["timings_s"].get("defense", 0.0)
         if attack is None:
             ok = det.get("backdoored") is False
+        elif b["asr"] is not None and b["asr"] < NOT_IMPLANTED:
+            ok = None
         else:
             ok = (det.get("target") == true_target and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
                   and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= 300)
@@ -95,7 +105,7 @@ def main() -> int:
               f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
               f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
               f"{det.get('target', '-')} | {det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | "
-              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {'met' if ok else 'NOT met'} |", flush=True)
+              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {verdict_cell(ok, b['asr'])} |", flush=True)
     return 0
 
 

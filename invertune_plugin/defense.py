@@ -22,7 +22,7 @@ from .data import as_float, images_uint8
 from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patches
 from .verdict import VerdictConfig, best_patch, decide
 from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger
-from .tune import TuneConfig, TuneReport, tune
+from .tune import TuneConfig, TuneReport, guard_reference, tune
 from .zeroshot import ZeroShotHead
 
 
@@ -139,6 +139,8 @@ class InverTune(Defense):
         rounds: list[dict[str, float]] = []
         if found is not False or cfg.purify_when_clean:  # a given target means "purify"
             current = trigger
+            # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
+            reference = guard_reference(ctx.model, images, head, cfg.tune, ctx.seed) if cfg.tune.guard_every else None
             for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
                 if r > 0:  # invert again on the tuned model: what the first round left behind
                     start = time.perf_counter()
@@ -147,10 +149,13 @@ class InverTune(Defense):
                     if current.holdout_asr < cfg.min_round_asr:
                         break
                 start = time.perf_counter()
-                model, report = tune(model, images, current, head, cfg.tune, ctx.seed + r)
+                model, report = tune(model, images, current, head, cfg.tune, ctx.seed + r, reference)
                 timings["tune" if r == 0 else f"tune.round{r + 1}"] = time.perf_counter() - start
                 rounds.append({"round": r + 1, "inverted_asr": round(current.holdout_asr, 4),
-                               "mask_l1": round(current.mask_l1, 2)})
+                               "mask_l1": round(current.mask_l1, 2), "guard": report.guard,
+                               "guard_stopped_at": report.stopped_at})
+                if report.stopped_at is not None:  # the guard stopped this round: a further one would too
+                    break
             artifacts.update(write_layer_table(ctx.workdir, report))
         info: dict[str, Any] = {"profile": cfg.profile, "purified": model is not ctx.model,
                                 "n_images": len(images), "rounds": rounds}

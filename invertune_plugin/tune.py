@@ -13,6 +13,15 @@
    rows that write critical channels move (attention/MLP output projections of a block;
    the last convolution / batch-norm of each bottleneck and its shortcut). The model stays
    in eval mode, so batch-norm running statistics are left intact; all in fp32.
+5. Agreement monitor and guard (ours; the paper has neither): every ``guard_every`` steps
+   the tuned model's zero-shot predictions on (up to ``guard_images`` of) the defender's
+   clean images are compared with the suspect model's own, and the result records it. With
+   ``min_agreement`` > 0, tuning stops once fewer agree and the last checkpoint that passed
+   is kept. The defender has no labels, so agreement stands in for clean accuracy; it counts
+   wrong-to-wrong changes too, and the images are tuning images (in-sample), so it is a
+   collapse guard, not a CA estimate. Off by default: on the smoke model (CA 82 %) only 75 %
+   of predictions agreed after 25 steps, yet tuning cost 7 CA points and removed the backdoor;
+   a threshold that weak models pass would not stop anything on strong ones.
 """
 
 from __future__ import annotations
@@ -56,6 +65,16 @@ class TuneConfig:
     # BadNet, activation alignment alone left ASR at 28.5 %; with this term at 1.0, 0.1 %.
     embedding_weight: float = 1.0
     update: Literal["masked", "all"] = "masked"  # paper: masked ("only critical neurons' parameters")
+    # agreement with the suspect model's predictions (ours, not in the paper; see the module docstring)
+    guard_every: int = 25  # steps between measurements, recorded in the result; 0: never measured
+    guard_images: int = 512  # a seeded subset of the clean images, so a measurement costs one bounded pass
+    min_agreement: float = 0.0  # > 0: stop and roll back below this agreement (off; e.g. 0.9 as a collapse guard)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0 or self.guard_every < 0 or self.guard_images < 1:
+            raise ValueError("tune.min_agreement must be in [0, 1], guard_every >= 0, guard_images >= 1")
+        if self.min_agreement > 0 and self.guard_every == 0:
+            raise ValueError("tune.min_agreement needs tune.guard_every > 0 (agreement is never measured)")
 
 
 @dataclass
@@ -72,6 +91,8 @@ class TuneReport:
     layers: list[LayerImpact]
     history: list[dict[str, float]] = field(default_factory=list)
     n_params_updated: int = 0
+    guard: list[dict[str, float]] = field(default_factory=list)  # {"step", "agreement"} per check
+    stopped_at: int | None = None  # the guard's rollback: steps kept (None: ran to the end)
 
 
 def neuron_activations(output: Tensor | tuple) -> Tensor:
@@ -152,9 +173,30 @@ def writer_rows(layer: nn.Module, neuron_mask: Tensor) -> list[tuple[nn.Paramete
     return out
 
 
+@dataclass(frozen=True)
+class GuardReference:
+    """What the agreement guard compares with: clean images and the suspect model's predictions."""
+
+    images: Tensor  # float [N,3,H,W]
+    predictions: Tensor  # [N]
+
+
+def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: TuneConfig,
+                    seed: int) -> GuardReference:
+    """A seeded subset of ``images`` (at most ``cfg.guard_images``) and ``model``'s predictions on it."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    x = as_float(images[order[:cfg.guard_images].sort().values])
+    return GuardReference(images=x, predictions=head.predict(model, x))
+
+
 def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead, cfg: TuneConfig,
-         seed: int = 0) -> tuple[ClipModel, TuneReport]:
-    """Return a tuned copy of ``model`` (the input is not modified) and what was done."""
+         seed: int = 0, reference: GuardReference | None = None) -> tuple[ClipModel, TuneReport]:
+    """Return a tuned copy of ``model`` (the input is not modified) and what was done.
+
+    ``reference``: what the agreement guard holds the tuned model to. The defense passes the
+    suspect model's, so a later round is held to the suspect model, not to the previous round;
+    default: ``guard_reference(model, images, head, cfg, seed)``.
+    """
     tuned = model.clone() if hasattr(model, "clone") else copy.deepcopy(model)
     tuned.eval()  # batch-norm statistics stay as they are
     layers = tuned.vision_layers()
@@ -193,6 +235,11 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
                                       for i in range(0, len(images), 256)])
             original_sims = original_emb @ head.weights.T
+        guarded = cfg.guard_every > 0
+        if guarded:
+            if reference is None:
+                reference = guard_reference(model, images, head, cfg, seed)
+            kept, kept_step = [p.detach().clone() for p in params], 0
         opt = torch.optim.Adam(params, lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed)
         scale: tuple[float, float] | None = None
@@ -223,6 +270,17 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             if step % 25 == 0 or step == cfg.steps - 1:
                 report.history.append({"step": step, "loss": loss.item(), "activation": activation.item(),
                                        "preserve": preserve.item(), "unlearn": unlearn.item()})
+            if guarded and ((step + 1) % cfg.guard_every == 0 or step == cfg.steps - 1):
+                agreement = float((head.predict(tuned, reference.images) == reference.predictions).float().mean())
+                recorder.take()  # the guard's forward passes are not training activations
+                report.guard.append({"step": step + 1, "agreement": round(agreement, 4)})
+                if cfg.min_agreement > 0 and agreement < cfg.min_agreement:  # roll back to the last checkpoint that passed
+                    with torch.no_grad():
+                        for p, k in zip(params, kept):
+                            p.copy_(k)
+                    report.stopped_at = kept_step
+                    break
+                kept, kept_step = [p.detach().clone() for p in params], step + 1
     finally:
         recorder.close()
         for handle in grad_hooks:  # the returned model must train normally afterwards

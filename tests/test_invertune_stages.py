@@ -195,6 +195,42 @@ def test_masked_tuning_moves_only_critical_rows_and_keeps_bn_statistics(preset):
     assert torch.equal(p.grad, torch.ones_like(p))
 
 
+def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions():
+    from invertune_plugin.tune import guard_reference
+
+    model = tiny_open_clip("smoke")
+    colours = torch.rand(64, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    images = (colours.expand(64, 3, 32, 32) * 255).to(torch.uint8).contiguous()
+
+    def trigger(x):
+        x = x.clone()
+        x[:, :, -4:, -4:] = 1.0
+        return x
+
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon", "pear"], TEMPLATES, CPU)
+    careful = TuneConfig(steps=6, batch_size=16, lr=1e-5, min_agreement=0.99, guard_every=3, guard_images=48)
+    _, report = tune(model, images, trigger, head, careful, seed=0)
+    assert [g["step"] for g in report.guard] == [3, 6] and report.stopped_at is None
+    reckless = TuneConfig(steps=12, batch_size=16, lr=1.0, min_agreement=0.99, guard_every=3, guard_images=48)
+    reference = guard_reference(model, images, head, reckless, seed=0)
+    assert len(reference.predictions) == 48
+    tuned, report = tune(model, images, trigger, head, reckless, seed=0, reference=reference)
+    assert report.stopped_at is not None and report.stopped_at % 3 == 0, "lr 1.0 must trip the guard"
+    assert report.guard[-1]["agreement"] < 0.99 and all(g["agreement"] >= 0.99 for g in report.guard[:-1])
+    kept = float((head.predict(tuned, reference.images) == reference.predictions).float().mean())
+    assert kept >= 0.99, "the returned model is the last checkpoint that passed"
+    if report.stopped_at == 0:
+        assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
+    # default: agreement is measured and recorded, nothing is rolled back
+    _, monitored = tune(model, images, trigger, head, TuneConfig(steps=3, batch_size=16, lr=1.0, guard_every=1))
+    assert len(monitored.guard) == 3 and monitored.stopped_at is None and monitored.guard[-1]["agreement"] < 0.99
+    _, unmeasured = tune(model, images, trigger, head, TuneConfig(steps=3, batch_size=16, guard_every=0))
+    assert unmeasured.guard == []
+    for bad in ({"min_agreement": 1.5}, {"guard_every": -1}, {"min_agreement": 0.9, "guard_every": 0}):
+        with pytest.raises(ValueError):
+            TuneConfig(**bad)
+
+
 def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch):
     from torch.utils.data import TensorDataset
 
@@ -204,7 +240,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     from toolbox.api import DefenseContext, ImageData
 
     tuned_with = []  # the planted model has no layers to tune: record which trigger stage 3 would get
-    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s: tuned_with.append(trig) or (m, TuneReport([])))
+    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None: tuned_with.append(trig) or (m, TuneReport([])))
 
     images = colour_images(96)
     data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
