@@ -92,6 +92,8 @@ def main() -> int:
         true_target = (doc["attack"] or {}).get("target")
         ranking = [r["class"] for r in det.get("ranking_top5", [])]
         rank = (ranking.index(true_target) + 1 if true_target in ranking else ">5") if true_target else "-"
+        if det.get("target_given"):
+            rank = "given"
         inv = det.get("inverted_trigger", {})
         secs = doc["timings_s"].get("defense", 0.0)
         if attack is None:

@@ -66,8 +66,10 @@ class TuneConfig:
     embedding_weight: float = 1.0
     update: Literal["masked", "all"] = "masked"  # paper: masked ("only critical neurons' parameters")
     # agreement with the suspect model's predictions (ours, not in the paper; see the module docstring)
-    guard_every: int = 25  # steps between measurements, recorded in the result; 0: never measured
-    guard_images: int = 512  # a seeded subset of the clean images, so a measurement costs one bounded pass
+    # steps between measurements, recorded in the result; 0: never measured. 25 steps x 512 images cost
+    # the default ViT 4 s per round (7 %) and its BadEncoder cell the 5-minute line: 50 x 256
+    guard_every: int = 50
+    guard_images: int = 256  # a seeded subset of the clean images, so a measurement costs one bounded pass
     min_agreement: float = 0.0  # > 0: stop and roll back below this agreement (off; e.g. 0.9 as a collapse guard)
 
     def __post_init__(self) -> None:
