@@ -36,6 +36,9 @@ class OpenClipModel(nn.Module):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.context_length = int(getattr(clip, "context_length", 77))
         self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        # nn.Module starts in training mode; follow the wrapped model, or a later `was_training`
+        # restore (evaluation does one) would put an eval-mode CLIP's batch norms into training
+        self.train(clip.training)
 
     # -- the ClipModel protocol ---------------------------------------------------
     def normalize_pixels(self, images: Tensor) -> Tensor:

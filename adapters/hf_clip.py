@@ -45,6 +45,7 @@ class HFClipModel(nn.Module):
         self.image_size = int(hf.config.vision_config.image_size)
         self.context_length = int(hf.config.text_config.max_position_embeddings)
         self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        self.train(hf.training)  # follow the wrapped model (see OpenClipModel)
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
         pixels = (fit_to_input(images, self.image_size) - self.pixel_mean) / self.pixel_std

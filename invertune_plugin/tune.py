@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .data import as_float
+from .data import as_float, frozen
 from .zeroshot import ZeroShotHead
 
 Trigger = Callable[[Tensor], Tensor]
@@ -188,7 +188,8 @@ def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: T
     """A seeded subset of ``images`` (at most ``cfg.guard_images``) and ``model``'s predictions on it."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     x = as_float(images[order[:cfg.guard_images].sort().values])
-    return GuardReference(images=x, predictions=head.predict(model, x))
+    with frozen(model):
+        return GuardReference(images=x, predictions=head.predict(model, x))
 
 
 def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead, cfg: TuneConfig,
@@ -233,7 +234,7 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
         report = TuneReport(layers=impacts, n_params_updated=n_updated)
         if not params:  # nothing writes the critical neurons: report it, change nothing
             return model, report
-        with torch.no_grad():
+        with torch.no_grad(), frozen(model):  # eval: the input's batch-norm statistics, untouched
             original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
                                       for i in range(0, len(images), 256)])
             original_sims = original_emb @ head.weights.T

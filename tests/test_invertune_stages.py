@@ -195,6 +195,25 @@ def test_masked_tuning_moves_only_critical_rows_and_keeps_bn_statistics(preset):
     assert torch.equal(p.grad, torch.ones_like(p))
 
 
+def test_tuning_leaves_the_suspect_models_batch_norm_statistics_alone():
+    from invertune_plugin.tune import guard_reference
+
+    model = tiny_open_clip("smoke-resnet")
+    assert model.training is False and model.clip.training is False, "the wrapper follows the wrapped model"
+    model.train()  # a suspect model may arrive in training mode: nothing may run it that way
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    cfg = TuneConfig(steps=2, batch_size=16, guard_every=1, guard_images=16)
+    tuned, report = tune(model, images, lambda x: x.flip(-1), head, cfg, reference=guard_reference(model, images, head, cfg, 0))
+    assert report.history[0]["preserve"] == pytest.approx(0.0, abs=1e-10), "reference embeddings in eval mode"
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    assert model.training, "the input's mode is restored"
+    tuned_state = tuned.state_dict()
+    assert all(torch.equal(tuned_state[k], v) for k, v in before.items()), "batch-norm statistics stay intact"
+
+
 def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions():
     from invertune_plugin.tune import guard_reference
 

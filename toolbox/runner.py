@@ -281,6 +281,7 @@ def run(req: RunRequest) -> Path:
 
     work = out_dir / "artifacts"
     work.mkdir(exist_ok=True)
+    model.eval()  # a defense gets the suspect model in inference mode (batch norms use their statistics)
     with timer.stage("defense"):
         outcome = defense.defend(DefenseContext(
             model=model, clean_data=data["clean_data"], classnames=classnames, templates=templates,
