@@ -24,6 +24,11 @@ def as_float(images: Tensor) -> Tensor:
     return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+def seeded_subset(n: int, k: int, seed: int) -> Tensor:
+    """Sorted indices of ``k`` of ``n`` items (all when ``k >= n``), drawn with ``seed``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """(fit, holdout) index sets: statistics are measured on images the optimisation never saw."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

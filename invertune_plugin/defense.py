@@ -18,7 +18,7 @@ import torch
 
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
-from .data import as_float, images_uint8
+from .data import as_float, images_uint8, seeded_subset
 from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patches
 from .verdict import VerdictConfig, best_patch, decide
 from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger
@@ -87,8 +87,7 @@ class InverTune(Defense):
         timings: dict[str, float] = {}
         images = images_uint8(ctx.clean_data)
         if len(images) > cfg.n_images:
-            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(ctx.seed))[:cfg.n_images]
-            images = images[keep.sort().values]
+            images = images[seeded_subset(len(images), cfg.n_images, ctx.seed)]
         images = images.to(ctx.device)
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .data import as_float, frozen
+from .data import as_float, frozen, seeded_subset
 from .zeroshot import ZeroShotHead
 
 Trigger = Callable[[Tensor], Tensor]
@@ -186,8 +186,7 @@ class GuardReference:
 def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: TuneConfig,
                     seed: int) -> GuardReference:
     """A seeded subset of ``images`` (at most ``cfg.guard_images``) and ``model``'s predictions on it."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    x = as_float(images[order[:cfg.guard_images].sort().values])
+    x = as_float(images[seeded_subset(len(images), cfg.guard_images, seed)])
     with frozen(model):
         return GuardReference(images=x, predictions=head.predict(model, x))
 
@@ -238,10 +237,10 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
                                       for i in range(0, len(images), 256)])
             original_sims = original_emb @ head.weights.T
-        guarded = cfg.guard_every > 0
-        if guarded:
-            if reference is None:
-                reference = guard_reference(model, images, head, cfg, seed)
+        guarded, rollback = cfg.guard_every > 0, cfg.min_agreement > 0
+        if guarded and reference is None:
+            reference = guard_reference(model, images, head, cfg, seed)
+        if rollback:  # the last checkpoint that passed; a monitor-only run keeps no copies
             kept, kept_step = [p.detach().clone() for p in params], 0
         opt = torch.optim.Adam(params, lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed)
@@ -277,13 +276,14 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                 agreement = float((head.predict(tuned, reference.images) == reference.predictions).float().mean())
                 recorder.take()  # the guard's forward passes are not training activations
                 report.guard.append({"step": step + 1, "agreement": round(agreement, 4)})
-                if cfg.min_agreement > 0 and agreement < cfg.min_agreement:  # roll back to the last checkpoint that passed
+                if rollback and agreement < cfg.min_agreement:  # back to the last checkpoint that passed
                     with torch.no_grad():
                         for p, k in zip(params, kept):
                             p.copy_(k)
                     report.stopped_at = kept_step
                     break
-                kept, kept_step = [p.detach().clone() for p in params], step + 1
+                if rollback:
+                    kept, kept_step = [p.detach().clone() for p in params], step + 1
     finally:
         recorder.close()
         for handle in grad_hooks:  # the returned model must train normally afterwards
