@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ import torch
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from .data import as_float, images_uint8, seeded_subset
-from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patches
+from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patch, refine_patches
 from .verdict import VerdictConfig, best_patch, decide
 from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, guard_reference, tune
@@ -39,12 +39,20 @@ class InverTuneConfig:
     candidates: int = 1
     rounds: int = 1  # paper 1; further rounds re-invert on the tuned model and tune again
     # rounds when the trigger is a refined stage-1 patch (ours): one patch is a narrower picture of
-    # the trigger than an inverted mask. A trade-off, measured: BadEncoder on the default ViT 5.0 %
-    # ASR after one round (CA 95.9), 1.8 % after two (CA 95.8); BadCLIP on the default-resnet 1.1 % after
-    # one (CA 97.7), 3.8 % after two (CA 96.3); BadCLIP on the ViT 0.1 % either way. 2 for the default
-    # preset (the ViT); the second round costs about 85 s there.
+    # the trigger than an inverted mask. Default ViT BadEncoder: ASR 5.0 % after one round (CA 95.9),
+    # 1.8 % after two (CA 95.8); a second round costs about 85 s there. The round check below keeps it
+    # from models that one round cleaned (default-resnet BadCLIP: 0.3 % after one, 5.6 % after two).
     refined_rounds: int = 2
     min_round_asr: float = 0.5  # a further round runs only if its inverted trigger still works this well
+    # When round 1's trigger was a refined patch, a later round runs only if a patch refined toward
+    # the target at the same place on the tuned model still sends round_check_rate of held-out images
+    # there ("patch", ours); the round then tunes against a stage-2 inversion on the tuned model, as
+    # every later round does. "inversion": no patch check, the re-inversion's min_round_asr alone.
+    round_check: str = "patch"
+    # Measured after round 1 (1 restart): default ViT BadEncoder 0.52 (real ASR 5.0 %; round 2 takes it
+    # to 1.8 %), default-resnet BadCLIP 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
+    round_check_rate: float = 0.2  # ours, between those two
+    round_check_restarts: int = 1  # restarts of that patch (the stage-1 refinement uses identify.refine_restarts)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
@@ -53,6 +61,9 @@ class InverTuneConfig:
     def __post_init__(self) -> None:
         if min(self.rounds, self.refined_rounds, self.candidates) < 1 or self.n_images < 2:
             raise ValueError("rounds, refined_rounds and candidates must be >= 1 and n_images >= 2")
+        if self.round_check not in ("patch", "inversion") or self.round_check_restarts < 1:
+            raise ValueError(f"round_check must be 'patch' or 'inversion' (got {self.round_check!r}) "
+                             f"and round_check_restarts >= 1 (got {self.round_check_restarts})")
 
 
 def paper_profile() -> InverTuneConfig:
@@ -116,6 +127,7 @@ class InverTune(Defense):
         found = decide(ident, trigger, cfg.verdict) if ident is not None else None
         source = FROM_INVERSION
         refined: list[RefinedPatch] = []
+        patch_location: str | None = None  # where the refined patch trigger sits, when it is one
         if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_classes > 0:
             # no small effective mask: longer patch UAPs for the race's top classes (identify.py)
             start = time.perf_counter()
@@ -127,6 +139,7 @@ class InverTune(Defense):
                 trigger = patch_trigger(winner.patch, winner.location, images.shape[-1], winner.target,
                                         winner.holdout_rate)
                 target, found, source = winner.target, True, FROM_REFINED_PATCH
+                patch_location = winner.location
         detection = self.detection(ident, trigger, target, found)
         detection["inverted_trigger"]["source"] = source
         if refined:
@@ -139,8 +152,18 @@ class InverTune(Defense):
         if found is not False or cfg.purify_when_clean:  # a given target means "purify"
             current = trigger
             # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
+            rounds_checked: list[dict[str, float]] = []  # later rounds' refined-patch checks
             reference = guard_reference(ctx.model, images, head, cfg.tune, ctx.seed) if cfg.tune.guard_every else None
             for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
+                if r > 0 and patch_location is not None and cfg.round_check == "patch":
+                    # is a patch toward the target, where round 1's trigger sat, still effective?
+                    start = time.perf_counter()
+                    check_cfg = replace(cfg.identify, refine_restarts=cfg.round_check_restarts)
+                    again = refine_patch(model, images, head, target, patch_location, check_cfg, ctx.seed + r)
+                    timings[f"check.round{r + 1}"] = time.perf_counter() - start
+                    rounds_checked.append({"round": r + 1, "refined_patch_rate": round(again.holdout_rate, 4)})
+                    if again.holdout_rate < cfg.round_check_rate:
+                        break
                 if r > 0:  # invert again on the tuned model: what the first round left behind
                     start = time.perf_counter()
                     current = invert(model, images, head, target, cfg.invert, ctx.seed + r)
@@ -158,6 +181,8 @@ class InverTune(Defense):
             artifacts.update(write_layer_table(ctx.workdir, report))
         info: dict[str, Any] = {"profile": cfg.profile, "purified": model is not ctx.model,
                                 "n_images": len(images), "rounds": rounds}
+        if found is not False or cfg.purify_when_clean:
+            info["round_checks"] = rounds_checked
         if report is not None:
             info["tune"] = {"n_params_updated": report.n_params_updated,
                             "layers_selected": [layer.name for layer in report.layers if layer.selected],

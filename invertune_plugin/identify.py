@@ -302,26 +302,46 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     fit_images, hold_images = images[fit], as_float(images[hold])
     hold_pred = head.predict(model, hold_images)
-    judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
     refined: list[RefinedPatch] = []
     for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine patches"):
         c = head.classnames.index(cls)
         best_uap = max(patch_uaps, key=lambda u: float(u.shift[c]))
-        family = fams[best_uap.kind]
-        candidates = []
-        for r in range(cfg.refine_restarts):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + 777_767 * (r + 1) + c)
-            param = targeted_uap(model, head, fit_images, family, c, cfg, cfg.refine_steps, gen)
-            with torch.no_grad():
-                loss = float(targeted_loss(head.logits(model, family.apply(judge, param)), c))
-            candidates.append((loss, param))
-        param = min(candidates, key=lambda lp: lp[0])[1]
-        rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
-        refined.append(RefinedPatch(target=cls, location=str(family.location), patch=family.pixels(param),
-                                    holdout_rate=rate))
-        if stop_rate is not None and rate >= stop_rate:
+        refined.append(_refine_one(model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg, seed))
+        if stop_rate is not None and refined[-1].holdout_rate >= stop_rate:
             break
     return refined
+
+
+def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, location: str,
+                 cfg: IdentifyConfig, seed: int = 0) -> RefinedPatch:
+    """One refined patch toward ``target`` at ``location`` (the defense's later rounds ask
+    the tuned model whether a patch trigger of the first round's kind is still there)."""
+    fams = {f.location: f for f in race_families(images.shape[-1], cfg) if f.pixels is not None}
+    if location not in fams:
+        raise ValueError(f"no race patch family at {location!r}; identify.race_patch_locations: {list(fams)}")
+    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
+    fit_images, hold_images = images[fit], as_float(images[hold])
+    with frozen(model):
+        hold_pred = head.predict(model, hold_images)
+        return _refine_one(model, fit_images, hold_images, hold_pred, head, head.classnames.index(target),
+                           fams[location], cfg, seed)
+
+
+def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor, head: ZeroShotHead,
+                c: int, family: RaceFamily, cfg: IdentifyConfig, seed: int) -> RefinedPatch:
+    """Best of ``refine_restarts`` targeted patch UAPs (lowest loss on a fixed judge batch), rated held out."""
+    judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
+    candidates = []
+    for r in range(cfg.refine_restarts):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 777_767 * (r + 1) + c)
+        param = targeted_uap(model, head, fit_images, family, c, cfg, cfg.refine_steps, gen)
+        with torch.no_grad():
+            loss = float(targeted_loss(head.logits(model, family.apply(judge, param)), c))
+        candidates.append((loss, param))
+    param = min(candidates, key=lambda lp: lp[0])[1]
+    rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+    return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
+                        holdout_rate=rate)
 
 
 def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: str = "mean") -> Identification:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -250,7 +252,8 @@ def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions
             TuneConfig(**bad)
 
 
-def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch):
+@pytest.mark.parametrize("round_check", ["patch", "inversion", "patch-gone"])
+def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch, round_check):
     from torch.utils.data import TensorDataset
 
     import invertune_plugin.defense as defense_mod
@@ -268,8 +271,13 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
         "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
         "identify.refine_steps": "30", "identify.refine_restarts": "2", "invert.steps": "20",
         "verdict.max_mask_fraction": "0.0",  # no inverted mask can pass: the refinement must decide
-        "min_round_asr": "0.0",  # round 2 runs whatever 20 inversion steps reach
-        "tune.steps": "5", "tune.batch_size": "16"}))
+        # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
+        "min_round_asr": "0.0", "round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
+        "tune.steps": "5", "tune.batch_size": "16", "round_check": round_check.split("-")[0]}))
+    if round_check == "patch-gone":  # the tuned model has no patch trigger left: no second round
+        real = defense_mod.refine_patch
+        monkeypatch.setattr(defense_mod, "refine_patch",
+                            lambda *a, **k: dataclasses.replace(real(*a, **k), holdout_rate=0.5))
     ctx = DefenseContext(model=PlantedClip(), clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
                          device=CPU, workdir=tmp_path)
     outcome = defense.defend(ctx)
@@ -284,6 +292,16 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert all(p["holdout_rate"] < 0.95 for p in patches[:-1])
     assert "refine" in outcome.timings_s
     assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
-    # refined_rounds=2 (default): the second round inverts on the "tuned" model (here: unchanged)
+    # refined_rounds=2 (default): a second round on the "tuned" model (here: unchanged)
+    checks = outcome.info["round_checks"]
+    if round_check == "patch-gone":  # the check ran, found no patch trigger, and no round 2 followed
+        assert checks == [{"round": 2, "refined_patch_rate": 0.5}] and len(tuned_with) == 1
+        assert [r["round"] for r in outcome.info["rounds"]] == [1] and "invert.round2" not in outcome.timings_s
+        return
     assert len(tuned_with) == 2 and tuned_with[1].mask.shape[0] == 3, "round 2 tunes with a stage-2 inversion"
     assert [r["round"] for r in outcome.info["rounds"]] == [1, 2] and "invert.round2" in outcome.timings_s
+    if round_check == "patch":  # a patch toward the target, at round 1's place, is still effective
+        assert [c["round"] for c in checks] == [2] and "check.round2" in outcome.timings_s
+        assert checks[0]["refined_patch_rate"] >= 0.9
+    else:
+        assert checks == [] and "check.round2" not in outcome.timings_s
