@@ -149,10 +149,11 @@ class InverTune(Defense):
         artifacts = write_artifacts(ctx.workdir, ident, trigger, images)
         model, report = ctx.model, None
         rounds: list[dict[str, float]] = []
-        if found is not False or cfg.purify_when_clean:  # a given target means "purify"
+        rounds_checked: list[dict[str, float]] = []  # later rounds' refined-patch checks
+        purify = found is not False or cfg.purify_when_clean  # a given target means "purify"
+        if purify:
             current = trigger
             # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
-            rounds_checked: list[dict[str, float]] = []  # later rounds' refined-patch checks
             reference = guard_reference(ctx.model, images, head, cfg.tune, ctx.seed) if cfg.tune.guard_every else None
             for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
                 if r > 0 and patch_location is not None and cfg.round_check == "patch":
@@ -181,7 +182,7 @@ class InverTune(Defense):
             artifacts.update(write_layer_table(ctx.workdir, report))
         info: dict[str, Any] = {"profile": cfg.profile, "purified": model is not ctx.model,
                                 "n_images": len(images), "rounds": rounds}
-        if found is not False or cfg.purify_when_clean:
+        if purify:
             info["round_checks"] = rounds_checked
         if report is not None:
             info["tune"] = {"n_params_updated": report.n_params_updated,

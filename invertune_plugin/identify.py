@@ -248,12 +248,18 @@ def race_rate(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_ima
     return success_rate(model, head, family.apply(hold_images, param), hold_pred, target)
 
 
+def _fit_and_holdout(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
+                     seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit images (as given), held-out images (float) and the model's predictions on the held-out ones."""
+    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
+    hold_images = as_float(images[hold])
+    return images[fit], hold_images, head.predict(model, hold_images)
+
+
 def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int,
           candidates: list[int]) -> Identification:
     """Targeted UAP toward each candidate, per family; score = rate minus the family median."""
-    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
-    fit_images, hold_images = images[fit], as_float(images[hold])
-    hold_pred = head.predict(model, hold_images)
+    fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
     n_classes = len(head.classnames)
     results: list[UAPResult] = []
     for f_index, family in enumerate(race_families(images.shape[-1], cfg)):
@@ -299,9 +305,7 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
         return []
     if cfg.refine_restarts < 1:
         raise ValueError(f"identify.refine_restarts must be >= 1, got {cfg.refine_restarts}")
-    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
-    fit_images, hold_images = images[fit], as_float(images[hold])
-    hold_pred = head.predict(model, hold_images)
+    fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
     refined: list[RefinedPatch] = []
     for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine patches"):
         c = head.classnames.index(cls)
@@ -319,10 +323,8 @@ def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: s
     fams = {f.location: f for f in race_families(images.shape[-1], cfg) if f.pixels is not None}
     if location not in fams:
         raise ValueError(f"no race patch family at {location!r}; identify.race_patch_locations: {list(fams)}")
-    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
-    fit_images, hold_images = images[fit], as_float(images[hold])
     with frozen(model):
-        hold_pred = head.predict(model, hold_images)
+        fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
         return _refine_one(model, fit_images, hold_images, hold_pred, head, head.classnames.index(target),
                            fams[location], cfg, seed)
 
@@ -364,10 +366,8 @@ def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: 
 def _untargeted(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
                 seed: int) -> Identification:
     gen = torch.Generator().manual_seed(seed)
-    fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
-    fit_images, hold_images = images[fit], as_float(images[hold])
+    fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
     fit_pred = head.predict(model, as_float(fit_images))
-    hold_pred = head.predict(model, hold_images)
     n_classes = len(head.classnames)
     p_clean = histogram(hold_pred, n_classes)
     size = images.shape[-1]
