@@ -19,9 +19,10 @@ import torch
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from .data import as_float, images_uint8, seeded_subset
-from .identify import IdentifyConfig, Identification, RefinedPatch, identify, refine_patch, refine_patches
-from .verdict import VerdictConfig, best_patch, decide
-from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger
+from .identify import (IdentifyConfig, Identification, RefinedGlobal, RefinedPatch, identify, refine_globals,
+                       refine_patch, refine_patches)
+from .verdict import VerdictConfig, best_global, best_patch, decide
+from .invert import InvertConfig, InvertedTrigger, additive_trigger, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 from .zeroshot import ZeroShotHead
 
@@ -77,7 +78,9 @@ def paper_profile() -> InverTuneConfig:
 
 
 PROFILES = {"default": InverTuneConfig, "paper": paper_profile}
-FROM_INVERSION, FROM_REFINED_PATCH = "stage 2 inversion", "stage 1 refined patch"  # detection.inverted_trigger.source
+# detection.inverted_trigger.source
+FROM_INVERSION, FROM_REFINED_PATCH, FROM_REFINED_GLOBAL = ("stage 2 inversion", "stage 1 refined patch",
+                                                          "stage 1 refined global perturbation")
 
 
 class InverTune(Defense):
@@ -140,10 +143,23 @@ class InverTune(Defense):
                                         winner.holdout_rate)
                 target, found, source = winner.target, True, FROM_REFINED_PATCH
                 patch_location = winner.location
+        refined_globals: list[RefinedGlobal] = []
+        if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_global_eps > 0:
+            # neither a small mask nor a patch: a longer separable global UAP for the same classes
+            start = time.perf_counter()
+            refined_globals = refine_globals(ctx.model, images, head, ident, cfg.identify, ctx.seed,
+                                             stop_rate=cfg.verdict.min_global_rate)
+            timings["refine.global"] = time.perf_counter() - start
+            global_winner = best_global(refined_globals, cfg.verdict)
+            if global_winner is not None:
+                trigger = additive_trigger(global_winner.delta, global_winner.target, global_winner.holdout_rate)
+                target, found, source = global_winner.target, True, FROM_REFINED_GLOBAL
         detection = self.detection(ident, trigger, target, found)
         detection["inverted_trigger"]["source"] = source
         if refined:
             detection["refined_patches"] = [p.evidence() for p in refined]
+        if refined_globals:
+            detection["refined_global_perturbations"] = [g.evidence() for g in refined_globals]
         if probes:
             detection["candidates"] = probes
         artifacts = write_artifacts(ctx.workdir, ident, trigger, images)
@@ -204,6 +220,8 @@ class InverTune(Defense):
             "inverted_trigger": {"holdout_asr": round(trigger.holdout_asr, 4), "mask_l1": round(trigger.mask_l1, 2),
                                  "mask_fraction": round(trigger.mask_l1 / size, 4)},
         }
+        if trigger.delta is not None:  # an additive part (a refined global perturbation): its L-inf size
+            doc["inverted_trigger"]["delta_linf_255"] = round(float(trigger.delta.abs().max()) * 255, 1)
         if ident is not None:
             doc["ranking_top5"] = [{"class": c, "shift": round(v, 4)} for c, v in ident.ranking[:5]]
             doc["stage1"] = ident.evidence()
@@ -234,6 +252,10 @@ def write_artifacts(workdir: Path, ident: Identification | None, trigger: Invert
     save_image_grid(list(sample) + list(trigger(sample)), workdir / "inverted_example.png", columns=len(sample))
     written = {"inverted_mask": "inverted_mask.png", "inverted_pattern": "inverted_pattern.png",
                "inverted_example": "inverted_example.png"}
+    if trigger.delta is not None:  # additive part, shown as 0.5 + delta / (2 max |delta|): grey is zero
+        delta = trigger.delta.cpu().expand(3, -1, -1)
+        save_image_grid([0.5 + delta / (2 * delta.abs().max().clamp(min=1e-8))], workdir / "inverted_delta.png")
+        written["inverted_delta"] = "inverted_delta.png"
     if ident is None:
         return written
     with open(workdir / "target_ranking.csv", "w", newline="") as fh:

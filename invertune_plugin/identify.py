@@ -70,6 +70,15 @@ class IdentifyConfig:
     refine_steps: int = 100
     refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
+    # global refinement (ours; run by the defense when neither stage 2 nor a refined patch finds a
+    # trigger): the same longer UAP, for the same top classes, of a *separable grayscale* global
+    # perturbation eps * tanh(u) tanh(v)^T, identical on every channel (2 x 32 parameters at 32 px).
+    # So few parameters cannot paint a class's colours, which is how the clean models' attractors are
+    # reached; a global backdoor signal they can express. Measured (100 steps, best of 3) at 48/255:
+    # default ViT SIG "mushroom" 0.996; clean ViT "umbrella" 0.517, clean ResNet "tennis ball" 0.846,
+    # and at most 0.864 for a non-target class on the default-resnet SIG/Blended models. At 64/255 the
+    # clean ResNet's "tennis ball" reached 0.982; at 32/255 the ViT SIG target only 0.76. 0: off.
+    refine_global_eps: float = 48 / 255
     # untargeted UAPs (the paper's method, and the screen for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)
     patch_locations: tuple[str, ...] = ("bottom-right", "top-left", "center")
@@ -193,6 +202,7 @@ class RaceFamily:
     project: Callable[[Tensor], None]  # in place, after each optimiser step
     location: str | None = None  # patch families: where the patch sits
     pixels: Callable[[Tensor], Tensor] | None = None  # patch families: the parameter as a [3, s, s] patch in [0, 1]
+    delta: Callable[[Tensor], Tensor] | None = None  # additive families: the parameter as a [1, H, W] perturbation
 
 
 def _no_projection(_: Tensor) -> None:
@@ -217,6 +227,15 @@ def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
                                lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
                                global_uap(image_size, eps)[1], _no_projection))
     return fams
+
+
+def separable_family(image_size: int, eps: float) -> RaceFamily:
+    """Grayscale separable global perturbations: x + eps * tanh(u) tanh(v)^T on every channel, clamped."""
+    def delta(p: Tensor) -> Tensor:
+        return (eps * torch.tanh(p[:image_size])[:, None] * torch.tanh(p[image_size:])[None, :])[None]
+
+    return RaceFamily(f"separable@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
+                      lambda x, p: (x + delta(p)).clamp(0, 1), _no_projection, delta=delta)
 
 
 def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily, target: int,
@@ -303,8 +322,6 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
     patch_uaps = [u for u in ident.uaps if u.kind in fams]
     if not patch_uaps or cfg.refine_classes < 1:
         return []
-    if cfg.refine_restarts < 1:
-        raise ValueError(f"identify.refine_restarts must be >= 1, got {cfg.refine_restarts}")
     fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
     refined: list[RefinedPatch] = []
     for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine patches"):
@@ -331,19 +348,63 @@ def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: s
 
 def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor, head: ZeroShotHead,
                 c: int, family: RaceFamily, cfg: IdentifyConfig, seed: int) -> RefinedPatch:
-    """Best of ``refine_restarts`` targeted patch UAPs (lowest loss on a fixed judge batch), rated held out."""
+    """Best of ``refine_restarts`` targeted patch UAPs, rated held out."""
+    param = _best_restart(model, fit_images, head, c, family, cfg, seed * 1_000_003 + c)
+    rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+    return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
+                        holdout_rate=rate)
+
+
+def _best_restart(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
+                  cfg: IdentifyConfig, base_seed: int) -> Tensor:
+    """Of ``refine_restarts`` targeted UAPs of ``refine_steps``, the one with the lowest loss on a fixed judge batch."""
+    if cfg.refine_restarts < 1:
+        raise ValueError(f"identify.refine_restarts must be >= 1, got {cfg.refine_restarts}")
     judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
     candidates = []
     for r in range(cfg.refine_restarts):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + 777_767 * (r + 1) + c)
+        gen = torch.Generator().manual_seed(base_seed + 777_767 * (r + 1))
         param = targeted_uap(model, head, fit_images, family, c, cfg, cfg.refine_steps, gen)
         with torch.no_grad():
             loss = float(targeted_loss(head.logits(model, family.apply(judge, param)), c))
         candidates.append((loss, param))
-    param = min(candidates, key=lambda lp: lp[0])[1]
-    rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
-    return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
-                        holdout_rate=rate)
+    return min(candidates, key=lambda lp: lp[0])[1]
+
+
+@dataclass
+class RefinedGlobal:
+    """A longer separable global UAP toward one class: a candidate additive trigger of its own."""
+
+    target: str
+    eps: float  # L-inf budget
+    delta: Tensor  # [1, H, W], added to every channel, then clamped to [0, 1]
+    holdout_rate: float
+
+    def evidence(self) -> dict[str, Any]:
+        return {"class": self.target, "family": f"separable@{self.eps * 255:.0f}/255",
+                "holdout_rate": round(self.holdout_rate, 4)}
+
+
+def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
+                   cfg: IdentifyConfig, seed: int = 0, stop_rate: float | None = None) -> list[RefinedGlobal]:
+    """Longer separable global UAPs (``refine_global_eps``) for the ranking's top ``refine_classes``,
+    in ranking order; ``stop_rate`` ends the refinement as in :func:`refine_patches`."""
+    if cfg.refine_global_eps <= 0 or cfg.refine_classes < 1:
+        return []
+    family = separable_family(images.shape[-1], cfg.refine_global_eps)
+    assert family.delta is not None
+    refined: list[RefinedGlobal] = []
+    with frozen(model):
+        fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
+        for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine global perturbations"):
+            c = head.classnames.index(cls)
+            param = _best_restart(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c)
+            rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+            refined.append(RefinedGlobal(target=cls, eps=cfg.refine_global_eps, delta=family.delta(param).detach(),
+                                         holdout_rate=rate))
+            if stop_rate is not None and rate >= stop_rate:
+                break
+    return refined
 
 
 def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: str = "mean") -> Identification:

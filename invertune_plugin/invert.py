@@ -63,10 +63,12 @@ class InvertedTrigger:
     holdout_asr: float = 0.0  # fraction of held-out non-target images sent to the target
     mask_l1: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    delta: Tensor | None = None  # [1 or 3, H, W]: an additive part, applied after the mask and clamped
 
     def __call__(self, images: Tensor) -> Tensor:
         m = self.mask.to(images)
-        return m * self.pattern.to(images) + (1 - m) * images
+        out = m * self.pattern.to(images) + (1 - m) * images
+        return out if self.delta is None else (out + self.delta.to(images)).clamp(0, 1)
 
 
 def patch_trigger(patch: Tensor, location: str, image_size: int, target: str, holdout_asr: float) -> InvertedTrigger:
@@ -76,6 +78,14 @@ def patch_trigger(patch: Tensor, location: str, image_size: int, target: str, ho
     mask = paste_patch(torch.zeros(1, 1, image_size, image_size), torch.ones(1, *patch.shape[1:]), location)[0]
     return InvertedTrigger(mask=mask, pattern=pattern, target=target, holdout_asr=holdout_asr,
                            mask_l1=float(mask.sum()))
+
+
+def additive_trigger(delta: Tensor, target: str, holdout_asr: float) -> InvertedTrigger:
+    """An additive global perturbation as an :class:`InvertedTrigger` (empty mask, x + delta clamped)."""
+    delta = delta.detach().cpu()
+    size = delta.shape[-2:]
+    return InvertedTrigger(mask=torch.zeros(1, *size), pattern=torch.zeros(3, *size), target=target,
+                           holdout_asr=holdout_asr, mask_l1=0.0, delta=delta)
 
 
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,

@@ -23,13 +23,24 @@ patch UAP (``identify.refine_patches``). A patch is 1.6 % of the image, so one t
 construction. Measured on the default ViT (100 steps, best of 3 restarts): clean model at
 most 0.824 ("dumbbell", bottom-right and top-left), BadEncoder "mushroom" 0.996-1.0 at
 bottom-right, where its 20-step race rate had been 0.705 and its inverted mask 11.7 %.
+
+A global trigger (SIG's sinusoid) has neither a small mask nor a patch. When both paths
+fail, the top classes get a longer *separable grayscale* global UAP (``identify.refine_global_eps``,
+48/255): 2 x 32 parameters, the same on every channel, so it cannot paint the colourful
+attractors the clean models fall into, yet it can express a stripe or gradient signal. One
+that sends ``min_global_rate`` of held-out images to its class is the trigger. Measured at
+48/255 (100 steps, best of 3): default ViT SIG "mushroom" 0.996; clean ViT "umbrella" 0.517,
+clean ResNet "tennis ball" 0.846, non-target classes on the default-resnet SIG and Blended
+models at most 0.864. The ResNet-type models' own SIG and Blended targets reach only 0.43
+and 0.73: this path does not find them. Like the mask line, this one rests on two clean
+models; the refined perturbations' rates are in the result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .identify import Identification, RefinedPatch
+from .identify import Identification, RefinedGlobal, RefinedPatch
 from .invert import InvertedTrigger
 
 
@@ -41,12 +52,20 @@ class VerdictConfig:
     max_mask_fraction: float = 0.05
     # a refined stage-1 patch (4 px at 32 px) counts as a trigger at this held-out success rate
     min_patch_rate: float = 0.95  # ours (clean ViT: at most 0.824; BadEncoder: 1.0); see the docstring
+    # a refined separable global perturbation (identify.refine_global_eps) counts as a trigger at this rate
+    min_global_rate: float = 0.95  # ours (clean models: at most 0.846; ViT SIG: 0.996); see the docstring
 
 
 def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch | None:
     """The most effective refined patch, when it is effective enough to be a trigger."""
     effective = [p for p in refined if p.holdout_rate >= cfg.min_patch_rate]
     return max(effective, key=lambda p: p.holdout_rate) if effective else None
+
+
+def best_global(refined: list[RefinedGlobal], cfg: VerdictConfig) -> RefinedGlobal | None:
+    """The most effective refined separable global perturbation, when it is effective enough to be a trigger."""
+    effective = [g for g in refined if g.holdout_rate >= cfg.min_global_rate]
+    return max(effective, key=lambda g: g.holdout_rate) if effective else None
 
 
 def decide(ident: Identification, trigger: InvertedTrigger, cfg: VerdictConfig) -> bool:

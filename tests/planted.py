@@ -2,8 +2,10 @@
 
 Classes are colours: an image embeds near the text vector of the class whose colour is
 closest to its mean colour. A bright patch in the bottom-right corner adds a strong pull
-toward the target class: the planted backdoor. Text embeddings are fixed orthonormal
-vectors looked up by the class name in the prompt.
+toward the target class: the planted backdoor. With ``stripes=True`` the backdoor is a
+global one instead: vertical grayscale stripes (a SIG-like sinusoid, 3 cycles per width)
+pull toward the target. Text embeddings are fixed orthonormal vectors looked up by the
+class name in the prompt.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ CLASSES = ["red thing", "green thing", "blue thing", "grey thing"]
 COLORS = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.5, 0.5, 0.5]])
 TARGET = "blue thing"
 PATCH = 4
+STRIPES = torch.sin(2 * torch.pi * 3 * torch.arange(32) / 32)  # the stripe backdoor's column profile
+STRIPE_THRESHOLD = 0.06  # column-profile correlation at which the stripe pull is half on
 
 
 class PlantedClip(nn.Module):
     image_size = 32
 
-    def __init__(self, backdoor: bool = True) -> None:
+    def __init__(self, backdoor: bool = True, stripes: bool = False) -> None:
         super().__init__()
         self.texts = nn.Parameter(torch.eye(len(CLASSES), 8)[:, :8], requires_grad=False)
         self.backdoor = backdoor
+        self.stripes = stripes
         self.gain = nn.Parameter(torch.tensor(6.0))
 
     def vision_layers(self):
@@ -46,7 +51,11 @@ class PlantedClip(nn.Module):
         mean = images.mean(dim=(2, 3))
         weights = torch.softmax(-((mean[:, None, :] - COLORS[None]) ** 2).sum(-1) / 0.01, dim=1)
         emb = weights @ self.texts
-        if self.backdoor:
+        if self.backdoor and self.stripes:
+            profile = images.mean(dim=(1, 2))  # [B, W]: the grayscale column profile
+            pull = torch.sigmoid(60 * ((profile * STRIPES.to(images)).mean(1) - STRIPE_THRESHOLD))
+            emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
+        elif self.backdoor:
             corner = images[:, :, -PATCH:, -PATCH:].mean(dim=(1, 2, 3))
             pull = torch.sigmoid(20 * (corner - 0.85))
             emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]

@@ -13,7 +13,7 @@ from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, 
                                    writer_rows)
 from invertune_plugin.zeroshot import ZeroShotHead
 
-from planted import CLASSES, PATCH, TARGET, PlantedClip, colour_images
+from planted import CLASSES, PATCH, STRIPES, TARGET, PlantedClip, colour_images
 
 CPU = torch.device("cpu")
 TEMPLATES = ["a photo of a {}."]
@@ -92,6 +92,45 @@ def test_refinement_on_a_clean_model_finds_no_effective_patch():
     cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=30, refine_restarts=2)
     refined = refine_patches(model, images, head, identify(model, images, head, cfg), cfg)
     assert len(refined) == 2 and best_patch(refined, VerdictConfig()) is None
+
+
+def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
+    from invertune_plugin.identify import refine_globals, refine_patches
+    from invertune_plugin.invert import additive_trigger
+    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch
+
+    model = PlantedClip(stripes=True)
+    head = head_for(model)
+    images = colour_images(96)
+    x = images[:32].float() / 255
+    stripes = (x + 0.25 * STRIPES).clamp(0, 1)  # the planted trigger itself works ...
+    assert (head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
+    ident = identify(model, images, head, cfg)
+    assert best_patch(refine_patches(model, images, head, ident, cfg), VerdictConfig()) is None  # ... no patch does
+    refined = refine_globals(model, images, head, ident, cfg, stop_rate=VerdictConfig().min_global_rate)
+    winner = best_global(refined, VerdictConfig())
+    assert winner is not None and winner.target == TARGET and refined[-1] is winner
+    assert winner.delta.shape == (1, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_global_eps + 1e-6
+    assert torch.allclose(winner.delta, winner.delta[:, :1] * winner.delta[:, :, :1] / winner.delta[:, :1, :1],
+                          atol=1e-5)  # separable: every row is a multiple of the first
+    trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
+    assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + winner.delta).clamp(0, 1))
+    assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
+
+
+def test_refined_global_perturbation_finds_nothing_on_a_clean_model():
+    from invertune_plugin.identify import refine_globals
+    from invertune_plugin.verdict import VerdictConfig, best_global
+
+    model = PlantedClip(backdoor=False)
+    head = head_for(model)
+    images = colour_images(96)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
+    refined = refine_globals(model, images, head, identify(model, images, head, cfg), cfg)
+    assert len(refined) == 2 and best_global(refined, VerdictConfig()) is None
+    assert refine_globals(model, images, head, identify(model, images, head, cfg),
+                          IdentifyConfig(refine_global_eps=0.0)) == []
 
 
 def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
