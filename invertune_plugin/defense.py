@@ -21,7 +21,7 @@ from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 from .data import as_float, images_uint8, seeded_subset
 from .identify import (IdentifyConfig, Identification, RefinedGlobal, RefinedPatch, identify, refine_globals,
                        refine_patch, refine_patches)
-from .verdict import VerdictConfig, best_global, best_patch, decide
+from .verdict import VerdictConfig, best_global, best_patch, decide, is_global_trigger
 from .invert import InvertConfig, InvertedTrigger, additive_trigger, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 from .zeroshot import ZeroShotHead
@@ -148,7 +148,7 @@ class InverTune(Defense):
             # neither a small mask nor a patch: a longer separable global UAP for the same classes
             start = time.perf_counter()
             refined_globals = refine_globals(ctx.model, images, head, ident, cfg.identify, ctx.seed,
-                                             stop_rate=cfg.verdict.min_global_rate)
+                                             stop=lambda g: is_global_trigger(g, cfg.verdict))
             timings["refine.global"] = time.perf_counter() - start
             global_winner = best_global(refined_globals, cfg.verdict)
             if global_winner is not None:

@@ -379,16 +379,19 @@ class RefinedGlobal:
     eps: float  # L-inf budget
     delta: Tensor  # [1, H, W], added to every channel, then clamped to [0, 1]
     holdout_rate: float
+    flipped_rate: float  # the same, with -delta (see verdict.py: a texture survives the flip, a direction does not)
 
     def evidence(self) -> dict[str, Any]:
         return {"class": self.target, "family": f"separable@{self.eps * 255:.0f}/255",
-                "holdout_rate": round(self.holdout_rate, 4)}
+                "holdout_rate": round(self.holdout_rate, 4), "flipped_rate": round(self.flipped_rate, 4)}
 
 
 def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
-                   cfg: IdentifyConfig, seed: int = 0, stop_rate: float | None = None) -> list[RefinedGlobal]:
+                   cfg: IdentifyConfig, seed: int = 0,
+                   stop: Callable[[RefinedGlobal], bool] | None = None) -> list[RefinedGlobal]:
     """Longer separable global UAPs (``refine_global_eps``) for the ranking's top ``refine_classes``,
-    in ranking order; ``stop_rate`` ends the refinement as in :func:`refine_patches`."""
+    in ranking order, each rated held out as found and sign-flipped; the first for which ``stop``
+    holds ends the refinement (the defense passes the verdict's test: that one is the trigger)."""
     if cfg.refine_global_eps <= 0 or cfg.refine_classes < 1:
         return []
     family = separable_family(images.shape[-1], cfg.refine_global_eps)
@@ -399,10 +402,12 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
         for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine global perturbations"):
             c = head.classnames.index(cls)
             param = _best_restart(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c)
-            rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
-            refined.append(RefinedGlobal(target=cls, eps=cfg.refine_global_eps, delta=family.delta(param).detach(),
-                                         holdout_rate=rate))
-            if stop_rate is not None and rate >= stop_rate:
+            delta = family.delta(param).detach()
+            refined.append(RefinedGlobal(
+                target=cls, eps=cfg.refine_global_eps, delta=delta,
+                holdout_rate=success_rate(model, head, (hold_images + delta).clamp(0, 1), hold_pred, c),
+                flipped_rate=success_rate(model, head, (hold_images - delta).clamp(0, 1), hold_pred, c)))
+            if stop is not None and stop(refined[-1]):
                 break
     return refined
 

@@ -27,13 +27,18 @@ bottom-right, where its 20-step race rate had been 0.705 and its inverted mask 1
 A global trigger (SIG's sinusoid) has neither a small mask nor a patch. When both paths
 fail, the top classes get a longer *separable grayscale* global UAP (``identify.refine_global_eps``,
 48/255): 2 x 32 parameters, the same on every channel, so it cannot paint the colourful
-attractors the clean models fall into, yet it can express a stripe or gradient signal. One
-that sends ``min_global_rate`` of held-out images to its class is the trigger. Measured at
-48/255 (100 steps, best of 3): default ViT SIG "mushroom" 0.996; clean ViT "umbrella" 0.517,
-clean ResNet "tennis ball" 0.846, non-target classes on the default-resnet SIG and Blended
-models at most 0.864. The ResNet-type models' own SIG and Blended targets reach only 0.43
-and 0.73: this path does not find them. Like the mask line, this one rests on two clean
-models; the refined perturbations' rates are in the result.
+attractors the clean default ViT falls into, yet it can express a stripe signal. Being
+effective is not enough: the clean ResNet-type model's "tennis ball" is reached by such a
+perturbation too (held-out 1.0 in the defense; 0.85 with other seeds), by a *direction* (a
+brightness gradient), where SIG's target is reached by a *texture*. Flipping the sign keeps
+a texture's stripes (a half-period shift of a sinusoid) and reverses a direction, so the
+trigger must also work sign-flipped (``min_global_flipped_rate``). Measured (48/255, 100
+steps, best of 3; rate as found / sign-flipped): default ViT SIG "mushroom" 0.989 / 0.972;
+clean ResNet "tennis ball" 1.0 / 0.021; clean ViT top classes at most 0.18 as found;
+default-resnet SIG model's "tennis ball" 0.93 as found. This path is therefore a detector
+for *texture-like* global triggers (SIG), not for every global trigger: the ResNet-type
+models' own SIG and Blended targets reach only 0.43 and 0.73 as found, and Blended's noise
+would not survive a flip. The gates rest on four models; the rates are in the result.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class VerdictConfig:
     # a refined stage-1 patch (4 px at 32 px) counts as a trigger at this held-out success rate
     min_patch_rate: float = 0.95  # ours (clean ViT: at most 0.824; BadEncoder: 1.0); see the docstring
     # a refined separable global perturbation (identify.refine_global_eps) counts as a trigger at this rate
-    min_global_rate: float = 0.95  # ours (clean models: at most 0.846; ViT SIG: 0.996); see the docstring
+    min_global_rate: float = 0.95  # ours (ViT SIG: 0.989; clean ResNet "tennis ball": 1.0, hence ...)
+    min_global_flipped_rate: float = 0.5  # ... this: the same with -delta (ViT SIG 0.972; tennis ball 0.021)
 
 
 def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch | None:
@@ -62,9 +68,14 @@ def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch 
     return max(effective, key=lambda p: p.holdout_rate) if effective else None
 
 
+def is_global_trigger(g: RefinedGlobal, cfg: VerdictConfig) -> bool:
+    """Effective as found, and still effective sign-flipped (a texture, not a direction; see the docstring)."""
+    return g.holdout_rate >= cfg.min_global_rate and g.flipped_rate >= cfg.min_global_flipped_rate
+
+
 def best_global(refined: list[RefinedGlobal], cfg: VerdictConfig) -> RefinedGlobal | None:
-    """The most effective refined separable global perturbation, when it is effective enough to be a trigger."""
-    effective = [g for g in refined if g.holdout_rate >= cfg.min_global_rate]
+    """The most effective refined separable global perturbation that passes :func:`is_global_trigger`."""
+    effective = [g for g in refined if is_global_trigger(g, cfg)]
     return max(effective, key=lambda g: g.holdout_rate) if effective else None
 
 

@@ -2,9 +2,11 @@
 
 Classes are colours: an image embeds near the text vector of the class whose colour is
 closest to its mean colour. A bright patch in the bottom-right corner adds a strong pull
-toward the target class: the planted backdoor. With ``stripes=True`` the backdoor is a
-global one instead: vertical grayscale stripes (a SIG-like sinusoid, 3 cycles per width)
-pull toward the target. Text embeddings are fixed orthonormal vectors looked up by the
+toward the target class: the planted backdoor. With ``stripes`` the backdoor is a global
+one instead: vertical grayscale stripes (a SIG-like sinusoid, 3 cycles per width) pull
+toward the target. ``stripes="texture"`` detects the stripes' energy at that frequency,
+whatever their phase (as a network trained on SIG does); ``stripes="direction"`` their
+signed correlation with one sinusoid, so the sign-flipped stripes do not trigger it. Text embeddings are fixed orthonormal vectors looked up by the
 class name in the prompt.
 """
 
@@ -21,13 +23,14 @@ COLORS = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.5, 
 TARGET = "blue thing"
 PATCH = 4
 STRIPES = torch.sin(2 * torch.pi * 3 * torch.arange(32) / 32)  # the stripe backdoor's column profile
+STRIPES_COS = torch.cos(2 * torch.pi * 3 * torch.arange(32) / 32)
 STRIPE_THRESHOLD = 0.06  # column-profile correlation at which the stripe pull is half on
 
 
 class PlantedClip(nn.Module):
     image_size = 32
 
-    def __init__(self, backdoor: bool = True, stripes: bool = False) -> None:
+    def __init__(self, backdoor: bool = True, stripes: str | None = None) -> None:
         super().__init__()
         self.texts = nn.Parameter(torch.eye(len(CLASSES), 8)[:, :8], requires_grad=False)
         self.backdoor = backdoor
@@ -53,7 +56,10 @@ class PlantedClip(nn.Module):
         emb = weights @ self.texts
         if self.backdoor and self.stripes:
             profile = images.mean(dim=(1, 2))  # [B, W]: the grayscale column profile
-            pull = torch.sigmoid(60 * ((profile * STRIPES.to(images)).mean(1) - STRIPE_THRESHOLD))
+            corr = (profile * STRIPES.to(images)).mean(1)
+            if self.stripes == "texture":  # amplitude at the frequency, any phase
+                corr = (corr ** 2 + (profile * STRIPES_COS.to(images)).mean(1) ** 2 + 1e-8).sqrt()
+            pull = torch.sigmoid(60 * (corr - STRIPE_THRESHOLD))
             emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
         elif self.backdoor:
             corner = images[:, :, -PATCH:, -PATCH:].mean(dim=(1, 2, 3))

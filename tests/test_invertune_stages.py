@@ -97,18 +97,19 @@ def test_refinement_on_a_clean_model_finds_no_effective_patch():
 def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     from invertune_plugin.identify import refine_globals, refine_patches
     from invertune_plugin.invert import additive_trigger
-    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch
+    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_global_trigger
 
-    model = PlantedClip(stripes=True)
+    model = PlantedClip(stripes="texture")
     head = head_for(model)
     images = colour_images(96)
     x = images[:32].float() / 255
-    stripes = (x + 0.25 * STRIPES).clamp(0, 1)  # the planted trigger itself works ...
-    assert (head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
+    for sign in (1, -1):  # the planted trigger itself works, either sign ...
+        stripes = (x + sign * 0.25 * STRIPES).clamp(0, 1)
+        assert (head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
     cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
     ident = identify(model, images, head, cfg)
     assert best_patch(refine_patches(model, images, head, ident, cfg), VerdictConfig()) is None  # ... no patch does
-    refined = refine_globals(model, images, head, ident, cfg, stop_rate=VerdictConfig().min_global_rate)
+    refined = refine_globals(model, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, VerdictConfig()))
     winner = best_global(refined, VerdictConfig())
     assert winner is not None and winner.target == TARGET and refined[-1] is winner
     assert winner.delta.shape == (1, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_global_eps + 1e-6
@@ -117,6 +118,24 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
     assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + winner.delta).clamp(0, 1))
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
+
+
+def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
+    """A 'direction' backdoor (signed stripe correlation) is found, but the flip gate rejects it,
+    as it rejects the clean ResNet-type model's 'tennis ball' (see verdict.py)."""
+    from invertune_plugin.identify import refine_globals
+    from invertune_plugin.verdict import VerdictConfig, best_global
+
+    model = PlantedClip(stripes="direction")
+    head = head_for(model)
+    images = colour_images(96)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
+    refined = refine_globals(model, images, head, identify(model, images, head, cfg), cfg)
+    found = [g for g in refined if g.target == TARGET]
+    assert found and found[0].holdout_rate >= VerdictConfig().min_global_rate
+    assert found[0].flipped_rate < VerdictConfig().min_global_flipped_rate
+    assert best_global(refined, VerdictConfig()) is None
+    assert best_global(refined, VerdictConfig(min_global_flipped_rate=0.0)) is found[0]
 
 
 def test_refined_global_perturbation_finds_nothing_on_a_clean_model():
