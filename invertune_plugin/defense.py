@@ -22,7 +22,7 @@ from .data import as_float, images_uint8, seeded_subset
 from .identify import (IdentifyConfig, Identification, RefinedGlobal, RefinedPatch, identify, refine_globals,
                        refine_patch, refine_patches)
 from .verdict import VerdictConfig, best_global, best_patch, decide, is_global_trigger
-from .invert import InvertConfig, InvertedTrigger, additive_trigger, invert, patch_trigger
+from .invert import InvertConfig, InvertedTrigger, additive_trigger, both_signs, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 from .zeroshot import ZeroShotHead
 
@@ -54,6 +54,9 @@ class InverTuneConfig:
     # to 1.8 %), default-resnet BadCLIP 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
     round_check_rate: float = 0.2  # ours, between those two
     round_check_restarts: int = 1  # restarts of that patch (the stage-1 refinement uses identify.refine_restarts)
+    # A refined global perturbation trigger works sign-flipped too (the verdict checks it), so both are
+    # triggers: stage 3 tunes with +delta on half of each batch and -delta on the other half (ours).
+    global_both_signs: bool = True
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
@@ -188,7 +191,9 @@ class InverTune(Defense):
                     if current.holdout_asr < cfg.min_round_asr:
                         break
                 start = time.perf_counter()
-                model, report = tune(model, images, current, head, cfg.tune, ctx.seed + r, reference)
+                tune_with = (both_signs(current) if source == FROM_REFINED_GLOBAL and r == 0 and cfg.global_both_signs
+                             else current)
+                model, report = tune(model, images, tune_with, head, cfg.tune, ctx.seed + r, reference)
                 timings["tune" if r == 0 else f"tune.round{r + 1}"] = time.perf_counter() - start
                 rounds.append({"round": r + 1, "inverted_asr": round(current.holdout_asr, 4),
                                "mask_l1": round(current.mask_l1, 2), "guard": report.guard,

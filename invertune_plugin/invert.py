@@ -18,7 +18,7 @@ study: mask logits initialised at -4 converge, -6 stall).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,20 @@ def additive_trigger(delta: Tensor, target: str, holdout_asr: float) -> Inverted
     size = delta.shape[-2:]
     return InvertedTrigger(mask=torch.zeros(1, *size), pattern=torch.zeros(3, *size), target=target,
                            holdout_asr=holdout_asr, mask_l1=0.0, delta=delta)
+
+
+def both_signs(trigger: InvertedTrigger) -> Callable[[Tensor], Tensor]:
+    """An additive trigger with +delta on even-indexed images and -delta on odd ones (no mask part)."""
+    if trigger.delta is None or trigger.mask_l1 != 0:
+        raise ValueError("both_signs needs a purely additive trigger (see additive_trigger)")
+    delta = trigger.delta
+
+    def apply(images: Tensor) -> Tensor:
+        sign = torch.ones(len(images), 1, 1, 1, dtype=images.dtype, device=images.device)
+        sign[1::2] = -1
+        return (images + sign * delta.to(images)).clamp(0, 1)
+
+    return apply
 
 
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,

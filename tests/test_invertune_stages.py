@@ -363,3 +363,40 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
         assert checks[0]["refined_patch_rate"] >= 0.9
     else:
         assert checks == [] and "check.round2" not in outcome.timings_s
+
+
+def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    import invertune_plugin.defense as defense_mod
+    from invertune_plugin.defense import InverTune
+    from invertune_plugin.tune import TuneReport
+    from toolbox.api import DefenseContext, ImageData
+
+    tuned_with = []  # the planted model has no layers to tune: record which trigger stage 3 would get
+    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None: tuned_with.append(trig) or (m, TuneReport([])))
+    images = colour_images(96)
+    data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
+                     source="planted")
+    defense = InverTune(InverTune.configure({
+        "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
+        "identify.refine_steps": "40", "identify.refine_restarts": "2", "invert.steps": "20",
+        "verdict.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16"}))
+    ctx = DefenseContext(model=PlantedClip(stripes="texture"), clean_data=data, classnames=CLASSES,
+                         templates=TEMPLATES, seed=0, device=CPU, workdir=tmp_path)
+    outcome = defense.defend(ctx)
+    det = outcome.detection
+    assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
+    assert det["inverted_trigger"]["source"] == "stage 1 refined global perturbation"
+    assert all(p["holdout_rate"] < 0.95 for p in det["refined_patches"])  # no patch was the trigger ...
+    found = det["refined_global_perturbations"][-1]  # ... the global one, tried in ranking order, was
+    assert found["class"] == TARGET and found["holdout_rate"] >= 0.95 and found["flipped_rate"] >= 0.5
+    assert 0 < det["inverted_trigger"]["delta_linf_255"] <= 48.01
+    trigger = outcome.triggers["inverted"]
+    assert trigger.delta is not None and trigger.mask_l1 == 0
+    # stage 3 tunes with the perturbation and its sign flip (global_both_signs), one round (rounds=1)
+    x = images[:4].float() / 255
+    assert len(tuned_with) == 1 and torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
+    assert torch.equal(tuned_with[0](x)[1::2], (x[1::2] - trigger.delta).clamp(0, 1))
+    assert outcome.info["rounds"][0]["round"] == 1 and len(outcome.info["rounds"]) == 1  # rounds=1 (default)
+    assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "refine.global" in outcome.timings_s
