@@ -23,6 +23,8 @@ methods (``IdentifyConfig.method``):
   ``refine_patches`` gives the race's top classes a longer patch UAP with restarts at their
   best location; the defense runs it when stage 2 finds no small effective mask, and a
   refined patch that works on nearly every held-out image becomes the trigger (verdict.py).
+  When none does, ``refine_globals`` tries the same classes with a separable grayscale
+  global perturbation, for texture-like global triggers such as SIG's stripes.
 
 Histograms and rates are measured on held-out images. A single UAP can concentrate on one
 class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; the verdict
@@ -72,12 +74,11 @@ class IdentifyConfig:
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
     # global refinement (ours; run by the defense when neither stage 2 nor a refined patch finds a
     # trigger): the same longer UAP, for the same top classes, of a *separable grayscale* global
-    # perturbation eps * tanh(u) tanh(v)^T, identical on every channel (2 x 32 parameters at 32 px).
-    # So few parameters cannot paint a class's colours, which is how the clean models' attractors are
-    # reached; a global backdoor signal they can express. Measured (100 steps, best of 3) at 48/255:
-    # default ViT SIG "mushroom" 0.996; clean ViT "umbrella" 0.517, clean ResNet "tennis ball" 0.846,
-    # and at most 0.864 for a non-target class on the default-resnet SIG/Blended models. At 64/255 the
-    # clean ResNet's "tennis ball" reached 0.982; at 32/255 the ViT SIG target only 0.76. 0: off.
+    # perturbation eps * tanh(u) tanh(v)^T, identical on every channel (2 x 32 parameters at 32 px),
+    # rated as found and sign-flipped (verdict.py says why). Budget, measured with 100 steps x 3 on the
+    # default ViT SIG model's "mushroom": 0.76 at 32/255, 0.99-1.0 at 48/255 (the clean ViT's classes:
+    # at most 0.18 in the defense, 0.52 with other seeds). At 64/255 more natural classes come near
+    # 1.0 (clean ResNet "tennis ball" 0.98, "traffic light" 0.92). 0: off.
     refine_global_eps: float = 48 / 255
     # untargeted UAPs (the paper's method, and the screen for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)
