@@ -82,16 +82,25 @@ def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
 
 
-def test_refinement_on_a_clean_model_finds_no_effective_patch():
-    from invertune_plugin.identify import refine_patches
-    from invertune_plugin.verdict import VerdictConfig, best_patch
-
-    model = PlantedClip(backdoor=False)
+def _refinement_case(model: PlantedClip, refine_steps: int):
+    """Head, images, settings and stage-1 identification for a refinement test on a planted model."""
     head = head_for(model)
     images = colour_images(96)
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=30, refine_restarts=2)
-    refined = refine_patches(model, images, head, identify(model, images, head, cfg), cfg)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=refine_steps, refine_restarts=2)
+    return head, images, cfg, identify(model, images, head, cfg)
+
+
+def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturbation():
+    from invertune_plugin.identify import refine_globals, refine_patches
+    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch
+
+    model = PlantedClip(backdoor=False)
+    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
+    refined = refine_patches(model, images, head, ident, cfg)
     assert len(refined) == 2 and best_patch(refined, VerdictConfig()) is None
+    refined_globals = refine_globals(model, images, head, ident, cfg)
+    assert len(refined_globals) == 2 and best_global(refined_globals, VerdictConfig()) is None
+    assert refine_globals(model, images, head, ident, dataclasses.replace(cfg, refine_global_eps=0.0)) == []
 
 
 def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
@@ -100,14 +109,11 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_global_trigger
 
     model = PlantedClip(stripes="texture")
-    head = head_for(model)
-    images = colour_images(96)
+    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
     x = images[:32].float() / 255
     for sign in (1, -1):  # the planted trigger itself works, either sign ...
         stripes = (x + sign * 0.25 * STRIPES).clamp(0, 1)
         assert (head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
-    ident = identify(model, images, head, cfg)
     assert best_patch(refine_patches(model, images, head, ident, cfg), VerdictConfig()) is None  # ... no patch does
     refined = refine_globals(model, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, VerdictConfig()))
     winner = best_global(refined, VerdictConfig())
@@ -127,29 +133,13 @@ def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
     from invertune_plugin.verdict import VerdictConfig, best_global
 
     model = PlantedClip(stripes="direction")
-    head = head_for(model)
-    images = colour_images(96)
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
-    refined = refine_globals(model, images, head, identify(model, images, head, cfg), cfg)
+    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
+    refined = refine_globals(model, images, head, ident, cfg)
     found = [g for g in refined if g.target == TARGET]
     assert found and found[0].holdout_rate >= VerdictConfig().min_global_rate
     assert found[0].flipped_rate < VerdictConfig().min_global_flipped_rate
     assert best_global(refined, VerdictConfig()) is None
     assert best_global(refined, VerdictConfig(min_global_flipped_rate=0.0)) is found[0]
-
-
-def test_refined_global_perturbation_finds_nothing_on_a_clean_model():
-    from invertune_plugin.identify import refine_globals
-    from invertune_plugin.verdict import VerdictConfig, best_global
-
-    model = PlantedClip(backdoor=False)
-    head = head_for(model)
-    images = colour_images(96)
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=40, refine_restarts=2)
-    refined = refine_globals(model, images, head, identify(model, images, head, cfg), cfg)
-    assert len(refined) == 2 and best_global(refined, VerdictConfig()) is None
-    assert refine_globals(model, images, head, identify(model, images, head, cfg),
-                          IdentifyConfig(refine_global_eps=0.0)) == []
 
 
 def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
@@ -310,8 +300,16 @@ def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions
             TuneConfig(**bad)
 
 
-@pytest.mark.parametrize("round_check", ["patch", "inversion", "patch-gone"])
-def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch, round_check):
+# a planted-model defense run: small settings, and no inverted mask can pass (verdict.max_mask_fraction=0),
+# so stage 1's refinements must decide
+PLANTED_DEFENSE = {"n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32",
+                   "identify.refine_classes": "2", "identify.refine_restarts": "2", "invert.steps": "20",
+                   "verdict.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16"}
+
+
+def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[str, str]):
+    """Configure InverTune for a planted model with stage 3 recorded, not run (the planted model
+    has no layers to tune). Returns the defense, its context and the list of triggers stage 3 got."""
     from torch.utils.data import TensorDataset
 
     import invertune_plugin.defense as defense_mod
@@ -319,25 +317,31 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     from invertune_plugin.tune import TuneReport
     from toolbox.api import DefenseContext, ImageData
 
-    tuned_with = []  # the planted model has no layers to tune: record which trigger stage 3 would get
+    tuned_with: list = []
     monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None: tuned_with.append(trig) or (m, TuneReport([])))
-
     images = colour_images(96)
     data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
                      source="planted")
-    defense = InverTune(InverTune.configure({
-        "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
-        "identify.refine_steps": "30", "identify.refine_restarts": "2", "invert.steps": "20",
-        "verdict.max_mask_fraction": "0.0",  # no inverted mask can pass: the refinement must decide
+    defense = InverTune(InverTune.configure({**PLANTED_DEFENSE, **overrides}))
+    ctx = DefenseContext(model=model, clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
+                         device=CPU, workdir=tmp_path)
+    return defense, ctx, tuned_with
+
+
+@pytest.mark.parametrize("round_check", ["patch", "inversion", "patch-gone"])
+def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch, round_check):
+    import invertune_plugin.defense as defense_mod
+
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), {
+        "identify.refine_steps": "30",
         # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
         "min_round_asr": "0.0", "round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
-        "tune.steps": "5", "tune.batch_size": "16", "round_check": round_check.split("-")[0]}))
+        "round_check": round_check.split("-")[0]})
+    images = colour_images(96)
     if round_check == "patch-gone":  # the tuned model has no patch trigger left: no second round
         real = defense_mod.refine_patch
         monkeypatch.setattr(defense_mod, "refine_patch",
                             lambda *a, **k: dataclasses.replace(real(*a, **k), holdout_rate=0.5))
-    ctx = DefenseContext(model=PlantedClip(), clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
-                         device=CPU, workdir=tmp_path)
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
@@ -366,24 +370,9 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
 
 
 def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works(tmp_path, monkeypatch):
-    from torch.utils.data import TensorDataset
-
-    import invertune_plugin.defense as defense_mod
-    from invertune_plugin.defense import InverTune
-    from invertune_plugin.tune import TuneReport
-    from toolbox.api import DefenseContext, ImageData
-
-    tuned_with = []  # the planted model has no layers to tune: record which trigger stage 3 would get
-    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None: tuned_with.append(trig) or (m, TuneReport([])))
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(stripes="texture"),
+                                                {"identify.refine_steps": "40"})
     images = colour_images(96)
-    data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
-                     source="planted")
-    defense = InverTune(InverTune.configure({
-        "n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "identify.refine_classes": "2",
-        "identify.refine_steps": "40", "identify.refine_restarts": "2", "invert.steps": "20",
-        "verdict.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16"}))
-    ctx = DefenseContext(model=PlantedClip(stripes="texture"), clean_data=data, classnames=CLASSES,
-                         templates=TEMPLATES, seed=0, device=CPU, workdir=tmp_path)
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
