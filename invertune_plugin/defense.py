@@ -134,7 +134,9 @@ class InverTune(Defense):
         source = FROM_INVERSION
         refined: list[RefinedPatch] = []
         patch_location: str | None = None  # where the refined patch trigger sits, when it is one
-        if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_classes > 0:
+        # stage 1's refinements (identify.py) run when stage 2 found no small effective mask after a race
+        refinable = ident is not None and ident.method == "targeted"
+        if found is False and refinable and cfg.identify.refine_classes > 0:
             # no small effective mask: longer patch UAPs for the race's top classes (identify.py)
             start = time.perf_counter()
             refined = refine_patches(ctx.model, images, head, ident, cfg.identify, ctx.seed,
@@ -147,7 +149,7 @@ class InverTune(Defense):
                 target, found, source = winner.target, True, FROM_REFINED_PATCH
                 patch_location = winner.location
         refined_globals: list[RefinedGlobal] = []
-        if found is False and ident is not None and ident.method == "targeted" and cfg.identify.refine_global_eps > 0:
+        if found is False and refinable and cfg.identify.refine_global_eps > 0:
             # neither a small mask nor a patch: a longer separable global UAP for the same classes
             start = time.perf_counter()
             refined_globals = refine_globals(ctx.model, images, head, ident, cfg.identify, ctx.seed,

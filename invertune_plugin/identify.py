@@ -43,7 +43,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .attacks.triggers import paste_patch, patch_pixels
+from .attacks.triggers import add_signal, paste_patch, patch_pixels
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
@@ -236,7 +236,7 @@ def separable_family(image_size: int, eps: float) -> RaceFamily:
         return (eps * torch.tanh(p[:image_size])[:, None] * torch.tanh(p[image_size:])[None, :])[None]
 
     return RaceFamily(f"separable@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
-                      lambda x, p: (x + delta(p)).clamp(0, 1), _no_projection, delta=delta)
+                      lambda x, p: add_signal(x, delta(p)), _no_projection, delta=delta)
 
 
 def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily, target: int,
@@ -406,8 +406,8 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
             delta = family.delta(param).detach()
             refined.append(RefinedGlobal(
                 target=cls, eps=cfg.refine_global_eps, delta=delta,
-                holdout_rate=success_rate(model, head, (hold_images + delta).clamp(0, 1), hold_pred, c),
-                flipped_rate=success_rate(model, head, (hold_images - delta).clamp(0, 1), hold_pred, c)))
+                holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
+                flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c)))
             if stop is not None and stop(refined[-1]):
                 break
     return refined

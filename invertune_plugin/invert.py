@@ -28,7 +28,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .attacks.triggers import paste_patch
+from .attacks.triggers import add_signal, paste_patch
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
@@ -68,7 +68,7 @@ class InvertedTrigger:
     def __call__(self, images: Tensor) -> Tensor:
         m = self.mask.to(images)
         out = m * self.pattern.to(images) + (1 - m) * images
-        return out if self.delta is None else (out + self.delta.to(images)).clamp(0, 1)
+        return out if self.delta is None else add_signal(out, self.delta)
 
 
 def patch_trigger(patch: Tensor, location: str, image_size: int, target: str, holdout_asr: float) -> InvertedTrigger:
@@ -97,7 +97,7 @@ def both_signs(trigger: InvertedTrigger) -> Callable[[Tensor], Tensor]:
     def apply(images: Tensor) -> Tensor:
         sign = torch.ones(len(images), 1, 1, 1, dtype=images.dtype, device=images.device)
         sign[1::2] = -1
-        return (images + sign * delta.to(images)).clamp(0, 1)
+        return add_signal(images, sign * delta.to(images))
 
     return apply
 

@@ -6,8 +6,8 @@ toward the target class: the planted backdoor. With ``stripes`` the backdoor is 
 one instead: vertical grayscale stripes (a SIG-like sinusoid, 3 cycles per width) pull
 toward the target. ``stripes="texture"`` detects the stripes' energy at that frequency,
 whatever their phase (as a network trained on SIG does); ``stripes="direction"`` their
-signed correlation with one sinusoid, so the sign-flipped stripes do not trigger it. Text embeddings are fixed orthonormal vectors looked up by the
-class name in the prompt.
+signed correlation with one sinusoid, so the sign-flipped stripes do not trigger it. Text
+embeddings are fixed orthonormal vectors looked up by the class name in the prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class PlantedClip(nn.Module):
 
     def __init__(self, backdoor: bool = True, stripes: str | None = None) -> None:
         super().__init__()
+        if stripes not in (None, "texture", "direction"):
+            raise ValueError(f"stripes must be None, 'texture' or 'direction', got {stripes!r}")
         self.texts = nn.Parameter(torch.eye(len(CLASSES), 8)[:, :8], requires_grad=False)
         self.backdoor = backdoor
         self.stripes = stripes
@@ -54,17 +56,18 @@ class PlantedClip(nn.Module):
         mean = images.mean(dim=(2, 3))
         weights = torch.softmax(-((mean[:, None, :] - COLORS[None]) ** 2).sum(-1) / 0.01, dim=1)
         emb = weights @ self.texts
-        if self.backdoor and self.stripes:
+        if not self.backdoor:
+            return F.normalize(emb, dim=-1)
+        if self.stripes:
             profile = images.mean(dim=(1, 2))  # [B, W]: the grayscale column profile
             corr = (profile * STRIPES.to(images)).mean(1)
             if self.stripes == "texture":  # amplitude at the frequency, any phase
                 corr = (corr ** 2 + (profile * STRIPES_COS.to(images)).mean(1) ** 2 + 1e-8).sqrt()
             pull = torch.sigmoid(60 * (corr - STRIPE_THRESHOLD))
-            emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
-        elif self.backdoor:
+        else:
             corner = images[:, :, -PATCH:, -PATCH:].mean(dim=(1, 2, 3))
             pull = torch.sigmoid(20 * (corner - 0.85))
-            emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
+        emb = emb + self.gain * pull[:, None] * self.texts[CLASSES.index(TARGET)]
         return F.normalize(emb, dim=-1)
 
     def clone(self):
