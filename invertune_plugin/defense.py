@@ -150,7 +150,7 @@ class InverTune(Defense):
                 patch_location = winner.location
         refined_globals: list[RefinedGlobal] = []
         if found is False and refinable and cfg.identify.refine_global_eps > 0:
-            # neither a small mask nor a patch: a longer separable global UAP for the same classes
+            # neither a small mask nor a patch: a longer grayscale global UAP for the global family's top classes
             start = time.perf_counter()
             refined_globals = refine_globals(ctx.model, images, head, ident, cfg.identify, ctx.seed,
                                              stop=lambda g: is_global_trigger(g, cfg.verdict))

@@ -119,8 +119,7 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     winner = best_global(refined, VerdictConfig())
     assert winner is not None and winner.target == TARGET and refined[-1] is winner
     assert winner.delta.shape == (1, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_global_eps + 1e-6
-    assert torch.allclose(winner.delta, winner.delta[:, :1] * winner.delta[:, :, :1] / winner.delta[:, :1, :1],
-                          atol=1e-5)  # separable: every row is a multiple of the first
+    assert winner.family == f"stripes@{cfg.refine_global_eps * 255:.0f}/255"
     trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
     assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + winner.delta).clamp(0, 1))
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
@@ -140,6 +139,33 @@ def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
     assert found[0].flipped_rate < VerdictConfig().min_global_flipped_rate
     assert best_global(refined, VerdictConfig()) is None
     assert best_global(refined, VerdictConfig(min_global_flipped_rate=0.0)) is found[0]
+
+
+def test_global_refinement_takes_its_classes_from_the_race_global_family():
+    from invertune_plugin.identify import Identification, UAPResult, global_ranking, stripe_family
+
+    def uap(kind: str, shift: list[float]) -> UAPResult:
+        return UAPResult(kind=kind, shift=torch.tensor(shift), fooling_rate=1.0, perturb=lambda x: x)
+
+    patch, glob = uap("race:patch@center", [0.9, 0.1, 0.0, 0.0]), uap("race:global@32/255", [0.2, 0.0, 0.5, 0.3])
+    ident = Identification(ranking=[(CLASSES[i], 0.0) for i in (0, 2, 3, 1)], target=CLASSES[0], agreement=0.5,
+                           consensus_shift=0.9, margin=0.4, uaps=[patch, glob], classnames=CLASSES, method="targeted")
+    assert global_ranking(ident) == [CLASSES[2], CLASSES[3], CLASSES[0], CLASSES[1]]
+    assert global_ranking(dataclasses.replace(ident, uaps=[patch])) == [c for c, _ in ident.ranking]
+    fam = stripe_family(32, 0.2)  # a column profile alone is vertical stripes, the same in every row and channel
+    param = torch.cat([torch.zeros(32), torch.linspace(-3, 3, 32)])
+    delta = fam.delta(param)
+    assert delta.shape == (1, 32, 32) and torch.equal(delta, delta[:, :1].expand(1, 32, 32))
+    assert float(delta.abs().max()) <= 0.2
+
+
+def test_unknown_global_family_is_refused():
+    from invertune_plugin.identify import refine_globals
+
+    model = PlantedClip()
+    head, images, cfg, ident = _refinement_case(model, refine_steps=1)
+    with pytest.raises(ValueError, match="refine_global_family"):
+        refine_globals(model, images, head, ident, dataclasses.replace(cfg, refine_global_family="checkers"))
 
 
 def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
