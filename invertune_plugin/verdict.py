@@ -25,20 +25,23 @@ most 0.824 ("dumbbell", bottom-right and top-left), BadEncoder "mushroom" 0.996-
 bottom-right, where its 20-step race rate had been 0.705 and its inverted mask 11.7 %.
 
 A global trigger (SIG's sinusoid) has neither a small mask nor a patch. When both paths
-fail, the top classes get a longer *separable grayscale* global UAP (``identify.refine_global_eps``,
-48/255): 2 x 32 parameters, the same on every channel, so it cannot paint the colourful
-attractors the clean default ViT falls into, yet it can express a stripe signal. Being
-effective is not enough: the clean ResNet-type model's "tennis ball" is reached by such a
-perturbation too (held-out 1.0 in the defense; 0.85 with other seeds), by a *direction* (a
-brightness gradient), where SIG's target is reached by a *texture*. Flipping the sign keeps
-a texture's stripes (a half-period shift of a sinusoid) and reverses a direction, so the
-trigger must also work sign-flipped (``min_global_flipped_rate``). Measured (48/255, 100
-steps, best of 3; rate as found / sign-flipped): default ViT SIG "mushroom" 0.989 / 0.972;
-clean ResNet "tennis ball" 1.0 / 0.021; clean ViT top classes at most 0.18 as found;
-default-resnet SIG model's "tennis ball" 0.93 as found. This path is therefore a detector
-for *texture-like* global triggers (SIG), not for every global trigger: the ResNet-type
-models' own SIG and Blended targets reach only 0.43 and 0.73 as found, and Blended's noise
-would not survive a flip. The gates rest on four models; the rates are in the result.
+fail, the top classes of the race's global family get a longer grayscale *stripe* UAP
+(``identify.refine_global_eps``, 48/255, eps * tanh(r_i + c_j)): 2 x 32 parameters, the
+same on every channel, so it cannot paint the colourful attractors the clean default ViT
+falls into, yet it can express a stripe signal. Being effective is not enough: the clean
+ResNet-type model's "tennis ball" is reached by such a perturbation too (held-out 0.996),
+by a *direction* (a brightness gradient), where SIG's target is reached by a *texture*.
+Flipping the sign keeps a texture's stripes (a half-period shift of a sinusoid) and
+reverses a direction, so the trigger must also work sign-flipped
+(``min_global_flipped_rate``). Measured in the defense (100 steps, best of 3; rate as found
+/ sign-flipped): default ViT SIG "mushroom" 0.997 / 0.587; default-resnet SIG "mushroom"
+1.0 / 0.632. Natural classes: default-resnet "tennis ball" 0.996 / 0.0 (clean model), 0.993
+/ 0.025 (SIG), 0.986 / 0.129 (Blended), 0.996 / 0.011 (WaNet); every other class measured
+(top 3 of the global family on those models and on the default ViT's clean and WaNet models)
+stays below 0.95 as found (the clean ViT's at most 0.56), and at most 0.13 sign-flipped. The
+flip gate sits at 0.3, inside that gap. This path is a detector for *texture-like* global
+triggers (SIG), not for every global trigger: Blended's noise would not survive a flip. The
+gates rest on the seven models named here; the rates are in the result.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class VerdictConfig:
     max_mask_fraction: float = 0.05
     # a refined stage-1 patch (4 px at 32 px) counts as a trigger at this held-out success rate
     min_patch_rate: float = 0.95  # ours (clean ViT: at most 0.824; BadEncoder: 1.0); see the docstring
-    # a refined separable global perturbation (identify.refine_global_eps) counts as a trigger at this rate
-    min_global_rate: float = 0.95  # ours (ViT SIG: 0.989; clean ResNet "tennis ball": 1.0, hence ...)
-    min_global_flipped_rate: float = 0.5  # ... this: the same with -delta (ViT SIG 0.972; tennis ball 0.021)
+    # a refined global perturbation (identify.refine_global_family, _eps) counts as a trigger at this rate
+    min_global_rate: float = 0.95  # ours (ViT SIG: 0.997; clean ResNet "tennis ball": 0.996, hence ...)
+    # ... this: the same with -delta. Ours, in the gap: SIG ViT 0.587, ResNet 0.632; natural classes <= 0.13
+    min_global_flipped_rate: float = 0.3
 
 
 def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch | None:
@@ -74,7 +78,7 @@ def is_global_trigger(g: RefinedGlobal, cfg: VerdictConfig) -> bool:
 
 
 def best_global(refined: list[RefinedGlobal], cfg: VerdictConfig) -> RefinedGlobal | None:
-    """The most effective refined separable global perturbation that passes :func:`is_global_trigger`."""
+    """The most effective refined global perturbation that passes :func:`is_global_trigger`."""
     effective = [g for g in refined if is_global_trigger(g, cfg)]
     return max(effective, key=lambda g: g.holdout_rate) if effective else None
 
