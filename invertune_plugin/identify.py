@@ -215,6 +215,9 @@ def _no_projection(_: Tensor) -> None:
     return None
 
 
+RACE_GLOBAL = "race:global"  # kind prefix of the race's global L-inf families (global_ranking reads it)
+
+
 def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
     if cfg.race_patch_param not in ("pixel", "sigmoid"):
         raise ValueError(f"identify.race_patch_param must be 'pixel' or 'sigmoid', got {cfg.race_patch_param!r}")
@@ -229,29 +232,33 @@ def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
             fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
                                    patch_uap(size, loc)[1], _no_projection, location=loc, pixels=torch.sigmoid))
     for eps in cfg.race_global_eps:
-        fams.append(RaceFamily(f"race:global@{eps * 255:.0f}/255",
+        fams.append(RaceFamily(f"{RACE_GLOBAL}@{eps * 255:.0f}/255",
                                lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
                                global_uap(image_size, eps)[1], _no_projection))
     return fams
 
 
+def profile_family(name: str, image_size: int, eps: float,
+                   delta: Callable[[Tensor, Tensor, float], Tensor]) -> RaceFamily:
+    """A grayscale global family of two length-``image_size`` profiles (rows u, columns v):
+    x + delta(u, v, eps) on every channel, clamped; ``delta`` maps them to [H, W] in [-eps, eps]."""
+    def scaled(p: Tensor) -> Tensor:
+        return delta(p[:image_size], p[image_size:], eps)[None]
+
+    return RaceFamily(f"{name}@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
+                      lambda x, p: add_signal(x, scaled(p)), _no_projection, delta=scaled)
+
+
 def separable_family(image_size: int, eps: float) -> RaceFamily:
     """Grayscale separable global perturbations: x + eps * tanh(u) tanh(v)^T on every channel, clamped."""
-    def delta(p: Tensor) -> Tensor:
-        return (eps * torch.tanh(p[:image_size])[:, None] * torch.tanh(p[image_size:])[None, :])[None]
-
-    return RaceFamily(f"separable@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, delta(p)), _no_projection, delta=delta)
+    return profile_family("separable", image_size, eps,
+                          lambda u, v, e: e * torch.tanh(u)[:, None] * torch.tanh(v)[None, :])
 
 
 def stripe_family(image_size: int, eps: float) -> RaceFamily:
     """Grayscale stripe perturbations: x + eps * tanh(r_i + c_j) on every channel, clamped. A column
     profile alone (r = 0) is vertical stripes, a row profile alone horizontal ones."""
-    def delta(p: Tensor) -> Tensor:
-        return (eps * torch.tanh(p[:image_size, None] + p[None, image_size:]))[None]
-
-    return RaceFamily(f"stripes@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, delta(p)), _no_projection, delta=delta)
+    return profile_family("stripes", image_size, eps, lambda r, c, e: e * torch.tanh(r[:, None] + c[None, :]))
 
 
 GLOBAL_FAMILIES: dict[str, Callable[[int, float], RaceFamily]] = {"stripes": stripe_family,
@@ -441,7 +448,7 @@ def global_ranking(ident: Identification) -> list[str]:
     """Classes by their best score in the race's global families (the consensus ranking when the
     race had none). A global trigger's target is reached by global UAPs, whatever the patches
     found: on the default-resnet SIG model "mushroom" ranks 4th overall, 3rd in the global family."""
-    global_uaps = [u for u in ident.uaps if u.kind.startswith("race:global")]
+    global_uaps = [u for u in ident.uaps if u.kind.startswith(RACE_GLOBAL)]
     if not global_uaps:
         return [c for c, _ in ident.ranking]
     score = torch.stack([u.shift for u in global_uaps]).amax(0)
