@@ -39,19 +39,26 @@ class InverTuneConfig:
     # as the attractor classes': 8.1-8.5 %) and costs K-1 extra inversions, so it is off by default.
     candidates: int = 1
     rounds: int = 1  # paper 1; further rounds re-invert on the tuned model and tune again
-    # rounds when the trigger is a refined stage-1 patch (ours): one patch is a narrower picture of
-    # the trigger than an inverted mask. Default ViT BadEncoder: ASR 5.0 % after one round (CA 95.9),
-    # 1.8 % after two (CA 95.8); a second round costs about 85 s there. The round check below keeps it
-    # from models that one round cleaned (default-resnet BadCLIP: 0.3 % after one, 5.6 % after two).
-    refined_rounds: int = 2
+    # Stage 3 steps when the trigger is a refined stage-1 patch (ours; None: tune.steps). A refined patch
+    # is a narrower picture of the trigger than an inverted mask: tuning against it removes the real
+    # trigger first, then specialises to the refined pattern and the real trigger creeps back. Real ASR
+    # (CA) along one 200-step round, steps 25/50/100/150/200: default ViT BadEncoder 0.46 (95.1) / 1.0
+    # (95.8) / 1.2 (96.1) / 2.5 (96.1) / 5.0 (95.9) %; default ViT BadCLIP 0.08 % throughout, CA 95.3 at
+    # 25, 96.7 at 100; default-resnet BadCLIP 0.5-0.9 %, CA 92.2 at 25, 96.0 at 50, 97.6 at 100, 98.2 at 200.
+    # 100 is where CA has come back on all three and the BadEncoder's ASR has not.
+    refined_tune_steps: int | None = 100
+    # rounds when the trigger is a refined stage-1 patch. Two rounds of 200 steps (our earlier default)
+    # took the ViT BadEncoder to 1.8 % (CA 95.8) at 80 more seconds than one round of 100 steps (1.2 %).
+    refined_rounds: int = 1
     min_round_asr: float = 0.5  # a further round runs only if its inverted trigger still works this well
     # When round 1's trigger was a refined patch, a later round runs only if a patch refined toward
     # the target at the same place on the tuned model still sends round_check_rate of held-out images
     # there ("patch", ours); the round then tunes against a stage-2 inversion on the tuned model, as
     # every later round does. "inversion": no patch check, the re-inversion's min_round_asr alone.
     round_check: str = "patch"
-    # Measured after round 1 (1 restart): default ViT BadEncoder 0.52 (real ASR 5.0 %; round 2 takes it
-    # to 1.8 %), default-resnet BadCLIP 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
+    # Measured after a 200-step round 1 (1 restart): default ViT BadEncoder 0.52 (real ASR 5.0 %; round 2
+    # took it to 1.8 %), default ViT BadCLIP 0.45 (real ASR 0.08 %: a false alarm), default-resnet BadCLIP
+    # 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
     round_check_rate: float = 0.2  # ours, between those two
     round_check_restarts: int = 1  # restarts of that patch (the stage-1 refinement uses identify.refine_restarts)
     # A refined global perturbation trigger works sign-flipped too (the verdict checks it), so both are
@@ -65,6 +72,8 @@ class InverTuneConfig:
     def __post_init__(self) -> None:
         if min(self.rounds, self.refined_rounds, self.candidates) < 1 or self.n_images < 2:
             raise ValueError("rounds, refined_rounds and candidates must be >= 1 and n_images >= 2")
+        if self.refined_tune_steps is not None and self.refined_tune_steps < 1:
+            raise ValueError(f"refined_tune_steps must be >= 1 or None, got {self.refined_tune_steps}")
         if self.round_check not in ("patch", "inversion") or self.round_check_restarts < 1:
             raise ValueError(f"round_check must be 'patch' or 'inversion' (got {self.round_check!r}) "
                              f"and round_check_restarts >= 1 (got {self.round_check_restarts})")
@@ -176,6 +185,9 @@ class InverTune(Defense):
             current = trigger
             # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
             reference = guard_reference(ctx.model, images, head, cfg.tune, ctx.seed) if cfg.tune.guard_every else None
+            # round 1 against a refined patch: refined_tune_steps; later rounds tune against a re-inversion
+            refined_cfg = (replace(cfg.tune, steps=cfg.refined_tune_steps)
+                           if source == FROM_REFINED_PATCH and cfg.refined_tune_steps is not None else cfg.tune)
             for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
                 if r > 0 and patch_location is not None and cfg.round_check == "patch":
                     # is a patch toward the target, where round 1's trigger sat, still effective?
@@ -195,9 +207,10 @@ class InverTune(Defense):
                 start = time.perf_counter()
                 tune_with = (both_signs(current) if source == FROM_REFINED_GLOBAL and r == 0 and cfg.global_both_signs
                              else current)
-                model, report = tune(model, images, tune_with, head, cfg.tune, ctx.seed + r, reference)
+                tune_cfg = refined_cfg if r == 0 else cfg.tune
+                model, report = tune(model, images, tune_with, head, tune_cfg, ctx.seed + r, reference)
                 timings["tune" if r == 0 else f"tune.round{r + 1}"] = time.perf_counter() - start
-                rounds.append({"round": r + 1, "inverted_asr": round(current.holdout_asr, 4),
+                rounds.append({"round": r + 1, "tune_steps": tune_cfg.steps, "inverted_asr": round(current.holdout_asr, 4),
                                "mask_l1": round(current.mask_l1, 2), "guard": report.guard,
                                "guard_stopped_at": report.stopped_at})
                 if report.stopped_at is not None:  # the guard stopped this round: a further one would too

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from invertune_plugin.defense import InverTuneConfig
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
 from invertune_plugin.invert import InvertConfig, invert
 from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, select_layers, tune,
@@ -362,7 +363,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
         "identify.refine_steps": "30",
         # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
         "min_round_asr": "0.0", "round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
-        "round_check": round_check.split("-")[0]})
+        "round_check": round_check.split("-")[0], "refined_rounds": "2"})
     images = colour_images(96)
     if round_check == "patch-gone":  # the tuned model has no patch trigger left: no second round
         real = defense_mod.refine_patch
@@ -380,7 +381,9 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert all(p["holdout_rate"] < 0.95 for p in patches[:-1])
     assert "refine" in outcome.timings_s
     assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
-    # refined_rounds=2 (default): a second round on the "tuned" model (here: unchanged)
+    # round 1 tunes against the refined patch for refined_tune_steps (default 100), not tune.steps (5 here)
+    assert outcome.info["rounds"][0]["tune_steps"] == InverTuneConfig().refined_tune_steps == 100
+    # refined_rounds=2: a second round on the "tuned" model (here: unchanged)
     checks = outcome.info["round_checks"]
     if round_check == "patch-gone":  # the check ran, found no patch trigger, and no round 2 followed
         assert checks == [{"round": 2, "refined_patch_rate": 0.5}] and len(tuned_with) == 1
@@ -388,6 +391,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
         return
     assert len(tuned_with) == 2 and tuned_with[1].mask.shape[0] == 3, "round 2 tunes with a stage-2 inversion"
     assert [r["round"] for r in outcome.info["rounds"]] == [1, 2] and "invert.round2" in outcome.timings_s
+    assert outcome.info["rounds"][1]["tune_steps"] == 5, "a later round tunes a re-inversion for tune.steps"
     if round_check == "patch":  # a patch toward the target, at round 1's place, is still effective
         assert [c["round"] for c in checks] == [2] and "check.round2" in outcome.timings_s
         assert checks[0]["refined_patch_rate"] >= 0.9
@@ -414,4 +418,5 @@ def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works
     assert len(tuned_with) == 1 and torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
     assert torch.equal(tuned_with[0](x)[1::2], (x[1::2] - trigger.delta).clamp(0, 1))
     assert outcome.info["rounds"][0]["round"] == 1 and len(outcome.info["rounds"]) == 1  # rounds=1 (default)
+    assert outcome.info["rounds"][0]["tune_steps"] == 5  # tune.steps: refined_tune_steps is for refined patches
     assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "refine.global" in outcome.timings_s
