@@ -43,7 +43,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .attacks.triggers import add_signal, paste_patch, patch_pixels
+from .attacks.triggers import LOCATIONS, add_signal, paste_patch, patch_pixels
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
@@ -94,6 +94,25 @@ class IdentifyConfig:
     batch_size: int = 32
     fool_margin: float = 5.0  # stop pushing an image once its clean class trails by this logit margin
     holdout_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting when the defense is configured, not minutes into a run."""
+        choices = {"method": ("targeted", "untargeted"), "race_patch_param": ("pixel", "sigmoid"),
+                   "race_aggregate": ("max", "mean"), "refine_global_family": tuple(GLOBAL_FAMILIES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"identify.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("race_patch_locations", "patch_locations"):
+            for loc in getattr(self, name):
+                if loc not in LOCATIONS:
+                    raise ValueError(f"identify.{name}: unknown location {loc!r}; one of {', '.join(LOCATIONS)}")
+        counts = {"race_steps": 1, "refine_steps": 1, "refine_restarts": 1, "refine_judge_images": 1, "steps": 1,
+                  "batch_size": 1, "max_race_classes": 1, "refine_classes": 0}
+        for name, least in counts.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"identify.{name} must be >= {least}, got {getattr(self, name)}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"identify.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
 
 @dataclass
@@ -187,8 +206,6 @@ def identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: Identify
 
 
 def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
-    if cfg.method not in ("targeted", "untargeted"):
-        raise ValueError(f"identify.method must be 'targeted' or 'untargeted', got {cfg.method!r}")
     screen = _untargeted(model, images, head, cfg, seed) if (
         cfg.method == "untargeted" or len(head.classnames) > cfg.max_race_classes) else None
     if cfg.method == "untargeted":
@@ -219,8 +236,6 @@ RACE_GLOBAL = "race:global"  # kind prefix of the race's global L-inf families (
 
 
 def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
-    if cfg.race_patch_param not in ("pixel", "sigmoid"):
-        raise ValueError(f"identify.race_patch_param must be 'pixel' or 'sigmoid', got {cfg.race_patch_param!r}")
     size = patch_pixels(image_size, cfg.race_patch_fraction)
     fams: list[RaceFamily] = []
     for loc in cfg.race_patch_locations:
@@ -385,8 +400,6 @@ def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_
 def _best_restart(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
                   cfg: IdentifyConfig, base_seed: int) -> Tensor:
     """Of ``refine_restarts`` targeted UAPs of ``refine_steps``, the one with the lowest loss on a fixed judge batch."""
-    if cfg.refine_restarts < 1:
-        raise ValueError(f"identify.refine_restarts must be >= 1, got {cfg.refine_restarts}")
     judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
     candidates = []
     for r in range(cfg.refine_restarts):
@@ -423,9 +436,6 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
     verdict's test: that one is the trigger)."""
     if cfg.refine_global_eps <= 0 or cfg.refine_classes < 1:
         return []
-    if cfg.refine_global_family not in GLOBAL_FAMILIES:
-        raise ValueError(f"identify.refine_global_family must be one of {', '.join(GLOBAL_FAMILIES)}, "
-                         f"got {cfg.refine_global_family!r}")
     family = GLOBAL_FAMILIES[cfg.refine_global_family](images.shape[-1], cfg.refine_global_eps)
     assert family.delta is not None
     refined: list[RefinedGlobal] = []

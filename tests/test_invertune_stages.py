@@ -160,13 +160,21 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
     assert float(delta.abs().max()) <= 0.2
 
 
-def test_unknown_global_family_is_refused():
-    from invertune_plugin.identify import refine_globals
+@pytest.mark.parametrize("key,value,message", [
+    ("identify.refine_global_family", "checkers", "refine_global_family must be one of stripes, separable"),
+    ("identify.method", "race", "method must be one of targeted, untargeted"),
+    ("identify.race_patch_param", "logit", "race_patch_param"),
+    ("identify.race_aggregate", "median", "race_aggregate"),
+    ("identify.race_patch_locations", "bottom-right,middle", "unknown location 'middle'"),
+    ("identify.refine_restarts", "0", "refine_restarts must be >= 1"),
+    ("identify.holdout_fraction", "1.0", "holdout_fraction"),
+])
+def test_bad_identify_settings_are_refused_when_configured(key, value, message):
+    """A bad stage-1 setting fails when the defense is configured, before any model is loaded."""
+    from invertune_plugin.defense import InverTune
 
-    model = PlantedClip()
-    head, images, cfg, ident = _refinement_case(model, refine_steps=1)
-    with pytest.raises(ValueError, match="refine_global_family"):
-        refine_globals(model, images, head, ident, dataclasses.replace(cfg, refine_global_family="checkers"))
+    with pytest.raises(ValueError, match=message):
+        InverTune.configure({key: value})
 
 
 def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
