@@ -46,9 +46,9 @@ class InverTuneConfig:
     # (95.8) / 1.2 (96.1) / 2.5 (96.1) / 5.0 (95.9) %; default ViT BadCLIP 0.08 % throughout, CA 95.3 at
     # 25, 96.7 at 100; default-resnet BadCLIP 0.5-0.9 %, CA 92.2 at 25, 96.0 at 50, 97.6 at 100, 98.2 at 200.
     # 100 is where CA has come back on all three and the BadEncoder's ASR has not.
-    refined_tune_steps: int | None = 100
+    refined_tune_steps: int | None = 100  # replaces tune.steps for that round (set None to use tune.steps)
     # rounds when the trigger is a refined stage-1 patch. Two rounds of 200 steps (our earlier default)
-    # took the ViT BadEncoder to 1.8 % (CA 95.8) at 80 more seconds than one round of 100 steps (1.2 %).
+    # took the ViT BadEncoder to 1.8 % (CA 95.8) in 409 s of defense; one round of 100 steps, 1.2 % in 254 s.
     refined_rounds: int = 1
     min_round_asr: float = 0.5  # a further round runs only if its inverted trigger still works this well
     # When round 1's trigger was a refined patch, a later round runs only if a patch refined toward
@@ -59,7 +59,8 @@ class InverTuneConfig:
     # Measured after a 200-step round 1 (1 restart): default ViT BadEncoder 0.52 (real ASR 5.0 %; round 2
     # took it to 1.8 %), default ViT BadCLIP 0.45 (real ASR 0.08 %: a false alarm), default-resnet BadCLIP
     # 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
-    round_check_rate: float = 0.2  # ours, between those two
+    # ours, between 0.011 and 0.52 (calibrated after 200-step rounds; it lets the ViT BadCLIP's 0.45 through)
+    round_check_rate: float = 0.2
     round_check_restarts: int = 1  # restarts of that patch (the stage-1 refinement uses identify.refine_restarts)
     # A refined global perturbation trigger works sign-flipped too (the verdict checks it), so both are
     # triggers: stage 3 tunes with +delta on half of each batch and -delta on the other half (ours).
