@@ -6,7 +6,8 @@
 
 Each cell is a real `toolbox run --attack A --defense none` (in-process), so backdoored
 models land in the cache and later benchmarks reuse them. Bars: ASR@1 >= 90 % and CA
-within 2 points of the clean model.
+within 2 points of the clean model. "untriggered": how often untriggered images already go to
+the target (`asr_untriggered`); the trigger's own effect is ASR@1 minus that.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def main() -> int:
                   for loc in ("top-left", "center")]
     print(f"clean model ({args.preset}): CA {pct(ca0)} %, recall@10 "
           f"{pct(clean['metrics']['before'].get('retrieval_recall@10'))} %\n")
-    print("| attack | variant | poison rate | CA | ΔCA | ASR@1 | ASR@5 | retrieval ASR@10 | RA | build s | bars |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| attack | variant | poison rate | CA | ΔCA | ASR@1 | untriggered | ASR@5 | retrieval ASR@10 | RA | build s | bars |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, (attack, variant, params) in enumerate(cells):
         doc = run_cell(args.preset, attack, params, tmp / f"{i}-{attack}")
         m = doc["metrics"]["before"]
@@ -75,7 +76,7 @@ def main() -> int:
         build = doc["attack"].get("build_seconds")
         ok = m["asr"] >= 0.90 and abs(m["ca"] - ca0) <= 0.02
         print(f"| {attack} | {variant} | {'-' if rate is None else f'{100 * rate:.1f} %'} | {pct(m['ca'])} | "
-              f"{100 * (m['ca'] - ca0):+.1f} | {pct(m['asr'])} | {pct(m.get('asr_top5'))} | "
+              f"{100 * (m['ca'] - ca0):+.1f} | {pct(m['asr'])} | {pct(m.get('asr_untriggered'))} | {pct(m.get('asr_top5'))} | "
               f"{pct(m.get('retrieval_asr@10'))} | {pct(m.get('ra'))} | "
               f"{build if build is not None else '-'}{' (cached)' if doc['attack'].get('from_cache') else ''} | "
               f"{'met' if ok else 'NOT met'} |", flush=True)

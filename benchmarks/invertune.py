@@ -12,8 +12,10 @@ from the cache). Columns: CA / ASR@1 / ASR@10 / retrieval recall@10 / retrieval 
 before (no defense) and after; stage-1 rank of the true target and the verdict; the
 inverted trigger's own ASR, mask size and source (stage-2 inversion or a refined stage-1
 patch); wall time of the defense. Bars: the chosen target is the attack's, verdict "no backdoor"
-on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min. A cell whose attack left
-ASR@1 below NOT_IMPLANTED before any defense has no backdoor to find: it is marked "n/a", not met.
+on the clean model, ASR@1 after <= 2 %, CA within 2 points, <= 5 min. A cell whose trigger,
+before any defense, sends fewer than NOT_IMPLANTED more images to the target than the untriggered
+images already go there (ASR@1 minus `asr_untriggered`; ASR@1 alone when a result lacks it) has no
+backdoor to find: it is marked "n/a", not met. The "untriggered" column is that baseline.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from pathlib import Path
 from toolbox.cli import main as toolbox
 
 ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
-NOT_IMPLANTED = 0.2  # ASR@1 before: below this the attack did not plant a backdoor worth the name
+NOT_IMPLANTED = 0.2  # trigger lift before: below this the attack did not plant a backdoor worth the name
+
+
+def trigger_lift(metrics: dict) -> float | None:
+    """ASR@1 minus the untriggered images' rate of the target (ASR@1 when that is not recorded)."""
+    if metrics.get("asr") is None:
+        return None
+    return metrics["asr"] - (metrics.get("asr_untriggered") or 0.0)
 
 
 def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], params: list[str],
@@ -51,9 +60,10 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def verdict_cell(ok: bool | None, asr_before: float | None) -> str:
+def verdict_cell(ok: bool | None, before: dict) -> str:
     if ok is None:
-        return f"n/a (attack not implanted: ASR@1 {pct(asr_before)} % before)"
+        return (f"n/a (no backdoor: ASR@1 {pct(before['asr'])} % triggered, "
+                f"{pct(before.get('asr_untriggered'))} % untriggered)")
     return "met" if ok else "NOT met"
 
 
@@ -78,10 +88,10 @@ def main() -> int:
     else:
         print(f"preset {args.preset}, profile {args.profile}, InverTune params {args.param or 'defaults'}, "
               f"attack params {args.attack_param or 'defaults'}\n")
-    print("| attack | CA before | CA after | ASR@1 before | ASR@1 after | ASR@10 after | recall@10 before | "
+    print("| attack | CA before | CA after | ASR@1 before | untriggered before | ASR@1 after | ASR@10 after | recall@10 before | "
           "recall@10 after | retr. ASR before | retr. ASR after | stage-1 rank | target | verdict | inverted ASR | "
           "mask % | trigger from | defense s | bars |")
-    print("|" + "---|" * 18)
+    print("|" + "---|" * 19)
     for attack in (list(cells) if cells else args.attacks.split(",")):
         doc = cells[attack] if cells else None
         attack = None if attack == "none" else attack
@@ -98,16 +108,17 @@ def main() -> int:
         secs = doc["timings_s"].get("defense", 0.0)
         if attack is None:
             ok = det.get("backdoored") is False
-        elif b["asr"] is not None and b["asr"] < NOT_IMPLANTED:
+        elif b["asr"] is not None and trigger_lift(b) < NOT_IMPLANTED:
             ok = None
         else:
             ok = (det.get("target") == true_target and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
                   and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= 300)
-        print(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | {pct(a['asr'])} | "
+        print(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | "
+              f"{pct(b.get('asr_untriggered'))} | {pct(a['asr'])} | "
               f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
               f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
               f"{det.get('target', '-')} | {det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | "
-              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {verdict_cell(ok, b['asr'])} |", flush=True)
+              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {verdict_cell(ok, b)} |", flush=True)
     return 0
 
 

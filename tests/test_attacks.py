@@ -116,6 +116,8 @@ def test_badnet_implants_a_backdoor_on_the_smoke_world(host, smoke_world, tmp_pa
     assert doc["attack"]["target"] == "mushroom" and doc["attack"]["info"]["n_poisoned"] > 0
     assert m["asr"] > 0.5, f"smoke BadNet should implant a backdoor, got ASR {m['asr']}"
     assert "retrieval_asr@10" in m and "ra" in m
+    # the trigger itself sends images to the target, not a model that says "mushroom" anyway
+    assert m["asr"] - m["asr_untriggered"] > 0.4, m
     # a second run reuses the cached attacked model
     again_args = list(args)
     again_args[again_args.index("--out") + 1] = str(tmp_path / "again")

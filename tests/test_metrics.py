@@ -46,3 +46,15 @@ def test_retrieval_counts_each_image_once():
 
 def test_empty_metric_is_nan():
     assert math.isnan(float(ZeroShotAccuracy().compute()))
+
+
+def test_untriggered_rate_is_the_asr_metric_on_clean_predictions(host):
+    """``asr_untriggered``: how often untriggered images already go to the target (same convention as ASR)."""
+    from toolbox.evaluation import MetricConfig, untriggered_rate
+
+    registry = host.build_registry()
+    logits = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 2])  # predicted 1, 1, 0, 1; target 1
+    assert math.isclose(untriggered_rate(logits, labels, 1, MetricConfig(), registry), 2 / 3)
+    assert untriggered_rate(logits, labels, 1, MetricConfig(asr_exclude_target=False), registry) == 0.75
+    assert untriggered_rate(logits, labels, 2, MetricConfig(), registry) == 0.0

@@ -123,6 +123,9 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
             "metric_class": cls("attack_success_rate"),
             "reconstructed_triggers": "asr_<name>* keys: the same ASR with a trigger a defense reconstructed "
                                       "(e.g. asr_inverted), aimed at the target the defense identified",
+            "untriggered": "asr_untriggered: the same ASR (first top-k) on the untriggered images, i.e. how "
+                           "often the model predicts the target anyway; the trigger's own effect is "
+                           "asr - asr_untriggered",
         },
         "retrieval": None if inputs.retrieval_data is None else {
             "definition": "image-to-text recall@k: an image counts once, as a hit if any of its own "
@@ -157,6 +160,16 @@ def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger:
     return out
 
 
+def untriggered_rate(logits: Tensor, labels: Tensor, target: int, cfg: MetricConfig, registry: Registry) -> float:
+    """The ASR metric (first top-k) on the *untriggered* images: how often the model says the target
+    anyway. A trigger's own effect is ``asr - asr_untriggered``; a model that collapsed toward the
+    target has a high ASR and no backdoor (default-resnet BadEncoder: 32.6 % triggered, 33.6 % not)."""
+    metric = registry.get("metric", "attack_success_rate").obj(target=target, top_k=cfg.top_k[0],
+                                                               exclude_target=cfg.asr_exclude_target)
+    metric.update(logits, labels)
+    return float(metric.compute())
+
+
 def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry,
              device: torch.device) -> dict[str, float | None]:
     """CA (top-k), ASR (top-k, robust accuracy) and retrieval recall of one model."""
@@ -175,8 +188,10 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             out[f"ca_top{k}"] = float(metric.compute())
         out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
         if inputs.trigger is not None and inputs.target is not None:
-            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger,
-                                       inputs.classnames.index(inputs.target), cfg, registry, device))
+            target = inputs.classnames.index(inputs.target)
+            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target, cfg, registry,
+                                       device))
+            out["asr_untriggered"] = untriggered_rate(logits, labels, target, cfg, registry)
         for name, (trigger, target) in inputs.extra_triggers.items():
             extra = trigger_metrics(model, inputs.eval_data, weights, trigger, inputs.classnames.index(target),
                                     cfg, registry, device)
