@@ -31,6 +31,7 @@ from pathlib import Path
 from toolbox.cli import main as toolbox
 
 ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
+TIME_BAR_S = 300  # the whole defense, every cell, the clean model's included
 NOT_IMPLANTED = 0.2  # trigger lift before: below this the attack did not plant a backdoor worth the name
 
 
@@ -106,13 +107,13 @@ def main() -> int:
             rank = "given"
         inv = det.get("inverted_trigger", {})
         secs = doc["timings_s"].get("defense", 0.0)
-        if attack is None:
-            ok = det.get("backdoored") is False
+        if attack is None:  # the clean model: nothing to remove, but the time bar holds
+            ok = det.get("backdoored") is False and secs <= TIME_BAR_S
         elif b["asr"] is not None and trigger_lift(b) < NOT_IMPLANTED:
             ok = None
         else:
             ok = (det.get("target") == true_target and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
-                  and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= 300)
+                  and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= TIME_BAR_S)
         print(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | "
               f"{pct(b.get('asr_untriggered'))} | {pct(a['asr'])} | "
               f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
