@@ -186,9 +186,6 @@ class InverTune(Defense):
             current = trigger
             # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
             reference = guard_reference(ctx.model, images, head, cfg.tune, ctx.seed) if cfg.tune.guard_every else None
-            # round 1 against a refined patch: refined_tune_steps; later rounds tune against a re-inversion
-            refined_cfg = (replace(cfg.tune, steps=cfg.refined_tune_steps)
-                           if source == FROM_REFINED_PATCH and cfg.refined_tune_steps is not None else cfg.tune)
             for r in range(cfg.refined_rounds if source == FROM_REFINED_PATCH else cfg.rounds):
                 if r > 0 and patch_location is not None and cfg.round_check == "patch":
                     # is a patch toward the target, where round 1's trigger sat, still effective?
@@ -208,7 +205,9 @@ class InverTune(Defense):
                 start = time.perf_counter()
                 tune_with = (both_signs(current) if source == FROM_REFINED_GLOBAL and r == 0 and cfg.global_both_signs
                              else current)
-                tune_cfg = refined_cfg if r == 0 else cfg.tune
+                # round 1 against a refined patch: refined_tune_steps; later rounds tune against a re-inversion
+                refined_patch_round = r == 0 and source == FROM_REFINED_PATCH and cfg.refined_tune_steps is not None
+                tune_cfg = replace(cfg.tune, steps=cfg.refined_tune_steps) if refined_patch_round else cfg.tune
                 model, report = tune(model, images, tune_with, head, tune_cfg, ctx.seed + r, reference)
                 timings["tune" if r == 0 else f"tune.round{r + 1}"] = time.perf_counter() - start
                 rounds.append({"round": r + 1, "tune_steps": tune_cfg.steps, "inverted_asr": round(current.holdout_asr, 4),

@@ -43,7 +43,7 @@ from torch import Tensor
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .attacks.triggers import LOCATIONS, add_signal, paste_patch, patch_pixels
+from .attacks.triggers import add_signal, check_location, paste_patch, patch_pixels
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
 
@@ -104,8 +104,7 @@ class IdentifyConfig:
                 raise ValueError(f"identify.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("race_patch_locations", "patch_locations"):
             for loc in getattr(self, name):
-                if loc not in LOCATIONS:
-                    raise ValueError(f"identify.{name}: unknown location {loc!r}; one of {', '.join(LOCATIONS)}")
+                check_location(loc, f"identify.{name}")
         counts = {"race_steps": 1, "refine_steps": 1, "refine_restarts": 1, "refine_judge_images": 1, "steps": 1,
                   "batch_size": 1, "max_race_classes": 1, "refine_classes": 0}
         for name, least in counts.items():

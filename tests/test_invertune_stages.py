@@ -165,7 +165,7 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
     ("identify.method", "race", "method must be one of targeted, untargeted"),
     ("identify.race_patch_param", "logit", "race_patch_param"),
     ("identify.race_aggregate", "median", "race_aggregate"),
-    ("identify.race_patch_locations", "bottom-right,middle", "unknown location 'middle'"),
+    ("identify.race_patch_locations", "bottom-right,middle", "race_patch_locations: unknown trigger location 'middle'"),
     ("identify.refine_restarts", "0", "refine_restarts must be >= 1"),
     ("identify.holdout_fraction", "1.0", "holdout_fraction"),
 ])

@@ -146,12 +146,8 @@ def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger:
     """ASR@k (``asr_topk``, ``asr`` = first k) and robust accuracy (``ra``) of one trigger."""
     feats, labels = image_features(model, data, cfg.batch_size, device, trigger)
     logits = feats @ weights.T
-    out: dict[str, float] = {}
-    asr_cls = registry.get("metric", "attack_success_rate").obj
-    for k in cfg.top_k:
-        metric = asr_cls(target=target, top_k=k, exclude_target=cfg.asr_exclude_target)
-        metric.update(logits, labels)
-        out[f"asr_top{k}"] = float(metric.compute())
+    out: dict[str, float] = {f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry)
+                             for k in cfg.top_k}
     out["asr"] = out[f"asr_top{cfg.top_k[0]}"]
     ra = registry.get("metric", "zeroshot_accuracy").obj(top_k=1)
     keep = labels != target
@@ -160,14 +156,20 @@ def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger:
     return out
 
 
+def attack_success_rate(logits: Tensor, labels: Tensor, target: int, k: int, cfg: MetricConfig,
+                        registry: Registry) -> float:
+    """ASR@k of ``logits`` by the registered ``attack_success_rate`` metric, under ``cfg``'s convention."""
+    metric = registry.get("metric", "attack_success_rate").obj(target=target, top_k=k,
+                                                               exclude_target=cfg.asr_exclude_target)
+    metric.update(logits, labels)
+    return float(metric.compute())
+
+
 def untriggered_rate(logits: Tensor, labels: Tensor, target: int, cfg: MetricConfig, registry: Registry) -> float:
     """The ASR metric (first top-k) on the *untriggered* images: how often the model says the target
     anyway. A trigger's own effect is ``asr - asr_untriggered``; a model that collapsed toward the
     target has a high ASR and no backdoor (default-resnet BadEncoder: 32.6 % triggered, 33.6 % not)."""
-    metric = registry.get("metric", "attack_success_rate").obj(target=target, top_k=cfg.top_k[0],
-                                                               exclude_target=cfg.asr_exclude_target)
-    metric.update(logits, labels)
-    return float(metric.compute())
+    return attack_success_rate(logits, labels, target, cfg.top_k[0], cfg, registry)
 
 
 def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry,
@@ -188,10 +190,10 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             out[f"ca_top{k}"] = float(metric.compute())
         out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
         if inputs.trigger is not None and inputs.target is not None:
-            target = inputs.classnames.index(inputs.target)
-            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target, cfg, registry,
+            target_index = inputs.classnames.index(inputs.target)
+            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target_index, cfg, registry,
                                        device))
-            out["asr_untriggered"] = untriggered_rate(logits, labels, target, cfg, registry)
+            out["asr_untriggered"] = untriggered_rate(logits, labels, target_index, cfg, registry)
         for name, (trigger, target) in inputs.extra_triggers.items():
             extra = trigger_metrics(model, inputs.eval_data, weights, trigger, inputs.classnames.index(target),
                                     cfg, registry, device)

@@ -71,8 +71,7 @@ class PatchPlacement:
     trigger_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.location not in T.LOCATIONS:
-            raise ValueError(f"unknown trigger location {self.location!r}; one of {', '.join(T.LOCATIONS)}")
+        T.check_location(self.location)
         if not 0 < self.patch_fraction <= 1:
             raise ValueError(f"patch_fraction must be in (0, 1], got {self.patch_fraction}")
         parent = getattr(super(), "__post_init__", None)  # combined configs check every part

@@ -20,6 +20,13 @@ from torch import Tensor
 Location = Literal["bottom-right", "bottom-left", "top-right", "top-left", "center"]
 LOCATIONS: tuple[str, ...] = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
+
+def check_location(location: str, setting: str = "") -> None:
+    """Refuse a location that is not one of :data:`LOCATIONS` (``setting`` names where it came from)."""
+    if location not in LOCATIONS:
+        where = f"{setting}: " if setting else ""
+        raise ValueError(f"{where}unknown trigger location {location!r}; one of {', '.join(LOCATIONS)}")
+
 PAPER_PATCH_FRACTION = 16 / 224
 # CLIP's normalisation constants (open_clip.OPENAI_DATASET_MEAN / _STD): BadNet's N(0,1)
 # patch lives in normalised space in CLIP codebases; we map it back to pixels.
