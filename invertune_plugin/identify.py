@@ -67,10 +67,15 @@ class IdentifyConfig:
     # patch refinement (ours; run by the defense only when stage 2 finds no small effective trigger):
     # the race's top classes get a longer patch UAP, with restarts, at the location where they raced
     # best. A patch trigger aligned with a ViT token can be a sharp optimum that 20 steps from a random
-    # patch miss (default ViT, BadEncoder: "mushroom" 0.705 after 20 steps, 0.996 after 100 x 3).
+    # patch miss (default ViT, BadEncoder: "mushroom" 0.705 after 20 steps, 1.0 after 100).
     refine_classes: int = 3  # at most this many (the defense stops at the first effective patch); 0: none
     refine_steps: int = 100
-    refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
+    # Restarts guard against an unlucky init; the steps, not the restarts, find a sharp trigger. Each of 3
+    # restarts (held-out rate; global: as found / sign-flipped) reached a trigger on its own: default ViT
+    # BadEncoder and BadCLIP "mushroom" 1.0 / 1.0 / 1.0, default-resnet BadCLIP 1.0 x 3, default ViT SIG
+    # 0.997/0.59, 0.989/0.84, 1.0/0.71, default-resnet SIG 0.993/0.51, 0.990/0.49, 1.0/0.63. Best of 2 keeps
+    # every trigger the verdict accepts and cuts a third of the refinement time (3 was our earlier value).
+    refine_restarts: int = 2  # the restart with the lowest loss on a fixed fit batch is kept ...
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
     # global refinement (ours; run by the defense when neither stage 2 nor a refined patch finds a
     # trigger): the same longer UAP of a grayscale *stripe* perturbation eps * tanh(r_i + c_j), identical
