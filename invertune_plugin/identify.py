@@ -34,6 +34,7 @@ class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -70,12 +71,16 @@ class IdentifyConfig:
     # patch miss (default ViT, BadEncoder: "mushroom" 0.705 after 20 steps, 1.0 after 100).
     refine_classes: int = 3  # at most this many (the defense stops at the first effective patch); 0: none
     refine_steps: int = 100
-    # Restarts guard against an unlucky init; the steps, not the restarts, find a sharp trigger. Each of 3
-    # restarts (held-out rate; global: as found / sign-flipped) reached a trigger on its own: default ViT
-    # BadEncoder and BadCLIP "mushroom" 1.0 / 1.0 / 1.0, default-resnet BadCLIP 1.0 x 3, default ViT SIG
-    # 0.997/0.59, 0.989/0.84, 1.0/0.71, default-resnet SIG 0.993/0.51, 0.990/0.49, 1.0/0.63. Best of 2 keeps
-    # every trigger the verdict accepts and cuts a third of the refinement time (3 was our earlier value).
-    refine_restarts: int = 2  # the restart with the lowest loss on a fixed fit batch is kept ...
+    # Restarts: a screen, then a confirmation. Every class first gets refine_screen_restarts; only a class
+    # whose pick passes the verdict's test (a trigger) gets the rest of refine_restarts, and the pick is
+    # remade over all of them. Detection did not need restarts: each of 3 (held-out rate; global: as found
+    # / sign-flipped) reached the trigger on its own, default ViT BadEncoder and BadCLIP "mushroom" 1.0 x 3,
+    # default-resnet BadCLIP 1.0 x 3, default ViT SIG 0.997/0.59, 0.989/0.84, 1.0/0.71, default-resnet SIG
+    # 0.993/0.51, 0.990/0.49, 1.0/0.63. Purification did: stage 3 against the best of 2 instead of 3 left
+    # default-resnet SIG at 6.5 % real ASR instead of 1.4 %, default ViT BadEncoder 1.8 % instead of 1.2 %.
+    # The screen runs every refinement of a clean model once (default ViT: 307 s with 3 everywhere).
+    refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
+    refine_screen_restarts: int = 1  # ours; >= refine_restarts: no screen (every class gets them all)
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
     # global refinement (ours; run by the defense when neither stage 2 nor a refined patch finds a
     # trigger): the same longer UAP of a grayscale *stripe* perturbation eps * tanh(r_i + c_j), identical
@@ -110,7 +115,8 @@ class IdentifyConfig:
         for name in ("race_patch_locations", "patch_locations"):
             for loc in getattr(self, name):
                 check_location(loc, f"identify.{name}")
-        counts = {"race_steps": 1, "refine_steps": 1, "refine_restarts": 1, "refine_judge_images": 1, "steps": 1,
+        counts = {"race_steps": 1, "refine_steps": 1, "refine_restarts": 1, "refine_screen_restarts": 1,
+                  "refine_judge_images": 1, "steps": 1,
                   "batch_size": 1, "max_race_classes": 1, "refine_classes": 0}
         for name, least in counts.items():
             if getattr(self, name) < least:
@@ -348,9 +354,11 @@ class RefinedPatch:
     location: str
     patch: Tensor  # [3, s, s] in [0, 1]
     holdout_rate: float  # held-out images (not already of the class) sent to it
+    restarts: int = 1  # how many were run (the screen's, or all of them for a confirmed trigger)
 
     def evidence(self) -> dict[str, Any]:
-        return {"class": self.target, "location": self.location, "holdout_rate": round(self.holdout_rate, 4)}
+        return {"class": self.target, "location": self.location, "holdout_rate": round(self.holdout_rate, 4),
+                "restarts": self.restarts}
 
 
 def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
@@ -373,7 +381,8 @@ def _refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident:
     for cls, _ in progress(ident.ranking[:cfg.refine_classes], desc="stage 1: refine patches"):
         c = head.classnames.index(cls)
         best_uap = max(patch_uaps, key=lambda u: float(u.shift[c]))
-        refined.append(_refine_one(model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg, seed))
+        refined.append(_refine_one(model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg, seed,
+                                   stop_rate))
         if stop_rate is not None and refined[-1].holdout_rate >= stop_rate:
             break
     return refined
@@ -393,26 +402,48 @@ def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: s
 
 
 def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor, head: ZeroShotHead,
-                c: int, family: RaceFamily, cfg: IdentifyConfig, seed: int) -> RefinedPatch:
-    """Best of ``refine_restarts`` targeted patch UAPs, rated held out."""
-    param = _best_restart(model, fit_images, head, c, family, cfg, seed * 1_000_003 + c)
-    rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+                c: int, family: RaceFamily, cfg: IdentifyConfig, seed: int,
+                stop_rate: float | None = None) -> RefinedPatch:
+    """Best of ``refine_restarts`` targeted patch UAPs, rated held out; with ``stop_rate``, screened
+    first (see :func:`_screened_restarts`): only a patch reaching it gets every restart."""
+    def rate(param: Tensor) -> float:
+        return success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
+
+    confirm = None if stop_rate is None else (lambda param: rate(param) >= stop_rate)
+    param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + c, confirm)
     return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
-                        holdout_rate=rate)
+                        holdout_rate=rate(param), restarts=n)
 
 
-def _best_restart(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
-                  cfg: IdentifyConfig, base_seed: int) -> Tensor:
-    """Of ``refine_restarts`` targeted UAPs of ``refine_steps``, the one with the lowest loss on a fixed judge batch."""
-    judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
-    candidates = []
-    for r in range(cfg.refine_restarts):
+def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
+              cfg: IdentifyConfig, base_seed: int, which: range) -> list[tuple[float, Tensor]]:
+    """(loss on ``judge``, parameter) of the targeted UAPs of ``refine_steps`` numbered ``which``."""
+    out = []
+    for r in which:
         gen = torch.Generator().manual_seed(base_seed + 777_767 * (r + 1))
         param = targeted_uap(model, head, fit_images, family, c, cfg, cfg.refine_steps, gen)
         with torch.no_grad():
-            loss = float(targeted_loss(head.logits(model, family.apply(judge, param)), c))
-        candidates.append((loss, param))
-    return min(candidates, key=lambda lp: lp[0])[1]
+            out.append((float(targeted_loss(head.logits(model, family.apply(judge, param)), c)), param))
+    return out
+
+
+def _screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
+                       cfg: IdentifyConfig, base_seed: int,
+                       confirm: Callable[[Tensor], bool] | None) -> tuple[Tensor, int]:
+    """The restart with the lowest loss on a fixed judge batch, and how many restarts ran.
+
+    Without ``confirm``: of all ``refine_restarts``. With it: the first ``refine_screen_restarts``
+    are a screen; only when their pick passes ``confirm`` do the others run, and the pick is
+    remade over all of them (the same restarts, so the same pick as running them all at once).
+    """
+    judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
+    screen = cfg.refine_restarts if confirm is None else min(cfg.refine_screen_restarts, cfg.refine_restarts)
+    runs = _restarts(model, fit_images, judge, head, c, family, cfg, base_seed, range(screen))
+    best = min(runs, key=lambda lp: lp[0])[1]
+    if confirm is not None and screen < cfg.refine_restarts and confirm(best):
+        runs += _restarts(model, fit_images, judge, head, c, family, cfg, base_seed, range(screen, cfg.refine_restarts))
+        best = min(runs, key=lambda lp: lp[0])[1]
+    return best, len(runs)
 
 
 @dataclass
@@ -425,10 +456,11 @@ class RefinedGlobal:
     delta: Tensor  # [1, H, W], added to every channel, then clamped to [0, 1]
     holdout_rate: float
     flipped_rate: float  # the same, with -delta (see verdict.py: a texture survives the flip, a direction does not)
+    restarts: int = 1  # how many were run (the screen's, or all of them for a confirmed trigger)
 
     def evidence(self) -> dict[str, Any]:
-        return {"class": self.target, "family": self.family,
-                "holdout_rate": round(self.holdout_rate, 4), "flipped_rate": round(self.flipped_rate, 4)}
+        return {"class": self.target, "family": self.family, "holdout_rate": round(self.holdout_rate, 4),
+                "flipped_rate": round(self.flipped_rate, 4), "restarts": self.restarts}
 
 
 def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification,
@@ -447,15 +479,24 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
         fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
         for cls in progress(global_ranking(ident)[:cfg.refine_classes], desc="stage 1: refine global perturbations"):
             c = head.classnames.index(cls)
-            param = _best_restart(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c)
-            delta = family.delta(param).detach()
-            refined.append(RefinedGlobal(
-                target=cls, family=family.kind, eps=cfg.refine_global_eps, delta=delta,
-                holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
-                flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c)))
+            rated = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=cfg.refine_global_eps)
+            confirm = None if stop is None else (lambda param, rated=rated: stop(rated(param, restarts=1)))
+            param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c,
+                                          confirm)
+            refined.append(rated(param, restarts=n))
             if stop is not None and stop(refined[-1]):
                 break
     return refined
+
+
+def _rated_global(model: ClipModel, head: ZeroShotHead, family: RaceFamily, hold_images: Tensor, hold_pred: Tensor,
+                  c: int, param: Tensor, restarts: int, eps: float) -> RefinedGlobal:
+    """``param`` of a global ``family`` as a :class:`RefinedGlobal`, rated held out as found and sign-flipped."""
+    assert family.delta is not None
+    delta = family.delta(param).detach()
+    return RefinedGlobal(target=head.classnames[c], family=family.kind, eps=eps, delta=delta, restarts=restarts,
+                         holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
+                         flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c))
 
 
 def global_ranking(ident: Identification) -> list[str]:

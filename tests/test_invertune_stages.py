@@ -126,6 +126,36 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
 
 
+def test_refinement_screens_each_class_with_one_restart_and_confirms_a_trigger_with_all():
+    """A class whose screening restart is no trigger costs one restart; a trigger gets every
+    restart, and the pick is the one an unscreened run of them all makes."""
+    from invertune_plugin.identify import refine_globals, refine_patches
+    from invertune_plugin.verdict import VerdictConfig, is_global_trigger
+
+    verdict = VerdictConfig()
+    stop = verdict.min_patch_rate
+    clean = PlantedClip(backdoor=False)
+    head, images, cfg, ident = _refinement_case(clean, refine_steps=30)
+    cfg = dataclasses.replace(cfg, refine_restarts=3, refine_screen_restarts=1)
+    screened = refine_patches(clean, images, head, ident, cfg, stop_rate=stop)
+    assert len(screened) == 2 and all(p.holdout_rate < stop and p.restarts == 1 for p in screened)
+    assert all(p.restarts == 3 for p in refine_patches(clean, images, head, ident, cfg))  # no stop: no screen
+
+    planted = PlantedClip()
+    head, images, _, ident = _refinement_case(planted, refine_steps=30)
+    winner = refine_patches(planted, images, head, ident, cfg, stop_rate=stop)[-1]
+    assert winner.target == TARGET and winner.holdout_rate >= stop and winner.restarts == 3
+    unscreened = refine_patches(planted, images, head, ident, dataclasses.replace(cfg, refine_screen_restarts=3))
+    assert torch.equal(winner.patch, next(p for p in unscreened if p.target == TARGET).patch)
+
+    textured = PlantedClip(stripes="texture")
+    head, images, _, ident = _refinement_case(textured, refine_steps=40)
+    found = refine_globals(textured, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, verdict))
+    assert found[-1].target == TARGET and found[-1].restarts == 3 and all(g.restarts == 1 for g in found[:-1])
+    unscreened_globals = refine_globals(textured, images, head, ident, dataclasses.replace(cfg, refine_screen_restarts=3))
+    assert torch.equal(found[-1].delta, next(g for g in unscreened_globals if g.target == TARGET).delta)
+
+
 def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
     """A 'direction' backdoor (signed stripe correlation) is found, but the flip gate rejects it,
     as it rejects the clean ResNet-type model's 'tennis ball' (see verdict.py)."""
@@ -167,6 +197,7 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
     ("identify.race_aggregate", "median", "race_aggregate"),
     ("identify.race_patch_locations", "bottom-right,middle", "race_patch_locations: unknown trigger location 'middle'"),
     ("identify.refine_restarts", "0", "refine_restarts must be >= 1"),
+    ("identify.refine_screen_restarts", "0", "refine_screen_restarts must be >= 1"),
     ("identify.holdout_fraction", "1.0", "holdout_fraction"),
 ])
 def test_bad_identify_settings_are_refused_when_configured(key, value, message):
