@@ -78,10 +78,11 @@ class IdentifyConfig:
     # default-resnet BadCLIP 1.0 x 3, default ViT SIG 0.997/0.59, 0.989/0.84, 1.0/0.71, default-resnet SIG
     # 0.993/0.51, 0.990/0.49, 1.0/0.63. Purification did: stage 3 against the best of 2 instead of 3 left
     # default-resnet SIG at 6.5 % real ASR instead of 1.4 %, default ViT BadEncoder 1.8 % instead of 1.2 %.
-    # The screen runs every refinement of a clean model once (default ViT: 307 s with 3 everywhere).
+    # A trigger must pass with the screen and with the pick of all restarts (verdict.py: one natural class's
+    # single restart did cross the global gates). The screen runs a clean model's refinements once each.
     refine_restarts: int = 3  # the restart with the lowest loss on a fixed fit batch is kept ...
-    refine_screen_restarts: int = 1  # ours; >= refine_restarts: no screen (every class gets them all)
     refine_judge_images: int = 128  # ... of this many images (held-out images only measure the rate)
+    refine_screen_restarts: int = 1  # ours; >= refine_restarts: no screen (every class gets them all)
     # global refinement (ours; run by the defense when neither stage 2 nor a refined patch finds a
     # trigger): the same longer UAP of a grayscale *stripe* perturbation eps * tanh(r_i + c_j), identical
     # on every channel (a row profile r and a column profile c: 2 x 32 parameters at 32 px; r = 0 gives
