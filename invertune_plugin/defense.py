@@ -61,7 +61,7 @@ class InverTuneConfig:
     # 0.011 (real ASR 0.3 %; a second round had raised it to 5.6 %).
     # ours, between 0.011 and 0.52 (calibrated after 200-step rounds; it lets the ViT BadCLIP's 0.45 through)
     round_check_rate: float = 0.2
-    round_check_restarts: int = 1  # restarts of that patch (the stage-1 refinement uses identify.refine_restarts)
+    round_check_restarts: int = 1  # restarts of that patch, unscreened (stage 1 screens, see identify.refine_restarts)
     # A refined global perturbation trigger works sign-flipped too (the verdict checks it), so both are
     # triggers: stage 3 tunes with +delta on half of each batch and -delta on the other half (ours).
     global_both_signs: bool = True

@@ -481,7 +481,8 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
         for cls in progress(global_ranking(ident)[:cfg.refine_classes], desc="stage 1: refine global perturbations"):
             c = head.classnames.index(cls)
             rated = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=cfg.refine_global_eps)
-            confirm = None if stop is None else (lambda param, rated=rated: stop(rated(param, restarts=1)))
+            screen = min(cfg.refine_screen_restarts, cfg.refine_restarts)
+            confirm = None if stop is None else (lambda param, rated=rated: stop(rated(param, restarts=screen)))
             param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c,
                                           confirm)
             refined.append(rated(param, restarts=n))

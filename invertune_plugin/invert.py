@@ -156,7 +156,8 @@ def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, c
     tau = cfg.temperature if cfg.temperature is not None else 1.0 / head.scale
     anchor = target_anchor(model, head, as_float(fit_images), t) if cfg.embedding_anchor == "target" else None
     # the "clean" anchor E_I(x) of every fit image, once: the model is frozen, so recomputing it for each
-    # batch gave the same numbers (bitwise, on both default models) at a third of each step's cost
+    # batch gave the same numbers (bitwise on both default models, CPU) and cost one no-grad forward pass
+    # per step (a 300-step default ViT inversion: 37.7 s before, 32.0 s now)
     clean_emb = None if anchor is not None else clean_embeddings(model, fit_images, cfg.batch_size)
     history = []
     for step in progress(range(cfg.steps), desc="stage 2: invert"):

@@ -25,8 +25,9 @@ most 0.824 ("dumbbell", bottom-right and top-left), BadEncoder "mushroom" 0.996-
 bottom-right, where its 20-step race rate had been 0.705 and its inverted mask 11.7 %.
 (The defense now screens each class with one restart and gives the other two only to a class
 whose screen passes, ``IdentifyConfig.refine_screen_restarts``; a trigger must pass with the
-screen's restart and again with the pick of all three, so the screen finds a subset of what the
-best of 3 found, and a clean model's rates in the result are one restart's. Not every single
+screen's restart and again with the pick of all three: per class, the screen accepts a subset of
+what the best of 3 accepted (though a class it rejects lets a later class be tried), and a clean
+model's rates in the result are one restart's. Not every single
 restart stays on its side of the gates: on the default-resnet SIG model, "tennis ball"'s second
 restart reached 0.968 as found and 0.339 sign-flipped, over both global gates; its first restart
 and the pick of three gave 0.993 / 0.025.)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import Tensor
 
 from invertune_plugin.defense import InverTuneConfig
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
@@ -126,33 +127,68 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
 
 
-def test_refinement_screens_each_class_with_one_restart_and_confirms_a_trigger_with_all():
-    """A class whose screening restart is no trigger costs one restart; a trigger gets every
-    restart, and the pick is the one an unscreened run of them all makes."""
+def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_over_all(monkeypatch):
+    """Scripted judge losses: the screen's pick is restart 0; a passing screen adds restarts 1-2
+    (the same numbering, so the same seeds) and the lowest loss of all three is kept."""
+    import invertune_plugin.identify as ident_mod
+
+    params = [torch.full((1,), float(r)) for r in range(3)]
+    losses = [3.0, 1.0, 2.0]
+    ran: list[range] = []
+
+    def scripted(*args):  # _restarts(model, fit, judge, head, c, family, cfg, base_seed, which)
+        ran.append(args[-1])
+        return [(losses[r], params[r]) for r in args[-1]]
+
+    monkeypatch.setattr(ident_mod, "_restarts", scripted)
+    cfg = IdentifyConfig(refine_restarts=3, refine_screen_restarts=1)
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    seen: list[Tensor] = []
+
+    def run(confirm, config=cfg):
+        ran.clear()
+        return ident_mod._screened_restarts(None, images, None, 0, None, config, 0, confirm), list(ran)
+
+    (best, n), which = run(lambda p: seen.append(p) or False)
+    assert n == 1 and best is params[0] and which == [range(0, 1)] and seen == [params[0]]
+    (best, n), which = run(lambda p: True)
+    assert n == 3 and best is params[1] and which == [range(0, 1), range(1, 3)]
+    (best, n), which = run(None)
+    assert n == 3 and best is params[1] and which == [range(0, 3)]
+    seen.clear()
+    (best, n), which = run(lambda p: seen.append(p) or True, dataclasses.replace(cfg, refine_screen_restarts=3))
+    assert n == 3 and best is params[1] and which == [range(0, 3)] and seen == []  # no screen: never asked
+
+
+def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart():
+    """On planted models: a class that is no trigger costs one restart, then the next class is
+    tried; the trigger gets all three, with the pick an unscreened run makes."""
     from invertune_plugin.identify import refine_globals, refine_patches
     from invertune_plugin.verdict import VerdictConfig, is_global_trigger
 
     verdict = VerdictConfig()
     stop = verdict.min_patch_rate
-    clean = PlantedClip(backdoor=False)
-    head, images, cfg, ident = _refinement_case(clean, refine_steps=30)
-    cfg = dataclasses.replace(cfg, refine_restarts=3, refine_screen_restarts=1)
-    screened = refine_patches(clean, images, head, ident, cfg, stop_rate=stop)
-    assert len(screened) == 2 and all(p.holdout_rate < stop and p.restarts == 1 for p in screened)
-    assert all(p.restarts == 3 for p in refine_patches(clean, images, head, ident, cfg))  # no stop: no screen
-
     planted = PlantedClip()
-    head, images, _, ident = _refinement_case(planted, refine_steps=30)
-    winner = refine_patches(planted, images, head, ident, cfg, stop_rate=stop)[-1]
-    assert winner.target == TARGET and winner.holdout_rate >= stop and winner.restarts == 3
-    unscreened = refine_patches(planted, images, head, ident, dataclasses.replace(cfg, refine_screen_restarts=3))
-    assert torch.equal(winner.patch, next(p for p in unscreened if p.target == TARGET).patch)
+    head, images, cfg, ident = _refinement_case(planted, refine_steps=30)
+    cfg = dataclasses.replace(cfg, refine_restarts=3, refine_screen_restarts=1)
+    other = next(c for c, _ in ident.ranking if c != TARGET)
+    target_second = dataclasses.replace(ident, ranking=[r for r in ident.ranking if r[0] == other]
+                                        + [r for r in ident.ranking if r[0] != other])
+    assert [c for c, _ in target_second.ranking[:2]] == [other, TARGET]
+    refined = refine_patches(planted, images, head, target_second, cfg, stop_rate=stop)
+    assert [(p.target, p.restarts) for p in refined] == [(other, 1), (TARGET, 3)]
+    assert refined[0].holdout_rate < stop <= refined[1].holdout_rate
+    unscreened = refine_patches(planted, images, head, target_second, cfg)  # no stop: every class gets all 3
+    assert [p.restarts for p in unscreened] == [3, 3] and torch.equal(refined[1].patch, unscreened[1].patch)
+    no_screen = refine_patches(planted, images, head, target_second,
+                               dataclasses.replace(cfg, refine_screen_restarts=3), stop_rate=stop)
+    assert [p.restarts for p in no_screen] == [3, 3]
 
     textured = PlantedClip(stripes="texture")
-    head, images, _, ident = _refinement_case(textured, refine_steps=40)
+    head, images, _, ident = _refinement_case(textured, refine_steps=30)
     found = refine_globals(textured, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, verdict))
     assert found[-1].target == TARGET and found[-1].restarts == 3 and all(g.restarts == 1 for g in found[:-1])
-    unscreened_globals = refine_globals(textured, images, head, ident, dataclasses.replace(cfg, refine_screen_restarts=3))
+    unscreened_globals = refine_globals(textured, images, head, ident, cfg)
     assert torch.equal(found[-1].delta, next(g for g in unscreened_globals if g.target == TARGET).delta)
 
 
