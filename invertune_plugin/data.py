@@ -24,6 +24,13 @@ def as_float(images: Tensor) -> Tensor:
     return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+def image_embeddings(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """E_I(x) of every image (uint8 or float), in batches of ``batch_size``, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model.encode_image(as_float(images[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
+
+
 def seeded_subset(n: int, k: int, seed: int) -> Tensor:
     """Sorted indices of ``k`` of ``n`` items (all when ``k >= n``), drawn with ``seed``."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values

@@ -106,6 +106,11 @@ class IdentifyConfig:
     fool_margin: float = 5.0  # stop pushing an image once its clean class trails by this logit margin
     holdout_fraction: float = 0.3
 
+    @property
+    def screen_restarts(self) -> int:
+        """Restarts each refined class gets before the verdict's test (all of them when the screen is off)."""
+        return min(self.refine_screen_restarts, self.refine_restarts)
+
     def __post_init__(self) -> None:
         """Refuse a bad setting when the defense is configured, not minutes into a run."""
         choices = {"method": ("targeted", "untargeted"), "race_patch_param": ("pixel", "sigmoid"),
@@ -438,7 +443,7 @@ def _screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead,
     remade over all of them (the same restarts, so the same pick as running them all at once).
     """
     judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
-    screen = cfg.refine_restarts if confirm is None else min(cfg.refine_screen_restarts, cfg.refine_restarts)
+    screen = cfg.refine_restarts if confirm is None else cfg.screen_restarts
     runs = _restarts(model, fit_images, judge, head, c, family, cfg, base_seed, range(screen))
     best = min(runs, key=lambda lp: lp[0])[1]
     if confirm is not None and screen < cfg.refine_restarts and confirm(best):
@@ -481,8 +486,8 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
         for cls in progress(global_ranking(ident)[:cfg.refine_classes], desc="stage 1: refine global perturbations"):
             c = head.classnames.index(cls)
             rated = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=cfg.refine_global_eps)
-            screen = min(cfg.refine_screen_restarts, cfg.refine_restarts)
-            confirm = None if stop is None else (lambda param, rated=rated: stop(rated(param, restarts=screen)))
+            confirm = None if stop is None else (
+                lambda param, rated=rated: stop(rated(param, restarts=cfg.screen_restarts)))
             param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + 500_009 + c,
                                           confirm)
             refined.append(rated(param, restarts=n))

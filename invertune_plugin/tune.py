@@ -39,12 +39,13 @@ from torch import Tensor, nn
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .data import as_float, frozen, seeded_subset
+from .data import as_float, frozen, image_embeddings, seeded_subset
 from .zeroshot import ZeroShotHead
 
 Trigger = Callable[[Tensor], Tensor]
 
 # Submodules (by name suffix inside a layer) whose output rows write the layer's output channels.
+EMBED_BATCH = 256  # images per no-grad pass when embedding every clean image once
 WRITER_SUFFIXES = ("attn.out_proj", "mlp.c_proj", "self_attn.out_proj", "mlp.fc2", "conv3", "bn3",
                    "downsample.0", "downsample.1", "downsample.2")
 
@@ -234,8 +235,7 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
         if not params:  # nothing writes the critical neurons: report it, change nothing
             return model, report
         with torch.no_grad(), frozen(model):  # eval: the input's batch-norm statistics, untouched
-            original_emb = torch.cat([model.encode_image(as_float(images[i:i + 256]))
-                                      for i in range(0, len(images), 256)])
+            original_emb = image_embeddings(model, images, EMBED_BATCH)
             original_sims = original_emb @ head.weights.T
         guarded, rollback = cfg.guard_every > 0, cfg.min_agreement > 0
         if guarded and reference is None:
