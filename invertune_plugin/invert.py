@@ -18,7 +18,7 @@ study: mask logits initialised at -4 converge, -6 stall).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,18 +88,26 @@ def additive_trigger(delta: Tensor, target: str, holdout_asr: float) -> Inverted
                            holdout_asr=holdout_asr, mask_l1=0.0, delta=delta)
 
 
+def alternate(triggers: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    """Several triggers at once: image i of a batch gets ``triggers[i % len(triggers)]``."""
+    if not triggers:
+        raise ValueError("alternate needs at least one trigger")
+
+    def apply(images: Tensor) -> Tensor:
+        out = images.clone()
+        for i, trigger in enumerate(triggers):
+            out[i::len(triggers)] = trigger(images[i::len(triggers)])
+        return out
+
+    return apply
+
+
 def both_signs(trigger: InvertedTrigger) -> Callable[[Tensor], Tensor]:
     """An additive trigger with +delta on even-indexed images and -delta on odd ones (no mask part)."""
     if trigger.delta is None or trigger.mask_l1 != 0:
         raise ValueError("both_signs needs a purely additive trigger (see additive_trigger)")
     delta = trigger.delta
-
-    def apply(images: Tensor) -> Tensor:
-        sign = torch.ones(len(images), 1, 1, 1, dtype=images.dtype, device=images.device)
-        sign[1::2] = -1
-        return add_signal(images, sign * delta.to(images))
-
-    return apply
+    return alternate([lambda x: add_signal(x, delta.to(x)), lambda x: add_signal(x, -delta.to(x))])
 
 
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,

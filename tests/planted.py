@@ -6,8 +6,11 @@ toward the target class: the planted backdoor. With ``stripes`` the backdoor is 
 one instead: vertical grayscale stripes (a SIG-like sinusoid, 3 cycles per width) pull
 toward the target. ``stripes="texture"`` detects the stripes' energy at that frequency,
 whatever their phase (as a network trained on SIG does); ``stripes="direction"`` their
-signed correlation with one sinusoid, so the sign-flipped stripes do not trigger it. Text
-embeddings are fixed orthonormal vectors looked up by the class name in the prompt.
+signed correlation with one sinusoid, so the sign-flipped stripes do not trigger it. With
+``noise=True`` the backdoor is a Blended-like one: correlation with a fixed full-colour noise
+image (blended at alpha 0.2: 0.017; the best 16/255 L-inf perturbation: 0.016; 48/255 stripes,
+a patch: well under NOISE_THRESHOLD). Text embeddings are fixed orthonormal vectors looked up
+by the class name in the prompt.
 """
 
 from __future__ import annotations
@@ -25,15 +28,20 @@ PATCH = 4
 STRIPES = torch.sin(2 * torch.pi * 3 * torch.arange(32) / 32)  # the stripe backdoor's column profile
 STRIPES_COS = torch.cos(2 * torch.pi * 3 * torch.arange(32) / 32)
 STRIPE_THRESHOLD = 0.06  # column-profile correlation at which the stripe pull is half on
+NOISE = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1234))  # the noise backdoor's pattern
+NOISE_THRESHOLD = 0.01  # correlation with NOISE - 0.5 at which the noise pull is half on
 
 
 class PlantedClip(nn.Module):
     image_size = 32
 
-    def __init__(self, backdoor: bool = True, stripes: str | None = None) -> None:
+    def __init__(self, backdoor: bool = True, stripes: str | None = None, noise: bool = False) -> None:
         super().__init__()
         if stripes not in (None, "texture", "direction"):
             raise ValueError(f"stripes must be None, 'texture' or 'direction', got {stripes!r}")
+        if noise and stripes:
+            raise ValueError("one planted backdoor at a time: stripes or noise")
+        self.noise = noise
         self.texts = nn.Parameter(torch.eye(len(CLASSES), 8)[:, :8], requires_grad=False)
         self.backdoor = backdoor
         self.stripes = stripes
@@ -58,7 +66,11 @@ class PlantedClip(nn.Module):
         emb = weights @ self.texts
         if not self.backdoor:
             return F.normalize(emb, dim=-1)
-        if self.stripes:
+        if self.noise:
+            centred = images - images.mean(dim=(1, 2, 3), keepdim=True)
+            corr = (centred * (NOISE.to(images) - 0.5)).mean(dim=(1, 2, 3))
+            pull = torch.sigmoid(800 * (corr - NOISE_THRESHOLD))
+        elif self.stripes:
             profile = images.mean(dim=(1, 2))  # [B, W]: the grayscale column profile
             corr = (profile * STRIPES.to(images)).mean(1)
             if self.stripes == "texture":  # amplitude at the frequency, any phase

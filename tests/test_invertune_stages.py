@@ -93,8 +93,8 @@ def _refinement_case(model: PlantedClip, refine_steps: int):
 
 
 def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturbation():
-    from invertune_plugin.identify import refine_globals, refine_patches
-    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch
+    from invertune_plugin.identify import refine_globals, refine_linf, refine_patches
+    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_linf_trigger
 
     model = PlantedClip(backdoor=False)
     head, images, cfg, ident = _refinement_case(model, refine_steps=40)
@@ -103,6 +103,9 @@ def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturba
     refined_globals = refine_globals(model, images, head, ident, cfg)
     assert len(refined_globals) == 2 and best_global(refined_globals, VerdictConfig()) is None
     assert refine_globals(model, images, head, ident, dataclasses.replace(cfg, refine_global_eps=0.0)) == []
+    refined_linf = refine_linf(model, images, head, ident, cfg)
+    assert len(refined_linf) == 2 and best_global(refined_linf, VerdictConfig(), is_linf_trigger) is None
+    assert refine_linf(model, images, head, ident, dataclasses.replace(cfg, refine_linf_eps=0.0)) == []
 
 
 def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
@@ -125,6 +128,30 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
     assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + winner.delta).clamp(0, 1))
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
+
+
+def test_refined_linf_perturbation_finds_a_planted_noise_backdoor_that_no_other_path_does():
+    from invertune_plugin.identify import refine_globals, refine_linf, refine_patches
+    from invertune_plugin.invert import additive_trigger
+    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_linf_trigger
+
+    from planted import NOISE
+
+    model = PlantedClip(noise=True)
+    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
+    verdict, target = VerdictConfig(), CLASSES.index(TARGET)
+    x = images[:32].float() / 255
+    assert (head.predict(model, x) == target).float().mean() == 0
+    assert (head.predict(model, (0.8 * x + 0.2 * NOISE).clamp(0, 1)) == target).float().mean() > 0.9  # Blended
+    assert best_patch(refine_patches(model, images, head, ident, cfg), verdict) is None
+    assert best_global(refine_globals(model, images, head, ident, cfg), verdict) is None  # stripes cannot say it
+    refined = refine_linf(model, images, head, ident, cfg, stop=lambda g: is_linf_trigger(g, verdict))
+    winner = best_global(refined, verdict, is_linf_trigger)
+    assert winner is not None and winner.target == TARGET and refined[-1] is winner
+    assert winner.delta.shape == (3, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_linf_eps + 1e-6
+    assert winner.family == f"linf@{cfg.refine_linf_eps * 255:.0f}/255"
+    trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
+    assert (head.predict(model, trigger(x)) == target).float().mean() > 0.9
 
 
 def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_over_all(monkeypatch):
@@ -495,3 +522,51 @@ def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works
     assert outcome.info["rounds"][0]["round"] == 1 and len(outcome.info["rounds"]) == 1  # rounds=1 (default)
     assert outcome.info["rounds"][0]["tune_steps"] == 5  # tune.steps: refined_tune_steps is for refined patches
     assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "refine.global" in outcome.timings_s
+
+
+@pytest.mark.parametrize("with_inversion", [True, False])
+def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_path, monkeypatch, with_inversion):
+    import invertune_plugin.defense as defense_mod
+
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(noise=True),
+                                                {"identify.refine_steps": "40",
+                                                 "linf_with_inversion": str(with_inversion).lower()})
+    inversions: list = []
+    real_invert = defense_mod.invert
+    monkeypatch.setattr(defense_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1])
+    outcome = defense.defend(ctx)
+    det = outcome.detection
+    assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
+    assert det["inverted_trigger"]["source"] == "stage 1 refined L-inf perturbation"
+    assert all(p["holdout_rate"] < 0.95 for p in det["refined_patches"])  # no patch ...
+    assert not any(g["holdout_rate"] >= 0.95 and g["flipped_rate"] >= 0.3 for g in det["refined_global_perturbations"])
+    found = det["refined_linf_perturbations"][-1]  # ... no stripes: the L-inf perturbation is the trigger
+    assert found["class"] == TARGET and found["holdout_rate"] >= 0.6 and found["family"] == "linf@16/255"
+    assert 0 < det["inverted_trigger"]["delta_linf_255"] <= 16.01 and "refine.linf" in outcome.timings_s
+    trigger = outcome.triggers["inverted"]
+    x = colour_images(96)[:4].float() / 255
+    assert len(tuned_with) == 1 and outcome.info["rounds"][0]["tune_steps"] == 5
+    if not with_inversion:
+        assert tuned_with[0] is trigger and "linf_target_inversion" not in det
+        return
+    # half of each batch with the L-inf trigger, half with a stage-2 inversion toward its target
+    # (stage 2's own when stage 1 ranked that target first: then no second inversion runs)
+    assert inversions[-1].target == TARGET and "invert.linf_target" in outcome.timings_s
+    assert det["linf_target_inversion"]["holdout_asr"] == round(inversions[-1].holdout_asr, 4)
+    assert torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
+    assert torch.equal(tuned_with[0](x)[1::2], inversions[-1](x[1::2]))
+
+
+def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():
+    from invertune_plugin.invert import additive_trigger, alternate, both_signs
+
+    x = torch.rand(5, 3, 8, 8)
+    mixed = alternate([lambda t: t + 1, lambda t: t * 0, lambda t: t - 1])(x)
+    assert torch.equal(mixed[0::3], x[0::3] + 1) and torch.equal(mixed[1::3], x[1::3] * 0)
+    assert torch.equal(mixed[2::3], x[2::3] - 1)
+    delta = 0.1 * torch.randn(1, 8, 8)
+    signed = both_signs(additive_trigger(delta, "t", 1.0))(x)
+    assert torch.equal(signed[0::2], (x[0::2] + delta).clamp(0, 1))
+    assert torch.equal(signed[1::2], (x[1::2] - delta).clamp(0, 1))
+    with pytest.raises(ValueError):
+        alternate([])
