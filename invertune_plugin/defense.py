@@ -70,7 +70,7 @@ class InverTuneConfig:
     # the trigger (it reaches 72 % of held-out images on the default-resnet Blended model); tuned against
     # alone it left that model at 2.3 % real ASR (200 steps; 1.5 % at 300, 2.5 % at 400); with the inversion,
     # 0.85 / 1.08 / 0.92 % at 150 / 200 / 300 steps. Also tried there: the three restarts' perturbations
-    # mixed, 1.85 %; a 24/255 or 32/255 perturbation toward the target, 2.9 / 2.5 % (see the closing note).
+    # mixed, 1.85 %; a 24/255 or 32/255 perturbation toward the target, 2.9 / 2.5 % (see the closing notes of issue 5).
     linf_with_inversion: bool = True
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
@@ -139,17 +139,20 @@ class InverTune(Defense):
         if ident is not None and cfg.candidates > 1:
             # stage 2 run for each of stage 1's top classes; the winner's trigger is kept
             start = time.perf_counter()
-            trigger, probes = pick_by_inversion(ctx.model, images, head, [c for c, _ in ident.ranking[:cfg.candidates]],
-                                                cfg.invert, cfg.verdict, ctx.seed)
+            trigger, probes, stage2 = pick_by_inversion(ctx.model, images, head,
+                                                        [c for c, _ in ident.ranking[:cfg.candidates]],
+                                                        cfg.invert, cfg.verdict, ctx.seed)
             target = trigger.target
             timings["invert"] = time.perf_counter() - start
         else:
             start = time.perf_counter()
             trigger = invert(ctx.model, images, head, target, cfg.invert, ctx.seed)
+            stage2 = [trigger]
             timings["invert"] = time.perf_counter() - start
 
         found = decide(ident, trigger, cfg.verdict) if ident is not None else None
-        inverted = trigger  # stage 2's (the L-inf path tunes against it too when its target is the same)
+        # stage 2's inversions by class (the L-inf path tunes against the one toward its target, if there is one)
+        inverted = {t.target: t for t in stage2}
         source = FROM_INVERSION
         refined: list[RefinedPatch] = []
         patch_location: str | None = None  # where the refined patch trigger sits, when it is one
@@ -190,10 +193,11 @@ class InverTune(Defense):
             if linf_winner is not None:
                 trigger = additive_trigger(linf_winner.delta, linf_winner.target, linf_winner.holdout_rate)
                 target, found, source = linf_winner.target, True, FROM_REFINED_LINF
-                if cfg.linf_with_inversion:  # stage 2 toward this target (reused when it already was)
+                if cfg.linf_with_inversion and target in inverted:  # stage 2 already inverted toward it
+                    linf_inversion = inverted[target]
+                elif cfg.linf_with_inversion:
                     start = time.perf_counter()
-                    linf_inversion = (inverted if inverted.target == target else
-                                      invert(ctx.model, images, head, target, cfg.invert, ctx.seed))
+                    linf_inversion = invert(ctx.model, images, head, target, cfg.invert, ctx.seed)
                     timings["invert.linf_target"] = time.perf_counter() - start
         detection = self.detection(ident, trigger, target, found)
         detection["inverted_trigger"]["source"] = source
@@ -204,9 +208,9 @@ class InverTune(Defense):
         if refined_linf:
             detection["refined_linf_perturbations"] = [g.evidence() for g in refined_linf]
         if linf_inversion is not None:  # stage 3's second trigger, beside the L-inf one
-            detection["linf_target_inversion"] = {
-                "holdout_asr": round(linf_inversion.holdout_asr, 4), "mask_l1": round(linf_inversion.mask_l1, 2),
-                "mask_fraction": round(linf_inversion.mask_l1 / linf_inversion.mask.numel(), 4)}
+            detection["linf_target_inversion"] = {"class": linf_inversion.target,
+                                                  "reused_stage2": linf_inversion is inverted.get(target),
+                                                  **trigger_evidence(linf_inversion)}
         if probes:
             detection["candidates"] = probes
         artifacts = write_artifacts(ctx.workdir, ident, trigger, images)
@@ -266,14 +270,12 @@ class InverTune(Defense):
     @staticmethod
     def detection(ident: Identification | None, trigger: InvertedTrigger, target: str,
                   found: bool | None) -> dict[str, Any]:
-        size = trigger.mask.numel()
         doc: dict[str, Any] = {
             "backdoored": found,
             "verdict": {True: "backdoored", False: "no backdoor found", None: "not assessed (target given)"}[found],
             "target": target,
             "target_given": ident is None,
-            "inverted_trigger": {"holdout_asr": round(trigger.holdout_asr, 4), "mask_l1": round(trigger.mask_l1, 2),
-                                 "mask_fraction": round(trigger.mask_l1 / size, 4)},
+            "inverted_trigger": trigger_evidence(trigger),
         }
         if trigger.delta is not None:  # an additive part (a refined global perturbation): its L-inf size
             doc["inverted_trigger"]["delta_linf_255"] = round(float(trigger.delta.abs().max()) * 255, 1)
@@ -283,16 +285,22 @@ class InverTune(Defense):
         return doc
 
 
+def trigger_evidence(trigger: InvertedTrigger) -> dict[str, float]:
+    """A trigger's held-out ASR and mask size, as the result records them."""
+    return {"holdout_asr": round(trigger.holdout_asr, 4), "mask_l1": round(trigger.mask_l1, 2),
+            "mask_fraction": round(trigger.mask_l1 / trigger.mask.numel(), 4)}
+
+
 def pick_by_inversion(model: Any, images: torch.Tensor, head: ZeroShotHead, candidates: list[str],
-                      cfg: InvertConfig, verdict: VerdictConfig, seed: int) -> tuple[InvertedTrigger, list[dict[str, Any]]]:
+                      cfg: InvertConfig, verdict: VerdictConfig,
+                      seed: int) -> tuple[InvertedTrigger, list[dict[str, Any]], list[InvertedTrigger]]:
     """Invert toward each candidate; the smallest mask that reaches the verdict's ASR wins
-    (stage 1's order decides when none does). Returns the winning trigger and every probe."""
+    (stage 1's order decides when none does). Returns the winning trigger, every probe and every trigger."""
     triggers = [invert(model, images, head, cls, cfg, seed) for cls in candidates]
-    probes = [{"class": t.target, "holdout_asr": round(t.holdout_asr, 4),
-               "mask_fraction": round(t.mask_l1 / t.mask.numel(), 4)} for t in triggers]
+    probes = [{"class": t.target, **trigger_evidence(t)} for t in triggers]
     effective = [t for t in triggers if t.holdout_asr >= verdict.min_inverted_asr]
     best = min(effective, key=lambda t: t.mask_l1) if effective else triggers[0]
-    return best, probes
+    return best, probes, triggers
 
 
 def write_artifacts(workdir: Path, ident: Identification | None, trigger: InvertedTrigger,

@@ -102,7 +102,8 @@ class IdentifyConfig:
     # full-colour, x + eps * tanh(p), at a budget too small for natural classes, for the top classes of the
     # race's global family. For a global trigger that is neither a small mask nor a stripe texture
     # (Blended's noise at alpha 0.2 on the default-resnet model, a 59 % backdoor). Per-class probe, all 14
-    # classes, 100 steps, held-out rate of the best class: default-resnet clean model at 8 / 16 / 24/255:
+    # classes, 100 steps, one restart (not the defense's seeds), held-out rate of the best class (verdict.py
+    # gives the defense's own restarts): default-resnet clean model at 8 / 16 / 24/255:
     # 0.024 / 0.357 / 0.957 (natural "tennis ball"), its Blended model's "mushroom" 0.219 / 0.735 / -,
     # BadNet's 0.018 / 0.884 / 1.0. At 16/255 natural classes stay under the gate (verdict.py) and a backdoor
     # target does not; at 24/255 they do not stay under it.
@@ -252,7 +253,7 @@ class RaceFamily:
     project: Callable[[Tensor], None]  # in place, after each optimiser step
     location: str | None = None  # patch families: where the patch sits
     pixels: Callable[[Tensor], Tensor] | None = None  # patch families: the parameter as a [3, s, s] patch in [0, 1]
-    delta: Callable[[Tensor], Tensor] | None = None  # additive families: the parameter as a [1, H, W] perturbation
+    delta: Callable[[Tensor], Tensor] | None = None  # additive families: the parameter as a [1 or 3, H, W] perturbation
 
 
 def _no_projection(_: Tensor) -> None:

@@ -56,7 +56,8 @@ Blended's noise survives neither the flip nor a stripe family, and on the defaul
 The last path (``identify.refine_linf_eps``) asks for a small budget instead of a small area: a
 full-colour L-inf UAP of 16/255 toward each of the global family's top classes. A backdoor
 target is a shortcut that such a budget reaches on most images; a natural class is not.
-Measured in the defense's setting (100 steps, each of 3 restarts, held-out rate): the top 3
+Measured with the defense's seeds, 100 steps, each of its 3 restarts run (unscreened), held-out
+rate; the screen's restart is the first of them: the top 3
 global classes of the clean and WaNet models of both architectures, where this path runs, at
 most 0.471 (default-resnet clean "tennis ball"; the default ViT's at most 0.367); default-resnet
 Blended "mushroom" 0.696-0.724. The default ViT Blended model, which stage 2 catches before

@@ -481,7 +481,8 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert [p["class"] for p in patches] == [r["class"] for r in det["ranking_top5"][:len(patches)]]
     assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95
     assert all(p["holdout_rate"] < 0.95 for p in patches[:-1])
-    assert "refine" in outcome.timings_s
+    assert "refine" in outcome.timings_s and "refine.global" not in outcome.timings_s
+    assert "refine.linf" not in outcome.timings_s and "refined_linf_perturbations" not in det
     assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
     # round 1 tunes against the refined patch for refined_tune_steps (default 100), not tune.steps (5 here)
     assert outcome.info["rounds"][0]["tune_steps"] == InverTuneConfig().refined_tune_steps == 100
@@ -522,15 +523,26 @@ def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works
     assert outcome.info["rounds"][0]["round"] == 1 and len(outcome.info["rounds"]) == 1  # rounds=1 (default)
     assert outcome.info["rounds"][0]["tune_steps"] == 5  # tune.steps: refined_tune_steps is for refined patches
     assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "refine.global" in outcome.timings_s
+    assert "refine.linf" not in outcome.timings_s and "refined_linf_perturbations" not in det  # found before it
 
 
-@pytest.mark.parametrize("with_inversion", [True, False])
-def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_path, monkeypatch, with_inversion):
+@pytest.mark.parametrize("case", ["target-first", "target-second", "without-inversion"])
+def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_path, monkeypatch, case):
     import invertune_plugin.defense as defense_mod
 
+    with_inversion = case != "without-inversion"
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(noise=True),
                                                 {"identify.refine_steps": "40",
                                                  "linf_with_inversion": str(with_inversion).lower()})
+    if case == "target-second":  # stage 1 ranks another class first: stage 2 inverts toward that one
+        real_identify = defense_mod.identify
+
+        def other_first(*a, **k):
+            ident = real_identify(*a, **k)
+            ranking = sorted(ident.ranking, key=lambda r: r[0] == TARGET)  # stable: the target goes last
+            return dataclasses.replace(ident, ranking=ranking, target=ranking[0][0])
+
+        monkeypatch.setattr(defense_mod, "identify", other_first)
     inversions: list = []
     real_invert = defense_mod.invert
     monkeypatch.setattr(defense_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1])
@@ -551,7 +563,10 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
         return
     # half of each batch with the L-inf trigger, half with a stage-2 inversion toward its target
     # (stage 2's own when stage 1 ranked that target first: then no second inversion runs)
-    assert inversions[-1].target == TARGET and "invert.linf_target" in outcome.timings_s
+    reused = case == "target-first"
+    assert [t.target == TARGET for t in inversions] == ([True] if reused else [False, True])
+    assert ("invert.linf_target" in outcome.timings_s) is not reused
+    assert det["linf_target_inversion"]["reused_stage2"] is reused and det["linf_target_inversion"]["class"] == TARGET
     assert det["linf_target_inversion"]["holdout_asr"] == round(inversions[-1].holdout_asr, 4)
     assert torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
     assert torch.equal(tuned_with[0](x)[1::2], inversions[-1](x[1::2]))
