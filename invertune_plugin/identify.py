@@ -35,9 +35,9 @@ class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ from toolbox.progress import progress
 from .attacks.triggers import add_signal, check_location, paste_patch, patch_pixels
 from .data import as_float, frozen, split_indices
 from .zeroshot import ZeroShotHead
+
+Rated = TypeVar("Rated")  # what a refinement's rating of one parameter gives (a rate, a RefinedGlobal)
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,8 @@ def patch_uap(size: int, location: str) -> tuple[Tensor, Callable[[Tensor, Tenso
 
 
 def global_uap(image_size: int, eps: float) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-    param = torch.zeros(3, image_size, image_size)
-    return param, lambda x, p: (x + eps * torch.tanh(p)).clamp(0, 1)
+    """The untargeted global UAP: a zero parameter (optimise_uap draws its start) and :func:`linf_family`'s apply."""
+    return torch.zeros(3, image_size, image_size), linf_family(image_size, eps).apply
 
 
 def optimise_uap(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, param: Tensor,
@@ -434,10 +436,11 @@ def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_
     def rate(param: Tensor) -> float:
         return success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
 
-    confirm = None if stop_rate is None else (lambda param: rate(param) >= stop_rate)
-    param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + c, confirm)
+    accept = None if stop_rate is None else (lambda r: r >= stop_rate)
+    param, n, holdout_rate = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + c,
+                                                rate, accept)
     return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
-                        holdout_rate=rate(param), restarts=n)
+                        holdout_rate=holdout_rate, restarts=n)
 
 
 def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
@@ -453,22 +456,26 @@ def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroSho
 
 
 def _screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
-                       cfg: IdentifyConfig, base_seed: int,
-                       confirm: Callable[[Tensor], bool] | None) -> tuple[Tensor, int]:
-    """The restart with the lowest loss on a fixed judge batch, and how many restarts ran.
+                       cfg: IdentifyConfig, base_seed: int, rate: Callable[[Tensor], Rated],
+                       accept: Callable[[Rated], bool] | None) -> tuple[Tensor, int, Rated]:
+    """The restart with the lowest loss on a fixed judge batch, how many restarts ran, and its ``rate``.
 
-    Without ``confirm``: of all ``refine_restarts``. With it: the first ``refine_screen_restarts``
-    are a screen; only when their pick passes ``confirm`` do the others run, and the pick is
+    Without ``accept``: of all ``refine_restarts``. With it: the first ``refine_screen_restarts``
+    are a screen; only when their pick's rating passes ``accept`` do the others run, and the pick is
     remade over all of them (the same restarts, so the same pick as running them all at once).
+    Each pick is rated once: the screen's rating is kept when the screen's pick stays the pick.
     """
     judge = as_float(fit_images[:min(len(fit_images), cfg.refine_judge_images)])
-    screen = cfg.refine_restarts if confirm is None else cfg.screen_restarts
+    screen = cfg.refine_restarts if accept is None else cfg.screen_restarts
     runs = _restarts(model, fit_images, judge, head, c, family, cfg, base_seed, range(screen))
     best = min(runs, key=lambda lp: lp[0])[1]
-    if confirm is not None and screen < cfg.refine_restarts and confirm(best):
+    rated = rate(best)
+    if accept is not None and screen < cfg.refine_restarts and accept(rated):
         runs += _restarts(model, fit_images, judge, head, c, family, cfg, base_seed, range(screen, cfg.refine_restarts))
-        best = min(runs, key=lambda lp: lp[0])[1]
-    return best, len(runs)
+        pick = min(runs, key=lambda lp: lp[0])[1]
+        if pick is not best:
+            best, rated = pick, rate(pick)
+    return best, len(runs), rated
 
 
 @dataclass
@@ -525,23 +532,22 @@ def _refine_global_family(model: ClipModel, images: Tensor, head: ZeroShotHead, 
         fit_images, hold_images, hold_pred = _fit_and_holdout(model, images, head, cfg, seed)
         for cls in progress(global_ranking(ident)[:cfg.refine_classes], desc=f"stage 1: refine {family.kind}"):
             c = head.classnames.index(cls)
-            rated = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=eps)
-            confirm = None if stop is None else (
-                lambda param, rated=rated: stop(rated(param, restarts=cfg.screen_restarts)))
-            param, n = _screened_restarts(model, fit_images, head, c, family, cfg, seed * 1_000_003 + seed_offset + c,
-                                          confirm)
-            refined.append(rated(param, restarts=n))
+            rate = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=eps)
+            _, n, rated = _screened_restarts(model, fit_images, head, c, family, cfg,
+                                             seed * 1_000_003 + seed_offset + c, rate, stop)
+            refined.append(replace(rated, restarts=n))
             if stop is not None and stop(refined[-1]):
                 break
     return refined
 
 
 def _rated_global(model: ClipModel, head: ZeroShotHead, family: RaceFamily, hold_images: Tensor, hold_pred: Tensor,
-                  c: int, param: Tensor, restarts: int, eps: float) -> RefinedGlobal:
-    """``param`` of a global ``family`` as a :class:`RefinedGlobal`, rated held out as found and sign-flipped."""
+                  c: int, param: Tensor, eps: float) -> RefinedGlobal:
+    """``param`` of a global ``family`` as a :class:`RefinedGlobal`, rated held out as found and sign-flipped
+    (``restarts`` left at 1: the caller sets how many ran)."""
     assert family.delta is not None
     delta = family.delta(param).detach()
-    return RefinedGlobal(target=head.classnames[c], family=family.kind, eps=eps, delta=delta, restarts=restarts,
+    return RefinedGlobal(target=head.classnames[c], family=family.kind, eps=eps, delta=delta,
                          holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
                          flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c))
 

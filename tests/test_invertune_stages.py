@@ -171,17 +171,28 @@ def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_ove
     cfg = IdentifyConfig(refine_restarts=3, refine_screen_restarts=1)
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     seen: list[Tensor] = []
+    rated: list[Tensor] = []  # every parameter rated (the rating here is the parameter itself)
 
     def run(confirm, config=cfg):
         ran.clear()
-        return ident_mod._screened_restarts(None, images, None, 0, None, config, 0, confirm), list(ran)
+        rated.clear()
+        best, n, rating = ident_mod._screened_restarts(None, images, None, 0, None, config, 0,
+                                                       lambda p: rated.append(p) or p, confirm)
+        assert rating is best  # the rating returned is the pick's
+        return (best, n), list(ran)
 
     (best, n), which = run(lambda p: seen.append(p) or False)
     assert n == 1 and best is params[0] and which == [range(0, 1)] and seen == [params[0]]
+    assert rated == [params[0]]  # a rejected screen's pick is rated once, not again for the result
     (best, n), which = run(lambda p: True)
     assert n == 3 and best is params[1] and which == [range(0, 1), range(1, 3)]
+    assert rated == [params[0], params[1]]  # the screen's pick, then the new pick
     (best, n), which = run(None)
     assert n == 3 and best is params[1] and which == [range(0, 3)]
+    losses[0] = 0.5  # the screen's pick stays the pick over all three: its rating is kept
+    (best, n), which = run(lambda p: True)
+    assert n == 3 and best is params[0] and rated == [params[0]]
+    losses[0] = 3.0
     seen.clear()
     (best, n), which = run(lambda p: seen.append(p) or True, dataclasses.replace(cfg, refine_screen_restarts=3))
     assert n == 3 and best is params[1] and which == [range(0, 3)] and seen == []  # no screen: never asked
