@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from toolbox import atomic
 from toolbox.api import LoadedModel, ModelAdapter
 from toolbox.compat import import_open_clip
-from toolbox.results import state_dict_sha256
+from toolbox.api import state_dict_sha256
 
 from .clip_model import fit_to_input
 

@@ -30,7 +30,7 @@ import torch
 from toolbox import atomic
 from toolbox.api import LoadedModel, ModelAdapter
 from toolbox.compat import import_open_clip
-from toolbox.results import state_dict_sha256
+from toolbox.api import state_dict_sha256
 
 from .clip_model import OpenClipModel, build_clip, describe_arch
 
@@ -297,6 +297,16 @@ class OpenAICheckpointAdapter(ModelAdapter):
         return write_like_input(sd, info, Path(out_dir) / f"model{info['suffix']}")
 
 
+def load_base(source: str, device: torch.device) -> LoadedModel:
+    """Load a visual-only checkpoint's base model with the first of this package's own model
+    adapters that recognises it (not through the host's registry: adapters use only its public contract)."""
+    adapters = (cls() for cls in MODEL_ADAPTERS if cls is not VisualOnlyAdapter)
+    adapter = next((a for a in adapters if a.detect(source)), None)
+    if adapter is None:
+        raise ValueError(f"no model adapter of this package recognises the base model {source!r}")
+    return adapter.load(source, device)
+
+
 class VisualOnlyAdapter(ModelAdapter):
     """BadEncoder fine-tunes only the image encoder and saves ``model.visual.state_dict()``."""
 
@@ -308,11 +318,8 @@ class VisualOnlyAdapter(ModelAdapter):
         return "::" in source and Path(source.split("::", 1)[0]).is_file()
 
     def load(self, source: str, device: torch.device) -> LoadedModel:
-        from toolbox.plugins import get_host
-        from toolbox.runner import load_model
-
         visual_path, base_source = source.split("::", 1)
-        _, base = load_model(get_host().build_registry(quiet=True), base_source, None, torch.device("cpu"))
+        base = load_base(base_source, torch.device("cpu"))
         model: OpenClipModel = base.model
         sd, container = split_container(load_tensor_file(Path(visual_path)))
         visual_prefix = bool(sd) and all(k.startswith("visual.") for k in sd)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel
-from toolbox.evaluation import class_embeddings
+from toolbox.zeroshot import class_embeddings
 
 
 class ZeroShotHead:

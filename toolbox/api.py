@@ -8,6 +8,7 @@ are the documented parameters (listed in ``registry.yaml``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,19 @@ class LoadedModel:
     # Data sources that come with the model (the embedded world), keyed like the CLI
     # options: clean_data, eval_data, retrieval_data, classes.
     data_defaults: dict[str, str] = field(default_factory=dict)
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A content hash of a model's tensors, independent of the file format it came in
+    (what :attr:`LoadedModel.sha256` holds)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class ModelAdapter(Component):

@@ -1,30 +1,24 @@
 """The host's standard evaluation protocol: what CA, ASR and retrieval recall mean in a result.
 
-Feature extraction and zero-shot classifiers are plain CLIP mechanics (open_clip's
-``build_zero_shot_classifier``); the numbers themselves come from the metric classes
+Feature extraction and zero-shot classifiers are the shared mechanics of
+:mod:`toolbox.zeroshot`; the numbers themselves come from the metric classes
 that plugins register (``zeroshot_accuracy``, ``attack_success_rate``,
 ``retrieval_recall``), so a result always names the class that computed it.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from .api import ClipModel, ImageData
-from .compat import import_open_clip
 from .plugins import Registry
+from .zeroshot import caption_embeddings, class_embeddings, image_features, mentions_word
 
 Trigger = Callable[[Tensor], Tensor]
-
-
-def mentions_word(text: str, word: str) -> bool:
-    return re.search(rf"\b{re.escape(word.lower())}\b", text.lower()) is not None
 
 
 @dataclass(frozen=True)
@@ -50,48 +44,6 @@ class EvalInputs:
     trigger_source: str | None = None  # "real" (the attack's own) or "inverted"
     # Reconstructed triggers reported beside the real one: name -> (trigger, target class)
     extra_triggers: dict[str, tuple[Trigger, str]] = field(default_factory=dict)
-
-
-def _loader(data: ImageData, batch_size: int) -> DataLoader:
-    return DataLoader(data.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-
-
-@torch.no_grad()
-def image_features(model: ClipModel, data: ImageData, batch_size: int, device: torch.device,
-                   trigger: Trigger | None = None) -> tuple[Tensor, Tensor]:
-    """Normalised image embeddings of a dataset (optionally triggered) and its labels/indices."""
-    feats, labels = [], []
-    for images, y in _loader(data, batch_size):
-        images = images.to(device)
-        if trigger is not None:
-            images = trigger(images)
-        feats.append(model.encode_image(images).float().cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels)
-
-
-@torch.no_grad()
-def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Sequence[str],
-                     device: torch.device) -> Tensor:
-    """[C, D] zero-shot weights: mean of normalised template embeddings, renormalised."""
-    open_clip = import_open_clip()
-    weights = open_clip.build_zero_shot_classifier(
-        model, tokenizer=model.tokenize, classnames=list(classnames), templates=list(templates),
-        num_classes_per_batch=10, device=device, use_tqdm=False)
-    return weights.T.float().cpu()
-
-
-@torch.no_grad()
-def caption_embeddings(model: ClipModel, captions: Sequence[Sequence[str]], device: torch.device,
-                       batch_size: int = 512) -> tuple[Tensor, Tensor]:
-    """Normalised embeddings of every caption, and the image index each belongs to."""
-    flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
-    owner = torch.tensor([i for i, _ in flat])
-    feats = []
-    for start in range(0, len(flat), batch_size):
-        tokens = model.tokenize([c for _, c in flat[start:start + batch_size]]).to(device)
-        feats.append(model.encode_text(tokens).float().cpu())
-    return torch.cat(feats), owner
 
 
 def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry) -> dict[str, Any]:

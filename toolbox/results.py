@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import platform
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from . import atomic
+from .api import state_dict_sha256  # noqa: F401  (re-exported: the host hashes models as results.state_dict_sha256)
 
 SCHEMA_ID = "toolbox.result/1"
 CSV_COLUMNS = ("defense", "attack", "target", "model_sha256", "seed", "test_acc", "test_asr", "test_ra",
@@ -33,18 +33,6 @@ def validate(doc: Mapping[str, Any]) -> None:
     import jsonschema
 
     jsonschema.validate(instance=doc, schema=result_schema())
-
-
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """A content hash of a model's tensors, independent of the file format it came in."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def now_iso() -> str:

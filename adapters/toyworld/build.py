@@ -63,7 +63,7 @@ class Preset:
 
 
 def _presets() -> dict[str, Preset]:
-    from invertune_plugin.contrastive import ContrastiveConfig
+    from toolbox.contrastive import ContrastiveConfig
 
     default_world = WorldConfig()
     smoke_world = WorldConfig(n_train=6_000, n_eval=280, n_retrieval=100, n_defender=256)
@@ -148,7 +148,7 @@ def load_world_arrays(world: WorldPaths, image_size: int) -> tuple[torch.Tensor,
 
 def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
     """Train the preset's tiny CLIP from scratch on the world; write it in open_clip's dir format."""
-    from invertune_plugin.contrastive import train_contrastive
+    from toolbox.contrastive import train_contrastive
 
     from adapters.clip_model import OpenClipModel, build_clip
     from adapters.models import write_openclip_dir
@@ -172,7 +172,7 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
 
 def quick_zero_shot_accuracy(model: Any, world: WorldPaths) -> float:
     from adapters.datasets import LabelsCsvAdapter
-    from toolbox.evaluation import class_embeddings, image_features
+    from toolbox.zeroshot import class_embeddings, image_features
 
     data = LabelsCsvAdapter().load(str(world.eval_labels), model.image_size)
     templates = [t for t in world.templates.read_text(encoding="utf-8").splitlines() if t]

@@ -12,8 +12,7 @@ from torch import Tensor
 from toolbox.progress import progress
 
 from toolbox.api import ClipModel
-
-from ..contrastive import ContrastiveConfig, lr_at
+from toolbox.contrastive import ContrastiveConfig, lr_at
 
 
 @dataclass(frozen=True)

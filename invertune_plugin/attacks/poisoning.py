@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel, ImageData
-from toolbox.evaluation import mentions_word as mentions  # the same test retrieval ASR uses
+from toolbox.contrastive import ContrastiveConfig, train_contrastive
+from toolbox.zeroshot import mentions_word as mentions  # the same test retrieval ASR uses
 
-from ..contrastive import ContrastiveConfig, train_contrastive
 from ..data import images_uint8
 
 Trigger = Callable[[Tensor], Tensor]

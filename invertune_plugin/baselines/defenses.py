@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome
+from toolbox.contrastive import clip_loss
 
-from ..contrastive import clip_loss
 from .augment import ImageAugConfig, attribute_swap, augment_images, eda, noise_and_erase, sub_caption
 from .finetune import BatchLoss, FinetuneConfig, PairSet, clean_pairs, finetune
 

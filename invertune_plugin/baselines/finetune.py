@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel, DefenseContext
+from toolbox.contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from toolbox.progress import progress
 
-from ..contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from ..data import as_float, images_uint8
 
 # (model, images [B,3,H,W] in [0,1], captions, torch generator, python rng) -> (loss, scalars to log)

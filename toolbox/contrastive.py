@@ -1,7 +1,8 @@
-"""CLIP's contrastive objective and a small, deterministic training loop.
+"""CLIP's contrastive objective and a small, deterministic training loop: the shared
+contrastive trainer, part of the host's public contract.
 
-Used to train the embedded tiny CLIP from scratch, by poisoning attacks (fine-tuning on
-a poisoned image-caption set) and by the fine-tuning baselines.
+Used by the embedded world to train its tiny CLIP from scratch, and by plugins: poisoning
+attacks (fine-tuning on a poisoned image-caption set) and the fine-tuning baselines.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from toolbox.progress import progress
 
-from toolbox.api import ClipModel
+from .api import ClipModel
+from .progress import progress
 
 
 @dataclass(frozen=True)
