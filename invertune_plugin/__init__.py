@@ -1,7 +1,9 @@
-"""The science: InverTune and the attacks, baselines and metrics it is measured with.
+"""The science: InverTune, and the attacks and baselines it is measured with.
 
 Plain torch functions and small classes; no CLI and no file formats (those live in
-``toolbox`` and ``adapters``). Registered with the host in :mod:`invertune_plugin.hooks`.
+``toolbox`` and ``adapters``). Three plugins, registered with the host through the entry points
+:mod:`invertune_plugin.hooks`, :mod:`invertune_plugin.attacks.hooks` and
+:mod:`invertune_plugin.baselines.hooks`.
 """
 
 import toolbox  # noqa: F401,E402  (applies the torchvision fix before torchmetrics/open_clip load)

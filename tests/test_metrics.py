@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from invertune_plugin.metrics import AttackSuccessRate, RetrievalRecall, ZeroShotAccuracy
+from toolbox.metrics import AttackSuccessRate, RetrievalRecall, ZeroShotAccuracy
 
 
 def test_zero_shot_top1_and_top2():

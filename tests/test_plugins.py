@@ -43,12 +43,34 @@ class GoodDefense(Defense):
         return DefenseOutcome(model=ctx.model)
 
 
-def test_builtin_and_invertune_plugin_are_loaded(host):
+def test_builtin_and_distribution_plugins_are_loaded(host):
     names = {p.name for p in host.plugins()}
-    assert {"toolbox", "invertune"} <= names
+    assert {"toolbox", "adapters", "invertune", "attacks", "baselines"} <= names
     reg = host.build_registry()
     assert "none" in reg.names("defense")
-    assert reg.get("metric", "zeroshot_accuracy").plugin == "invertune"
+    assert reg.get("metric", "zeroshot_accuracy").plugin == "toolbox"  # the evaluation's metrics are the host's
+    assert reg.get("model_adapter", "openclip-dir").plugin == "adapters"
+    assert reg.get("defense", "invertune").plugin == "invertune"
+    assert reg.get("defense", "ft").plugin == "baselines" and reg.get("attack", "badnet").plugin == "attacks"
+
+
+@pytest.mark.parametrize("blocked, gone, kept", [
+    ("invertune", ("defense", "invertune"), [("attack", "badnet"), ("defense", "ft")]),
+    ("attacks", ("attack", "badnet"), [("defense", "invertune"), ("defense", "ft")]),
+    ("baselines", ("defense", "ft"), [("defense", "invertune"), ("attack", "badnet")]),
+])
+def test_each_plugin_of_the_distribution_can_be_blocked_alone(blocked, gone, kept, monkeypatch, smoke_world,
+                                                              tmp_path):
+    monkeypatch.setenv(plugins.BLOCK_ENV, blocked)
+    plugins.reset_host()
+    try:
+        reg = plugins.get_host().build_registry()
+        assert gone[1] not in reg.names(gone[0])
+        assert all(name in reg.names(kind) for kind, name in kept)
+        assert "openclip-dir" in reg.names("model_adapter") and "zeroshot_accuracy" in reg.names("metric")
+        assert main(["run", "--defense", "none", "--preset", "smoke", "--out", str(tmp_path / "o")]) == 0
+    finally:
+        plugins.reset_host()
 
 
 def test_throwaway_plugin_registers_a_defense(register_plugin):
@@ -123,14 +145,15 @@ def test_allow_list_loads_only_named_plugins(fake_distribution, monkeypatch):
     plugins.reset_host()
     monkeypatch.setenv(plugins.ALLOW_ENV, "")
     names = {p.name for p in plugins.get_host().plugins()}
-    assert names == {"toolbox"}
+    assert names == set(plugins.DEFAULT_PLUGINS)
 
 
 def test_plugin_that_fails_to_import_is_skipped(fake_distribution, monkeypatch, capsys):
     fake_distribution("broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
     monkeypatch.delenv(plugins.BLOCK_ENV, raising=False)
     host = plugins.get_host()
-    assert "broken" not in {p.name for p in host.plugins()}
+    broken = next(p for p in host.plugins() if p.name == "broken")
+    assert broken.status == "skipped" and "missing dependency xyz" in broken.problem
     assert "missing dependency xyz" in capsys.readouterr().err
     assert "none" in host.build_registry().names("defense")
 
@@ -144,7 +167,8 @@ def test_plugin_with_unknown_hook_is_skipped(fake_distribution, capsys):
             pass
     ''')
     host = plugins.get_host()
-    assert "typo" not in {p.name for p in host.plugins()}
+    typo = next(p for p in host.plugins() if p.name == "typo")
+    assert typo.status == "skipped" and typo.hooks == []
     assert "unknown hooks" in capsys.readouterr().err
 
 
@@ -171,4 +195,5 @@ def test_plugins_command_prints_json(host, capsys):
     assert main(["plugins"]) == 0
     doc = json.loads(capsys.readouterr().out)
     inv = next(p for p in doc if p["name"] == "invertune")
-    assert inv["version"] and "register_metrics" in inv["hooks"]
+    assert inv["version"] and inv["hooks"] == ["register_defenses"] and inv["status"] == "loaded"
+    assert inv["provides"] == ["defense:invertune"]

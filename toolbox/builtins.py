@@ -1,4 +1,5 @@
-"""The host's own plugin: the `none` defense, so every run has a baseline row."""
+"""The host's own plugin: the `none` defense (every run has a baseline row) and the standard
+metrics the evaluation protocol names (CA, ASR, retrieval recall and retrieval ASR)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ class NoDefense(Defense):
 @hookimpl
 def register_defenses(register) -> None:
     register(NoDefense)
+
+
+@hookimpl
+def register_metrics(register) -> None:
+    from .metrics import METRICS
+
+    for cls in METRICS:
+        register(cls)

@@ -1,9 +1,11 @@
 """Plugin manager and registry: discovery, allow/block lists, isolation of broken plugins.
 
 Modelled on simonw/llm's ``plugins.py``: one module-level plugin manager ``pm``; the
-host's built-ins are registered on it directly, everything else arrives through the
-``toolbox.plugins`` entry-point group (the InverTune plugin included). Tests add
-throwaway plugins with ``pm.register(obj, name=...)`` and remove them afterwards.
+host's built-ins (``DEFAULT_PLUGINS``: the ``none`` defense, the standard metrics, the model
+and dataset adapters) are registered on it like any other plugin and always load; everything
+else arrives through the ``toolbox.plugins`` entry-point group (InverTune, the attacks and the
+baselines of this distribution included, each blockable alone). Tests add throwaway plugins
+with ``pm.register(obj, name=...)`` and remove them afterwards.
 
 Environment variables:
 
@@ -14,9 +16,10 @@ Environment variables:
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -28,6 +31,13 @@ from .api import HOOK_FOR_KIND, KINDS, Kind, config_defaults
 ALLOW_ENV = "TOOLBOX_LOAD_PLUGINS"
 BLOCK_ENV = "TOOLBOX_BLOCK_PLUGINS"
 HOST_PLUGIN = "toolbox"
+# name -> module: the host's own plugins, registered first and never blocked.
+DEFAULT_PLUGINS = {HOST_PLUGIN: "toolbox.builtins", "adapters": "adapters.hooks"}
+# What a broken plugin may raise without taking the host down: SystemExit too (sys.exit() at
+# import or in a hook); Ctrl-C still stops the run.
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class PluginInfo:
     version: str | None
     distribution: str | None
     hooks: list[str]
+    status: str = "loaded"  # or "skipped"
+    problem: str | None = None  # why it was skipped
 
 
 def _env_list(env: Mapping[str, str], key: str) -> set[str] | None:
@@ -112,7 +124,7 @@ def _env_list(env: Mapping[str, str], key: str) -> set[str] | None:
 
 
 def warn(message: str) -> None:
-    print(f"toolbox: warning: {message}", file=sys.stderr)
+    log.warning("%s", message)
 
 
 class PluginHost:
@@ -123,15 +135,15 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.dist_info: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
         self.load_problems: list[str] = []
+        self.skipped: dict[str, str] = {}  # plugin name -> why it contributes nothing
         self._entry_points_loaded = False
 
     def load_builtins(self) -> None:
-        from . import builtins
-
-        self.pm.register(builtins, name=HOST_PLUGIN)
         from . import __version__
 
-        self.dist_info[HOST_PLUGIN] = ("invertune-toolbox", __version__)
+        for name, module in DEFAULT_PLUGINS.items():
+            self.pm.register(importlib.import_module(module), name=name)
+            self.dist_info[name] = ("invertune-toolbox", __version__)
 
     def load_entry_points(self, env: Mapping[str, str] | None = None) -> None:
         """Load plugins from the entry-point group, honouring allow/block lists.
@@ -148,35 +160,48 @@ class PluginHost:
                 continue
             if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
                 continue
+            dist = getattr(ep, "dist", None)
+            if dist is not None:
+                self.dist_info[ep.name] = (dist.metadata["Name"], dist.version)
             try:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
-            except Exception as err:  # noqa: BLE001 - a broken plugin must not break the host
-                self._report(f"plugin {ep.name!r} could not be loaded and is skipped: {type(err).__name__}: {err}")
+            except PLUGIN_FAILURES as err:  # a broken plugin must not break the host
+                self._skip(ep.name, f"could not be loaded: {type(err).__name__}: {err}")
                 continue
             try:
                 self.pm.check_pending()
             except pluggy.PluginValidationError as err:
                 self.pm.unregister(name=ep.name)
-                self._report(f"plugin {ep.name!r} implements unknown hooks and is skipped: {err}")
-                continue
-            dist = getattr(ep, "dist", None)
-            if dist is not None:
-                self.dist_info[ep.name] = (dist.metadata["Name"], dist.version)
+                self._skip(ep.name, f"implements unknown hooks: {err}")
 
-    def _report(self, message: str) -> None:
+    def _skip(self, name: str, why: str) -> None:
+        self.skipped[name] = why
+        message = f"plugin {name!r} is skipped: {why}"
         self.load_problems.append(message)
         warn(message)
 
     def plugins(self) -> list[PluginInfo]:
+        """Every plugin the host knows of, loaded or skipped (with why); blocked ones are absent."""
         out = []
-        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda p: p[0]):
+        for name, plugin in self.pm.list_name_plugin():
             if plugin is None:  # blocked
                 continue
             dist, version = self.dist_info.get(name, (None, None))
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
-            out.append(PluginInfo(name=name, version=version, distribution=dist, hooks=hooks))
-        return out
+            problem = self.skipped.get(name)
+            out.append(PluginInfo(name=name, version=version, distribution=dist, hooks=hooks,
+                                  status="skipped" if problem else "loaded", problem=problem))
+        for name, problem in self.skipped.items():
+            if not self.pm.has_plugin(name):  # failed before it was registered
+                dist, version = self.dist_info.get(name, (None, None))
+                out.append(PluginInfo(name=name, version=version, distribution=dist, hooks=[], status="skipped",
+                                      problem=problem))
+        return sorted(out, key=lambda p: p.name)
+
+    def loaded_versions(self) -> dict[str, str | None]:
+        """``plugin -> version`` of the plugins that contributed to this run (recorded in results)."""
+        return {p.name: p.version for p in self.plugins() if p.status == "loaded"}
 
     def build_registry(self, *, quiet: bool = False) -> Registry:
         """Call every register_* hook; a plugin whose hook raises contributes nothing."""
@@ -199,11 +224,12 @@ class PluginHost:
 
                 try:
                     impl.function(register=register)
-                except Exception as err:  # noqa: BLE001
+                except PLUGIN_FAILURES as err:
                     broken[plugin_name] = f"{HOOK_FOR_KIND[kind]} raised {type(err).__name__}: {err}"
         registry = Registry()
         for plugin_name, regs in staged.items():
             if plugin_name in broken:
+                self.skipped[plugin_name] = broken[plugin_name]
                 registry.problems.append(f"plugin {plugin_name!r} is skipped: {broken[plugin_name]}")
                 continue
             for reg in regs:

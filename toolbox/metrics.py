@@ -1,4 +1,4 @@
-"""CA, ASR and retrieval metrics as torchmetrics ``Metric`` classes.
+"""The standard CA, ASR and retrieval metrics (torchmetrics ``Metric`` classes), host built-ins.
 
 Each class states what it counts; the host records the class path of every metric it
 used in the result's ``metric_config``.
