@@ -64,9 +64,15 @@ class FileImages(Dataset):
         return load_image(self.paths[i], self.size), self.targets[i]
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV; a row missing one of ``columns`` (or with it empty) is an error naming the row."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        empty = [c for c in columns if not (row.get(c) or "").strip()]
+        if empty:
+            raise ValueError(f"{path}: line {n} has no {' and no '.join(empty)}")
+    return rows
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -89,9 +95,10 @@ def _classnames_file(path: Path) -> list[str]:
 class ImageFolderAdapter(DatasetAdapter):
     """``root/<class>/<image>``; classes in sorted folder order (torchvision's convention).
 
-    Class names: ``classes.txt`` in the root (one per line, in sorted-folder order) if present,
-    else ``classnames`` if given (the i-th sorted folder is the i-th name: ImageNet wnid
-    folders, say), else the folder names themselves.
+    Class names: ``classes.txt`` in the root (one per line, in sorted-folder order) if present;
+    else, given a vocabulary ``classnames``, folders named by class are labelled by name, and
+    folders none of which is a class name (ImageNet's wnids) by position when the counts agree;
+    else the folder names themselves. Anything else is refused rather than guessed.
     """
 
     name = "imagefolder"
@@ -107,22 +114,35 @@ class ImageFolderAdapter(DatasetAdapter):
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         root = Path(source)
         folders = sorted(d for d in root.iterdir() if d.is_dir())
-        if (root / "classes.txt").exists():
-            names = _classnames_file(root / "classes.txt")
-        elif classnames is not None:
-            names = list(classnames)
-        else:
-            names = [d.name for d in folders]
-        if len(names) != len(folders):
-            raise ValueError(f"{root} has {len(folders)} class folders but {len(names)} class names")
+        names, labels = self._labels(root, [d.name for d in folders], classnames)
         paths, targets = [], []
-        for label, folder in enumerate(folders):
+        for folder in folders:
             for p in sorted(folder.iterdir()):
                 if is_image_file(p):
                     paths.append(p)
-                    targets.append(label)
+                    targets.append(labels[folder.name])
         ds = FileImages(paths, targets, image_size, skip_unreadable=skip_unreadable)
         return ImageData(ds, "labelled", str(root), classnames=names, skipped=ds.skipped)
+
+    @staticmethod
+    def _labels(root: Path, folders: list[str], classnames: Sequence[str] | None) -> tuple[list[str], dict[str, int]]:
+        """The class names, and ``folder -> label`` (an index into them)."""
+        by_position = {f: i for i, f in enumerate(folders)}
+        if (root / "classes.txt").exists():
+            names = _classnames_file(root / "classes.txt")
+            if len(names) != len(folders):
+                raise ValueError(f"{root} has {len(folders)} class folders but classes.txt names {len(names)}")
+            return names, by_position
+        if classnames is None:
+            return list(folders), by_position
+        vocab = list(classnames)
+        if all(f in vocab for f in folders):  # folders named by class: label by name, never by position
+            return vocab, {f: vocab.index(f) for f in folders}
+        if len(folders) == len(vocab) and not any(f in vocab for f in folders):
+            return vocab, by_position  # ImageNet's wnid folders (n01440764, ...): the i-th is the i-th name
+        unknown = [f for f in folders if f not in vocab]
+        raise ValueError(f"{root}: class folders {unknown[:5]} are not in the class vocabulary ({len(vocab)} "
+                         f"classes) and there is no classes.txt saying what they are")
 
 
 class LabelsCsvAdapter(DatasetAdapter):
@@ -140,14 +160,17 @@ class LabelsCsvAdapter(DatasetAdapter):
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         path = Path(source)
-        rows = _read_csv(path)
+        rows = _read_csv(path, ("image", "label"))
         names_file = path.parent / "classes.txt"
         names = _classnames_file(names_file) if names_file.exists() else (list(classnames) if classnames else None)
         if names is None:
             raise ValueError(f"{path}: no classes.txt beside it and no --classes given")
-        targets = [int(r["label"]) for r in rows]
-        if targets and max(targets) >= len(names):
-            raise ValueError(f"{path}: label {max(targets)} but only {len(names)} class names")
+        targets = []
+        for n, r in enumerate(rows, start=2):
+            label = r["label"].strip()
+            if not label.isdigit() or int(label) >= len(names):
+                raise ValueError(f"{path}: line {n}: label {label!r} is not a class index in 0..{len(names) - 1}")
+            targets.append(int(label))
         ds = FileImages([_resolve(path.parent, r["image"]) for r in rows], targets, image_size,
                         skip_unreadable=skip_unreadable)
         return ImageData(ds, "labelled", str(path), classnames=names, skipped=ds.skipped)
@@ -167,7 +190,7 @@ class CaptionCsvAdapter(DatasetAdapter):
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         path = Path(source)
-        rows = _read_csv(path)
+        rows = _read_csv(path, ("image", "caption"))
         paths = [_resolve(path.parent, r["image"]) for r in rows]
         ds = FileImages(paths, list(range(len(rows))), image_size, skip_unreadable=skip_unreadable)
         kept = set(ds.targets)
@@ -199,9 +222,11 @@ class CocoCaptionsAdapter(DatasetAdapter):
         path = Path(source)
         doc = json.loads(path.read_text(encoding="utf-8"))
         by_id: dict[int, list[str]] = {}
-        for ann in doc["annotations"]:
+        for n, ann in enumerate(_records(doc, "annotations", ("image_id", "caption"), path)):
+            if not isinstance(ann["caption"], str) or not ann["caption"].strip():
+                raise ValueError(f"{path}: annotations[{n}] has no caption text")
             by_id.setdefault(ann["image_id"], []).append(ann["caption"])
-        images = [im for im in doc["images"] if im["id"] in by_id]
+        images = [im for im in _records(doc, "images", ("id", "file_name"), path) if im["id"] in by_id]
 
         def where(name: str) -> Path:
             direct = _resolve(path.parent, name)
@@ -213,6 +238,17 @@ class CocoCaptionsAdapter(DatasetAdapter):
         captions = [by_id[im["id"]] for im in images if str(where(im["file_name"])) in kept_paths]
         ds.targets = list(range(len(ds.paths)))
         return ImageData(ds, "captioned", str(path), captions=captions, skipped=ds.skipped)
+
+
+def _records(doc: object, key: str, fields: tuple[str, ...], path: Path) -> list[dict]:
+    """``doc[key]`` as a list of objects that each have ``fields`` (COCO JSON from a stranger)."""
+    items = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: {key!r} is not a list")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or any(f not in item for f in fields):
+            raise ValueError(f"{path}: {key}[{n}] lacks one of {', '.join(fields)}")
+    return items
 
 
 class ImageDirAdapter(DatasetAdapter):

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox import atomic
-from toolbox.api import LoadedModel, ModelAdapter
+from toolbox.api import LoadedModel, ModelAdapter, state_dict_sha256
 from toolbox.compat import import_open_clip
-from toolbox.api import state_dict_sha256
 
 from .clip_model import fit_to_input
+from .limits import check_budget, hf_params
 
 SIDE_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
               "special_tokens_map.json")
@@ -82,9 +82,10 @@ class HFClipModel(nn.Module):
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 class HFClipAdapter(ModelAdapter):
@@ -97,15 +98,16 @@ class HFClipAdapter(ModelAdapter):
         return path.is_dir() and _read_json(path / "config.json").get("model_type") == "clip"
 
     def load(self, source: str, device: torch.device) -> LoadedModel:
+        path = Path(source)
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(f"{path}: only safetensors weights are read for Hugging Face models "
+                             f"(a pickled pytorch_model.bin is not unpickled); convert it first")
+        check_budget(hf_params(_read_json(path / "config.json"), str(path)), str(path))  # before allocating
         try:
             from transformers import CLIPModel
         except ImportError as err:
             raise RuntimeError("Hugging Face CLIP directories need transformers: pip install "
                                "'invertune-toolbox[hf]'") from err
-        path = Path(source)
-        if not any(path.glob("*.safetensors")):
-            raise ValueError(f"{path}: only safetensors weights are read for Hugging Face models "
-                             f"(a pickled pytorch_model.bin is not unpickled); convert it first")
         hf = CLIPModel.from_pretrained(str(path), use_safetensors=True).float().eval()
         pre = _read_json(path / "preprocessor_config.json")
         model = HFClipModel(hf, pre.get("image_mean"), pre.get("image_std")).to(device)

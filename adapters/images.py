@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,14 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 def load_image(path: Path, size: int) -> torch.Tensor:
     """A [3, size, size] float tensor in [0,1]; :class:`UnreadableImageError` names the file."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = resize_center_crop(to_rgb(img), size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        with warnings.catch_warnings():
+            # Past Image.MAX_IMAGE_PIXELS (89 M) PIL only warns; a 48 KB PNG can ask for 400 M pixels
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                rgb = resize_center_crop(to_rgb(img), size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise UnreadableImageError(Path(path), f"{type(err).__name__}: {err}") from err
     arr = np.asarray(rgb, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)

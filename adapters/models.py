@@ -28,11 +28,11 @@ import safetensors.torch
 import torch
 
 from toolbox import atomic
-from toolbox.api import LoadedModel, ModelAdapter
+from toolbox.api import LoadedModel, ModelAdapter, state_dict_sha256
 from toolbox.compat import import_open_clip
-from toolbox.api import state_dict_sha256
 
 from .clip_model import OpenClipModel, build_clip, describe_arch
+from .limits import check_budget, openclip_params
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 OPENCLIP_CONFIG = "open_clip_config.json"
@@ -106,7 +106,6 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 ALLOWED_CFG = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}
 ALLOWED_VISION = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
 ALLOWED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
-MAX_WIDTH = 8192
 
 
 def checked_model_cfg(cfg: Any, source: str) -> dict[str, Any]:
@@ -120,8 +119,10 @@ def checked_model_cfg(cfg: Any, source: str) -> dict[str, Any]:
         sub = cfg.get(part, {})
         if not isinstance(sub, dict) or set(sub) - allowed:
             raise bad(f"{part} has unexpected keys {sorted(set(sub) - allowed) if isinstance(sub, dict) else sub!r}")
-        if int(sub.get("width", 0)) > MAX_WIDTH:
-            raise bad(f"{part}.width {sub['width']} is implausibly large")
+    try:
+        check_budget(openclip_params(cfg, "model_cfg"), "model_cfg")
+    except ValueError as err:
+        raise bad(str(err)) from None
     return cfg
 
 
@@ -196,6 +197,8 @@ class OpenClipDirAdapter(ModelAdapter):
     def load(self, source: str, device: torch.device) -> LoadedModel:
         path = Path(source)
         doc = json.loads((path / OPENCLIP_CONFIG).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path / OPENCLIP_CONFIG} is not a JSON object")
         cfg = checked_model_cfg(doc.get("model_cfg", doc), source)
         open_clip = import_open_clip()
         clip = open_clip.create_model(f"local-dir:{path}", device="cpu", weights_only=True)

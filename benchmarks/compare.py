@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from toolbox.compare import CompareRequest, compare, markdown_table
+from toolbox.runner import Sources
 
 ATTACKS = "badnet,blended,sig,wanet,badencoder,badclip"
 DEFENSES = "none,ft,cleanclip,cleanerclip,par,invertune"
@@ -38,7 +39,7 @@ def main() -> int:
               if args.baseline_data_ratio is not None else {})
     if args.reuse_check:
         req = CompareRequest(attacks=["badnet", "blended"], defenses=["none", "ft", "invertune"],
-                             out=args.out / "reuse", preset=args.preset,
+                             out=args.out / "reuse", sources=Sources(preset=args.preset),
                              defense_params={k: v for k, v in params.items() if k == "ft"})
         for call in (1, 2):
             start = time.perf_counter()
@@ -47,7 +48,7 @@ def main() -> int:
                   f"{time.perf_counter() - start:.1f} s")
         return 0
     defenses = args.defenses.split(",")
-    req = CompareRequest(attacks=args.attacks.split(","), defenses=defenses, out=args.out, preset=args.preset,
+    req = CompareRequest(attacks=args.attacks.split(","), defenses=defenses, out=args.out, sources=Sources(preset=args.preset),
                          defense_params={k: v for k, v in params.items() if k in defenses})
     start = time.perf_counter()
     cells = compare(req)

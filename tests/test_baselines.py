@@ -12,7 +12,7 @@ import torch
 from invertune_plugin.baselines.augment import (ImageAugConfig, attribute_swap, augment_images, eda,
                                                 noise_and_erase, sub_caption)
 from invertune_plugin.baselines.defenses import thresholded
-from toolbox.runner import RunRequest, run
+from toolbox.runner import RunRequest, Sources, run
 
 
 def test_image_augmentations_are_seeded_and_stay_in_range():
@@ -46,7 +46,7 @@ def test_par_push_is_cut_off_beyond_the_threshold():
 @pytest.mark.parametrize("name", ["ft", "cleanclip", "cleanerclip", "par"])
 def test_baseline_fine_tunes_a_copy_on_the_requested_budget(host, smoke_world, tmp_path, name):
     params = {"reference_images": "64", "data_ratio": "2", "batch_size": "32"}
-    path = run(RunRequest(defense=name, preset="smoke", out=tmp_path, defense_params=params))
+    path = run(RunRequest(defense=name, sources=Sources(preset="smoke"), out=tmp_path / "o", defense_params=params))
     doc = json.loads(path.read_text())
     info = doc["defense_info"]
     assert info["pairs_requested"] == 128 and info["pairs_used"] == 128 and info["data_ratio"] == 2.0

@@ -10,6 +10,7 @@ import pytest
 from toolbox import compare as compare_mod
 from toolbox.cli import main as toolbox
 from toolbox.compare import CompareRequest, compare, der, markdown_table, split_params
+from toolbox.runner import Sources
 from toolbox.leaderboard import LeaderboardError, leaderboard, submit
 
 TINY_FT = {"reference_images": "64", "data_ratio": "1", "batch_size": "32"}
@@ -37,7 +38,7 @@ def cells_cache(tmp_path, monkeypatch):
 
 
 def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cells_cache):
-    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", preset="smoke",
+    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", sources=Sources(preset="smoke"),
                          defense_params={"ft": dict(TINY_FT)})
     first = compare(req)
     assert [c.from_cache for c in first] == [False, False]
@@ -63,7 +64,7 @@ def test_compare_rejects_unknown_names_before_running(host, cells_cache, tmp_pat
 
 
 def test_leaderboard_groups_metric_configs_and_submit_validates(host, smoke_world, tmp_path, cells_cache, capsys):
-    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", preset="smoke",
+    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", sources=Sources(preset="smoke"),
                          defense_params={"ft": dict(TINY_FT)})
     cells = compare(req)
     board = tmp_path / "board"

@@ -53,7 +53,8 @@ def test_throwaway_defense_runs_end_to_end(register_plugin, smoke_world, tmp_pat
     assert "plugins" in doc["versions"] and "shift-plugin" in doc["versions"]["plugins"]
     row = next(csv.DictReader((out / "result.csv").open()))
     assert float(row["test_acc"]) == pytest.approx(doc["metrics"]["after"]["ca"])
-    assert "CA  before" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "CA (top-1)" in out_text and "artifacts/note.txt" in out_text
 
 
 def test_none_defense_reports_ca_and_retrieval(host, smoke_world, tmp_path):
@@ -115,7 +116,7 @@ def test_unlabelled_eval_data_is_refused(host, smoke_world, tmp_path, capsys):
     out = tmp_path / "x"
     argv = ["run", "--defense", "none", "--preset", "smoke", "--out", str(out),
             "--eval-data", str(smoke_world.world.defender_dir)]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "must be labelled" in capsys.readouterr().err
 
 

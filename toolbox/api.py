@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,36 @@ def build_config(cls: type, overrides: Mapping[str, str] | None = None) -> Any:
     """
     configure = getattr(cls, "configure", None)
     if callable(configure):
-        return configure(dict(overrides or {}))
-    return apply_overrides(getattr(cls, "Config", NoConfig)(), overrides or {}, getattr(cls, "name", cls.__name__))
+        config = configure(dict(overrides or {}))
+    else:
+        config = apply_overrides(getattr(cls, "Config", NoConfig)(), overrides or {},
+                                 getattr(cls, "name", cls.__name__))
+    check_config(config, getattr(cls, "name", ""))
+    return config
+
+
+def check_config(config: Any, owner: str = "") -> None:
+    """Refuse nonsense that would otherwise run and write a model: a NaN or infinite number
+    anywhere, or a negative value where the default is a count, size, rate or weight (>= 0)."""
+    if not dataclasses.is_dataclass(config):
+        return
+    try:
+        default = type(config)()
+    except TypeError:  # a config with required fields has no default to compare with
+        default = None
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), f"{owner}.{f.name}" if owner else f.name
+        if dataclasses.is_dataclass(value):
+            check_config(value, name)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+        ref = getattr(default, f.name, None)
+        if isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref >= 0 and value < 0:
+            raise ValueError(f"{name} must be >= 0 (its default {ref} is a count, size, rate or weight), "
+                             f"got {value}")
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") -> Any:

@@ -14,6 +14,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, *, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the mode a plain open()/mkdir() would have, so a
+    colleague in the same group can read a result."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
@@ -22,6 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    honour_umask(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -51,6 +64,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    honour_umask(tmp, directory=True)
     try:
         yield tmp
         if path.exists():

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .api import KINDS
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_TERMINATED, InputError
 from .plugins import UnknownNameError, get_host
 
-EXIT_UNKNOWN_NAME = 2
-EXIT_RUN_ERROR = 1
+log = logging.getLogger("toolbox")
+# Loggers of this distribution; the CLI's -v / -q set their level (third-party libraries stay at WARNING).
+OWN_LOGGERS = ("toolbox", "adapters", "invertune_plugin")
 
 
 def _kv(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -33,7 +37,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         doc = catalogue(registry, args.plugin)
         doc["entries"] = [e for e in doc["entries"] if args.kind in (None, e["kind"])]
         print(to_yaml(doc) if args.format == "yaml" else json.dumps(doc, indent=2), end="")
-        return 0
+        return EXIT_OK
     rows = [(r.kind, r.name, r.plugin, r.summary) for r in registry
             if args.kind in (None, r.kind) and args.plugin in (None, r.plugin)]
     headers = ("KIND", "NAME", "PLUGIN", "SUMMARY")
@@ -42,7 +46,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(fmt.format(*headers))
     for row in rows:
         print(fmt.format(*row))
-    return 0
+    return EXIT_OK
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -51,74 +55,79 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     provided: dict[str, list[str]] = {}
     for reg in registry:
         provided.setdefault(reg.plugin, []).append(f"{reg.kind}:{reg.name}")
-    doc = [{"name": p.name, "version": p.version, "distribution": p.distribution, "hooks": p.hooks,
+    doc = [{"name": p.name, "version": p.version, "distribution": p.distribution, "status": p.status,
+            **({"problem": p.problem} if p.problem else {}), "hooks": p.hooks,
             "provides": provided.get(p.name, [])} for p in host.plugins()]
     print(json.dumps(doc, indent=2))
-    return 0
+    return EXIT_OK
+
+
+def sources_from(args: argparse.Namespace) -> Any:
+    from .runner import Sources
+
+    return Sources(model=args.model, model_format=args.model_format, clean_data=args.clean_data,
+                   eval_data=args.eval_data, retrieval_data=args.retrieval_data, train_data=args.train_data,
+                   classes=args.classes, templates=args.templates, seed=args.seed, preset=args.preset,
+                   device=args.device, asr_include_target=args.asr_include_target)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import RunError, RunRequest, run
+    from .runner import RunRequest, run
 
-    req = RunRequest(
-        defense=args.defense, attack=args.attack, model=args.model, model_format=args.model_format,
-        clean_data=args.clean_data, eval_data=args.eval_data, retrieval_data=args.retrieval_data,
-        train_data=args.train_data, classes=args.classes, templates=args.templates, out=args.out,
-        seed=args.seed, preset=args.preset, device=args.device, defense_params=_kv(args.param),
-        attack_params=_kv(args.attack_param), skip_unreadable=args.skip_unreadable,
-        asr_include_target=args.asr_include_target, command=["toolbox", *args.argv])
-    try:
-        path = run(req)
-    except RunError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    except ValueError as err:  # bad --param values
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
-    doc = json.loads(Path(path).read_text())
+    req = RunRequest(defense=args.defense, attack=args.attack, sources=sources_from(args), out=args.out,
+                     defense_params=_kv(args.param), attack_params=_kv(args.attack_param),
+                     skip_unreadable=args.skip_unreadable, command=["toolbox", *args.argv])
+    path = run(req)
+    print(summary(json.loads(Path(path).read_text()), Path(path)))
+    return EXIT_OK
+
+
+def summary(doc: dict[str, Any], path: Path) -> str:
+    """The console's account of a run: verdict, CA / ASR before and after, time, where the files are."""
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
 
     def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
+        return "-" if v is None else f"{100 * v:.2f} %"
 
-    print(f"result: {path}")
-    print(f"CA  before {pct(before['ca'])}  after {pct(after['ca'])}")
-    print(f"ASR before {pct(before['asr'])}  after {pct(after['asr'])}")
-    if doc.get("detection"):
-        print(f"detection: {json.dumps(doc['detection'])[:300]}")
-    return 0
+    lines = [f"result    {path}"]
+    det = doc.get("detection") or {}
+    if det:
+        verdict = det.get("verdict", det.get("backdoored"))
+        target = f", target {det['target']!r}" if det.get("target") else ""
+        lines.append(f"verdict   {verdict}{target}")
+    rows = [("CA (top-1)", "ca"), ("ASR@1", "asr"), ("ASR untriggered", "asr_untriggered")]
+    rows += [(f"ASR@1 {k[4:]}", k) for k in after if k.startswith("asr_") and not k[4:].startswith(("top", "untr"))
+             and "_top" not in k]
+    rows += [(k, k) for k in after if k.startswith("retrieval_")]
+    lines.append(f"{'':<22}{'before':>10}{'after':>10}")
+    lines += [f"{label:<22}{pct(before.get(key)):>10}{pct(after.get(key)):>10}" for label, key in rows
+              if before.get(key) is not None or after.get(key) is not None]
+    stages = {k: v for k, v in doc["timings_s"].items() if "." not in k}
+    lines.append("time      " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+                 + f" (total {sum(stages.values()):.1f} s)")
+    for name, rel in doc["artifacts"].items():
+        lines.append(f"{'files' if name == next(iter(doc['artifacts'])) else '':<10}{name}: {path.parent / rel}")
+    return "\n".join(lines)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareRequest, compare, markdown_table, split_params
-    from .runner import RunError
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not attacks or not defenses:
-        print("toolbox: error: --attacks and --defenses need at least one name each", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
-    try:
-        req = CompareRequest(
-            attacks=attacks, defenses=defenses, out=args.out, preset=args.preset, model=args.model,
-            model_format=args.model_format, clean_data=args.clean_data, eval_data=args.eval_data,
-            retrieval_data=args.retrieval_data, train_data=args.train_data, classes=args.classes,
-            templates=args.templates, seed=args.seed, device=args.device,
-            defense_params=split_params(_kv(args.param), defenses, "defense"),
-            attack_params=split_params(_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
-            asr_include_target=args.asr_include_target, reuse=not args.no_reuse)
-        cells = compare(req)
-    except RunError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    except ValueError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
+        raise InputError("--attacks and --defenses need at least one name each")
+    req = CompareRequest(
+        attacks=attacks, defenses=defenses, out=args.out, sources=sources_from(args),
+        defense_params=split_params(_kv(args.param), defenses, "defense"),
+        attack_params=split_params(_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
+        reuse=not args.no_reuse)
+    cells = compare(req)
     print(markdown_table(cells), end="")
     reused = sum(c.from_cache for c in cells)
     print(f"\n{len(cells)} cells ({reused} reused from cache); tables: {args.out}/compare.md, compare.csv, "
           f"compare.json, compare_scatter.png")
-    return 0
+    return EXIT_OK
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -127,12 +136,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     try:
         text, skipped = leaderboard(args.directory, strict=args.strict)
     except LeaderboardError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
+        raise InputError(str(err)) from err
     for line in skipped:
-        print(f"toolbox: skipped {line}", file=sys.stderr)
+        log.warning("skipped %s", line)
     print(text, end="")
-    return 0
+    return EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -141,10 +149,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         path = submit(args.result, args.out)
     except LeaderboardError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
+        raise InputError(str(err)) from err
     print(f"submission: {path}")
-    return 0
+    return EXIT_OK
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -164,10 +171,32 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                    help="count target-class images in ASR (BadCLIP/PAR convention; default excludes them)")
 
 
+EPILOG = (f"exit codes: {EXIT_OK} ok; {EXIT_BAD_INPUT} bad input or usage (nothing written); {EXIT_RUN_FAILED} the "
+          f"run failed for another reason (nothing written; -v for the traceback); {EXIT_INTERRUPTED} / "
+          f"{EXIT_TERMINATED} interrupted (SIGINT / SIGTERM)")
+
+
+def add_loudness(parser: argparse.ArgumentParser, default: Any) -> None:
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages and tracebacks")
+    loud.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="toolbox", description="Backdoor toolbox for CLIP-style models (InverTune reference implementation).")
+        prog="toolbox", description="Backdoor toolbox for CLIP-style models (InverTune reference implementation).",
+        epilog=EPILOG)
+    add_loudness(parser, argparse.SUPPRESS)
+    parser.set_defaults(verbose=False, quiet=False)
+    common = argparse.ArgumentParser(add_help=False)
+    add_loudness(common, argparse.SUPPRESS)  # -v / -q also after the subcommand
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def sub_add_parser(*a: Any, **kw: Any) -> argparse.ArgumentParser:
+        return add_parser(*a, parents=[common], **kw)
+
+    sub.add_parser = sub_add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("list", help="table of registered defenses, attacks, metrics and adapters",
                        description="Table of everything the loaded plugins register, and which plugin did.")
@@ -225,16 +254,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter())
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirected stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"toolbox: {level}{record.getMessage()}" + (
+            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so staged outputs are cleaned up on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit 2 here, argparse's own convention
     args.argv = argv
+    setup_logging(args.verbose, args.quiet)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         return int(args.func(args))
-    except UnknownNameError as err:
-        print(f"toolbox: error: {err}", file=sys.stderr)
-        return EXIT_UNKNOWN_NAME
+    except (InputError, UnknownNameError, argparse.ArgumentTypeError) as err:
+        log.debug("bad input", exc_info=True)
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        log.error("interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        log.error("terminated; nothing was written")
+        return EXIT_TERMINATED
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback; -v shows it
+        log.debug("the run failed", exc_info=True)
+        log.error("the run failed: %s: %s%s", type(err).__name__, (str(err).splitlines() or [""])[0][:300],
+                  "" if args.verbose else " (rerun with -v for the traceback)")
+        return EXIT_RUN_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

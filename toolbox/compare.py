@@ -16,17 +16,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import atomic
-from .api import build_config, config_values
+from . import atomic, outputs
+from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
+from .errors import InputError
 from .plugins import get_host
-from .runner import RunRequest, memoised_data, run, source_fingerprint
+from .runner import RunRequest, Sources, configure, memoised_data, parse_device, run, source_fingerprint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,20 +37,9 @@ class CompareRequest:
     attacks: list[str]
     defenses: list[str]
     out: Path
-    preset: str = "default"
-    model: str | None = None
-    model_format: str | None = None
-    clean_data: str | None = None
-    eval_data: str | None = None
-    retrieval_data: str | None = None
-    train_data: str | None = None
-    classes: str | None = None
-    templates: str | None = None
-    seed: int = 0
-    device: str = "cpu"
+    sources: Sources = field(default_factory=Sources)
     defense_params: dict[str, dict[str, str]] = field(default_factory=dict)  # defense -> {key: value}
     attack_params: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> {key: value}
-    asr_include_target: bool = False
     reuse: bool = True
 
 
@@ -84,20 +76,20 @@ def split_params(pairs: Mapping[str, str], names: list[str], what: str) -> dict[
     for key, value in pairs.items():
         owner, _, rest = key.partition(".")
         if not rest or owner not in names:
-            raise ValueError(f"{what} parameter {key!r} must be NAME.KEY=VALUE with NAME one of {', '.join(names)}")
+            raise InputError(f"{what} parameter {key!r} must be NAME.KEY=VALUE with NAME one of {', '.join(names)}")
         out.setdefault(owner, {})[rest] = value
     return out
 
 
 def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[str, Any],
              defense_cfg: dict[str, Any], versions: dict[str, Any]) -> str:
-    model_source = req.model or f"embedded:{req.preset}"
+    src = req.sources
     sources = {k: (None if v is None else source_fingerprint(v)) for k, v in {
-        "model": req.model, "clean_data": req.clean_data, "eval_data": req.eval_data,
-        "retrieval_data": req.retrieval_data, "train_data": req.train_data, "classes": req.classes,
-        "templates": req.templates}.items()}
-    return config_hash("compare-cell", model_source, req.model_format, sources, attack, attack_cfg, defense,
-                       defense_cfg, req.seed, req.device, req.asr_include_target, versions)
+        "model": src.model, "clean_data": src.clean_data, "eval_data": src.eval_data,
+        "retrieval_data": src.retrieval_data, "train_data": src.train_data, "classes": src.classes,
+        "templates": src.templates}.items()}
+    return config_hash("compare-cell", src.model_source, src.model_format, sources, attack, attack_cfg, defense,
+                       defense_cfg, src.seed, src.device, src.asr_include_target, versions)
 
 
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
@@ -108,13 +100,9 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
         cached = req.reuse and path.is_file()
         if not cached:
             run(RunRequest(
-                defense=defense, attack=None if attack == "none" else attack, model=req.model,
-                model_format=req.model_format, clean_data=req.clean_data, eval_data=req.eval_data,
-                retrieval_data=req.retrieval_data, train_data=req.train_data, classes=req.classes,
-                templates=req.templates, out=entry, seed=req.seed, preset=req.preset, device=req.device,
+                defense=defense, attack=None if attack == "none" else attack, sources=req.sources, out=entry,
                 defense_params=dict(req.defense_params.get(defense, {})),
                 attack_params=dict(req.attack_params.get(attack, {})),
-                asr_include_target=req.asr_include_target,
                 command=["toolbox", "compare", "(cell)", "--attack", attack, "--defense", defense]))
         doc = json.loads(path.read_text())
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
@@ -129,26 +117,27 @@ def compare(req: CompareRequest) -> list[Cell]:
     for name in req.attacks:
         if name != "none":
             registry.get("attack", name)
-    versions = {p.name: p.version for p in host.plugins()}
+    versions = host.loaded_versions()
     configs: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
     for attack in req.attacks:  # every parameter is checked before the first cell runs
         acfg = {} if attack == "none" else config_values(
-            build_config(registry.get("attack", attack).obj, dict(req.attack_params.get(attack, {}))))
+            configure(registry.get("attack", attack).obj, dict(req.attack_params.get(attack, {}))))
         for defense in req.defenses:
-            dcfg = config_values(build_config(registry.get("defense", defense).obj,
-                                              dict(req.defense_params.get(defense, {}))))
+            dcfg = config_values(configure(registry.get("defense", defense).obj,
+                                           dict(req.defense_params.get(defense, {}))))
             configs[(attack, defense)] = (acfg, dcfg)
+    parse_device(req.sources.device)
+    outputs.check_out_dir(req.out, req.sources.input_paths())
     cells: list[Cell] = []
     total = len(configs)
     with memoised_data():
         for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
             key = cell_key(req, attack, defense, acfg, dcfg, versions)
-            print(f"compare: cell {i}/{total}: attack={attack} defense={defense} (key {key})", file=sys.stderr,
-                  flush=True)
+            log.info("compare: cell %d/%d: attack=%s defense=%s (key %s)", i, total, attack, defense, key)
             cell = run_cell(req, attack, defense, key)
-            print(f"compare: cell {i}/{total} {'reused from cache' if cell.from_cache else 'done'} in "
-                  f"{cell.seconds:.0f} s: CA {pct(cell.after.get('ca'))} ASR {pct(cell.after.get('asr'))}",
-                  file=sys.stderr, flush=True)
+            log.info("compare: cell %d/%d %s in %.0f s: CA %s ASR %s", i, total,
+                     "reused from cache" if cell.from_cache else "done", cell.seconds, pct(cell.after.get("ca")),
+                     pct(cell.after.get("asr")))
             cells.append(cell)
     write_outputs(req, cells)
     return cells
@@ -217,7 +206,7 @@ def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
     rows = [cell_row(c) for c in cells]
     table = markdown_table(cells)
     metric_note = ("CA = zero-shot top-1 accuracy (%), ASR = ASR@1 with the real trigger (%), target-class images "
-                   f"{'included' if req.asr_include_target else 'excluded'}; best of the defenses in bold; "
+                   f"{'included' if req.sources.asr_include_target else 'excluded'}; best of the defenses in bold; "
                    "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks.\n")
     atomic.write_text(out / "compare.md", table + "\n" + metric_note)
     buf = io.StringIO()
@@ -226,8 +215,9 @@ def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
     writer.writerows(rows)
     atomic.write_text(out / "compare.csv", buf.getvalue())
     atomic.write_json(out / "compare.json", {
-        "schema": "toolbox.compare/1", "seed": req.seed, "preset": req.preset, "model": req.model,
-        "attacks": req.attacks, "defenses": req.defenses, "asr_include_target": req.asr_include_target,
+        "schema": "toolbox.compare/1", "seed": req.sources.seed, "preset": req.sources.preset,
+        "model": req.sources.model, "attacks": req.attacks, "defenses": req.defenses,
+        "asr_include_target": req.sources.asr_include_target,
         "defense_params": req.defense_params, "attack_params": req.attack_params, "cells": rows,
         "metric_config": cells[0].doc["metric_config"] if cells else None})
     scatter_plot(rows, out / "compare_scatter.png")

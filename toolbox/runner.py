@@ -1,13 +1,15 @@
-"""Orchestration of one ``toolbox run``: resolve plugins and sources, attack, defend, measure, write.
+"""Orchestration of one ``toolbox run``: validate, load, attack, defend, measure, write.
 
 The runner is the only place that knows the order of stages; plugins see only the
-contexts in :mod:`toolbox.api`.
+contexts in :mod:`toolbox.api`. Everything a run is given is validated before anything is
+written, and what it writes goes through :class:`toolbox.outputs.Staging`: a failed run
+leaves ``--out`` as it was.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -17,23 +19,22 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import results
+from . import outputs, results
 from .api import (AttackContext, ClipModel, DefenseContext, ImageData, LoadedModel, build_config,
                   config_values)
+from .errors import InputError
 from .evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
 from .plugins import Registry, UnknownNameError, get_host
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 
 
-class RunError(Exception):
-    """A user-facing problem (bad input, missing data); the CLI prints it and exits 1."""
-
-
 @dataclass
-class RunRequest:
-    defense: str
-    attack: str | None = None
+class Sources:
+    """Where a run's model and data come from and how it measures; shared by run and compare."""
+
     model: str | None = None
     model_format: str | None = None
     clean_data: str | None = None
@@ -42,14 +43,35 @@ class RunRequest:
     train_data: str | None = None
     classes: str | None = None
     templates: str | None = None
-    out: Path | None = None
     seed: int = 0
     preset: str = "default"
     device: str = "cpu"
+    asr_include_target: bool = False
+
+    DATA_KEYS = ("clean_data", "eval_data", "retrieval_data", "train_data")
+
+    @property
+    def model_source(self) -> str:
+        return self.model or f"{EMBEDDED_PREFIX}{self.preset}"
+
+    def input_paths(self) -> list[Path]:
+        """The local files and folders this run reads (``--out`` may not overlap them)."""
+        named = [getattr(self, k) for k in (*self.DATA_KEYS, "classes", "templates")]
+        if self.model:
+            for part in self.model.split("::"):  # VISUAL::BASE
+                named += [part, part.split("@", 1)[-1]]  # ARCH@WEIGHTS
+        return [Path(p) for p in dict.fromkeys(named) if p and Path(p).exists()]
+
+
+@dataclass
+class RunRequest:
+    defense: str
+    attack: str | None = None
+    sources: Sources = field(default_factory=Sources)
+    out: Path | None = None
     defense_params: dict[str, str] = field(default_factory=dict)
     attack_params: dict[str, str] = field(default_factory=dict)
     skip_unreadable: bool = False
-    asr_include_target: bool = False
     command: list[str] = field(default_factory=list)
 
 
@@ -65,7 +87,7 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        print(f"toolbox: {name} ...", file=sys.stderr, flush=True)
+        log.info("%s ...", name)
         start = time.perf_counter()
         try:
             yield
@@ -78,20 +100,74 @@ def resolve_names(registry: Registry, req: RunRequest) -> None:
     registry.get("defense", req.defense)
     if req.attack:
         registry.get("attack", req.attack)
-    if req.model_format:
-        registry.get("model_adapter", req.model_format)
+    if req.sources.model_format:
+        registry.get("model_adapter", req.sources.model_format)
+
+
+def configure(cls: type, overrides: dict[str, str]) -> Any:
+    """``cls``'s config with ``-p KEY=VALUE`` overrides; a bad key or value is an :class:`InputError`."""
+    try:
+        return build_config(cls, overrides)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{getattr(cls, 'name', cls.__name__)}: {err}") from err
+
+
+def parse_device(text: str) -> torch.device:
+    """A torch device that exists on this machine, or a one-line :class:`InputError`."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        why = "is not supported by this toolbox" if device.type not in available else "is not available here"
+        raise InputError(f"--device {text!r}: {device.type} {why} (torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (torch's size-mismatch messages run to pages)."""
+    message = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+@contextmanager
+def hostile(what: str) -> Iterator[None]:
+    """Any failure while an adapter reads a source is bad input, reported in one line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a suspect file can make any library raise anything
+        log.debug("while reading %s", what, exc_info=True)
+        raise InputError(f"cannot read {what}: {one_line(err)}") from err
 
 
 def load_model(registry: Registry, source: str, fmt: str | None, device: torch.device) -> tuple[Any, LoadedModel]:
-    if fmt:
-        adapter = registry.get("model_adapter", fmt).obj()
-    else:
-        adapters = (r.obj() for r in registry.entries["model_adapter"].values())
-        adapter = next((a for a in adapters if a.detect(source)), None)
-        if adapter is None:
-            known = ", ".join(registry.names("model_adapter"))
-            raise RunError(f"no model adapter recognises {source!r}; pass --model-format (one of: {known})")
-    return adapter, adapter.load(source, device)
+    with hostile(f"model {source!r}"):
+        if fmt:
+            adapter = registry.get("model_adapter", fmt).obj()
+        else:
+            adapters = (r.obj() for r in registry.entries["model_adapter"].values())
+            adapter = next((a for a in adapters if a.detect(source)), None)
+            if adapter is None:
+                known = ", ".join(registry.names("model_adapter"))
+                raise InputError(f"no model adapter recognises {source!r}; pass --model-format (one of: {known})")
+        loaded = adapter.load(source, device)
+    check_finite(loaded)
+    return adapter, loaded
+
+
+def check_finite(loaded: LoadedModel) -> None:
+    """NaN or infinite weights make every number of the run meaningless: refuse them."""
+    bad = [name for name, t in loaded.model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InputError(f"model {loaded.source!r} has non-finite (NaN or infinite) weights in {len(bad)} "
+                         f"tensor(s), e.g. {', '.join(bad[:3])}")
 
 
 _DATA_MEMO: dict[tuple, ImageData] | None = None
@@ -122,20 +198,49 @@ def load_data(registry: Registry, source: str, image_size: int, classnames: list
 
 def _load_data(registry: Registry, source: str, image_size: int, classnames: list[str] | None,
                skip_unreadable: bool) -> ImageData:
-    for reg in registry.entries["dataset_adapter"].values():
-        adapter = reg.obj()
-        if adapter.detect(source):
-            return adapter.load(source, image_size, classnames=classnames, skip_unreadable=skip_unreadable)
-    known = ", ".join(registry.names("dataset_adapter"))
-    raise RunError(f"no dataset adapter recognises {source!r} (registered: {known})")
+    with hostile(f"data {source!r}"):
+        adapters = (r.obj() for r in registry.entries["dataset_adapter"].values())
+        adapter = next((a for a in adapters if a.detect(source)), None)
+        if adapter is None:
+            known = ", ".join(registry.names("dataset_adapter"))
+            raise InputError(f"no dataset adapter recognises {source!r} (registered: {known})")
+        data = adapter.load(source, image_size, classnames=classnames, skip_unreadable=skip_unreadable)
+    if len(data.dataset) == 0:
+        skipped = f" ({len(data.skipped)} skipped as unreadable)" if data.skipped else ""
+        raise InputError(f"data {source!r} holds no usable images{skipped}")
+    return data
 
 
-def read_lines(path: str) -> list[str]:
+def read_lines(path: str, what: str) -> list[str]:
+    """Non-empty, non-comment lines of a small text file (class names, templates)."""
     p = Path(path)
     if not p.is_file():
-        raise RunError(f"file not found: {path}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
+        raise InputError(f"{what} file not found: {path}")
+    with hostile(f"{what} file {path!r}"):
+        text = p.read_text(encoding="utf-8")
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise InputError(f"{what} file {path!r} is empty")
+    return lines
+
+
+def check_classnames(names: list[str], source: str) -> list[str]:
+    """Two classes with one name would share one text embedding and split its images: refuse."""
+    seen: set[str] = set()
+    dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise InputError(f"class names from {source} are not unique: {', '.join(map(repr, dupes[:5]))}")
+    return names
+
+
+def read_templates(path: str) -> list[str]:
+    templates = read_lines(path, "templates")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise InputError(f"templates file {path!r}: each line needs exactly one {{}} for the class name, "
+                         f"e.g. 'a photo of a {{}}.'; not {bad[0]!r}")
+    return templates
 
 
 def default_templates() -> list[str]:
@@ -151,23 +256,7 @@ def default_classnames() -> list[str]:
 
 
 def default_out_dir(req: RunRequest) -> Path:
-    return Path("results") / f"{req.attack or 'clean'}-{req.defense}-seed{req.seed}"
-
-
-RUN_OUTPUTS = ("result.json", "result.csv", "artifacts", "model")
-
-
-def clear_outputs(out_dir: Path) -> None:
-    """Remove what an earlier run wrote here, so nothing stale sits beside this run's result."""
-    import shutil
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_OUTPUTS:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    return Path("results") / f"{req.attack or 'clean'}-{req.defense}-seed{req.sources.seed}"
 
 
 def source_fingerprint(source: str) -> dict[str, Any]:
@@ -215,63 +304,88 @@ def run(req: RunRequest) -> Path:
     """Run one (attack, defense) cell; return the path of the written result.json."""
     host = get_host()
     registry = host.build_registry()
+    src = req.sources
     resolve_names(registry, req)
     dreg = registry.get("defense", req.defense)
-    defense = dreg.obj(build_config(dreg.obj, req.defense_params))  # bad parameters fail before any loading
+    defense = dreg.obj(configure(dreg.obj, req.defense_params))  # bad parameters fail before any loading
     areg = registry.get("attack", req.attack) if req.attack else None
-    attack = areg.obj(build_config(areg.obj, req.attack_params)) if areg else None
-    seed_everything(req.seed)
-    device = torch.device(req.device)
+    attack = areg.obj(configure(areg.obj, req.attack_params)) if areg else None
+    device = parse_device(src.device)
     out_dir = Path(req.out) if req.out else default_out_dir(req)
-    clear_outputs(out_dir)
+    outputs.check_out_dir(out_dir, src.input_paths())
+    seed_everything(src.seed)
     timer = StageTimer()
 
-    source = req.model or f"{EMBEDDED_PREFIX}{req.preset}"
     with timer.stage("load_model"):
-        adapter, loaded = load_model(registry, source, req.model_format, device)
+        adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
     model: ClipModel = loaded.model
-    defaults = loaded.data_defaults
-
     with timer.stage("load_data"):
-        classes_src = req.classes or defaults.get("classes")
-        classnames = read_lines(classes_src) if classes_src else default_classnames()
-        templates_src = req.templates or defaults.get("templates")
-        templates = read_lines(templates_src) if templates_src else default_templates()
-        data: dict[str, ImageData | None] = {}
-        # The image-caption training split is large: read it only when someone will use it.
-        wants_train = bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False))
-        for key in ("clean_data", "eval_data", "retrieval_data", "train_data"):
-            if key == "train_data" and not wants_train:
-                data[key] = None
-                continue
-            src = getattr(req, key) or defaults.get(key)
-            data[key] = (load_data(registry, src, model.image_size, classnames, req.skip_unreadable)
-                         if src else None)
-        if data["eval_data"] is not None and data["eval_data"].classnames:
-            classnames = list(data["eval_data"].classnames)
+        classnames, templates, data = load_inputs(registry, req, loaded, dreg)
+
+    with outputs.Staging(out_dir) as staging:
+        assert staging.path is not None
+        doc = attack_defend_measure(req, registry, host, staging.path, model, adapter, loaded, dreg, defense,
+                                    areg, attack, classnames, templates, data, device, timer)
+        results.write_result(staging.path, doc)
+        return staging.commit()
+
+
+def load_inputs(registry: Registry, req: RunRequest, loaded: LoadedModel,
+                dreg: Any) -> tuple[list[str], list[str], dict[str, ImageData | None]]:
+    """The vocabulary, templates and datasets of a run, checked against each other."""
+    src, defaults = req.sources, loaded.data_defaults
+    classes_src = src.classes or defaults.get("classes")
+    classnames = (check_classnames(read_lines(classes_src, "class names"), classes_src) if classes_src
+                  else default_classnames())
+    templates_src = src.templates or defaults.get("templates")
+    templates = read_templates(templates_src) if templates_src else default_templates()
+    data: dict[str, ImageData | None] = {}
+    # The image-caption training split is large: read it only when someone will use it.
+    wants_train = bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False))
+    for key in Sources.DATA_KEYS:
+        where = getattr(src, key) or defaults.get(key)
+        data[key] = (load_data(registry, where, loaded.model.image_size, classnames, req.skip_unreadable)
+                     if where and (key != "train_data" or wants_train) else None)
     if data["clean_data"] is None:
-        raise RunError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
+        raise InputError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
     for key, kind in (("eval_data", "labelled"), ("retrieval_data", "captioned"), ("train_data", "captioned")):
         if data[key] is not None and data[key].kind != kind:
-            raise RunError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
+            raise InputError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
+    own = data["eval_data"].classnames if data["eval_data"] is not None else None
+    if own and own != classnames:
+        if src.classes:
+            i = next((i for i, (a, b) in enumerate(zip(own, classnames)) if a != b), min(len(own), len(classnames)))
+            raise InputError(f"the evaluation data {data['eval_data'].source} names its own classes, which differ "
+                             f"from --classes {src.classes} ({len(own)} against {len(classnames)} names; class {i} "
+                             f"is {own[i] if i < len(own) else None!r} against "
+                             f"{classnames[i] if i < len(classnames) else None!r}); drop one of them or make them agree")
+        classnames = check_classnames(list(own), data["eval_data"].source)  # its labels index this list
+    return classnames, templates, data
 
+
+def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_dir: Path, model: ClipModel,
+                          adapter: Any, loaded: LoadedModel, dreg: Any, defense: Any, areg: Any, attack: Any,
+                          classnames: list[str], templates: list[str], data: dict[str, ImageData | None],
+                          device: torch.device, timer: StageTimer) -> dict[str, Any]:
+    """Everything after loading, written under ``stage_dir``; returns the result document."""
+    src = req.sources
     attack_doc = None
     trigger = target = None
     if attack is not None and areg is not None:
         target = attack.target_label()
         if target not in classnames:
-            raise RunError(f"attack target {target!r} is not in the class vocabulary ({len(classnames)} classes)")
+            raise InputError(f"attack target {target!r} is not in the class vocabulary ({len(classnames)} classes)")
         if data["train_data"] is None:
-            raise RunError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
+            raise InputError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
         with timer.stage("attack"):
-            ctx = AttackContext(model=model, train_data=data["train_data"], classnames=classnames, seed=req.seed,
-                                device=device, cache_dir=out_dir)
+            ctx = AttackContext(model=model, train_data=data["train_data"], classnames=classnames, seed=src.seed,
+                                device=device, cache_dir=stage_dir)
             model, attack_record = backdoor_cached(attack, ctx, loaded.sha256, data["train_data"].source)
         trigger = attack.apply_trigger
         attack_doc = {"name": req.attack, "params": config_values(attack.config), "target": target,
                       "plugin": areg.plugin, **attack_record}
 
-    mcfg = MetricConfig(asr_exclude_target=not req.asr_include_target)
+    mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target)
     inputs = EvalInputs(eval_data=data["eval_data"], classnames=classnames, templates=templates,
                         retrieval_data=data["retrieval_data"], trigger=trigger, target=target,
                         trigger_source="real" if trigger else None)
@@ -279,13 +393,13 @@ def run(req: RunRequest) -> Path:
         before = evaluate(model, inputs, mcfg, registry, device)
     attacked_sha = results.state_dict_sha256(model) if attack else None
 
-    work = out_dir / "artifacts"
-    work.mkdir(exist_ok=True)
+    work = stage_dir / "artifacts"
+    work.mkdir()
     model.eval()  # a defense gets the suspect model in inference mode (batch norms use their statistics)
     with timer.stage("defense"):
         outcome = defense.defend(DefenseContext(
             model=model, clean_data=data["clean_data"], classnames=classnames, templates=templates,
-            seed=req.seed, device=device, workdir=work, train_data=data["train_data"], attack=attack))
+            seed=src.seed, device=device, workdir=work, train_data=data["train_data"], attack=attack))
     for name, secs in outcome.timings_s.items():
         timer.timings[f"defense.{name}"] = round(secs, 3)
     if outcome.triggers and outcome.target in classnames:
@@ -302,16 +416,16 @@ def run(req: RunRequest) -> Path:
     purified_sha = None
     if outcome.model is not model:  # the defense changed something: write it in the input's format
         with timer.stage("save_model"):
-            saved = adapter.save(loaded, outcome.model, out_dir / "model")
-        artifacts["model"] = str(saved.relative_to(out_dir))
+            saved = adapter.save(loaded, outcome.model, stage_dir / "model")
+        artifacts["model"] = str(saved.relative_to(stage_dir))
         purified_sha = results.state_dict_sha256(outcome.model)
 
-    doc = {
+    return {
         "schema": results.SCHEMA_ID,
         "created": results.now_iso(),
         "command": req.command,
-        "versions": results.runtime_versions({p.name: p.version for p in host.plugins()}),
-        "model": {"id": source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256,
+        "versions": results.runtime_versions(host.loaded_versions()),
+        "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256,
                   "attacked_sha256": attacked_sha, "purified_sha256": purified_sha},
         "attack": attack_doc,
         "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
@@ -320,14 +434,13 @@ def run(req: RunRequest) -> Path:
         "detection": outcome.detection,
         "defense_info": outcome.info,
         "timings_s": timer.timings,
-        "seed": req.seed,
+        "seed": src.seed,
         "device": str(device),
         "artifacts": artifacts,
         "data": {k: None if v is None else {"source": v.source, "kind": v.kind, "n": len(v.dataset),
                                            "skipped_unreadable": list(v.skipped)}
                  for k, v in data.items()},
     }
-    return results.write_result(out_dir, doc)
 
 
-__all__ = ["RunError", "RunRequest", "UnknownNameError", "run"]
+__all__ = ["InputError", "RunRequest", "Sources", "UnknownNameError", "run"]

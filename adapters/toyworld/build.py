@@ -13,7 +13,7 @@ and guarded by a file lock, so parallel processes never see half a cache entry.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ from toolbox import atomic
 from toolbox.cache import cache_root, config_hash, entry_lock
 
 from .world import WorldConfig, WorldPaths, write_world
+
+log = logging.getLogger(__name__)
 
 TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2}
 
@@ -99,10 +101,10 @@ def ensure_world(cfg: WorldConfig) -> WorldPaths:
     with entry_lock(root):
         if not (root / "world.json").exists():
             start = time.perf_counter()
-            print(f"toolbox: generating the procedural world in {root} ...", file=sys.stderr, flush=True)
+            log.info("generating the procedural world in %s ...", root)
             with atomic.atomic_dir(root) as tmp:
                 write_world(cfg, tmp)
-            print(f"toolbox: world ready ({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
+            log.info("world ready (%.1fs)", time.perf_counter() - start)
     return WorldPaths(root)
 
 
@@ -154,7 +156,7 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
     from adapters.models import write_openclip_dir
 
     start = time.perf_counter()
-    print(f"toolbox: training the embedded tiny CLIP ({preset.name}) ...", file=sys.stderr, flush=True)
+    log.info("training the embedded tiny CLIP (%s) ...", preset.name)
     torch.manual_seed(preset.train.seed)
     model = OpenClipModel(build_clip(preset.model_cfg), preset.model_cfg)
     images, captions = load_world_arrays(world, model.image_size)
@@ -167,7 +169,7 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
             "model_cfg": preset.model_cfg, "train": asdict(preset.train), "history": history,
             "eval_ca_top1": ca, "train_seconds": round(seconds, 1), "world_dir": str(world.root)}
     atomic.write_json(model_dir / "build.json", info)
-    print(f"toolbox: tiny CLIP ready: zero-shot CA {100 * ca:.1f}% ({seconds:.0f}s)", file=sys.stderr, flush=True)
+    log.info("tiny CLIP ready: zero-shot CA %.1f%% (%.0fs)", 100 * ca, seconds)
 
 
 def quick_zero_shot_accuracy(model: Any, world: WorldPaths) -> float:
