@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import atomic, outputs
+from . import atomic, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
@@ -41,6 +41,7 @@ class CompareRequest:
     defense_params: dict[str, dict[str, str]] = field(default_factory=dict)  # defense -> {key: value}
     attack_params: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> {key: value}
     reuse: bool = True
+    grid: grid.GridConfig = field(default_factory=grid.GridConfig)  # local, a process pool, or Slurm
 
 
 @dataclass
@@ -128,17 +129,19 @@ def compare(req: CompareRequest) -> list[Cell]:
             configs[(attack, defense)] = (acfg, dcfg)
     parse_device(req.sources.device)
     outputs.check_out_dir(req.out, req.sources.input_paths())
-    cells: list[Cell] = []
     total = len(configs)
-    with memoised_data():
-        for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
-            key = cell_key(req, attack, defense, acfg, dcfg, versions)
-            log.info("compare: cell %d/%d: attack=%s defense=%s (key %s)", i, total, attack, defense, key)
-            cell = run_cell(req, attack, defense, key)
-            log.info("compare: cell %d/%d %s in %.0f s: CA %s ASR %s", i, total,
-                     "reused from cache" if cell.from_cache else "done", cell.seconds, pct(cell.after.get("ca")),
-                     pct(cell.after.get("asr")))
-            cells.append(cell)
+    jobs = []
+    for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
+        key = cell_key(req, attack, defense, acfg, dcfg, versions)
+        jobs.append(grid.Cell(key=key, fn=run_cell, label=f"compare: cell {i}/{total} attack={attack} "
+                                                           f"defense={defense} (key {key})",
+                              kwargs={"req": req, "attack": attack, "defense": defense, "key": key}))
+    with memoised_data():  # sequential cells in this process read each dataset once
+        cells: list[Cell] = grid.run_grid(jobs, req.grid)
+    for cell in cells:
+        log.info("compare: %s/%s %s in %.0f s: CA %s ASR %s", cell.attack, cell.defense,
+                 "reused from cache" if cell.from_cache else "done", cell.seconds, pct(cell.after.get("ca")),
+                 pct(cell.after.get("asr")))
     write_outputs(req, cells)
     return cells
 
