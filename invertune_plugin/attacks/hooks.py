@@ -1,4 +1,5 @@
-"""The six attacks of the InverTune paper, a plugin of their own (entry point ``attacks``)."""
+"""The six attacks of the InverTune paper and the zoo's trigger families, a plugin of their own
+(entry point ``attacks``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from toolbox.hookspecs import hookimpl
 @hookimpl
 def register_attacks(register) -> None:
     from .catalog import ATTACKS
+    from .families import FAMILIES
 
-    for cls in ATTACKS:
+    for cls in (*ATTACKS, *FAMILIES):
         register(cls)
