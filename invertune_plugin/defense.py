@@ -21,7 +21,8 @@ from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 from .data import as_float, images_uint8, seeded_subset
 from .identify import (IdentifyConfig, Identification, RefinedGlobal, RefinedPatch, identify, refine_globals,
                        refine_linf, refine_patch, refine_patches)
-from .verdict import VerdictConfig, best_global, best_patch, decide, is_global_trigger, is_linf_trigger
+from .verdict import (SCORE_DEFINITION, VerdictConfig, best_global, best_patch, decide, gate_score, is_global_trigger,
+                      is_linf_trigger)
 from .invert import InvertConfig, InvertedTrigger, additive_trigger, alternate, both_signs, invert, patch_trigger
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 from .zeroshot import ZeroShotHead
@@ -201,6 +202,9 @@ class InverTune(Defense):
                     timings["invert.linf_target"] = time.perf_counter() - start
         detection = self.detection(ident, trigger, target, found)
         detection["inverted_trigger"]["source"] = source
+        if found is not None:
+            detection["score"] = round(gate_score(stage2, refined, refined_globals, refined_linf, cfg.verdict), 4)
+            detection["score_definition"] = SCORE_DEFINITION
         if refined:
             detection["refined_patches"] = [p.evidence() for p in refined]
         if refined_globals:

@@ -122,3 +122,24 @@ def decide(ident: Identification, trigger: InvertedTrigger, cfg: VerdictConfig) 
     del ident  # stage-1 evidence is recorded, not decisive (see the module docstring)
     return (trigger.holdout_asr >= cfg.min_inverted_asr
             and trigger.mask_l1 / trigger.mask.numel() <= cfg.max_mask_fraction)
+
+
+# What detection.score means (recorded beside it). A stop-gap continuous score for the zoo's
+# ROC curves; issue 22 replaces it with statistics normalised against the model's own classes.
+SCORE_DEFINITION = ("largest statistic / gate ratio among the detectors that ran: stage-2 inversion min(held-out "
+                    "ASR / min_inverted_asr, max_mask_fraction / mask fraction); refined patch held-out rate / "
+                    "min_patch_rate; stripes min(held-out rate / min_global_rate, flipped rate / "
+                    "min_global_flipped_rate); L-inf held-out rate / min_linf_rate. >= 1 where a gate passed")
+
+
+def gate_score(inversions: list[InvertedTrigger], patches: list[RefinedPatch], stripes: list[RefinedGlobal],
+               linf: list[RefinedGlobal], cfg: VerdictConfig) -> float:
+    """One continuous number per model, monotone in every detector's evidence (see SCORE_DEFINITION)."""
+    ratios = [min(t.holdout_asr / cfg.min_inverted_asr,
+                  cfg.max_mask_fraction / max(t.mask_l1 / t.mask.numel(), 1e-6)) for t in inversions]
+    ratios += [p.holdout_rate / cfg.min_patch_rate for p in patches]
+    ratios += [min(g.holdout_rate / cfg.min_global_rate, g.flipped_rate / cfg.min_global_flipped_rate)
+               for g in stripes]
+    ratios += [g.holdout_rate / cfg.min_linf_rate for g in linf]
+    return max(ratios, default=0.0)
+
