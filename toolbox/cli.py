@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from .api import KINDS
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_TERMINATED, InputError
+from .grid import add_grid_args
 from .plugins import UnknownNameError, get_host
 
 log = logging.getLogger("toolbox")
@@ -112,6 +113,7 @@ def summary(doc: dict[str, Any], path: Path) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareRequest, compare, markdown_table, split_params
+    from .grid import grid_config_from
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -121,12 +123,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
         attacks=attacks, defenses=defenses, out=args.out, sources=sources_from(args),
         defense_params=split_params(_kv(args.param), defenses, "defense"),
         attack_params=split_params(_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
-        reuse=not args.no_reuse)
+        reuse=not args.no_reuse, grid=grid_config_from(args))
     cells = compare(req)
     print(markdown_table(cells), end="")
     reused = sum(c.from_cache for c in cells)
     print(f"\n{len(cells)} cells ({reused} reused from cache); tables: {args.out}/compare.md, compare.csv, "
           f"compare.json, compare_scatter.png")
+    return EXIT_OK
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from .grid import grid_config_from
+    from .zoo.build import build_zoo
+    from .zoo.spec import load_spec
+
+    spec = load_spec(args.spec, members=args.members)
+    records = build_zoo(spec, args.out, grid_config_from(args), limit=args.limit)
+    print(f"{'member':<40}{'label':<15}{'CA':>8}{'ASR':>8}{'untrig.':>9}{'s':>7}")
+    for r in records:
+        m = r["measured"]
+        cells = [f"{100 * m[k]:.1f}" if m.get(k) is not None else "-" for k in ("ca", "asr", "asr_untriggered")]
+        print(f"{r['id']:<40}{r['label']:<15}{cells[0]:>8}{cells[1]:>8}{cells[2]:>9}{r['build_seconds']:>7.0f}")
+    labels = [r["label"] for r in records]
+    print(f"\n{len(records)} members in {args.out}: " + ", ".join(f"{labels.count(k)} {k}" for k in
+                                                                  ("clean", "backdoored", "not_implanted")))
+    return EXIT_OK
+
+
+def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from .grid import grid_config_from
+    from .zoo.evaluate import eval_zoo, not_implanted_rows
+    from .zoo.score import markdown_summary, score_population, write_report
+
+    rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out)
+    title = f"{args.defense} on {args.directory}"
+    summary = score_population(rows + not_implanted_rows(args.directory), threshold=args.threshold)
+    write_report(summary, rows, out, title)
+    print(markdown_summary(summary, title))
+    print(f"\nreport: {out}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
     return EXIT_OK
 
 
@@ -236,7 +270,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-param", action="append", metavar="ATTACK.KEY=VALUE",
                    help="attack parameter override, e.g. --attack-param badnet.location=top-left")
     p.add_argument("--no-reuse", action="store_true", help="run every cell again instead of reusing cached ones")
+    add_grid_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("zoo", help="build a population of suspect models and judge a defense over it",
+                       description="A zoo: suspect models drawn from a spec (clean, backdoored, with ground truth), "
+                                   "and a defense judged over them by ROC-AUC, TPR at FPR <= 5 %, target accuracy "
+                                   "and purification success.")
+    zoo = p.add_subparsers(dest="zoo_command", required=True)
+    z = zoo.add_parser("build", help="build (or resume building) every member of a spec",
+                       description="Draw the members of SPEC (a YAML file, e.g. zoo/dev.yaml) with its seed and "
+                                   "build the missing ones under OUT; cached by config, resumable.")
+    z.add_argument("spec", type=Path)
+    z.add_argument("--out", type=Path, required=True, help="the zoo's folder")
+    z.add_argument("--members", type=int, help="the spec's size, overridden (the same spec at another scale)")
+    z.add_argument("--limit", type=int, help="build only the first N members drawn")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_build)
+    z = zoo.add_parser("eval", help="run a defense on every member, blind, and score the population",
+                       description="Run DEFENSE on every member of the zoo in DIRECTORY with the model, the "
+                                   "defender's clean images and the vocabulary only; score detection, target and "
+                                   "purification against the ground truth; write JSON, CSV, ROC PNG and Markdown.")
+    z.add_argument("directory", type=Path)
+    z.add_argument("--defense", required=True)
+    z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--threshold", type=float, help="detection threshold chosen elsewhere (e.g. on the dev split)")
+    z.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_eval)
 
     p = sub.add_parser("leaderboard", help="ranked table of the result files under a directory",
                        description="Collect result.json and submission files under DIR and rank them by DER, "

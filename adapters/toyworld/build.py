@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +126,12 @@ def model_key(preset: Preset) -> str:
     return config_hash(asdict(preset.world), preset.model_cfg, asdict(preset.train))
 
 
-def ensure_embedded(name: str) -> BuiltEmbedded:
-    """World + trained tiny CLIP for a preset: from the cache, or built now (with progress)."""
+def ensure_embedded(name: str, train_seed: int | None = None) -> BuiltEmbedded:
+    """World + trained tiny CLIP for a preset: from the cache, or built now (with progress).
+    ``train_seed`` trains the same preset from scratch with another seed (a zoo's clean members)."""
     preset = get_preset(name)
+    if train_seed is not None:
+        preset = replace(preset, train=replace(preset.train, seed=train_seed))
     world = ensure_world(preset.world)
     model_dir = cache_root() / "models" / model_key(preset)
     with entry_lock(model_dir):

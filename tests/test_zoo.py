@@ -1,0 +1,112 @@
+"""The zoo: the spec generator (seeded, ranges respected, every family drawn), spec errors, and
+a three-member smoke zoo built and evaluated end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolbox.cli import main
+from toolbox.errors import InputError
+from toolbox.zoo.spec import CLEAN_FINETUNE, CLEAN_SCRATCH, draw_members, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = ["mushroom", "banana", "lemon", "tennis ball", "pinwheel"]
+SEEDED = {"badnet", "blended", "wanet", "badclip", "badencoder", "patch", "blend", "color-filter", "border"}
+
+
+def members(path: Path, n: int | None = None):
+    return draw_members(load_spec(path, n), VOCAB, lambda attack: attack in SEEDED)
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_same_spec_same_members_and_ranges_respected(split):
+    path = ROOT / "zoo" / f"{split}.yaml"
+    spec = load_spec(path)
+    drawn = members(path)
+    assert [m.to_dict() for m in drawn] == [m.to_dict() for m in members(path)]
+    assert len(drawn) == spec.members == 24
+    kinds = [m.kind for m in drawn]
+    assert kinds.count(CLEAN_FINETUNE) + kinds.count(CLEAN_SCRATCH) == spec.n_clean >= 8
+    assert kinds.count(CLEAN_SCRATCH) == spec.clean_scratch
+    assert {m.family for m in drawn if m.kind == "backdoored"} == {f.name for f in spec.families}
+    assert {m.preset for m in drawn} == set(spec.presets)
+    assert len({m.key for m in drawn}) == len(drawn)
+    families = {f.name: f for f in spec.families}
+    for m in drawn:
+        if m.kind == CLEAN_SCRATCH:
+            assert m.attack is None and m.params == {}
+            continue
+        assert m.params["target"] in VOCAB
+        if m.kind == CLEAN_FINETUNE:
+            assert m.params["poison_rate"] == 0.0 and m.attack == spec.clean_attack
+            continue
+        fam = families[m.family]
+        assert ("poison_rate" in m.params) == fam.poison
+        if fam.poison:
+            assert 0.02 <= m.params["poison_rate"] <= 0.1
+        assert ("trigger_seed" in m.params) == (fam.attack in SEEDED)
+        for key, dist in fam.params.items():
+            value = m.params[key]
+            if isinstance(dist, dict) and "uniform" in dist:
+                assert dist["uniform"][0] <= value <= dist["uniform"][1], (m.id, key, value)
+            elif isinstance(dist, dict) and "choice" in dist:
+                assert value in dist["choice"]
+            else:
+                assert value == dist
+
+
+def test_the_test_split_has_families_dev_lacks_and_another_seed():
+    dev, test = load_spec(ROOT / "zoo" / "dev.yaml"), load_spec(ROOT / "zoo" / "test.yaml")
+    assert dev.seed != test.seed
+    variants = {(f.attack, json.dumps(f.params, sort_keys=True)) for f in dev.families}
+    new = [f.name for f in test.families if (f.attack, json.dumps(f.params, sort_keys=True)) not in variants]
+    assert len(new) >= 2 and {"color-filter", "border"} <= set(new)
+
+
+def test_a_larger_zoo_is_the_same_spec_at_another_scale():
+    big = members(ROOT / "zoo" / "dev.yaml", 600)
+    assert len(big) == 600 and sum(m.kind != "backdoored" for m in big) == load_spec(ROOT / "zoo" / "dev.yaml", 600).n_clean
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\nsurprise: 1\n", "unknown keys"),
+    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {alpha: {gauss: [0, 1]}}}\n",
+     "unknown distribution"),
+    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {a: {uniform: [2, 1]}}}\n", "low <= high"),
+    ("name: x\nseed: 1\nmembers: 0\npresets: [smoke]\nfamilies: {badnet: {}}\n", "members >= 1"),
+    ("- just\n- a list\n", "not a mapping"),
+])
+def test_bad_specs_are_input_errors(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_spec(path)
+
+
+@pytest.mark.slow
+def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, capsys):
+    zoo = tmp_path / "zoo"
+    assert main(["zoo", "build", str(ROOT / "zoo" / "smoke.yaml"), "--out", str(zoo)]) == 0
+    manifest = json.loads((zoo / "manifest.json").read_text())["members"]
+    assert [m["kind"] for m in manifest].count(CLEAN_FINETUNE) == 1 and len(manifest) == 3
+    for m in manifest:
+        assert (zoo / "members" / m["id"] / "model" / "open_clip_config.json").is_file()
+        assert m["label"] in ("clean", "backdoored", "not_implanted") and m["measured"]["ca"] > 0.5
+        assert m["label"] != "backdoored" or m["implant_lift"] >= 0.5
+    capsys.readouterr()
+    assert main(["zoo", "build", str(ROOT / "zoo" / "smoke.yaml"), "--out", str(zoo)]) == 0  # resumes: nothing rebuilt
+    assert "start" not in capsys.readouterr().err
+
+    report = tmp_path / "report"
+    assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report)]) == 0
+    doc = json.loads((report / "zoo_summary.json").read_text())
+    rows = {r["member_id"]: r for r in doc["rows"]}
+    assert set(rows) == {m["id"] for m in manifest}
+    for m in manifest:  # `none` changes nothing: the scorer's ASR after is the build's ASR
+        if m["label"] != "clean":
+            assert rows[m["id"]]["asr_after"] == pytest.approx(m["measured"]["asr"])
+    assert doc["summary"]["detection"] is None  # `none` gives no score
+    assert (report / "zoo_summary.md").is_file() and (report / "zoo_members.csv").is_file()

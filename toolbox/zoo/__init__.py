@@ -1,0 +1,1 @@
+"""Populations of suspect models: build, evaluate, score."""

@@ -1,0 +1,147 @@
+"""``toolbox zoo build``: every member of a spec as a model in a real format plus its ground truth.
+
+A member is one fine-tune of a shared clean base (the attack's own recipe; clean members the
+same recipe with no poison), or, for a few clean members, a base trained from scratch with
+another seed. Each is written to ``ZOO/members/ID/``: ``model/`` (open_clip local-dir),
+``trigger.safetensors`` (a learned trigger, where there is one) and ``member.json`` (what was
+asked, the label, CA / ASR / untriggered target rate measured on the world's eval split, the
+cost). Members are cells keyed by their config (:mod:`toolbox.grid`): a rebuilt zoo skips what
+exists, and attacked models are shared with ``toolbox run`` through the attack cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from .. import atomic
+from ..api import AttackContext, ImageData, build_config, config_values
+from ..evaluation import EvalInputs, MetricConfig, evaluate
+from ..grid import Cell, GridConfig, run_grid
+from ..plugins import get_host
+from .spec import CLEAN_SCRATCH, MemberSpec, ZooSpec, draw_members
+
+log = logging.getLogger(__name__)
+
+MEMBER_JSON, MANIFEST = "member.json", "manifest.json"
+
+
+def world_of(preset: str, train_seed: int | None = None) -> Any:
+    from adapters.toyworld.build import ensure_embedded
+
+    return ensure_embedded(preset, train_seed)
+
+
+def vocabulary(spec: ZooSpec) -> list[str]:
+    """The base world's class names (every preset of a spec must share one world)."""
+    worlds = {str(world_of(p).world.root) for p in spec.presets}
+    if len(worlds) != 1:
+        raise ValueError(f"the presets {spec.presets} live in different worlds; a zoo needs one")
+    return [ln for ln in world_of(spec.presets[0]).world.classes.read_text(encoding="utf-8").splitlines() if ln]
+
+
+def world_data(preset: str, keys: tuple[str, ...], image_size: int) -> tuple[list[str], list[str], dict[str, ImageData]]:
+    """The preset world's class names, templates and the requested splits, read through the registry."""
+    from ..runner import load_data, read_lines
+
+    world = world_of(preset).world
+    registry = get_host().build_registry(quiet=True)
+    classnames, templates = read_lines(str(world.classes), "class names"), read_lines(str(world.templates), "templates")
+    paths = {"eval": world.eval_labels, "train": world.train_csv, "clean": world.defender_dir}
+    return classnames, templates, {k: load_data(registry, str(paths[k]), image_size, classnames, False) for k in keys}
+
+
+def make_attack(name: str, params: dict[str, Any]) -> Any:
+    """A registered attack with ``params`` (validated like ``--attack-param``)."""
+    cls = get_host().build_registry(quiet=True).get("attack", name).obj
+    return cls(build_config(cls, {k: str(v) for k, v in params.items()}))
+
+
+def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) -> dict[str, Any]:
+    """Build one member (or return its record when it exists with the same key)."""
+    from ..runner import backdoor_cached
+    from adapters.models import OpenClipDirAdapter, write_openclip_dir
+
+    spec = MemberSpec.from_dict(member)
+    out = Path(zoo_dir) / "members" / spec.id
+    if (out / MEMBER_JSON).is_file():
+        record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
+        if record.get("key") == spec.key:
+            return record
+    start = time.perf_counter()
+    device = torch.device("cpu")
+    built = world_of(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None)
+    loaded = OpenClipDirAdapter().load(str(built.model_dir), device)
+    classnames, templates, data = world_data(spec.preset, ("eval", "train"), loaded.model.image_size)
+    attack = None
+    model = loaded.model
+    if spec.kind != CLEAN_SCRATCH:
+        attack = make_attack(str(spec.attack), spec.params)
+        ctx = AttackContext(model=model, train_data=data["train"], classnames=classnames, seed=spec.seed,
+                            device=device, cache_dir=out)
+        model, _ = backdoor_cached(attack, ctx, loaded.sha256, data["train"].source)
+    backdoored = spec.kind == "backdoored"
+    target = spec.params.get("target") if backdoored else None
+    measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
+                                          trigger=attack.apply_trigger if backdoored else None, target=target,
+                                          trigger_source="real" if backdoored else None),
+                        MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), device)
+    lift = (measured["asr"] or 0.0) - (measured.get("asr_untriggered") or 0.0) if backdoored else None
+    label = "clean" if not backdoored else "backdoored" if lift >= implant_margin else "not_implanted"
+    record = {**spec.to_dict(), "label": label, "target": target, "implant_lift": lift,
+              "attack_params": config_values(attack.config) if attack is not None else None,
+              "measured": {k: measured.get(k) for k in ("ca", "asr", "asr_untriggered")},
+              "arch": "resnet" if "resnet" in spec.preset else "vit", "base_sha256": loaded.sha256,
+              "build_seconds": round(time.perf_counter() - start, 1)}
+    with atomic.atomic_dir(out) as tmp:
+        write_openclip_dir(model, tmp / "model")
+        state = attack.trigger_state() if attack is not None else {}
+        if state:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trigger.safetensors"))
+        atomic.write_json(tmp / MEMBER_JSON, record)
+    log.info("member %s: %s (CA %.1f %%%s), %.0f s", spec.id, label, 100 * (measured["ca"] or 0),
+             "" if lift is None else f", ASR lift {100 * lift:.1f} points", record["build_seconds"])
+    return record
+
+
+def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limit: int | None = None) -> list[dict]:
+    """Draw the spec's members, build the missing ones, write ``ZOO/manifest.json``."""
+    registry = get_host().build_registry(quiet=True)
+
+    def seeded(attack: str) -> bool:
+        return "trigger_seed" in config_values(registry.get("attack", attack).obj.Config())
+
+    members = draw_members(spec, vocabulary(spec), seeded)[:limit]
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(zoo_dir / "spec.json", {"source": spec.source, "name": spec.name, "seed": spec.seed,
+                                              "members": [m.to_dict() for m in members]})
+    cells = [Cell(key=m.key, fn=build_member, label=f"member {i + 1}/{len(members)} {m.id}",
+                  kwargs={"zoo_dir": str(zoo_dir), "member": m.to_dict(), "implant_margin": spec.implant_margin})
+             for i, m in enumerate(members)]
+    records = run_grid(cells, grid or GridConfig())
+    atomic.write_json(zoo_dir / MANIFEST, {"name": spec.name, "spec": spec.source, "members": records})
+    return records
+
+
+def read_manifest(zoo_dir: Path) -> list[dict[str, Any]]:
+    path = Path(zoo_dir) / MANIFEST
+    if not path.is_file():
+        from ..errors import InputError
+
+        raise InputError(f"{zoo_dir} has no {MANIFEST}: build it first with `toolbox zoo build SPEC --out {zoo_dir}`")
+    return json.loads(path.read_text(encoding="utf-8"))["members"]
+
+
+def member_trigger(zoo_dir: Path, record: dict[str, Any]) -> Any:
+    """The member's real trigger, rebuilt from its attack and parameters (for the scorer only)."""
+    attack = make_attack(record["attack"], record["params"])
+    path = Path(zoo_dir) / "members" / record["id"] / "trigger.safetensors"
+    if path.is_file():
+        attack.load_trigger_state(safetensors.torch.load_file(str(path)))
+    return attack.apply_trigger

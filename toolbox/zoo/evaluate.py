@@ -1,0 +1,106 @@
+"""``toolbox zoo eval``: a defense on every member, blind, then scored against the ground truth.
+
+The defense sees exactly what a user would give it: the member's model (open_clip local-dir),
+the defender's clean images, the vocabulary and templates. Nothing of ``member.json`` reaches
+it. Afterwards the scorer, not the defense, measures the real trigger's ASR on the purified
+model and compares verdict and target with the ground truth (:mod:`toolbox.zoo.score`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import atomic
+from ..cache import config_hash
+from ..evaluation import EvalInputs, MetricConfig, evaluate
+from ..grid import Cell, GridConfig, run_grid
+from ..plugins import get_host
+from ..runner import RunRequest, Sources, configure, run
+from .build import member_trigger, read_manifest, world_data, world_of
+from .score import MemberOutcome
+
+log = logging.getLogger(__name__)
+
+OUTCOME_JSON = "outcome.json"
+
+
+def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> Path:
+    """Where one defense configuration's evaluations of this zoo live (one folder per configuration)."""
+    cfg = configure(get_host().build_registry(quiet=True).get("defense", defense).obj, params)
+    from ..api import config_values
+
+    return Path(zoo_dir) / "evals" / f"{defense}-{config_hash(defense, config_values(cfg), seed)}"
+
+
+def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict[str, str], seed: int,
+                out_dir: str) -> dict[str, Any]:
+    """Run ``defense`` on one member and score it; reuse the outcome when it exists."""
+    out = Path(out_dir) / record["id"]
+    if (out / OUTCOME_JSON).is_file():
+        return json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+    member_dir = Path(zoo_dir) / "members" / record["id"]
+    world = world_of(record["preset"]).world
+    sources = Sources(model=str(member_dir / "model"), clean_data=str(world.defender_dir),
+                      eval_data=str(world.eval_labels), classes=str(world.classes), templates=str(world.templates),
+                      seed=seed)
+    result = run(RunRequest(defense=defense, sources=sources, out=out / "run", defense_params=dict(params),
+                            command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense]))
+    doc = json.loads(result.read_text(encoding="utf-8"))
+    det = doc.get("detection") or {}
+    before, after = doc["metrics"]["before"], doc["metrics"]["after"]
+    asr_after = None
+    if record["label"] != "clean":  # the real trigger on what the defense returned, measured by the scorer
+        asr_after = real_asr(Path(zoo_dir), record, out / "run", world)
+    timings = doc["timings_s"]
+    outcome = MemberOutcome(
+        member_id=record["id"], label=record["label"], family=record["family"], arch=record["arch"],
+        true_target=record.get("target"), score=det.get("score"), verdict=det.get("backdoored"),
+        predicted_target=det.get("target"), ca_before=before.get("ca"), ca_after=after.get("ca"),
+        asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
+        seconds=round(sum(v for k, v in timings.items() if "." not in k), 1))
+    atomic.write_json(out / OUTCOME_JSON, outcome.to_dict())
+    return outcome.to_dict()
+
+
+def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any) -> float | None:
+    """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged)."""
+    from adapters.models import OpenClipDirAdapter
+
+    purified = run_dir / "model"
+    source = purified if purified.is_dir() else zoo_dir / "members" / record["id"] / "model"
+    model = OpenClipDirAdapter().load(str(source), torch.device("cpu")).model
+    classnames, templates, data = world_data(record["preset"], ("eval",), model.image_size)
+    measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
+                                          trigger=member_trigger(zoo_dir, record), target=record["target"],
+                                          trigger_source="real"),
+                        MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), torch.device("cpu"))
+    return measured.get("asr")
+
+
+def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0, grid: GridConfig | None = None,
+             out_dir: Path | None = None) -> tuple[list[MemberOutcome], Path]:
+    """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
+    is reported apart, not evaluated); return the outcomes and the folder they were written to."""
+    records = [r for r in read_manifest(zoo_dir) if r["label"] != "not_implanted"]
+    out = out_dir or eval_dir(zoo_dir, defense, params, seed)
+    cells = [Cell(key=f"{r['key']}-{out.name}", fn=eval_member, label=f"eval {i + 1}/{len(records)} {r['id']}",
+                  kwargs={"zoo_dir": str(zoo_dir), "record": r, "defense": defense, "params": dict(params),
+                          "seed": seed, "out_dir": str(out)})
+             for i, r in enumerate(records)]
+    rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]
+    return rows, out
+
+
+def not_implanted_rows(zoo_dir: Path) -> list[MemberOutcome]:
+    """The members whose attack did not implant, as rows the scorer lists apart."""
+    return [MemberOutcome(member_id=r["id"], label=r["label"], family=r["family"], arch=r["arch"],
+                          true_target=r.get("target"), score=None, verdict=None, predicted_target=None,
+                          ca_before=r["measured"].get("ca"), ca_after=None, asr_before=r["measured"].get("asr"),
+                          asr_after=None, seconds=0.0)
+            for r in read_manifest(zoo_dir) if r["label"] == "not_implanted"]
+
