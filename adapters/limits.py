@@ -3,8 +3,8 @@
 A 500-byte ``open_clip_config.json`` with ``layers: 5000, width: 4096`` would otherwise build a
 model of 10^12 parameters and exhaust memory. Each architecture number must be a positive
 integer within a plausible range, and the parameter count the config implies (estimated from
-its shapes) must stay under ``TOOLBOX_MAX_MODEL_PARAMS`` (default 3e9: ViT-bigG-14, the
-largest open_clip CLIP, has 2.5e9).
+its shapes) must stay under ``TOOLBOX_MAX_MODEL_PARAMS`` (default 3e9: ViT-bigG-14 has 2.5e9;
+open_clip's untrained ViT-e-14, 4.6e9, needs the override).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ def number(value: Any, name: str, where: str) -> float:
     return value
 
 
+def image_side(value: Any, where: str) -> float:
+    """open_clip's image_size: one side, or [height, width] (the larger side bounds the tokens)."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return max(number(v, "image_size", where) for v in value)
+    return number(value, "image_size", where)
+
+
 def _transformer(width: float, layers: float, mlp_ratio: float = 4.0) -> float:
     return layers * (4 + 2 * mlp_ratio) * width * width
 
@@ -50,7 +57,7 @@ def openclip_params(cfg: Mapping[str, Any], where: str) -> float:
     """Parameters an open_clip CLIP config builds (within a few per cent: weights, not biases)."""
     embed = number(cfg.get("embed_dim", 512), "embed_dim", where)
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    size = number(vision.get("image_size", 224), "image_size", f"{where} vision_cfg")
+    size = image_side(vision.get("image_size", 224), f"{where} vision_cfg")
     width = number(vision.get("width", 768), "width", f"{where} vision_cfg")
     layers = vision.get("layers", 12)
     if isinstance(layers, (list, tuple)):  # ModifiedResNet: blocks per stage, stage i at width * 2^i

@@ -92,6 +92,11 @@ class VerdictConfig:
     # gap: natural classes <= 0.52 (0.471 where the path runs), default-resnet Blended "mushroom" >= 0.696
     min_linf_rate: float = 0.6
 
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in vars(self).items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"verdict settings are fractions in (0, 1]; not {bad}")
+
 
 def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch | None:
     """The most effective refined patch, when it is effective enough to be a trigger."""

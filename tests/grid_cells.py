@@ -20,3 +20,11 @@ def square(x: int, out_dir: str) -> dict:
 def fail(x: int) -> int:
     """A cell that always fails, with a recognisable error."""
     raise ValueError(f"cell {x} is broken")
+
+
+def refuse(x: int) -> int:
+    """A cell that finds its input bad (exit code 2, not a failed run)."""
+    from toolbox.errors import InputError
+
+    raise InputError(f"input {x} is bad")
+

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grid_cells import fail, square
+from grid_cells import fail, refuse, square
 from toolbox.errors import InputError
 from toolbox.grid import Cell, GridConfig, GridError, add_grid_args, grid_config_from, run_grid
 
@@ -61,6 +61,13 @@ def test_failing_cell_is_named(tmp_path, jobs):
     assert "ValueError: cell 7 is broken" in message
     assert isinstance(info.value.__cause__, ValueError)
     assert info.value.cell.key == "bad-key"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_bad_input_in_a_cell_stays_bad_input(tmp_path, jobs):
+    cells = _cells([1], tmp_path) + [Cell(key="k", fn=refuse, kwargs={"x": 5}, label="refusing 5")]
+    with pytest.raises(InputError, match="refusing 5: input 5 is bad"):
+        run_grid(cells, GridConfig(jobs=jobs))
 
 
 def test_submitit_local_executor(tmp_path, monkeypatch, caplog):

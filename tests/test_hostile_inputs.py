@@ -526,6 +526,52 @@ def test_outputs_honour_the_umask(host, smoke_world, tmp_path, capsys):
         assert mode == (0o755 if name == "artifacts" else 0o644), (name, oct(mode))
 
 
+def test_staging_folders_of_killed_runs_are_swept_and_nothing_else(tmp_path):
+    import subprocess
+    import sys
+
+    from toolbox import outputs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    tags = {"killed": {"pid": int(dead), "host": __import__("socket").gethostname()},
+            "running": {"pid": os.getpid(), "host": __import__("socket").gethostname()},
+            "elsewhere": {"pid": int(dead), "host": "another-host"}}
+    for name, tag in tags.items():
+        d = tmp_path / f".out{outputs.STAGING_MARK}{name}"
+        d.mkdir()
+        (d / outputs.STAGING_TAG).write_text(json.dumps(tag))
+    untagged = tmp_path / f".out{outputs.STAGING_MARK}untagged"
+    untagged.mkdir()
+    outputs.sweep_stale(tmp_path, "out")
+    left = sorted(p.name.split(outputs.STAGING_MARK)[1] for p in tmp_path.iterdir())
+    assert left == ["elsewhere", "running", "untagged"]
+
+
+@pytest.mark.slow
+def test_out_on_another_filesystem_stages_inside_it(host, smoke_world, tmp_path, capsys):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    target = Path(__import__("tempfile").mkdtemp(dir=shm))
+    try:
+        link = tmp_path / "out"
+        link.symlink_to(target, target_is_directory=True)
+        assert cli(["run", "--defense", "none", *SMOKE, "--out", str(link)], capsys)[0] == 0
+        assert (target / "result.json").is_file() and not list(target.glob(".*.run-*"))
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_a_signed_setting_may_be_negative():
+    from toolbox.api import build_config
+    from invertune_plugin.attacks.families import Stripes
+
+    assert build_config(Stripes, {"angle": "-45"}).angle == -45.0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        build_config(Stripes, {"cycles": "-2"})
+
+
 # --------------------------------------------------------------------------- plugins that exit
 
 def test_plugin_calling_sys_exit_at_import_is_skipped_and_said_so(fake_distribution, smoke_world, tmp_path, capsys):

@@ -90,7 +90,8 @@ def build_config(cls: type, overrides: Mapping[str, str] | None = None) -> Any:
 
 def check_config(config: Any, owner: str = "") -> None:
     """Refuse nonsense that would otherwise run and write a model: a NaN or infinite number
-    anywhere, or a negative value where the default is a count, size, rate or weight (>= 0)."""
+    anywhere, or a negative value where the default is a count, size, rate or weight (>= 0).
+    A field whose sign means something (an angle) says so: ``field(metadata={"signed": True})``."""
     if not dataclasses.is_dataclass(config):
         return
     try:
@@ -106,7 +107,7 @@ def check_config(config: Any, owner: str = "") -> None:
             continue
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
-        ref = getattr(default, f.name, None)
+        ref = None if f.metadata.get("signed") else getattr(default, f.name, None)
         if isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref >= 0 and value < 0:
             raise ValueError(f"{name} must be >= 0 (its default {ref} is a count, size, rate or weight), "
                              f"got {value}")

@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and a defense judged over them by ROC-AUC, TPR at FPR <= 5 %, target accuracy "
                                    "and purification success.")
     zoo = p.add_subparsers(dest="zoo_command", required=True)
+    zoo_add = zoo.add_parser
+    zoo.add_parser = lambda *a, **kw: zoo_add(*a, parents=[common], **kw)  # type: ignore[method-assign]
     z = zoo.add_parser("build", help="build (or resume building) every member of a spec",
                        description="Draw the members of SPEC (a YAML file, e.g. zoo/dev.yaml) with its seed and "
                                    "build the missing ones under OUT; cached by config, resumable.")
@@ -368,10 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        log.error("interrupted; nothing was written")
+        log.error("interrupted: --out is as it was (a grid keeps its finished cells)")
         return EXIT_INTERRUPTED
     except Terminated:
-        log.error("terminated; nothing was written")
+        log.error("terminated: --out is as it was (a grid keeps its finished cells)")
         return EXIT_TERMINATED
     except Exception as err:  # noqa: BLE001 - one line, not a traceback; -v shows it
         log.debug("the run failed", exc_info=True)

@@ -115,6 +115,8 @@ def _run_sequential(cells: list[Cell]) -> list[Any]:
         start = time.monotonic()
         try:
             results.append(cell.fn(**cell.kwargs))
+        except InputError as err:  # bad input stays bad input (exit 2), named by its cell
+            raise InputError(f"{cell.name}: {err}") from err
         except Exception as err:
             raise GridError(cell, _describe(err)) from err
         log.info("%s: done in %.1f s", cell.name, time.monotonic() - start)
@@ -141,14 +143,26 @@ def _run_pool(cells: list[Cell], jobs: int) -> list[Any]:
                 for other in futures:
                     other.cancel()
                 log.error("%s: failed; cancelled the cells not yet started", cell.name)
+                if isinstance(err, InputError):
+                    raise InputError(f"{cell.name}: {err}") from err
                 raise GridError(cell, _describe(err)) from err
             finished += 1
             log.info("%s: done (%d/%d, %.1f s into the grid)", cell.name, finished, len(cells),
                      time.monotonic() - start)
-        return [future.result() for future in futures]
-    finally:
-        # Running cells are waited for (a process cannot be cancelled mid-cell); queued ones are not.
-        pool.shutdown(wait=True, cancel_futures=True)
+        results = [future.result() for future in futures]
+    except Exception:
+        pool.shutdown(wait=True, cancel_futures=True)  # a cell failed: the running ones finish, queued ones don't start
+        raise
+    except BaseException as stop:
+        # Ctrl-C or SIGTERM (the CLI raises a BaseException): stop the workers now instead of waiting
+        # hours for their cells; their staging folders are swept by the next run (outputs.sweep_stale).
+        log.error("stopping %d worker processes (%s)", workers, type(stop).__name__)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 def _call(cell: Cell) -> Any:
@@ -207,27 +221,32 @@ def _run_submitit(cells: list[Cell], config: GridConfig) -> list[Any]:
         if config.slurm_partition:
             parameters.update(slurm_partition=config.slurm_partition)
     executor.update_parameters(**parameters)
-    jobs = executor.map_array(_call, cells)  # one array on Slurm; one subprocess per cell locally
-    ids = [job.job_id for job in jobs]
-    if cluster == "slurm":
-        array = ids[0].split("_")[0]
-        log.info("submitted %d cells as Slurm array %s (jobs %s..%s); logs in %s; cancel with: scancel %s",
-                 len(cells), array, ids[0], ids[-1], folder, array)
-    else:
-        log.info("started %d cells as local submitit jobs %s; logs in %s", len(cells), ", ".join(ids), folder)
-
+    # Slurm: one array (the cluster queues it). submitit's local executor starts every job at once,
+    # so there the cells go in batches of --jobs.
+    batches = [cells] if cluster == "slurm" else [cells[i:i + config.jobs] for i in range(0, len(cells), config.jobs)]
     results: list[Any] = []
     failures: list[tuple[Cell, str, BaseException]] = []
-    for done, (cell, job) in enumerate(zip(cells, jobs), 1):
-        try:
-            results.append(job.result())
-        except Exception as err:
-            detail = _submitit_failure(err, job)
-            log.error("%s: failed: %s", cell.name, detail)
-            failures.append((cell, detail, err))
-            results.append(None)
-            continue
-        log.info("%s: done (%d/%d, job %s)", cell.name, done, len(cells), job.job_id)
+    done = 0
+    for batch in batches:
+        jobs = executor.map_array(_call, batch)
+        ids = [job.job_id for job in jobs]
+        if cluster == "slurm":
+            array = ids[0].split("_")[0]
+            log.info("submitted %d cells as Slurm array %s (jobs %s..%s); logs in %s; cancel with: scancel %s",
+                     len(batch), array, ids[0], ids[-1], folder, array)
+        else:
+            log.info("started %d cells as local submitit jobs %s; logs in %s", len(batch), ", ".join(ids), folder)
+        for cell, job in zip(batch, jobs):
+            done += 1
+            try:
+                results.append(job.result())
+            except Exception as err:
+                detail = _submitit_failure(err, job)
+                log.error("%s: failed: %s", cell.name, detail)
+                failures.append((cell, detail, err))
+                results.append(None)
+                continue
+            log.info("%s: done (%d/%d, job %s)", cell.name, done, len(cells), job.job_id)
     if failures:
         cell, detail, err = failures[0]
         more = f" (and {len(failures) - 1} more failed cells)" if len(failures) > 1 else ""
@@ -242,7 +261,7 @@ def add_grid_args(parser: argparse.ArgumentParser) -> None:
                        help="where cells run: local (this machine), slurm (one job array via submitit) or "
                             "submitit-local (submitit's local executor; default local)")
     group.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="local executor: cells at once; 1 runs them in this process (default 1)")
+                       help="local / submitit-local: cells at once; 1 runs them in this process (default 1)")
     group.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition (default: the cluster's)")
     group.add_argument("--timeout-min", type=int, default=60, metavar="MIN",
                        help="slurm/submitit-local: time limit per cell in minutes (default 60)")

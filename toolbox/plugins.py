@@ -136,6 +136,7 @@ class PluginHost:
         self.dist_info: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
         self.load_problems: list[str] = []
         self.skipped: dict[str, str] = {}  # plugin name -> why it contributes nothing
+        self._load_skipped: dict[str, str] = {}  # of those, the ones that failed to load at all
         self._entry_points_loaded = False
 
     def load_builtins(self) -> None:
@@ -176,6 +177,7 @@ class PluginHost:
                 self._skip(ep.name, f"implements unknown hooks: {err}")
 
     def _skip(self, name: str, why: str) -> None:
+        self._load_skipped[name] = why
         self.skipped[name] = why
         message = f"plugin {name!r} is skipped: {why}"
         self.load_problems.append(message)
@@ -227,9 +229,9 @@ class PluginHost:
                 except PLUGIN_FAILURES as err:
                     broken[plugin_name] = f"{HOOK_FOR_KIND[kind]} raised {type(err).__name__}: {err}"
         registry = Registry()
+        self.skipped = {**self._load_skipped, **broken}  # as of this registry: a hook fixed since counts again
         for plugin_name, regs in staged.items():
             if plugin_name in broken:
-                self.skipped[plugin_name] = broken[plugin_name]
                 registry.problems.append(f"plugin {plugin_name!r} is skipped: {broken[plugin_name]}")
                 continue
             for reg in regs:

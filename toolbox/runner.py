@@ -397,9 +397,12 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
     work.mkdir()
     model.eval()  # a defense gets the suspect model in inference mode (batch norms use their statistics)
     with timer.stage("defense"):
-        outcome = defense.defend(DefenseContext(
-            model=model, clean_data=data["clean_data"], classnames=classnames, templates=templates,
-            seed=src.seed, device=device, workdir=work, train_data=data["train_data"], attack=attack))
+        try:
+            outcome = defense.defend(DefenseContext(
+                model=model, clean_data=data["clean_data"], classnames=classnames, templates=templates,
+                seed=src.seed, device=device, workdir=work, train_data=data["train_data"], attack=attack))
+        except SystemExit as err:  # a plugin's sys.exit() is a failed run, not the toolbox's exit
+            raise RuntimeError(f"defense {req.defense!r} called sys.exit({err.code})") from err
     for name, secs in outcome.timings_s.items():
         timer.timings[f"defense.{name}"] = round(secs, 3)
     if outcome.triggers and outcome.target in classnames:

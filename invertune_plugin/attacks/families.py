@@ -10,7 +10,7 @@ A zoo spec draws their parameters (``zoo/dev.yaml``); ``toolbox run --attack pat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -151,7 +151,7 @@ def stripes_signal(image_size: int, amplitude: float, cycles: float, angle_deg: 
 class StripesConfig(PoisonSettings):
     amplitude: float = 40 / 255
     cycles: float = 4.0  # per image side
-    angle: float = 0.0  # degrees; 0 = SIG's vertical stripes
+    angle: float = field(default=0.0, metadata={"signed": True})  # degrees; 0 = SIG's vertical stripes
 
     def __post_init__(self) -> None:
         _unit(self.amplitude, "amplitude")

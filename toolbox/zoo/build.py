@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import safetensors.torch
 import torch
 
 from .. import atomic
+from ..cache import config_hash
 from ..api import AttackContext, ImageData, build_config, config_values
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
@@ -70,9 +72,11 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
 
     spec = MemberSpec.from_dict(member)
     out = Path(zoo_dir) / "members" / spec.id
+    key = build_key(spec)
     if (out / MEMBER_JSON).is_file():
         record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
-        if record.get("key") == spec.key:
+        if record.get("build_key") == key:
+            record["label"] = member_label(record, implant_margin)  # the margin is the spec's, not the build's
             return record
     start = time.perf_counter()
     device = torch.device("cpu")
@@ -93,12 +97,12 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
                                           trigger_source="real" if backdoored else None),
                         MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), device)
     lift = (measured["asr"] or 0.0) - (measured.get("asr_untriggered") or 0.0) if backdoored else None
-    label = "clean" if not backdoored else "backdoored" if lift >= implant_margin else "not_implanted"
-    record = {**spec.to_dict(), "label": label, "target": target, "implant_lift": lift,
+    record = {**spec.to_dict(), "build_key": key, "target": target, "implant_lift": lift,
               "attack_params": config_values(attack.config) if attack is not None else None,
               "measured": {k: measured.get(k) for k in ("ca", "asr", "asr_untriggered")},
               "arch": "resnet" if "resnet" in spec.preset else "vit", "base_sha256": loaded.sha256,
               "build_seconds": round(time.perf_counter() - start, 1)}
+    record["label"] = label = member_label(record, implant_margin)
     with atomic.atomic_dir(out) as tmp:
         write_openclip_dir(model, tmp / "model")
         state = attack.trigger_state() if attack is not None else {}
@@ -108,6 +112,25 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
     log.info("member %s: %s (CA %.1f %%%s), %.0f s", spec.id, label, 100 * (measured["ca"] or 0),
              "" if lift is None else f", ASR lift {100 * lift:.1f} points", record["build_seconds"])
     return record
+
+
+def member_label(record: dict[str, Any], implant_margin: float) -> str:
+    """clean, backdoored, or not_implanted (a backdoored member whose trigger lifts ASR too little)."""
+    if record["kind"] != "backdoored":
+        return "clean"
+    return "backdoored" if record["implant_lift"] >= implant_margin else "not_implanted"
+
+
+def build_key(spec: MemberSpec) -> str:
+    """Everything the member's weights depend on: what was drawn, the base model's own key (world,
+    architecture, training recipe) and the attack's resolved settings (its defaults included)."""
+    from adapters.toyworld.build import get_preset, model_key
+
+    preset = get_preset(spec.preset)
+    if spec.kind == CLEAN_SCRATCH:
+        preset = replace(preset, train=replace(preset.train, seed=spec.seed))
+    attack = config_values(make_attack(spec.attack, spec.params).config) if spec.attack else None
+    return config_hash("zoo-member-build", spec.key, model_key(preset), attack)
 
 
 def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limit: int | None = None) -> list[dict]:

@@ -31,23 +31,28 @@ OUTCOME_JSON = "outcome.json"
 
 def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> Path:
     """Where one defense configuration's evaluations of this zoo live (one folder per configuration)."""
-    cfg = configure(get_host().build_registry(quiet=True).get("defense", defense).obj, params)
     from ..api import config_values
 
+    cfg = configure(get_host().build_registry(quiet=True).get("defense", defense).obj, params)
     return Path(zoo_dir) / "evals" / f"{defense}-{config_hash(defense, config_values(cfg), seed)}"
 
 
 def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict[str, str], seed: int,
                 out_dir: str) -> dict[str, Any]:
-    """Run ``defense`` on one member and score it; reuse the outcome when it exists."""
+    """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
+    member build and defense configuration."""
     out = Path(out_dir) / record["id"]
+    key = outcome_key(record, defense, params, seed)
     if (out / OUTCOME_JSON).is_file():
-        return json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+        saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return {**saved["outcome"], "label": record["label"]}  # the label follows the spec's margin
     member_dir = Path(zoo_dir) / "members" / record["id"]
     world = world_of(record["preset"]).world
+    # what a user would give the defense; train_data is read only by defenses that fine-tune on pairs
     sources = Sources(model=str(member_dir / "model"), clean_data=str(world.defender_dir),
                       eval_data=str(world.eval_labels), classes=str(world.classes), templates=str(world.templates),
-                      seed=seed)
+                      train_data=str(world.train_csv), seed=seed)
     result = run(RunRequest(defense=defense, sources=sources, out=out / "run", defense_params=dict(params),
                             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense]))
     doc = json.loads(result.read_text(encoding="utf-8"))
@@ -63,8 +68,16 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
         predicted_target=det.get("target"), ca_before=before.get("ca"), ca_after=after.get("ca"),
         asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
         seconds=round(sum(v for k, v in timings.items() if "." not in k), 1))
-    atomic.write_json(out / OUTCOME_JSON, outcome.to_dict())
+    atomic.write_json(out / OUTCOME_JSON, {"key": key, "outcome": outcome.to_dict()})
     return outcome.to_dict()
+
+
+def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> str:
+    """The member's build and the defense's resolved configuration: a stale outcome is never reused."""
+    from ..api import config_values
+
+    cfg = configure(get_host().build_registry(quiet=True).get("defense", defense).obj, params)
+    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed)
 
 
 def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any) -> float | None:

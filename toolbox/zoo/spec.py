@@ -190,9 +190,10 @@ def draw_members(spec: ZooSpec, vocabulary: list[str],
             if fam.poison:
                 params["poison_rate"] = draw(spec.poison_rate, rng)
             params.update({k: draw(v, rng) for k, v in sorted(fam.params.items())})
-            trigger_seed = rng.randrange(1_000_000)  # drawn for every family, so adding one shifts nothing
+            trigger_seed = rng.randrange(1_000_000)  # drawn whether or not the attack takes one
             if seeded(fam.attack):
                 params.setdefault("trigger_seed", trigger_seed)
             member = MemberSpec("", index, "backdoored", fam.name, preset, fam.attack, params, seed)
-        out.append(MemberSpec(f"{spec.name}-{index:03d}-{member.family}-{preset}", *list(asdict(member).values())[1:]))
+        # the id is opaque: the defense sees paths under it, and must learn nothing of the family from them
+        out.append(MemberSpec(f"{spec.name}-{index:03d}", *list(asdict(member).values())[1:]))
     return out
