@@ -51,8 +51,9 @@ def main() -> int:
         for name in args.defenses.split(","):
             defense, params = name.split("-")[0], DEFENSES[name]
             rows, out = eval_zoo(args.root / split, defense, params, grid=grid)
+            rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None
-            summary = score_population(rows + not_implanted_rows(args.root / split), threshold=given)
+            summary = score_population(rows, threshold=given)
             if split == "dev" and summary.get("detection") and summary["detection"].get("tpr_at_fpr"):
                 thresholds[name] = summary["detection"]["tpr_at_fpr"]["threshold"]
             title = f"{name} on the {split} split" + (f" (threshold {given} from dev)" if given is not None else "")

@@ -96,17 +96,18 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         assert (zoo / "members" / m["id"] / "model" / "open_clip_config.json").is_file()
         assert m["label"] in ("clean", "backdoored", "not_implanted") and m["measured"]["ca"] > 0.5
         assert m["label"] != "backdoored" or m["implant_lift"] >= 0.5
-    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in zoo.glob("members/*/member.json")}
     assert main(["zoo", "build", str(ROOT / "zoo" / "smoke.yaml"), "--out", str(zoo)]) == 0  # resumes: nothing rebuilt
-    assert "start" not in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in zoo.glob("members/*/member.json")} == stamps
 
     report = tmp_path / "report"
     assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report)]) == 0
     doc = json.loads((report / "zoo_summary.json").read_text())
     rows = {r["member_id"]: r for r in doc["rows"]}
-    assert set(rows) == {m["id"] for m in manifest}
+    assert set(rows) == {m["id"] for m in manifest}  # not implanted ones listed too, with nothing measured
+    assert doc["summary"]["not_implanted"] == [m["id"] for m in manifest if m["label"] == "not_implanted"]
     for m in manifest:  # `none` changes nothing: the scorer's ASR after is the build's ASR
-        if m["label"] != "clean":
+        if m["label"] == "backdoored":
             assert rows[m["id"]]["asr_after"] == pytest.approx(m["measured"]["asr"])
     assert doc["summary"]["detection"] is None  # `none` gives no score
     assert (report / "zoo_summary.md").is_file() and (report / "zoo_members.csv").is_file()

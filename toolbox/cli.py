@@ -157,7 +157,8 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
 
     rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out)
     title = f"{args.defense} on {args.directory}"
-    summary = score_population(rows + not_implanted_rows(args.directory), threshold=args.threshold)
+    rows += not_implanted_rows(args.directory)  # listed apart by the scorer, never evaluated
+    summary = score_population(rows, threshold=args.threshold)
     write_report(summary, rows, out, title)
     print(markdown_summary(summary, title))
     print(f"\nreport: {out}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
