@@ -93,9 +93,9 @@ class VerdictConfig:
     min_linf_rate: float = 0.6
 
     def __post_init__(self) -> None:
-        bad = {k: v for k, v in vars(self).items() if not 0 < v <= 1}
+        bad = {k: v for k, v in vars(self).items() if not 0 <= v <= 1}
         if bad:
-            raise ValueError(f"verdict settings are fractions in (0, 1]; not {bad}")
+            raise ValueError(f"verdict settings are fractions in [0, 1]; not {bad}")
 
 
 def best_patch(refined: list[RefinedPatch], cfg: VerdictConfig) -> RefinedPatch | None:
@@ -140,11 +140,14 @@ SCORE_DEFINITION = ("largest statistic / gate ratio among the detectors that ran
 def gate_score(inversions: list[InvertedTrigger], patches: list[RefinedPatch], stripes: list[RefinedGlobal],
                linf: list[RefinedGlobal], cfg: VerdictConfig) -> float:
     """One continuous number per model, monotone in every detector's evidence (see SCORE_DEFINITION)."""
-    ratios = [min(t.holdout_asr / cfg.min_inverted_asr,
-                  cfg.max_mask_fraction / max(t.mask_l1 / t.mask.numel(), 1e-6)) for t in inversions]
-    ratios += [p.holdout_rate / cfg.min_patch_rate for p in patches]
-    ratios += [min(g.holdout_rate / cfg.min_global_rate, g.flipped_rate / cfg.min_global_flipped_rate)
+    def over(stat: float, gate: float) -> float:  # a gate set to 0 passes everything: a large finite ratio
+        return stat / max(gate, 1e-6)
+
+    ratios = [min(over(t.holdout_asr, cfg.min_inverted_asr), over(cfg.max_mask_fraction, t.mask_l1 / t.mask.numel()))
+              for t in inversions]
+    ratios += [over(p.holdout_rate, cfg.min_patch_rate) for p in patches]
+    ratios += [min(over(g.holdout_rate, cfg.min_global_rate), over(g.flipped_rate, cfg.min_global_flipped_rate))
                for g in stripes]
-    ratios += [g.holdout_rate / cfg.min_linf_rate for g in linf]
+    ratios += [over(g.holdout_rate, cfg.min_linf_rate) for g in linf]
     return max(ratios, default=0.0)
 

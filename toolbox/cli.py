@@ -326,8 +326,7 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     for name in OWN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
+        logger.setLevel(level)  # still propagates: an embedding program's (or pytest's) handlers see it too
 
 
 class _StderrHandler(logging.StreamHandler):

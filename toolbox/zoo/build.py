@@ -22,11 +22,12 @@ import safetensors.torch
 import torch
 
 from .. import atomic
-from ..cache import config_hash
 from ..api import AttackContext, ImageData, build_config, config_values
+from ..cache import config_hash
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
+from ..runner import backdoor_cached, load_data, memoised_data, read_lines
 from .spec import CLEAN_SCRATCH, MemberSpec, ZooSpec, draw_members
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ def vocabulary(spec: ZooSpec) -> list[str]:
 
 def world_data(preset: str, keys: tuple[str, ...], image_size: int) -> tuple[list[str], list[str], dict[str, ImageData]]:
     """The preset world's class names, templates and the requested splits, read through the registry."""
-    from ..runner import load_data, read_lines
-
     world = world_of(preset).world
     registry = get_host().build_registry(quiet=True)
     classnames, templates = read_lines(str(world.classes), "class names"), read_lines(str(world.templates), "templates")
@@ -67,7 +66,6 @@ def make_attack(name: str, params: dict[str, Any]) -> Any:
 
 def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) -> dict[str, Any]:
     """Build one member (or return its record when it exists with the same key)."""
-    from ..runner import backdoor_cached
     from adapters.models import OpenClipDirAdapter, write_openclip_dir
 
     spec = MemberSpec.from_dict(member)
@@ -147,7 +145,8 @@ def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limi
     cells = [Cell(key=m.key, fn=build_member, label=f"member {i + 1}/{len(members)} {m.id}",
                   kwargs={"zoo_dir": str(zoo_dir), "member": m.to_dict(), "implant_margin": spec.implant_margin})
              for i, m in enumerate(members)]
-    records = run_grid(cells, grid or GridConfig())
+    with memoised_data():  # in this process (--jobs 1) the world's splits are read once, not once a member
+        records = run_grid(cells, grid or GridConfig())
     atomic.write_json(zoo_dir / MANIFEST, {"name": spec.name, "spec": spec.source, "members": records})
     return records
 

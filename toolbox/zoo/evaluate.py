@@ -20,7 +20,7 @@ from ..cache import config_hash
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
-from ..runner import RunRequest, Sources, configure, run
+from ..runner import RunRequest, Sources, configure, memoised_data, run
 from .build import member_trigger, read_manifest, world_data, world_of
 from .score import MemberOutcome
 
@@ -105,7 +105,8 @@ def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0,
                   kwargs={"zoo_dir": str(zoo_dir), "record": r, "defense": defense, "params": dict(params),
                           "seed": seed, "out_dir": str(out)})
              for i, r in enumerate(records)]
-    rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]
+    with memoised_data():  # --jobs 1: the world's splits are read once for all members
+        rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]
     return rows, out
 
 
