@@ -84,16 +84,15 @@ def test_throwaway_plugin_registers_a_defense(register_plugin):
     assert reg.get("defense", "good").plugin == "throwaway"
 
 
-def test_raising_hook_skips_the_whole_plugin(register_plugin, capsys):
+def test_raising_hook_skips_the_whole_plugin(register_plugin, caplog):
     register_plugin(RaisingPlugin(), "raiser")
     reg = plugins.get_host().build_registry()
     assert "good" not in reg.names("defense")
     assert "none" in reg.names("defense")  # the host keeps working
-    err = capsys.readouterr().err
-    assert "raiser" in err and "boom" in err
+    assert "raiser" in caplog.text and "boom" in caplog.text
 
 
-def test_name_clash_is_reported_and_first_wins(register_plugin, capsys):
+def test_name_clash_is_reported_and_first_wins(register_plugin, caplog):
     class Clash:
         @hookimpl
         def register_defenses(self, register):
@@ -102,10 +101,10 @@ def test_name_clash_is_reported_and_first_wins(register_plugin, capsys):
     register_plugin(Clash(), "clash")
     reg = plugins.get_host().build_registry()
     assert reg.get("defense", "none").plugin == "toolbox"
-    assert "name clash" in capsys.readouterr().err
+    assert "name clash" in caplog.text
 
 
-def test_registration_without_name_is_reported(register_plugin, capsys):
+def test_registration_without_name_is_reported(register_plugin, caplog):
     class Nameless:
         @hookimpl
         def register_defenses(self, register):
@@ -113,7 +112,7 @@ def test_registration_without_name_is_reported(register_plugin, capsys):
 
     register_plugin(Nameless(), "nameless")
     plugins.get_host().build_registry()
-    assert "has no name" in capsys.readouterr().err
+    assert "has no name" in caplog.text
 
 
 def test_entry_point_plugin_is_discovered_with_its_version(fake_distribution, monkeypatch, capsys):
@@ -148,17 +147,17 @@ def test_allow_list_loads_only_named_plugins(fake_distribution, monkeypatch):
     assert names == set(plugins.DEFAULT_PLUGINS)
 
 
-def test_plugin_that_fails_to_import_is_skipped(fake_distribution, monkeypatch, capsys):
+def test_plugin_that_fails_to_import_is_skipped(fake_distribution, monkeypatch, caplog):
     fake_distribution("broken", "broken_plugin", "raise ImportError('missing dependency xyz')\n")
     monkeypatch.delenv(plugins.BLOCK_ENV, raising=False)
     host = plugins.get_host()
     broken = next(p for p in host.plugins() if p.name == "broken")
     assert broken.status == "skipped" and "missing dependency xyz" in broken.problem
-    assert "missing dependency xyz" in capsys.readouterr().err
+    assert "missing dependency xyz" in caplog.text
     assert "none" in host.build_registry().names("defense")
 
 
-def test_plugin_with_unknown_hook_is_skipped(fake_distribution, capsys):
+def test_plugin_with_unknown_hook_is_skipped(fake_distribution, caplog):
     fake_distribution("typo", "typo_plugin", '''
         from toolbox.hookspecs import hookimpl
 
@@ -169,7 +168,7 @@ def test_plugin_with_unknown_hook_is_skipped(fake_distribution, capsys):
     host = plugins.get_host()
     typo = next(p for p in host.plugins() if p.name == "typo")
     assert typo.status == "skipped" and typo.hooks == []
-    assert "unknown hooks" in capsys.readouterr().err
+    assert "unknown hooks" in caplog.text
 
 
 @pytest.mark.parametrize("argv", [["run", "--defense", "nosuch"], ["run", "--defense", "none", "--attack", "nosuch"]])

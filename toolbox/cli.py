@@ -319,14 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool, quiet: bool) -> None:
+def setup_logging(verbose: bool, quiet: bool) -> list[tuple[logging.Logger, list, int, bool]]:
+    """Our loggers to stderr at the chosen level; returns what they were, for :func:`main` to restore."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
+    saved = []
     for name in OWN_LOGGERS:
         logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers, logger.level, logger.propagate))
         logger.handlers = [handler]
-        logger.setLevel(level)  # still propagates: an embedding program's (or pytest's) handlers see it too
+        logger.setLevel(level)
+        logger.propagate = False  # a library's logging.info() gives the root a handler: no second copy there
+    return saved
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -361,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here, argparse's own convention
     args.argv = argv
-    setup_logging(args.verbose, args.quiet)
+    saved_logging = setup_logging(args.verbose, args.quiet)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         return int(args.func(args))
@@ -383,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        for logger, handlers, level, propagate in saved_logging:  # main() leaves no global state behind
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
 
 
 def _main_thread() -> bool:
