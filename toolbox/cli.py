@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .api import KINDS
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_TERMINATED, InputError
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_TERMINATED, InputError,
+                     one_line)
 from .grid import add_grid_args
 from .plugins import UnknownNameError, get_host
 
@@ -382,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TERMINATED
     except Exception as err:  # noqa: BLE001 - one line, not a traceback; -v shows it
         log.debug("the run failed", exc_info=True)
-        log.error("the run failed: %s: %s%s", type(err).__name__, (str(err).splitlines() or [""])[0][:300],
+        log.error("the run failed: %s%s", one_line(err),
                   "" if args.verbose else " (rerun with -v for the traceback)")
         return EXIT_RUN_FAILED
     finally:

@@ -15,3 +15,10 @@ EXIT_TERMINATED = 143  # SIGTERM, 128 + 15
 
 class InputError(ValueError):
     """Input the run cannot use: the CLI prints it as one line and exits with EXIT_BAD_INPUT."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (torch's size-mismatch messages run to pages)."""
+    message = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."

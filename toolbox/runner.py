@@ -22,7 +22,7 @@ import torch
 from . import outputs, results
 from .api import (AttackContext, ClipModel, DefenseContext, ImageData, LoadedModel, build_config,
                   config_values)
-from .errors import InputError
+from .errors import InputError, one_line
 from .evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
 from .plugins import Registry, UnknownNameError, get_host
 
@@ -125,13 +125,6 @@ def parse_device(text: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (torch's size-mismatch messages run to pages)."""
-    message = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @contextmanager
