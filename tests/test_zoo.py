@@ -37,8 +37,9 @@ def test_same_spec_same_members_and_ranges_respected(split):
     families = {f.name: f for f in spec.families}
     for m in drawn:
         if m.kind == CLEAN_SCRATCH:
-            assert m.attack is None and m.params == {}
+            assert m.attack is None and m.params == {} and m.train_pairs is None  # a base build sees all pairs
             continue
+        assert m.train_pairs == spec.train_pairs
         assert m.params["target"] in VOCAB
         if m.kind == CLEAN_FINETUNE:
             assert m.params["poison_rate"] == 0.0 and m.attack == spec.clean_attack
@@ -46,7 +47,8 @@ def test_same_spec_same_members_and_ranges_respected(split):
         fam = families[m.family]
         assert ("poison_rate" in m.params) == fam.poison
         if fam.poison:
-            assert 0.02 <= m.params["poison_rate"] <= 0.1
+            low, high = spec.poison_rate["log_uniform"]
+            assert low <= m.params["poison_rate"] <= high
         assert ("trigger_seed" in m.params) == (fam.attack in SEEDED)
         for key, dist in fam.params.items():
             value = m.params[key]
@@ -71,6 +73,23 @@ def test_a_larger_zoo_is_the_same_spec_at_another_scale():
     assert len(big) == 600 and sum(m.kind != "backdoored" for m in big) == load_spec(ROOT / "zoo" / "dev.yaml", 600).n_clean
 
 
+def test_a_members_training_subset_is_seeded_and_keeps_its_captions():
+    import torch
+
+    from toolbox.api import ImageData
+    from toolbox.zoo.build import HeldPairs, train_subset
+
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    data = ImageData(dataset=HeldPairs(images), kind="captioned", source="pairs.csv",
+                     captions=[[f"caption {i}"] for i in range(10)])
+    a, b, c = train_subset(data, 4, seed=1), train_subset(data, 4, seed=1), train_subset(data, 4, seed=2)
+    assert torch.equal(a.dataset.cache, b.dataset.cache) and not torch.equal(a.dataset.cache, c.dataset.cache)
+    for i in range(4):  # item i's caption is the one its image had
+        image, index = a.dataset[i]
+        assert a.captions[index] == [f"caption {int(round(image[0, 0, 0].item() * 255))}"]
+    assert len(a.dataset) == 4 and "4 pairs, seed 1" in a.source
+
+
 @pytest.mark.parametrize("text, message", [
     ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\nsurprise: 1\n", "unknown keys"),
     ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {alpha: {gauss: [0, 1]}}}\n",
@@ -78,6 +97,7 @@ def test_a_larger_zoo_is_the_same_spec_at_another_scale():
     ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {a: {uniform: [2, 1]}}}\n", "low <= high"),
     ("name: x\nseed: 1\nmembers: 0\npresets: [smoke]\nfamilies: {badnet: {}}\n", "members >= 1"),
     ("- just\n- a list\n", "not a mapping"),
+    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\ntrain_pairs: 0\n", "train_pairs"),
 ])
 def test_bad_specs_are_input_errors(tmp_path, text, message):
     path = tmp_path / "spec.yaml"

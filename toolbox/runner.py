@@ -261,8 +261,10 @@ def source_fingerprint(source: str) -> dict[str, Any]:
     return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_source: str) -> tuple[ClipModel, dict]:
-    """The attacked model from the cache, or built now and cached (keyed by everything it depends on)."""
+def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_source: str,
+                    subset: dict[str, Any] | None = None) -> tuple[ClipModel, dict]:
+    """The attacked model from the cache, or built now and cached (keyed by everything it depends on;
+    ``subset`` names the part of ``train_source`` that ``ctx.train_data`` holds, when not all of it)."""
     import json
 
     import safetensors.torch
@@ -270,8 +272,9 @@ def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_sourc
     from . import atomic
     from .cache import cache_root, config_hash, entry_lock
 
+    parts = (subset,) if subset else ()  # absent when whole: the keys of earlier caches hold
     key = config_hash(model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source),
-                      ctx.seed)
+                      ctx.seed, *parts)
     entry = cache_root() / "attacked" / key
     with entry_lock(entry):
         if not (entry / "attack.json").exists():

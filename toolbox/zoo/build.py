@@ -20,6 +20,7 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from torch.utils.data import Dataset
 
 from .. import atomic
 from ..api import AttackContext, ImageData, build_config, config_values
@@ -85,9 +86,13 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
     model = loaded.model
     if spec.kind != CLEAN_SCRATCH:
         attack = make_attack(str(spec.attack), spec.params)
-        ctx = AttackContext(model=model, train_data=data["train"], classnames=classnames, seed=spec.seed,
+        train, subset = data["train"], None
+        if spec.train_pairs is not None and spec.train_pairs < len(train.dataset):
+            subset = {"pairs": spec.train_pairs, "seed": spec.seed}
+            train = train_subset(train, spec.train_pairs, spec.seed)
+        ctx = AttackContext(model=model, train_data=train, classnames=classnames, seed=spec.seed,
                             device=device, cache_dir=out)
-        model, _ = backdoor_cached(attack, ctx, loaded.sha256, data["train"].source)
+        model, _ = backdoor_cached(attack, ctx, loaded.sha256, data["train"].source, subset)
     backdoored = spec.kind == "backdoored"
     target = spec.params.get("target") if backdoored else None
     measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
@@ -110,6 +115,33 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
     log.info("member %s: %s (CA %.1f %%%s), %.0f s", spec.id, label, 100 * (measured["ca"] or 0),
              "" if lift is None else f", ASR lift {100 * lift:.1f} points", record["build_seconds"])
     return record
+
+
+class HeldPairs(Dataset):
+    """Captioned pairs held in memory: ``(image, index)`` items over a uint8 ``cache``, as the file
+    adapters keep theirs (the attacks read the cache whole)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.cache = images
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.cache[i].float().div(255.0), i
+
+
+def train_subset(data: ImageData, n: int, seed: int) -> ImageData:
+    """``n`` of the captioned pairs, drawn without replacement by ``seed`` (a member's fine-tuning set)."""
+    pick = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    images = getattr(data.dataset, "cache", None)
+    if images is None:
+        images = torch.stack([(data.dataset[i][0] * 255).round().to(torch.uint8) for i in pick.tolist()])
+    else:
+        images = images[pick]
+    captions = [data.captions[i] for i in pick.tolist()] if data.captions is not None else None
+    return ImageData(dataset=HeldPairs(images), kind=data.kind, source=f"{data.source} ({n} pairs, seed {seed})",
+                     captions=captions)
 
 
 def member_label(record: dict[str, Any], implant_margin: float) -> str:

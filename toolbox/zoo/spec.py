@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +46,7 @@ class ZooSpec:
     clean_attack: str = "badnet"  # clean fine-tunes use its recipe with poison_rate 0
     targets: tuple[str, ...] | None = None  # None: the base world's whole vocabulary
     implant_margin: float = 0.5  # ASR - untriggered rate below this: the attack did not implant
+    train_pairs: int | None = None  # each fine-tune sees a seeded subset of this many pairs (a member's cost); None: all
     source: str = ""
 
     @property
@@ -65,17 +66,20 @@ class MemberSpec:
     attack: str | None
     params: dict[str, Any]
     seed: int
+    train_pairs: int | None = None
 
     @property
     def key(self) -> str:
-        return config_hash("zoo-member", self.kind, self.preset, self.attack, self.params, self.seed)
+        subset = () if self.train_pairs is None else (self.train_pairs,)  # unset: the keys of earlier zoos hold
+        return config_hash("zoo-member", self.kind, self.preset, self.attack, self.params, self.seed, *subset)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "key": self.key}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "MemberSpec":
-        return cls(**{k: doc[k] for k in ("id", "index", "kind", "family", "preset", "attack", "params", "seed")})
+        return cls(**{k: doc[k] for k in ("id", "index", "kind", "family", "preset", "attack", "params", "seed")},
+                   train_pairs=doc.get("train_pairs"))
 
 
 def draw(value: Any, rng: random.Random) -> Any:
@@ -121,7 +125,8 @@ def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
         raise InputError(f"cannot read zoo spec {path}: {err}") from err
     if not isinstance(doc, dict):
         raise InputError(f"zoo spec {path} is not a mapping")
-    known = {"name", "seed", "members", "presets", "families", "poison_rate", "clean", "targets", "implant_margin"}
+    known = {"name", "seed", "members", "presets", "families", "poison_rate", "clean", "targets", "implant_margin",
+             "train_pairs"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"zoo spec {path}: unknown keys {unknown}; known: {sorted(known)}")
@@ -134,11 +139,15 @@ def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
                        poison_rate=doc.get("poison_rate", 0.05), clean_fraction=float(clean.get("fraction", 1 / 3)),
                        clean_scratch=int(clean.get("scratch", 0)), clean_attack=str(clean.get("attack", "badnet")),
                        targets=tuple(doc["targets"]) if isinstance(doc.get("targets"), list) else None,
-                       implant_margin=float(doc.get("implant_margin", 0.5)), source=str(path))
+                       implant_margin=float(doc.get("implant_margin", 0.5)),
+                       train_pairs=None if doc.get("train_pairs") is None else int(doc["train_pairs"]),
+                       source=str(path))
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"zoo spec {path}: {type(err).__name__}: {err}") from err
     if spec.members < 1 or not spec.presets or not spec.families:
         raise InputError(f"zoo spec {path}: needs members >= 1, at least one preset and one family")
+    if spec.train_pairs is not None and spec.train_pairs < 1:
+        raise InputError(f"zoo spec {path}: train_pairs must be a positive count (or absent: all pairs)")
     if not 0 <= spec.clean_fraction <= 1 or not 0 <= spec.clean_scratch <= spec.n_clean:
         raise InputError(f"zoo spec {path}: clean.fraction must be in [0, 1] and clean.scratch <= the clean count")
     _check_distribution(spec.poison_rate, f"{path}: poison_rate")
@@ -195,5 +204,6 @@ def draw_members(spec: ZooSpec, vocabulary: list[str],
                 params.setdefault("trigger_seed", trigger_seed)
             member = MemberSpec("", index, "backdoored", fam.name, preset, fam.attack, params, seed)
         # the id is opaque: the defense sees paths under it, and must learn nothing of the family from them
-        out.append(MemberSpec(f"{spec.name}-{index:03d}", *list(asdict(member).values())[1:]))
+        pairs = None if member.kind == CLEAN_SCRATCH else spec.train_pairs  # a scratch member is a base build
+        out.append(replace(member, id=f"{spec.name}-{index:03d}", train_pairs=pairs))
     return out
