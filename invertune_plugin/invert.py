@@ -65,6 +65,14 @@ class InvertedTrigger:
     history: list[dict[str, float]] = field(default_factory=list)
     delta: Tensor | None = None  # [1 or 3, H, W]: an additive part, applied after the mask and clamped
 
+    def evidence(self) -> dict[str, float]:
+        """Held-out ASR and mask size (and an additive part's L-inf size), as the result records them."""
+        doc = {"holdout_asr": round(self.holdout_asr, 4), "mask_l1": round(self.mask_l1, 2),
+               "mask_fraction": round(self.mask_l1 / self.mask.numel(), 4)}
+        if self.delta is not None:
+            doc["delta_linf_255"] = round(float(self.delta.abs().max()) * 255, 1)
+        return doc
+
     def __call__(self, images: Tensor) -> Tensor:
         m = self.mask.to(images)
         out = m * self.pattern.to(images) + (1 - m) * images

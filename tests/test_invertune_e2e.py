@@ -17,8 +17,8 @@ ATTACK = ["--attack", "badnet", "--attack-param", "poison_rate=0.1", "--attack-p
 # Fewer steps for CI; purify_when_clean so the test exercises the pipeline whatever the verdict
 # heuristic (calibrated on the default preset) says about the smaller smoke model.
 FAST = ["-p", "identify.race_steps=15", "-p", "invert.steps=200", "-p", "tune.steps=100", "-p", "n_images=256",
-        "-p", "purify_when_clean=true", "-p", "candidates=2", "-p", "identify.refine_steps=20",
-        "-p", "identify.refine_restarts=1"]
+        "-p", "purify_when_clean=true", "-p", "detectors.inversion.candidates=2",
+        "-p", "detectors.patch.steps=20", "-p", "detectors.patch.restarts=1"]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_pipeline_lowers_asr_on_a_backdoored_smoke_model(purified):
     assert after["ca"] > before["ca"] - 0.1
     assert doc["detection"]["target"] == "mushroom"
     assert "asr_inverted" in before and "asr_inverted" in after
-    assert [c["class"] for c in doc["detection"]["candidates"]] == \
-        [r["class"] for r in doc["detection"]["ranking_top5"][:2]]
+    inversion = doc["detection"]["cascade"][0]  # inverted toward both candidates, the chosen one first
+    assert inversion["detector"] == "inversion"
+    assert {f["class"] for f in inversion["findings"]} == {r["class"] for r in doc["detection"]["ranking_top5"][:2]}
 
 
 def test_result_records_profile_stages_and_artifacts(purified):
@@ -76,6 +77,6 @@ def test_unknown_profile_and_parameter_exit_2(host, capsys):
 
 
 def test_bad_stage_settings_are_refused(host, capsys):
-    assert main(["run", "--defense", "invertune", "-p", "rounds=0"]) == 2
+    assert main(["run", "--defense", "invertune", "-p", "detectors.inversion.rounds=0"]) == 2
     assert main(["run", "--defense", "invertune", "-p", "verdict=0.8"]) == 2
     assert "group of settings" in capsys.readouterr().err

@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from invertune_plugin.defense import InverTuneConfig
+from invertune_plugin.cascade import SearchContext
+from invertune_plugin.detectors.linf import LinfConfig, LinfSearch
+from invertune_plugin.detectors.patch import PatchConfig, RefinedPatchSearch
+from invertune_plugin.detectors.stripes import StripeSearch, StripesConfig
+from invertune_plugin.refine import RefineConfig, refine_patches
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
 from invertune_plugin.invert import InvertConfig, invert
 from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, select_layers, tune,
@@ -61,20 +65,22 @@ def test_targeted_race_ranks_the_planted_target_first():
     assert ident.evidence()["uaps"][0]["top"] == TARGET
 
 
+def search_context(model, images, head, cfg, ident) -> SearchContext:
+    return SearchContext(model, images, head, ident, 0, cfg, InvertConfig())
+
+
 def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
-    from invertune_plugin.identify import refine_patches
     from invertune_plugin.invert import patch_trigger
-    from invertune_plugin.verdict import VerdictConfig, best_patch
 
     model = PlantedClip()
     head = head_for(model)
     images = colour_images(96)
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=30, refine_restarts=2)
+    cfg, budget = IdentifyConfig(race_steps=10, batch_size=32), PatchConfig(classes=2, steps=30, restarts=2)
     ident = identify(model, images, head, cfg)
-    refined = refine_patches(model, images, head, ident, cfg)
+    refined = refine_patches(model, images, head, ident, cfg, budget)
     assert [p.target for p in refined] == [c for c, _ in ident.ranking[:2]]
-    winner = best_patch(refined, VerdictConfig())
-    assert winner is not None and winner.target == TARGET and winner.location == "bottom-right"
+    winner = max((p for p in refined if p.holdout_rate >= budget.min_rate), key=lambda p: p.holdout_rate)
+    assert winner.target == TARGET and winner.location == "bottom-right"
     size = images.shape[-1]
     trigger = patch_trigger(winner.patch, winner.location, size, winner.target, winner.holdout_rate)
     assert trigger.mask.shape == (1, size, size) and trigger.mask_l1 == winner.patch.shape[-1] ** 2
@@ -85,98 +91,89 @@ def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
 
 
 def _refinement_case(model: PlantedClip, refine_steps: int):
-    """Head, images, settings and stage-1 identification for a refinement test on a planted model."""
+    """Search context and a refinement budget (two classes, two restarts) for a planted model."""
     head = head_for(model)
     images = colour_images(96)
-    cfg = IdentifyConfig(race_steps=10, batch_size=32, refine_classes=2, refine_steps=refine_steps, refine_restarts=2)
-    return head, images, cfg, identify(model, images, head, cfg)
+    cfg = IdentifyConfig(race_steps=10, batch_size=32)
+    return search_context(model, images, head, cfg, identify(model, images, head, cfg)), \
+        {"classes": 2, "steps": refine_steps, "restarts": 2}
 
 
 def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturbation():
-    from invertune_plugin.identify import refine_globals, refine_linf, refine_patches
-    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_linf_trigger
-
     model = PlantedClip(backdoor=False)
-    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
-    refined = refine_patches(model, images, head, ident, cfg)
-    assert len(refined) == 2 and best_patch(refined, VerdictConfig()) is None
-    refined_globals = refine_globals(model, images, head, ident, cfg)
-    assert len(refined_globals) == 2 and best_global(refined_globals, VerdictConfig()) is None
-    assert refine_globals(model, images, head, ident, dataclasses.replace(cfg, refine_global_eps=0.0)) == []
-    refined_linf = refine_linf(model, images, head, ident, cfg)
-    assert len(refined_linf) == 2 and best_global(refined_linf, VerdictConfig(), is_linf_trigger) is None
-    assert refine_linf(model, images, head, ident, dataclasses.replace(cfg, refine_linf_eps=0.0)) == []
+    ctx, budget = _refinement_case(model, refine_steps=40)
+    for detector, config in ((RefinedPatchSearch, PatchConfig), (StripeSearch, StripesConfig),
+                             (LinfSearch, LinfConfig)):
+        found = detector(config(**budget)).search(ctx)
+        assert len(found) == 2 and not any(f.passed for f in found), detector.name  # every class tried, none passed
+        assert all(f.gate_ratio < 1 for f in found)
+    assert StripeSearch(StripesConfig(**budget, eps=0.0)).search(ctx) == []
+    assert LinfSearch(LinfConfig(**budget, eps=0.0)).search(ctx) == []
 
 
 def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
-    from invertune_plugin.identify import refine_globals, refine_patches
-    from invertune_plugin.invert import additive_trigger
-    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_global_trigger
-
     model = PlantedClip(stripes="texture")
-    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
-    x = images[:32].float() / 255
+    ctx, budget = _refinement_case(model, refine_steps=40)
+    x = ctx.images[:32].float() / 255
     for sign in (1, -1):  # the planted trigger itself works, either sign ...
         stripes = (x + sign * 0.25 * STRIPES).clamp(0, 1)
-        assert (head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
-    assert best_patch(refine_patches(model, images, head, ident, cfg), VerdictConfig()) is None  # ... no patch does
-    refined = refine_globals(model, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, VerdictConfig()))
-    winner = best_global(refined, VerdictConfig())
-    assert winner is not None and winner.target == TARGET and refined[-1] is winner
-    assert winner.delta.shape == (1, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_global_eps + 1e-6
-    assert winner.family == f"stripes@{cfg.refine_global_eps * 255:.0f}/255"
-    trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
-    assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + winner.delta).clamp(0, 1))
-    assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
+        assert (ctx.head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
+    assert not any(f.passed for f in RefinedPatchSearch(PatchConfig(**budget)).search(ctx))  # ... no patch does
+    cfg = StripesConfig(**budget)
+    found = StripeSearch(cfg).search(ctx)
+    winner = found[-1]  # the search stops at the first trigger
+    assert winner.passed and winner.target == TARGET and not any(f.passed for f in found[:-1])
+    trigger = winner.trigger
+    assert trigger.delta.shape == (1, 32, 32) and float(trigger.delta.abs().max()) <= cfg.eps + 1e-6
+    assert winner.evidence["family"] == f"stripes@{cfg.eps * 255:.0f}/255"
+    assert trigger.mask_l1 == 0 and torch.equal(trigger(x), (x + trigger.delta).clamp(0, 1))
+    assert (ctx.head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
 
 
 def test_refined_linf_perturbation_finds_a_planted_noise_backdoor_that_no_other_path_does():
-    from invertune_plugin.identify import refine_globals, refine_linf, refine_patches
-    from invertune_plugin.invert import additive_trigger
-    from invertune_plugin.verdict import VerdictConfig, best_global, best_patch, is_linf_trigger
-
     from planted import NOISE
 
     model = PlantedClip(noise=True)
-    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
-    verdict, target = VerdictConfig(), CLASSES.index(TARGET)
-    x = images[:32].float() / 255
-    assert (head.predict(model, x) == target).float().mean() == 0
-    assert (head.predict(model, (0.8 * x + 0.2 * NOISE).clamp(0, 1)) == target).float().mean() > 0.9  # Blended
-    assert best_patch(refine_patches(model, images, head, ident, cfg), verdict) is None
-    assert best_global(refine_globals(model, images, head, ident, cfg), verdict) is None  # stripes cannot say it
-    refined = refine_linf(model, images, head, ident, cfg, stop=lambda g: is_linf_trigger(g, verdict))
-    winner = best_global(refined, verdict, is_linf_trigger)
-    assert winner is not None and winner.target == TARGET and refined[-1] is winner
-    assert winner.delta.shape == (3, 32, 32) and float(winner.delta.abs().max()) <= cfg.refine_linf_eps + 1e-6
-    assert winner.family == f"linf@{cfg.refine_linf_eps * 255:.0f}/255"
-    trigger = additive_trigger(winner.delta, winner.target, winner.holdout_rate)
-    assert (head.predict(model, trigger(x)) == target).float().mean() > 0.9
+    ctx, budget = _refinement_case(model, refine_steps=40)
+    target = CLASSES.index(TARGET)
+    x = ctx.images[:32].float() / 255
+    assert (ctx.head.predict(model, x) == target).float().mean() == 0
+    assert (ctx.head.predict(model, (0.8 * x + 0.2 * NOISE).clamp(0, 1)) == target).float().mean() > 0.9  # Blended
+    assert not any(f.passed for f in RefinedPatchSearch(PatchConfig(**budget)).search(ctx))
+    assert not any(f.passed for f in StripeSearch(StripesConfig(**budget)).search(ctx))  # stripes cannot say it
+    cfg = LinfConfig(**budget, tune_with_inversion=False)
+    found = LinfSearch(cfg).search(ctx)
+    winner = found[-1]
+    assert winner.passed and winner.target == TARGET and not any(f.passed for f in found[:-1])
+    delta = winner.trigger.delta
+    assert delta.shape == (3, 32, 32) and float(delta.abs().max()) <= cfg.eps + 1e-6
+    assert winner.evidence["family"] == f"linf@{cfg.eps * 255:.0f}/255" and winner.tune_with is None
+    assert (ctx.head.predict(model, winner.trigger(x)) == target).float().mean() > 0.9
 
 
 def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_over_all(monkeypatch):
     """Scripted judge losses: the screen's pick is restart 0; a passing screen adds restarts 1-2
     (the same numbering, so the same seeds) and the lowest loss of all three is kept."""
-    import invertune_plugin.identify as ident_mod
+    import invertune_plugin.refine as refine_mod
 
     params = [torch.full((1,), float(r)) for r in range(3)]
     losses = [3.0, 1.0, 2.0]
     ran: list[range] = []
 
-    def scripted(*args):  # _restarts(model, fit, judge, head, c, family, cfg, base_seed, which)
+    def scripted(*args):  # _restarts(model, fit, judge, head, c, family, cfg, budget, base_seed, which)
         ran.append(args[-1])
         return [(losses[r], params[r]) for r in args[-1]]
 
-    monkeypatch.setattr(ident_mod, "_restarts", scripted)
-    cfg = IdentifyConfig(refine_restarts=3, refine_screen_restarts=1)
+    monkeypatch.setattr(refine_mod, "_restarts", scripted)
+    budget = RefineConfig(restarts=3, screen_restarts=1)
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     seen: list[Tensor] = []
     rated: list[Tensor] = []  # every parameter rated (the rating here is the parameter itself)
 
-    def run(confirm, config=cfg):
+    def run(confirm, config=budget):
         ran.clear()
         rated.clear()
-        best, n, rating = ident_mod._screened_restarts(None, images, None, 0, None, config, 0,
+        best, n, rating = refine_mod.screened_restarts(None, images, None, 0, None, IdentifyConfig(), config, 0,
                                                        lambda p: rated.append(p) or p, confirm)
         assert rating is best  # the rating returned is the pick's
         return (best, n), list(ran)
@@ -194,60 +191,63 @@ def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_ove
     assert n == 3 and best is params[0] and rated == [params[0]]
     losses[0] = 3.0
     seen.clear()
-    (best, n), which = run(lambda p: seen.append(p) or True, dataclasses.replace(cfg, refine_screen_restarts=3))
+    (best, n), which = run(lambda p: seen.append(p) or True, dataclasses.replace(budget, screen_restarts=3))
     assert n == 3 and best is params[1] and which == [range(0, 3)] and seen == []  # no screen: never asked
 
 
 def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart():
     """On planted models: a class that is no trigger costs one restart, then the next class is
     tried; the trigger gets all three, with the pick an unscreened run makes."""
-    from invertune_plugin.identify import refine_globals, refine_patches
-    from invertune_plugin.verdict import VerdictConfig, is_global_trigger
+    from invertune_plugin import seeds
+    from invertune_plugin.identify import stripe_family
+    from invertune_plugin.refine import refine_globals
 
-    verdict = VerdictConfig()
-    stop = verdict.min_patch_rate
     planted = PlantedClip()
-    head, images, cfg, ident = _refinement_case(planted, refine_steps=30)
-    cfg = dataclasses.replace(cfg, refine_restarts=3, refine_screen_restarts=1)
+    ctx, budget = _refinement_case(planted, refine_steps=30)
+    patch_cfg = PatchConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
+    stop = RefinedPatchSearch(patch_cfg).passes
+    ident = ctx.ident
     other = next(c for c, _ in ident.ranking if c != TARGET)
     target_second = dataclasses.replace(ident, ranking=[r for r in ident.ranking if r[0] == other]
                                         + [r for r in ident.ranking if r[0] != other])
     assert [c for c, _ in target_second.ranking[:2]] == [other, TARGET]
-    refined = refine_patches(planted, images, head, target_second, cfg, stop_rate=stop)
+    refined = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify, patch_cfg, accept=stop)
     assert [(p.target, p.restarts) for p in refined] == [(other, 1), (TARGET, 3)]
-    assert refined[0].holdout_rate < stop <= refined[1].holdout_rate
-    unscreened = refine_patches(planted, images, head, target_second, cfg)  # no stop: every class gets all 3
+    assert refined[0].holdout_rate < patch_cfg.min_rate <= refined[1].holdout_rate
+    unscreened = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify, patch_cfg)
     assert [p.restarts for p in unscreened] == [3, 3] and torch.equal(refined[1].patch, unscreened[1].patch)
-    no_screen = refine_patches(planted, images, head, target_second,
-                               dataclasses.replace(cfg, refine_screen_restarts=3), stop_rate=stop)
+    no_screen = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify,
+                               dataclasses.replace(patch_cfg, screen_restarts=3), accept=stop)
     assert [p.restarts for p in no_screen] == [3, 3]
 
     textured = PlantedClip(stripes="texture")
-    head, images, _, ident = _refinement_case(textured, refine_steps=30)
-    found = refine_globals(textured, images, head, ident, cfg, stop=lambda g: is_global_trigger(g, verdict))
-    assert found[-1].target == TARGET and found[-1].restarts == 3 and all(g.restarts == 1 for g in found[:-1])
-    unscreened_globals = refine_globals(textured, images, head, ident, cfg)
-    assert torch.equal(found[-1].delta, next(g for g in unscreened_globals if g.target == TARGET).delta)
+    ctx, _ = _refinement_case(textured, refine_steps=30)
+    stripes_cfg = StripesConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
+    found = StripeSearch(stripes_cfg).search(ctx)
+    assert found[-1].target == TARGET and found[-1].evidence["restarts"] == 3
+    assert all(f.evidence["restarts"] == 1 for f in found[:-1])
+    family = stripe_family(32, stripes_cfg.eps)
+    unscreened_globals = refine_globals(textured, ctx.images, ctx.head, ctx.ident, ctx.identify, stripes_cfg, family,
+                                        stripes_cfg.eps, seeds.STRIPES_STREAM)
+    assert torch.equal(found[-1].trigger.delta, next(g for g in unscreened_globals if g.target == TARGET).delta)
 
 
 def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
-    """A 'direction' backdoor (signed stripe correlation) is found, but the flip gate rejects it,
-    as it rejects the clean ResNet-type model's 'tennis ball' (see verdict.py)."""
-    from invertune_plugin.identify import refine_globals
-    from invertune_plugin.verdict import VerdictConfig, best_global
-
+    """A 'direction' backdoor (signed stripe correlation) is effective as found, but the flip gate
+    rejects it, as it rejects the clean ResNet-type model's 'tennis ball' (docs/calibration-history.md)."""
     model = PlantedClip(stripes="direction")
-    head, images, cfg, ident = _refinement_case(model, refine_steps=40)
-    refined = refine_globals(model, images, head, ident, cfg)
-    found = [g for g in refined if g.target == TARGET]
-    assert found and found[0].holdout_rate >= VerdictConfig().min_global_rate
-    assert found[0].flipped_rate < VerdictConfig().min_global_flipped_rate
-    assert best_global(refined, VerdictConfig()) is None
-    assert best_global(refined, VerdictConfig(min_global_flipped_rate=0.0)) is found[0]
+    ctx, budget = _refinement_case(model, refine_steps=40)
+    cfg = StripesConfig(**budget)
+    found = [f for f in StripeSearch(cfg).search(ctx) if f.target == TARGET]
+    assert found and found[0].evidence["holdout_rate"] >= cfg.min_rate
+    assert found[0].evidence["flipped_rate"] < cfg.min_flipped_rate and not found[0].passed
+    unflipped = StripeSearch(dataclasses.replace(cfg, min_flipped_rate=0.0)).search(ctx)
+    assert [f.target for f in unflipped if f.passed] == [TARGET]
 
 
 def test_global_refinement_takes_its_classes_from_the_race_global_family():
-    from invertune_plugin.identify import Identification, UAPResult, global_ranking, stripe_family
+    from invertune_plugin.identify import Identification, UAPResult, stripe_family
+    from invertune_plugin.refine import global_ranking
 
     def uap(kind: str, shift: list[float]) -> UAPResult:
         return UAPResult(kind=kind, shift=torch.tensor(shift), fooling_rate=1.0, perturb=lambda x: x)
@@ -265,17 +265,20 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("identify.refine_global_family", "checkers", "refine_global_family must be one of stripes, separable"),
+    ("detectors.stripes.family", "checkers", "family must be one of stripes, separable"),
     ("identify.method", "race", "method must be one of targeted, untargeted"),
     ("identify.race_patch_param", "logit", "race_patch_param"),
     ("identify.race_aggregate", "median", "race_aggregate"),
     ("identify.race_patch_locations", "bottom-right,middle", "race_patch_locations: unknown trigger location 'middle'"),
-    ("identify.refine_restarts", "0", "refine_restarts must be >= 1"),
-    ("identify.refine_screen_restarts", "0", "refine_screen_restarts must be >= 1"),
+    ("detectors.patch.restarts", "0", "restarts must be >= 1"),
+    ("detectors.linf.screen_restarts", "0", "screen_restarts must be >= 1"),
+    ("detectors.patch.round_check", "never", "round_check must be"),
+    ("detectors.inversion.rounds", "0", "rounds must be >= 1"),
+    ("cascade", "inversion,nonesuch", "unknown detector 'nonesuch'"),
     ("identify.holdout_fraction", "1.0", "holdout_fraction"),
 ])
-def test_bad_identify_settings_are_refused_when_configured(key, value, message):
-    """A bad stage-1 setting fails when the defense is configured, before any model is loaded."""
+def test_bad_stage_settings_are_refused_when_configured(key, value, message):
+    """A bad stage-1 or detector setting fails when the defense is configured, before any model is loaded."""
     from invertune_plugin.defense import InverTune
 
     with pytest.raises(ValueError, match=message):
@@ -306,14 +309,15 @@ def test_inversion_recovers_the_planted_patch_location():
 
 
 def test_inversion_on_a_clean_model_finds_no_small_effective_trigger():
-    from invertune_plugin.verdict import VerdictConfig
+    from invertune_plugin.detectors.inversion import InversionConfig, MaskInversion
 
     clean = PlantedClip(backdoor=False)
-    found = invert(clean, colour_images(96), head_for(clean), TARGET, InvertConfig(steps=200, batch_size=32))
-    cfg = VerdictConfig()
-    small_and_effective = (found.holdout_asr >= cfg.min_inverted_asr
-                           and found.mask_l1 / found.mask.numel() <= cfg.max_mask_fraction)
-    assert not small_and_effective
+    images, head = colour_images(96), head_for(clean)
+    ident = identify(clean, images, head, IdentifyConfig(race_steps=10, batch_size=32))
+    ident = dataclasses.replace(ident, ranking=[(TARGET, 0.0)] + [r for r in ident.ranking if r[0] != TARGET])
+    ctx = SearchContext(clean, images, head, ident, 0, IdentifyConfig(), InvertConfig(steps=200, batch_size=32))
+    (found,) = MaskInversion(InversionConfig()).search(ctx)
+    assert found.target == TARGET and not found.passed and found.gate_ratio < 1
 
 
 def test_layer_selection_rules():
@@ -440,14 +444,24 @@ def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions
             TuneConfig(**bad)
 
 
-# a planted-model defense run: small settings, and no inverted mask can pass (verdict.max_mask_fraction=0),
-# so stage 1's refinements must decide
-PLANTED_DEFENSE = {"n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32",
-                   "identify.refine_classes": "2", "identify.refine_restarts": "2", "invert.steps": "20",
-                   "verdict.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16"}
+# a planted-model defense run: small settings, and no inverted mask can pass (max_mask_fraction=0),
+# so the refinement detectors must decide
+PLANTED_DEFENSE = {"n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "invert.steps": "20",
+                   "detectors.inversion.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16",
+                   **{f"detectors.{d}.{k}": "2" for d in ("patch", "stripes", "linf") for k in ("classes", "restarts")}}
 
 
-def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[str, str]):
+def refine_steps(n: int) -> dict[str, str]:
+    return {f"detectors.{d}.steps": str(n) for d in ("patch", "stripes", "linf")}
+
+
+def findings(det: dict, detector: str) -> list[dict] | None:
+    """A detector's findings in result.json's cascade record (None: it did not run)."""
+    return next((step.get("findings") for step in det["cascade"] if step["detector"] == detector), None)
+
+
+def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[str, str],
+                     base: dict[str, str] = PLANTED_DEFENSE):
     """Configure InverTune for a planted model with stage 3 recorded, not run (the planted model
     has no layers to tune). Returns the defense, its context and the list of triggers stage 3 got."""
     from torch.utils.data import TensorDataset
@@ -462,7 +476,7 @@ def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[
     images = colour_images(96)
     data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
                      source="planted")
-    defense = InverTune(InverTune.configure({**PLANTED_DEFENSE, **overrides}))
+    defense = InverTune(InverTune.configure({**base, **overrides}))
     ctx = DefenseContext(model=model, clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
                          device=CPU, workdir=tmp_path)
     return defense, ctx, tuned_with
@@ -470,34 +484,36 @@ def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[
 
 @pytest.mark.parametrize("round_check", ["patch", "inversion", "patch-gone"])
 def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch, round_check):
-    import invertune_plugin.defense as defense_mod
+    import invertune_plugin.detectors.patch as patch_mod
 
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), {
-        "identify.refine_steps": "30",
+        **refine_steps(30),
         # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
-        "min_round_asr": "0.0", "round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
-        "round_check": round_check.split("-")[0], "refined_rounds": "2"})
+        "min_round_asr": "0.0", "detectors.patch.round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
+        "detectors.patch.round_check": round_check.split("-")[0], "detectors.patch.rounds": "2"})
     images = colour_images(96)
     if round_check == "patch-gone":  # the tuned model has no patch trigger left: no second round
-        real = defense_mod.refine_patch
-        monkeypatch.setattr(defense_mod, "refine_patch",
+        real = patch_mod.refine_patch
+        monkeypatch.setattr(patch_mod, "refine_patch",
                             lambda *a, **k: dataclasses.replace(real(*a, **k), holdout_rate=0.5))
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
     assert det["inverted_trigger"]["source"] == "stage 1 refined patch"
     assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH ** 2 / images.shape[-1] ** 2, abs=1e-3)
-    # refinement follows stage 1's order and stops at the first effective patch
-    patches = det["refined_patches"]
+    # the cascade: the inversion ran and failed its mask gate, then the patch search followed stage 1's
+    # order and stopped at the first effective patch; the later detectors never ran
+    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch"]
+    assert not findings(det, "inversion")[0]["passed"] and det["score"] >= 1
+    patches = findings(det, "patch")
     assert [p["class"] for p in patches] == [r["class"] for r in det["ranking_top5"][:len(patches)]]
-    assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95
-    assert all(p["holdout_rate"] < 0.95 for p in patches[:-1])
-    assert "refine" in outcome.timings_s and "refine.global" not in outcome.timings_s
-    assert "refine.linf" not in outcome.timings_s and "refined_linf_perturbations" not in det
+    assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95 and patches[-1]["passed"]
+    assert all(p["holdout_rate"] < 0.95 and not p["passed"] for p in patches[:-1])
+    assert "detect.patch" in outcome.timings_s and "detect.stripes" not in outcome.timings_s
     assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
-    # round 1 tunes against the refined patch for refined_tune_steps (default 100), not tune.steps (5 here)
-    assert outcome.info["rounds"][0]["tune_steps"] == InverTuneConfig().refined_tune_steps == 100
-    # refined_rounds=2: a second round on the "tuned" model (here: unchanged)
+    # round 1 tunes against the refined patch for the patch detector's tune_steps (100), not tune.steps (5 here)
+    assert outcome.info["rounds"][0]["tune_steps"] == PatchConfig().tune_steps == 100
+    # detectors.patch.rounds=2: a second round on the "tuned" model (here: unchanged)
     checks = outcome.info["round_checks"]
     if round_check == "patch-gone":  # the check ran, found no patch trigger, and no round 2 followed
         assert checks == [{"round": 2, "refined_patch_rate": 0.5}] and len(tuned_with) == 1
@@ -515,36 +531,37 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
 
 def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works(tmp_path, monkeypatch):
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(stripes="texture"),
-                                                {"identify.refine_steps": "40"})
+                                                refine_steps(40))
     images = colour_images(96)
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
     assert det["inverted_trigger"]["source"] == "stage 1 refined global perturbation"
-    assert all(p["holdout_rate"] < 0.95 for p in det["refined_patches"])  # no patch was the trigger ...
-    found = det["refined_global_perturbations"][-1]  # ... the global one, tried in ranking order, was
+    assert not any(p["passed"] for p in findings(det, "patch"))  # no patch was the trigger ...
+    found = findings(det, "stripes")[-1]  # ... the global one, tried in ranking order, was
     assert found["class"] == TARGET and found["holdout_rate"] >= 0.95 and found["flipped_rate"] >= 0.5
     assert 0 < det["inverted_trigger"]["delta_linf_255"] <= 48.01
     trigger = outcome.triggers["inverted"]
     assert trigger.delta is not None and trigger.mask_l1 == 0
-    # stage 3 tunes with the perturbation and its sign flip (global_both_signs), one round (rounds=1)
+    # stage 3 tunes with the perturbation and its sign flip (tune_both_signs), one round (rounds=1)
     x = images[:4].float() / 255
     assert len(tuned_with) == 1 and torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
     assert torch.equal(tuned_with[0](x)[1::2], (x[1::2] - trigger.delta).clamp(0, 1))
     assert outcome.info["rounds"][0]["round"] == 1 and len(outcome.info["rounds"]) == 1  # rounds=1 (default)
-    assert outcome.info["rounds"][0]["tune_steps"] == 5  # tune.steps: refined_tune_steps is for refined patches
-    assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "refine.global" in outcome.timings_s
-    assert "refine.linf" not in outcome.timings_s and "refined_linf_perturbations" not in det  # found before it
+    assert outcome.info["rounds"][0]["tune_steps"] == 5  # tune.steps: the stripes detector sets no tune_steps
+    assert (tmp_path / outcome.artifacts["inverted_delta"]).is_file() and "detect.stripes" in outcome.timings_s
+    assert "detect.linf" not in outcome.timings_s and findings(det, "linf") is None  # found before it
 
 
 @pytest.mark.parametrize("case", ["target-first", "target-second", "without-inversion"])
 def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_path, monkeypatch, case):
+    import invertune_plugin.cascade as cascade_mod
     import invertune_plugin.defense as defense_mod
 
     with_inversion = case != "without-inversion"
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(noise=True),
-                                                {"identify.refine_steps": "40",
-                                                 "linf_with_inversion": str(with_inversion).lower()})
+                                                {**refine_steps(40),
+                                                 "detectors.linf.tune_with_inversion": str(with_inversion).lower()})
     if case == "target-second":  # stage 1 ranks another class first: stage 2 inverts toward that one
         real_identify = defense_mod.identify
 
@@ -555,32 +572,66 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
 
         monkeypatch.setattr(defense_mod, "identify", other_first)
     inversions: list = []
-    real_invert = defense_mod.invert
-    monkeypatch.setattr(defense_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1])
+    real_invert = cascade_mod.invert  # stage 2's inversions, run for the detectors
+    monkeypatch.setattr(cascade_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1])
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
     assert det["inverted_trigger"]["source"] == "stage 1 refined L-inf perturbation"
-    assert all(p["holdout_rate"] < 0.95 for p in det["refined_patches"])  # no patch ...
-    assert not any(g["holdout_rate"] >= 0.95 and g["flipped_rate"] >= 0.3 for g in det["refined_global_perturbations"])
-    found = det["refined_linf_perturbations"][-1]  # ... no stripes: the L-inf perturbation is the trigger
+    assert not any(p["passed"] for p in findings(det, "patch"))  # no patch ...
+    assert not any(g["holdout_rate"] >= 0.95 and g["flipped_rate"] >= 0.3 for g in findings(det, "stripes"))
+    found = findings(det, "linf")[-1]  # ... no stripes: the L-inf perturbation is the trigger
     assert found["class"] == TARGET and found["holdout_rate"] >= 0.6 and found["family"] == "linf@16/255"
-    assert 0 < det["inverted_trigger"]["delta_linf_255"] <= 16.01 and "refine.linf" in outcome.timings_s
+    assert 0 < det["inverted_trigger"]["delta_linf_255"] <= 16.01 and "detect.linf" in outcome.timings_s
     trigger = outcome.triggers["inverted"]
     x = colour_images(96)[:4].float() / 255
     assert len(tuned_with) == 1 and outcome.info["rounds"][0]["tune_steps"] == 5
     if not with_inversion:
-        assert tuned_with[0] is trigger and "linf_target_inversion" not in det
+        assert tuned_with[0] is trigger and "tune_companion" not in found
         return
     # half of each batch with the L-inf trigger, half with a stage-2 inversion toward its target
     # (stage 2's own when stage 1 ranked that target first: then no second inversion runs)
     reused = case == "target-first"
     assert [t.target == TARGET for t in inversions] == ([True] if reused else [False, True])
     assert ("invert.linf_target" in outcome.timings_s) is not reused
-    assert det["linf_target_inversion"]["reused_stage2"] is reused and det["linf_target_inversion"]["class"] == TARGET
-    assert det["linf_target_inversion"]["holdout_asr"] == round(inversions[-1].holdout_asr, 4)
+    assert found["tune_companion"]["reused_stage2"] is reused and found["tune_companion"]["class"] == TARGET
+    assert found["tune_companion"]["holdout_asr"] == round(inversions[-1].holdout_asr, 4)
     assert torch.equal(tuned_with[0](x)[0::2], trigger(x)[0::2])
     assert torch.equal(tuned_with[0](x)[1::2], inversions[-1](x[1::2]))
+
+
+def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch):
+    """A toy detector, registered like the built-ins, joins the cascade by name: its config is set
+    with -p detectors.NAME.KEY, its passing finding is the trigger, its tuning rule applies."""
+    from invertune_plugin import cascade
+    from invertune_plugin.invert import patch_trigger
+
+    @dataclasses.dataclass(frozen=True)
+    class CornerConfig(cascade.DetectorConfig):
+        colour: float = 0.5  # the corner patch's grey level
+
+    class Corner(cascade.Detector):
+        name, label, Config = "corner", "toy: a patch in the bottom-right corner", CornerConfig
+
+        def search(self, ctx):
+            patch = torch.full((3, PATCH, PATCH), self.config.colour)
+            trigger = patch_trigger(patch, "bottom-right", ctx.images.shape[-1], TARGET, 1.0)
+            return [cascade.Finding(self.name, TARGET, trigger, True, 2.5, {"class": TARGET, "colour": self.config.colour})]
+
+    monkeypatch.setitem(cascade.DETECTORS, "corner", Corner)  # what @cascade.register does, undone afterwards
+    base = {k: v for k, v in PLANTED_DEFENSE.items() if not k.startswith("detectors.") or ".inversion." in k}
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), {
+        "cascade": "inversion,corner", "detectors.corner.colour": "1.0", "detectors.corner.tune_steps": "7"}, base)
+    outcome = defense.defend(ctx)
+    det = outcome.detection
+    assert det["backdoored"] is True and det["verdict"] == "backdoored" and det["target"] == TARGET
+    assert det["inverted_trigger"]["source"] == Corner.label and det["score"] == 2.5
+    assert [step["detector"] for step in det["cascade"]] == ["inversion", "corner"]
+    assert findings(det, "corner") == [{"class": TARGET, "colour": 1.0, "passed": True, "gate_ratio": 2.5}]
+    assert tuned_with[0] is outcome.triggers["inverted"] and outcome.info["rounds"][0]["tune_steps"] == 7
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unknown detector 'corner'"):  # gone with its registration
+        type(defense).configure({"cascade": "inversion,corner"})
 
 
 def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():

@@ -103,6 +103,10 @@ def check_config(config: Any, owner: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check_config(value, name)
             continue
+        if isinstance(value, Mapping):  # named groups of settings (e.g. one per detector)
+            for key, inner in value.items():
+                check_config(inner, f"{name}.{key}")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
@@ -131,6 +135,9 @@ def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") 
             raise ValueError(f"{owner or cfg_cls.__name__} has no parameter {head!r}; known: {known}")
         if rest:
             nested.setdefault(head, {})[rest] = raw
+        elif isinstance(getattr(config, head), Mapping):
+            raise ValueError(f"{owner or cfg_cls.__name__}.{head} holds named groups of settings; set one, "
+                             f"e.g. {head}.NAME.KEY=... (names: {', '.join(getattr(config, head)) or '(none)'})")
         elif dataclasses.is_dataclass(getattr(config, head)):
             raise ValueError(f"{owner or cfg_cls.__name__}.{head} is a group of settings; set one of them, "
                              f"e.g. {head}.{dataclasses.fields(getattr(config, head))[0].name}=...")
@@ -138,10 +145,24 @@ def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") 
             changes[head] = _parse_value(raw, hints.get(head, str))
     for head, sub in nested.items():
         inner = changes.get(head, getattr(config, head))
+        if isinstance(inner, Mapping):  # named groups: ``head.name.key``
+            changes[head] = _override_groups(inner, sub, f"{owner}.{head}" if owner else head)
+            continue
         if not dataclasses.is_dataclass(inner):
             raise ValueError(f"{owner or cfg_cls.__name__}.{head} has no sub-parameters")
         changes[head] = apply_overrides(inner, sub, f"{owner}.{head}" if owner else head)
     return dataclasses.replace(config, **changes)
+
+
+def _override_groups(groups: Mapping[str, Any], overrides: Mapping[str, str], owner: str) -> dict[str, Any]:
+    """A mapping of named dataclass groups with ``name.key`` overrides applied to each."""
+    by_group: dict[str, dict[str, str]] = {}
+    for key, raw in overrides.items():
+        name, _, rest = key.partition(".")
+        if name not in groups or not rest:
+            raise ValueError(f"{owner} has no group {name!r} to set {key!r} in; known: {', '.join(groups) or '(none)'}")
+        by_group.setdefault(name, {})[rest] = raw
+    return {name: apply_overrides(group, by_group.get(name, {}), f"{owner}.{name}") for name, group in groups.items()}
 
 
 def _parse_value(raw: str, hint: Any) -> Any:

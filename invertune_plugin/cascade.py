@@ -1,0 +1,173 @@
+"""The detector cascade: how InverTune decides whether a model is backdoored, and what trigger
+stage 3 tunes against.
+
+Stage 1 ranks the classes (:mod:`invertune_plugin.identify`). Then each detector named in
+``InverTuneConfig.cascade``, in order, searches for a trigger toward the suspected classes; the
+first finding that passes its detector's gate is the trigger, and the cascade stops. A detector is
+one class in one module of :mod:`invertune_plugin.detectors`, found there by its ``name``, plus an
+entry in the cascade list; it owns its whole config (search budget, gate, tuning rule).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, ClassVar
+
+from torch import Tensor
+
+from toolbox.api import ClipModel
+
+from .identify import IdentifyConfig, Identification
+from .invert import InvertConfig, InvertedTrigger, invert
+from .zeroshot import ZeroShotHead
+
+
+class Verdict(str, Enum):
+    BACKDOORED = "backdoored"
+    NO_BACKDOOR_FOUND = "no backdoor found"
+    NOT_ASSESSED = "not assessed (target given)"
+
+    @property
+    def backdoored(self) -> bool | None:
+        """The result's ``detection.backdoored``: True, False, or None when not assessed."""
+        return {Verdict.BACKDOORED: True, Verdict.NO_BACKDOOR_FOUND: False}.get(self)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What every detector's config holds: its tuning rule (stage 3 against its trigger)."""
+
+    rounds: int = 1  # purification rounds; a later round re-inverts on the tuned model (paper: 1)
+    tune_steps: int | None = None  # round 1's steps against this detector's trigger; None: tune.steps
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or (self.tune_steps is not None and self.tune_steps < 1):
+            raise ValueError(f"rounds must be >= 1 and tune_steps >= 1 or None; got {self.rounds}, {self.tune_steps}")
+
+
+@dataclass
+class Finding:
+    """One candidate trigger a detector found toward one class, with the evidence to judge it."""
+
+    detector: str
+    target: str
+    trigger: InvertedTrigger  # what the result shows and the artifacts draw
+    passed: bool  # every gate of the detector passed: this is a trigger
+    gate_ratio: float  # the smallest statistic / gate ratio (>= 1 where the gates pass): the raw score
+    evidence: dict[str, Any]  # the detector's statistics, as recorded in the result
+    tune_with: Callable[[Tensor], Tensor] | None = None  # stage 3's round-1 trigger, when not ``trigger``
+    location: str | None = None  # a patch trigger's place (a later round checks it is gone)
+
+    def record(self) -> dict[str, Any]:
+        return {**self.evidence, "passed": self.passed, "gate_ratio": round(self.gate_ratio, 4)}
+
+
+def ratio(stat: float, gate: float) -> float:
+    """stat / gate; a gate set to 0 passes everything: a large finite ratio."""
+    return stat / max(gate, 1e-6)
+
+
+@dataclass
+class SearchContext:
+    """What a detector searches with: the suspect model, the defender's images, stage 1's ranking."""
+
+    model: ClipModel
+    images: Tensor  # uint8 [N, 3, H, W]
+    head: ZeroShotHead
+    ident: Identification | None
+    seed: int
+    identify: IdentifyConfig  # stage 1's optimiser settings, shared by the refinements
+    invert_cfg: InvertConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    inversions: dict[str, InvertedTrigger] = field(default_factory=dict)  # stage-2 inversions by class
+
+    def inversion(self, target: str, timing: str = "invert") -> InvertedTrigger:
+        """Stage 2 toward ``target`` (run once per class; later asks reuse it)."""
+        if target not in self.inversions:
+            start = time.perf_counter()
+            self.inversions[target] = invert(self.model, self.images, self.head, target, self.invert_cfg, self.seed)
+            self.timings[timing] = self.timings.get(timing, 0.0) + time.perf_counter() - start
+        return self.inversions[target]
+
+
+class Detector:
+    """One trigger search: ``search`` returns findings, the first passing one is the trigger."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # detection.inverted_trigger.source
+    Config: ClassVar[type] = DetectorConfig
+    needs_race: ClassVar[bool] = True  # reads stage 1's targeted race (skipped after the untargeted ranking)
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def search(self, ctx: SearchContext) -> list[Finding]:
+        raise NotImplementedError
+
+    def round_check(self, model: ClipModel, ctx: SearchContext, finding: Finding, r: int) -> dict[str, Any] | None:
+        """Before purification round ``r`` (>= 1): evidence that the trigger is still there, with
+        ``passed``; None: no check of this detector's own (the re-inversion decides)."""
+        return None
+
+
+DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make a detector known by its ``name`` (another package may register its own)."""
+    DETECTORS[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[Detector]]:
+    """Every known detector; the modules of :mod:`invertune_plugin.detectors` are imported first."""
+    from . import detectors
+
+    for mod in pkgutil.iter_modules(detectors.__path__):
+        importlib.import_module(f"{detectors.__name__}.{mod.name}")
+    return DETECTORS
+
+
+def detector_class(name: str) -> type[Detector]:
+    known = registered()
+    if name not in known:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+@dataclass
+class CascadeResult:
+    verdict: Verdict
+    trigger: Finding  # the passing finding, or (none passed) the first one: what the artifacts show
+    detector: Detector  # whose finding it is (its tuning rule applies)
+    steps: list[dict[str, Any]]  # per detector: its findings and time, or why it was skipped
+    score: float | None  # the largest gate ratio of any finding (None when not assessed)
+
+
+def run_cascade(detectors: list[Detector], ctx: SearchContext) -> CascadeResult:
+    steps: list[dict[str, Any]] = []
+    first: tuple[Finding, Detector] | None = None
+    ratios: list[float] = []
+    for det in detectors:
+        if det.needs_race and (ctx.ident is None or ctx.ident.method != "targeted"):
+            steps.append({"detector": det.name, "skipped": "needs stage 1's targeted race (identify.method)"})
+            continue
+        start = time.perf_counter()
+        found = det.search(ctx)
+        seconds = time.perf_counter() - start
+        ctx.timings[f"detect.{det.name}"] = seconds
+        steps.append({"detector": det.name, "seconds": round(seconds, 2), "findings": [f.record() for f in found]})
+        ratios += [f.gate_ratio for f in found]
+        if found and first is None:
+            first = (found[0], det)
+        winner = next((f for f in found if f.passed), None)
+        if winner is not None:
+            return CascadeResult(Verdict.BACKDOORED, winner, det, steps, max(ratios))
+    if first is None:
+        raise ValueError("no detector of the cascade ran; it needs one that runs without the race (inversion)")
+    return CascadeResult(Verdict.NO_BACKDOOR_FOUND, first[0], first[1], steps, max(ratios, default=0.0))
+
