@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import safetensors.torch
 import torch
 
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
@@ -199,8 +200,13 @@ def write_artifacts(workdir: Path, ident: Identification | None, trigger: Invert
     save_image_grid([trigger.mask.expand(3, -1, -1).cpu()], workdir / "inverted_mask.png")
     save_image_grid([trigger.pattern.cpu()], workdir / "inverted_pattern.png")
     save_image_grid(list(sample) + list(trigger(sample)), workdir / "inverted_example.png", columns=len(sample))
+    # the trigger itself, reusable (safetensors): mask, pattern and any additive part
+    tensors = {"mask": trigger.mask, "pattern": trigger.pattern, **({"delta": trigger.delta} if trigger.delta is not None
+                                                                      else {})}
+    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                str(workdir / "inverted_trigger.safetensors"))
     written = {"inverted_mask": "inverted_mask.png", "inverted_pattern": "inverted_pattern.png",
-               "inverted_example": "inverted_example.png"}
+               "inverted_example": "inverted_example.png", "inverted_trigger": "inverted_trigger.safetensors"}
     if trigger.delta is not None:  # additive part, shown as 0.5 + delta / (2 max |delta|): grey is zero
         delta = trigger.delta.cpu().expand(3, -1, -1)
         save_image_grid([0.5 + delta / (2 * delta.abs().max().clamp(min=1e-8))], workdir / "inverted_delta.png")

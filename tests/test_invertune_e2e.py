@@ -50,7 +50,7 @@ def test_result_records_profile_stages_and_artifacts(purified):
     assert doc["defense"]["params"]["profile"] == "default"
     assert doc["defense"]["params"]["invert"]["steps"] == 200
     assert {"defense.identify", "defense.invert", "defense.tune"} <= set(doc["timings_s"])
-    for name in ("target_ranking", "target_shift_chart", "inverted_mask", "inverted_pattern", "inverted_example",
+    for name in ("target_ranking", "target_shift_chart", "inverted_mask", "inverted_pattern", "inverted_example", "inverted_trigger",
                  "layer_impact", "model"):
         assert (out / doc["artifacts"][name]).exists(), name
     rows = list(csv.DictReader((out / doc["artifacts"]["target_ranking"]).open()))

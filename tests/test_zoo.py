@@ -90,6 +90,33 @@ def test_a_members_training_subset_is_seeded_and_keeps_its_captions():
     assert len(a.dataset) == 4 and "4 pairs, seed 1" in a.source
 
 
+def test_localisation_is_the_inverted_masks_share_inside_a_small_real_trigger(host, tmp_path):
+    import safetensors.torch
+    import torch
+
+    from toolbox.zoo.build import member_trigger
+    from toolbox.zoo.evaluate import localisation
+
+    patch = {"id": "z-000", "label": "backdoored", "attack": "patch", "params": {
+        "target": "banana", "poison_rate": 0.05, "content": "solid", "patch_fraction": 0.19, "row": 1.0, "col": 1.0,
+        "trigger_seed": 3}}
+    blend = {**patch, "attack": "blend", "params": {"target": "banana", "poison_rate": 0.05, "pattern": "noise",
+                                                     "alpha": 0.1, "trigger_seed": 3}}
+    x = torch.rand(2, 3, 32, 32)
+    area = (member_trigger(tmp_path, patch)(x) - x).abs().amax(dim=(0, 1)) > 0
+    assert 0 < area.float().mean() < 0.25
+    mask = torch.zeros(3, 32, 32)
+    mask[:, area] = 1.0
+    mask[:, ~area] = area.sum() / (~area).sum()  # as much mass outside the patch as inside
+    (tmp_path / "run" / "artifacts").mkdir(parents=True)
+    safetensors.torch.save_file({"mask": mask, "pattern": torch.zeros(3, 32, 32)},
+                                str(tmp_path / "run" / "artifacts" / "inverted_trigger.safetensors"))
+    assert localisation(tmp_path, patch, tmp_path / "run") == pytest.approx(0.5, abs=1e-4)
+    assert localisation(tmp_path, blend, tmp_path / "run") is None  # a blend changes every pixel
+    assert localisation(tmp_path, {**patch, "label": "clean"}, tmp_path / "run") is None
+    assert localisation(tmp_path, patch, tmp_path / "elsewhere") is None  # no trigger written
+
+
 @pytest.mark.parametrize("text, message", [
     ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\nsurprise: 1\n", "unknown keys"),
     ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {alpha: {gauss: [0, 1]}}}\n",

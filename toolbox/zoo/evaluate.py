@@ -67,7 +67,8 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
         true_target=record.get("target"), score=det.get("score"), verdict=det.get("backdoored"),
         predicted_target=det.get("target"), ca_before=before.get("ca"), ca_after=after.get("ca"),
         asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
-        seconds=round(sum(v for k, v in timings.items() if "." not in k), 1))
+        seconds=round(sum(v for k, v in timings.items() if "." not in k), 1),
+        localisation=localisation(Path(zoo_dir), record, out / "run"))
     atomic.write_json(out / OUTCOME_JSON, {"key": key, "outcome": outcome.to_dict()})
     return outcome.to_dict()
 
@@ -93,6 +94,26 @@ def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any) -
                                           trigger_source="real"),
                         MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), torch.device("cpu"))
     return measured.get("asr")
+
+
+SMALL_TRIGGER = 0.25  # localisation is measured for real triggers that change at most this fraction of pixels
+
+
+def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path) -> float | None:
+    """The fraction of the defense's inverted mask mass inside the real trigger's area, for a
+    backdoored member whose trigger is small (a patch; not a blend, a warp or a filter); None when
+    it is not, or the defense wrote no ``inverted_trigger.safetensors`` with a non-empty mask."""
+    import safetensors.torch
+
+    path = run_dir / "artifacts" / "inverted_trigger.safetensors"
+    if record["label"] != "backdoored" or not path.is_file():
+        return None
+    mask = safetensors.torch.load_file(str(path))["mask"].float().mean(0)  # [H, W]
+    x = torch.rand(4, 3, *mask.shape, generator=torch.Generator().manual_seed(0))
+    area = (member_trigger(zoo_dir, record)(x) - x).abs().amax(dim=(0, 1)) > 1e-6  # pixels the trigger changes
+    if float(area.float().mean()) > SMALL_TRIGGER or float(mask.sum()) <= 0:
+        return None
+    return float(mask[area].sum() / mask.sum())
 
 
 def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0, grid: GridConfig | None = None,
