@@ -88,6 +88,10 @@ class IdentifyConfig:
             raise ValueError(f"identify.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
 
+MAD_TO_SIGMA = 1.4826  # a normal distribution's sigma per median absolute deviation
+MAD_FLOOR = 1e-3  # scores of a fraction of held-out images: a spread below 0.1 % is none
+
+
 @dataclass
 class UAPResult:
     kind: str  # "patch@<location>" or "global@<eps>" (untargeted); "race:<family>" (targeted)
@@ -119,8 +123,18 @@ class Identification:
             "agreement": round(self.agreement, 4),
             "consensus_shift": round(self.consensus_shift, 4),
             "margin": round(self.margin, 4),
+            "anomaly_index": round(self.anomaly_index, 4),
             "uaps": [self._uap_evidence(u) for u in self.uaps],
         }
+
+    @property
+    def anomaly_index(self) -> float:
+        """The top class's consensus score as a robust z-score against the model's other classes
+        (median / MAD, as Neural Cleanse's anomaly index): a statistic normalised by the model itself."""
+        scores = torch.tensor([v for _, v in self.ranking], dtype=torch.float64)
+        median = scores.quantile(0.5)  # the mean of the middle two for an even count (torch's median takes the lower)
+        mad = (scores - median).abs().quantile(0.5) * MAD_TO_SIGMA
+        return float((scores[0] - median) / mad.clamp(min=MAD_FLOOR))
 
     def _uap_evidence(self, u: UAPResult) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": u.kind, "top": self.classnames[u.top], "top_shift": round(float(u.shift.max()), 4),

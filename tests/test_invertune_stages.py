@@ -54,6 +54,17 @@ def test_untargeted_identification_ranks_the_planted_target_first():
     assert corner.top == CLASSES.index(TARGET) and float(corner.shift.max()) > 0.8
 
 
+def test_anomaly_index_is_a_robust_z_score_of_the_top_class():
+    from invertune_plugin.identify import Identification
+
+    scores = [0.47, 0.3, 0.29, 0.2, 0.0, -0.1]  # median 0.245, MAD 0.14
+    ident = Identification(ranking=list(zip("abcdef", scores)), target="a", agreement=1.0, consensus_shift=0.47,
+                           margin=0.17, uaps=[], classnames=list("abcdef"))
+    assert ident.anomaly_index == pytest.approx((0.47 - 0.245) / (1.4826 * 0.14))
+    flat = dataclasses.replace(ident, ranking=[(c, 0.2) for c in "abcdef"])
+    assert flat.anomaly_index == 0.0 and ident.evidence()["anomaly_index"] == round(ident.anomaly_index, 4)
+
+
 def test_targeted_race_ranks_the_planted_target_first():
     model = PlantedClip()
     ident = identify(model, colour_images(96), head_for(model), IdentifyConfig(race_steps=20, batch_size=32))
