@@ -142,7 +142,7 @@ def detector_class(name: str) -> type[Detector]:
 @dataclass
 class CascadeResult:
     verdict: Verdict
-    trigger: Finding  # the passing finding, or (none passed) the first one: what the artifacts show
+    finding: Finding  # the passing finding, or (none passed) the first one: what the artifacts show
     detector: Detector  # whose finding it is (its tuning rule applies)
     steps: list[dict[str, Any]]  # per detector: its findings and time, or why it was skipped
     score: float | None  # the largest gate ratio of any finding (None when not assessed)

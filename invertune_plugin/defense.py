@@ -104,7 +104,7 @@ class InverTune(Defense):
             result = run_cascade(self.detectors(), search)
         else:
             result = self.given_target(search, cfg.target)
-        artifacts = write_artifacts(ctx.workdir, search.ident, result.trigger.trigger, images)
+        artifacts = write_artifacts(ctx.workdir, search.ident, result.finding.trigger, images)
         model, report, info = ctx.model, None, {"profile": cfg.profile, "n_images": len(images), "rounds": []}
         if result.verdict is not Verdict.NO_BACKDOOR_FOUND or cfg.purify_when_clean:
             model, report, info["rounds"], info["round_checks"] = self.purify(search, result)
@@ -114,10 +114,10 @@ class InverTune(Defense):
             info["tune"] = {"n_params_updated": report.n_params_updated,
                             "layers_selected": [layer.name for layer in report.layers if layer.selected],
                             "history": report.history}
-        info["invert_history"] = result.trigger.trigger.history
+        info["invert_history"] = result.finding.trigger.history
         return DefenseOutcome(model=model, detection=detection_record(search.ident, result), artifacts=artifacts,
-                              timings_s=search.timings, info=info, triggers={"inverted": result.trigger.trigger},
-                              target=result.trigger.target)
+                              timings_s=search.timings, info=info, triggers={"inverted": result.finding.trigger},
+                              target=result.finding.target)
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""
@@ -133,7 +133,7 @@ class InverTune(Defense):
         """Stage 3: round 1 against the finding's trigger, later rounds against a re-inversion on the
         tuned model (while the detector's round check, if any, and the re-inversion say one is left)."""
         cfg: InverTuneConfig = self.config
-        finding, rule = result.trigger, result.detector.config
+        finding, rule = result.finding, result.detector.config
         model, report, current = search.model, None, finding.trigger
         rounds: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
@@ -172,7 +172,7 @@ class InverTune(Defense):
 
 def detection_record(ident: Identification | None, result: CascadeResult) -> dict[str, Any]:
     """``detection`` in result.json: the verdict, the trigger and every detector's findings."""
-    finding = result.trigger
+    finding = result.finding
     doc: dict[str, Any] = {
         "backdoored": result.verdict.backdoored,
         "verdict": result.verdict.value,
