@@ -78,5 +78,8 @@ def test_unknown_profile_and_parameter_exit_2(host, capsys):
 
 def test_bad_stage_settings_are_refused(host, capsys):
     assert main(["run", "--defense", "invertune", "-p", "detectors.inversion.rounds=0"]) == 2
-    assert main(["run", "--defense", "invertune", "-p", "verdict=0.8"]) == 2
+    assert "rounds must be >= 1" in capsys.readouterr().err
+    assert main(["run", "--defense", "invertune", "-p", "invert=0.8"]) == 2
     assert "group of settings" in capsys.readouterr().err
+    assert main(["run", "--defense", "invertune", "-p", "detectors=0.8"]) == 2
+    assert "named groups of settings" in capsys.readouterr().err
