@@ -22,7 +22,7 @@ from . import seeds
 from .attacks.triggers import add_signal
 from .cascade import DetectorConfig
 from .data import as_float, frozen
-from .identify import (IdentifyConfig, Identification, RaceFamily, fit_and_holdout, race_families, success_rate,
+from .identify import (RACE_GLOBAL, IdentifyConfig, Identification, RaceFamily, fit_and_holdout, race_families, success_rate,
                        targeted_loss, targeted_uap)
 from .zeroshot import ZeroShotHead
 
@@ -174,8 +174,6 @@ def _rated_global(model: ClipModel, head: ZeroShotHead, family: RaceFamily, hold
 def global_ranking(ident: Identification) -> list[str]:
     """Classes by their best score in the race's global families (the consensus ranking when the
     race had none): a global trigger's target is reached by global UAPs, whatever the patches found."""
-    from .identify import RACE_GLOBAL
-
     global_uaps = [u for u in ident.uaps if u.kind.startswith(RACE_GLOBAL)]
     if not global_uaps:
         return [c for c, _ in ident.ranking]
