@@ -158,3 +158,47 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
             assert rows[m["id"]]["asr_after"] == pytest.approx(m["measured"]["asr"])
     assert doc["summary"]["detection"] is None  # `none` gives no score
     assert (report / "zoo_summary.md").is_file() and (report / "zoo_members.csv").is_file()
+    saved = [json.loads(p.read_text()) for p in report.glob("*/outcome.json")]
+    assert saved and len({s["code"] for s in saved}) == 1  # each outcome names the defense code that made it
+
+
+def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
+    from toolbox.zoo.evaluate import reusable
+
+    saved = {"key": "k1", "code": "c1", "outcome": {}}
+    assert reusable(saved, "k1", "c1", "m")
+    assert not reusable(saved, "k2", "c1", "m")  # another configuration or member build
+    assert not reusable(saved, "k1", "c2", "m")  # the defense's code changed since
+    with caplog.at_level("WARNING"):
+        assert reusable({"key": "k1", "outcome": {}}, "k1", "c2", "m")  # saved before the code was recorded
+    assert "does not record the defense code" in caplog.text
+
+
+def test_source_hash_covers_every_module_of_the_package(tmp_path, monkeypatch):
+    import importlib
+
+    from toolbox.zoo.evaluate import code_fingerprint, source_hash
+
+    pkg = tmp_path / "fp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "defense.py").write_text("class D:\n    pass\n")
+    (pkg / "helper.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fp_pkg", "fp_pkg.defense"):
+        monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+    package = importlib.import_module("fp_pkg")
+    first = source_hash(package)
+    assert source_hash(package) == first
+    (pkg / "helper.py").write_text("X = 2\n")  # any module of the package, imported or not
+    assert source_hash(package) != first
+    stamp = code_fingerprint(importlib.import_module("fp_pkg.defense").D)
+    assert stamp.startswith(toolbox_version()) and stamp.endswith(source_hash(package))
+    (pkg / "helper.py").write_text("X = 3\n")
+    assert code_fingerprint(importlib.import_module("fp_pkg.defense").D) == stamp  # once per process
+
+
+def toolbox_version() -> str:
+    from toolbox import __version__
+
+    return __version__

@@ -8,6 +8,10 @@ model and compares verdict and target with the ground truth (:mod:`toolbox.zoo.s
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -40,12 +44,13 @@ def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> 
 def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict[str, str], seed: int,
                 out_dir: str) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
-    member build and defense configuration."""
+    member build, defense configuration and defense code."""
     out = Path(out_dir) / record["id"]
     key = outcome_key(record, defense, params, seed)
+    code = code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
-        if saved.get("key") == key:
+        if reusable(saved, key, code, record["id"]):
             return {**saved["outcome"], "label": record["label"]}  # the label follows the spec's margin
     member_dir = Path(zoo_dir) / "members" / record["id"]
     world = world_of(record["preset"]).world
@@ -69,8 +74,56 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
         asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
         seconds=round(sum(v for k, v in timings.items() if "." not in k), 1),
         localisation=localisation(Path(zoo_dir), record, out / "run"))
-    atomic.write_json(out / OUTCOME_JSON, {"key": key, "outcome": outcome.to_dict()})
+    atomic.write_json(out / OUTCOME_JSON, {"key": key, "code": code, "outcome": outcome.to_dict()})
     return outcome.to_dict()
+
+
+def code_fingerprint(obj: Any) -> str:
+    """The code an outcome was measured with: a hash of the source of the package that defines
+    ``obj`` (a defense) and the host's version (its measurement protocol). Taken once per process,
+    when this process first asks, which is when it loaded the code: files edited during a long
+    evaluation do not count, and a cluster job stamps the code it ran."""
+    module = inspect.getmodule(obj)
+    if module is None:
+        raise ValueError(f"cannot tell which module defines {obj!r}")
+    return _package_fingerprint(module.__name__.split(".")[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _package_fingerprint(package_name: str) -> str:
+    from .. import __version__
+
+    return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
+
+
+def source_hash(package: Any) -> str:
+    """A hash of every ``.py`` file of ``package`` (its one file for a single-module plugin)."""
+    where = getattr(package, "__file__", None)
+    paths = list(getattr(package, "__path__", []))
+    if paths:  # a package, regular or namespace
+        files = sorted((f, Path(root)) for root in paths for f in Path(root).rglob("*.py"))
+    elif where:
+        files = [(Path(where), Path(where).parent)]
+    else:
+        raise ValueError(f"{package!r} has no source files to fingerprint")
+    digest = hashlib.sha256()
+    for f, root in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool:
+    """A saved outcome stands for this evaluation when its configuration key matches and it was
+    measured by this defense code (outcomes saved before the code was recorded are kept, with a warning)."""
+    if saved.get("key") != key:
+        return False
+    if "code" not in saved:
+        log.warning("%s: the saved outcome does not record the defense code it came from; reused as is", member_id)
+        return True
+    if saved["code"] != code:
+        log.info("%s: the defense code changed since the saved outcome; evaluating again", member_id)
+        return False
+    return True
 
 
 def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> str:
@@ -122,6 +175,7 @@ def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0,
     is reported apart, not evaluated); return the outcomes and the folder they were written to."""
     records = [r for r in read_manifest(zoo_dir) if r["label"] != "not_implanted"]
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
+    code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)  # this process: now
     cells = [Cell(key=f"{r['key']}-{out.name}", fn=eval_member, label=f"eval {i + 1}/{len(records)} {r['id']}",
                   kwargs={"zoo_dir": str(zoo_dir), "record": r, "defense": defense, "params": dict(params),
                           "seed": seed, "out_dir": str(out)})
@@ -129,6 +183,12 @@ def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0,
     with memoised_data():  # --jobs 1: the world's splits are read once for all members
         rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]
     return rows, out
+
+
+def run_result(out_dir: Path, member_id: str) -> dict[str, Any] | None:
+    """The defense's own result.json for one evaluated member (None when it has none)."""
+    path = Path(out_dir) / member_id / "run" / "result.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def not_implanted_rows(zoo_dir: Path) -> list[MemberOutcome]:
