@@ -29,6 +29,7 @@ class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -139,9 +140,11 @@ class Identification:
     def _uap_evidence(self, u: UAPResult) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": u.kind, "top": self.classnames[u.top], "top_shift": round(float(u.shift.max()), 4),
                                "fooling_rate": round(u.fooling_rate, 4)}
-        if u.rates is not None:  # race: the ranked target's own success rate and the family's median
+        if u.rates is not None:  # race: the target's success rate, the family's median, every raced class's
             doc["target_rate"] = round(float(u.rates[self.classnames.index(self.target)]), 4)
             doc["median_rate"] = round(float(u.rates.nanmedian()), 4)
+            doc["rates"] = {c: round(float(r), 4) for c, r in zip(self.classnames, u.rates.tolist())
+                             if not math.isnan(r)}
         return doc
 
 

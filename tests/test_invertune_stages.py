@@ -74,6 +74,9 @@ def test_targeted_race_ranks_the_planted_target_first():
     corner = ident.uaps[0]
     assert corner.top == CLASSES.index(TARGET) and corner.fooling_rate > 0.9
     assert ident.evidence()["uaps"][0]["top"] == TARGET
+    rates = ident.evidence()["uaps"][0]["rates"]  # every raced class's rate: the race's full evidence
+    assert set(rates) == set(CLASSES) and rates[TARGET] == max(rates.values())
+    assert rates[TARGET] == pytest.approx(float(corner.rates.max()), abs=1e-4)
 
 
 def search_context(model, images, head, cfg, ident) -> SearchContext:
