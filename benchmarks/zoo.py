@@ -8,6 +8,11 @@ Builds each split's zoo (``zoo/SPLIT.yaml``; resumable, members cached by config
 ``ROOT/SPLIT``, evaluates every defense on it blind, and prints the scorer's summary table per
 (split, defense). The detection threshold is chosen on the dev split (TPR at FPR <= 5 %) and
 applied as given to the test split: the test split is evaluated to report, never to tune.
+
+Writes the generated pages ``DOCS/results/zoo.md`` (every table, every member) and, when InverTune's
+default profile ran on dev, ``DOCS/calibration.md`` (each detector's statistic on dev, the threshold,
+the test outcome): into the repository's ``docs/`` after a complete run (both splits, every
+defense, no ``--limit``), into ``--docs DIR`` whenever it is given, never otherwise.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from toolbox import atomic
 from toolbox.grid import add_grid_args, grid_config_from
+from toolbox.results import provenance, provenance_markdown
 from toolbox.zoo.build import build_zoo
-from toolbox.zoo.evaluate import eval_zoo, not_implanted_rows
-from toolbox.zoo.score import markdown_summary, score_population, write_report
+from toolbox.zoo.calibration import EvaluatedMember, calibration_page
+from toolbox.zoo.evaluate import eval_zoo, not_implanted_rows, run_result
+from toolbox.zoo.score import MemberOutcome, markdown_members, markdown_summary, score_population, write_report
 from toolbox.zoo.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,20 +42,26 @@ def main() -> int:
     ap.add_argument("--defenses", default=",".join(DEFENSES), help=f"of {', '.join(DEFENSES)}")
     ap.add_argument("--root", type=Path, default=Path("results/zoos"), help="where the zoos are built")
     ap.add_argument("--limit", type=int, help="only the first N members of each split (a quick look)")
+    ap.add_argument("--docs", type=Path, help="write the generated pages here (default: the repository's docs/, "
+                                               "after a complete run only)")
     add_grid_args(ap)
     args = ap.parse_args()
     grid = grid_config_from(args)
+    prov = provenance(["python", "benchmarks/zoo.py", *sys.argv[1:]])
     thresholds: dict[str, float | None] = {}
+    page: list[str] = []
+    evaluated: dict[tuple[str, str], tuple[list[MemberOutcome], Path]] = {}
     for split in args.splits.split(","):
         spec = load_spec(ROOT / "zoo" / f"{split}.yaml")
         start = time.perf_counter()
         records = build_zoo(spec, args.root / split, grid, limit=args.limit)
         labels = [r["label"] for r in records]
-        print(f"# {split}: {len(records)} members ({labels.count('clean')} clean, {labels.count('backdoored')} "
-              f"backdoored, {labels.count('not_implanted')} not implanted; not implanted: "
-              f"{[r['id'] for r in records if r['label'] == 'not_implanted']}), "
-              f"built or reused in {time.perf_counter() - start:.0f} s, "
-              f"member build time {sum(r['build_seconds'] for r in records):.0f} s in all\n")
+        members = (f"{len(records)} members ({labels.count('clean')} clean, {labels.count('backdoored')} "
+                   f"backdoored, {labels.count('not_implanted')} not implanted: "
+                   f"{', '.join(r['id'] for r in records if r['label'] == 'not_implanted') or 'none'}); "
+                   f"member build time {sum(r['build_seconds'] for r in records):.0f} s in all")
+        print(f"# {split}: {members}, built or reused in {time.perf_counter() - start:.0f} s\n")
+        page += [f"## The {split} split", "", f"`zoo/{split}.yaml`: {members}.", ""]
         for name in args.defenses.split(","):
             defense, params = name.split("-")[0], DEFENSES[name]
             rows, out = eval_zoo(args.root / split, defense, params, grid=grid)
@@ -60,8 +74,46 @@ def main() -> int:
             write_report(summary, rows, out, title)
             print(markdown_summary(summary, title))
             print(f"\nreport: {out}\n")
+            evaluated[(split, name)] = (rows, out)
+            page += [demote(markdown_summary(summary, title), 2), "#### Members", "", markdown_members(rows)]
     print(json.dumps({"dev_thresholds": thresholds}))
+    complete = args.limit is None and set(args.splits.split(",")) == {"dev", "test"} and \
+        set(args.defenses.split(",")) == set(DEFENSES)
+    if args.docs is not None or complete:
+        write_pages(args.docs or ROOT / "docs", prov, page, evaluated, thresholds.get("invertune"))
     return 0
+
+
+def demote(markdown: str, levels: int) -> str:
+    """Headings ``levels`` deeper, so a summary page nests under the split's heading."""
+    return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines()) + "\n"
+
+
+def write_pages(docs: Path, prov: dict, page: list[str], evaluated: dict, dev_threshold: float | None) -> None:
+    line = provenance_markdown(prov)
+    head = ["# Zoo results", "", line, "", "Generated by `benchmarks/zoo.py`; do not edit by hand. What each number "
+            "means: `toolbox/zoo/score.py`. The test split is evaluated at the thresholds chosen on dev.", ""]
+    atomic.write_text(docs / "results" / "zoo.md", "\n".join(head + page))
+    print(f"wrote {docs / 'results' / 'zoo.md'}")
+    if ("dev", "invertune") not in evaluated:
+        return
+    splits: dict[str, list[EvaluatedMember]] = {}
+    missing: list[str] = []
+    params: dict = {}
+    for (split, name), (rows, out) in evaluated.items():
+        if name != "invertune":
+            continue
+        splits[split] = []
+        for r in rows:
+            doc = run_result(out, r.member_id) if r.label != "not_implanted" else None
+            if doc is not None and doc.get("detection"):
+                splits[split].append(EvaluatedMember(r, doc["detection"]))
+                params = params or (doc["defense"].get("params", {}) if split == "dev" else {})
+            elif r.label != "not_implanted":
+                missing.append(r.member_id)
+    atomic.write_text(docs / "calibration.md", calibration_page(splits["dev"], splits.get("test"), dev_threshold,
+                                                                params, line, missing))
+    print(f"wrote {docs / 'calibration.md'}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from toolbox.zoo.score import MemberOutcome, PurificationBar, markdown_summary, score_population, write_report
+from toolbox.zoo.score import (MemberOutcome, PurificationBar, markdown_members, markdown_summary, score_population,
+                               write_report)
 
 
 def member(member_id: str, label: str = "backdoored", family: str = "badnet", arch: str = "vit", *,
@@ -303,3 +304,52 @@ def test_nan_score_is_written_as_null(tmp_path):
     paths = write_report(score_population(rows), rows, tmp_path, "nan")
     doc = json.loads(paths["zoo_summary.json"].read_text())
     assert doc["rows"][0]["score"] is None
+
+
+def test_markdown_members_one_line_each_with_target_and_verdict():
+    md = markdown_members(population())
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + len(population())
+    assert "| b1 | backdoored | badnet | vit | 0.900 | backdoored | right | 95.0 % | 1.0 % | 1.0 % | 80.0 % | 10 |" in md
+    assert "| b2 |" in md and "wrong (car)" in md
+    assert "| n1 | not_implanted | badnet | vit | 0.990 | (not evaluated) |" in md
+
+
+# -------------------- the calibration page (InverTune's detector records over a zoo)
+
+
+def record(ratios: dict[str, float], anomaly: float, verdict: str = "no backdoor found") -> dict:
+    return {"verdict": verdict, "stage1": {"anomaly_index": anomaly},
+            "cascade": [{"detector": d, "findings": [{"gate_ratio": r / 2}, {"gate_ratio": r}]} for d, r in ratios.items()]}
+
+
+def test_calibration_page_from_records():
+    from toolbox.zoo.calibration import EvaluatedMember, calibration_page, detector_ratios
+
+    rows = {r.member_id: r for r in population()}
+    dev = [EvaluatedMember(rows["b1"], record({"inversion": 0.5, "patch": 1.2}, 4.0, "backdoored")),
+           EvaluatedMember(rows["b3"], record({"inversion": 0.4, "patch": 0.7}, 1.0)),
+           EvaluatedMember(rows["c1"], record({"inversion": 0.6, "patch": 0.9}, 2.0)),
+           EvaluatedMember(rows["c2"], record({"inversion": 0.3, "patch": 0.2}, 1.5)),
+           EvaluatedMember(rows["n1"], record({"inversion": 2.0}, 9.0))]  # not implanted: left out
+    assert detector_ratios(dev[0].detection) == {"inversion": 0.5, "patch": 1.2}
+    params = {"profile": "default", "cascade": ["inversion", "patch"],
+              "detectors": {"inversion": {"min_asr": 0.9, "rounds": 1}, "patch": {"min_rate": 0.95}}}
+    page = calibration_page(dev, dev[:2], 0.45, params, "Generated today.")
+    assert page.startswith("# Calibration of InverTune's detection\n\nGenerated today.")
+    # scores b1 0.9, b3 0.4 against c1 0.5, c2 0.2: AUC 3/4; anomaly 4, 1 against 2, 1.5: 2/4; at 0.45 b1, c1 called
+    assert "| dev | 2 / 2 | 0.750 | 0.500 | TPR 1/2, FPR 1/2 |" in page
+    assert "| test | 0 / 2 |" in page and "(not shown: held out)" in page
+    assert "| inversion | min_asr=0.9 | 0.300 / 0.450 / 0.600 (n=2) | 0.400 / 0.450 / 0.500 (n=2) | 0 of 2 |" in page
+    assert "| patch | min_rate=0.95 |" in page
+    assert "| b1 | backdoored | badnet | vit | 0.500 | 1.200 | 4.00 | 0.900 | backdoored | right |" in page
+    assert "n1" not in page
+
+
+def test_provenance_names_commit_machine_and_command():
+    from toolbox.results import provenance, provenance_markdown
+
+    prov = provenance(["python", "benchmarks/zoo.py"])
+    assert prov["machine"] and prov["threads"] >= 1 and prov["date"]
+    line = provenance_markdown({**prov, "commit": "abc123", "dirty": True})
+    assert "commit abc123 (with uncommitted edits)" in line and "`python benchmarks/zoo.py`" in line

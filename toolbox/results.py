@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
+import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -50,6 +52,33 @@ def runtime_versions(plugins: Mapping[str, str | None]) -> dict[str, Any]:
         "open_clip": import_open_clip().__version__,
         "python": platform.python_version(),
     }
+
+
+def provenance(command: list[str] | None = None) -> dict[str, Any]:
+    """When, from which commit and on what machine a generated page's numbers were measured."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).resolve().parent)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=normal")  # a new module is an edit too
+    return {"date": now_iso(), "commit": git("rev-parse", "--short=12", "HEAD"),
+            "dirty": None if status is None else bool(status),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "command": " ".join(command) if command else None}
+
+
+def provenance_markdown(prov: Mapping[str, Any]) -> str:
+    """The line a generated page opens with: date, commit (and whether the tree had edits), machine, command."""
+    commit = prov.get("commit") or "unknown commit"
+    commit += " (with uncommitted edits)" if prov.get("dirty") else ""
+    line = (f"Generated {prov['date']} from commit {commit} on {prov['machine']} "
+            f"(torch {prov['torch']}, {prov['threads']} threads).")
+    return line + (f" Command: `{prov['command']}`." if prov.get("command") else "")
 
 
 def csv_row(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -420,6 +420,21 @@ def markdown_summary(summary: Mapping[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_members(rows: list[MemberOutcome]) -> str:
+    """One line per member: ground truth beside what the defense said and what it left."""
+    def target(r: MemberOutcome) -> str:
+        if r.true_target is None or r.verdict is not True:
+            return "–"
+        return "right" if r.predicted_target == r.true_target else f"wrong ({r.predicted_target})"
+
+    body = [[r.member_id, r.label, r.family, r.arch, _num(r.score), {True: "backdoored", False: "clean"}.get(
+        r.verdict, "–") if r.label != "not_implanted" else "(not evaluated)", target(r), _pct(r.asr_before),
+        _pct(r.asr_after), _pct(ca_drop(r)), _pct(r.localisation), f"{r.seconds:.0f}"] for r in rows]
+    header = ["member", "label", "family", "arch", "score", "verdict", "target", "ASR before", "ASR after",
+              "CA drop", "localisation", "seconds"]
+    return "\n".join(_table(header, body)) + "\n"
+
+
 def _members_csv(rows: list[MemberOutcome]) -> str:
     names = [f.name for f in fields(MemberOutcome)]
     buf = io.StringIO()
