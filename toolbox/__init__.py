@@ -17,3 +17,14 @@ PUBLIC_MODULES = ("toolbox", "toolbox.api", "toolbox.hookspecs", "toolbox.progre
 from .compat import import_torchvision as _import_torchvision  # noqa: E402
 
 _import_torchvision()
+
+_NOTEBOOK_API = ("run", "load", "RunResult", "Suspect")
+
+
+def __getattr__(name: str):  # noqa: ANN202  (PEP 562: `import toolbox` stays light; toolbox.run loads the runner)
+    """``toolbox.run``, ``toolbox.load``: the Python API of :mod:`toolbox.notebook`."""
+    if name in _NOTEBOOK_API:
+        from . import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'toolbox' has no attribute {name!r}")
