@@ -59,6 +59,6 @@ def test_the_documented_example_runs(host, smoke_world, tmp_path, monkeypatch, c
     if result.backdoored:  # purified: a model folder, and the trigger weaker
         assert (result.purified_model / "open_clip_config.json").is_file()
         assert result.after["asr"] < result.before["asr"]
-    assert all(p.is_file() for p in result.artifacts.values())
+    assert result.artifacts and all(p.exists() for p in result.artifacts.values())
     assert ranking.target in scope["suspect"].classnames and scope["suspect"].images(8).dtype == torch.uint8
     assert "anomaly index" in capsys.readouterr().out

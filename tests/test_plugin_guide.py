@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import types
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def guide(register_plugin, monkeypatch):
     from invertune_plugin import cascade
 
     module = types.ModuleType("guide_plugin")
+    monkeypatch.setitem(sys.modules, "guide_plugin", module)  # dataclasses look their module up there
     for block in blocks("python"):
         exec(compile(block, str(DOC), "exec"), module.__dict__)  # noqa: S102  (our own documentation)
     monkeypatch.setitem(cascade.DETECTORS, "corner", module.Corner)  # @cascade.register's entry, undone after
