@@ -33,3 +33,11 @@ def test_relative_links_in_readme_and_docs_exist():
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_the_result_page_names_every_field_of_the_schema():
+    import json
+
+    schema = json.loads((ROOT / "toolbox" / "schema" / "result.schema.json").read_text())
+    page = (ROOT / "docs" / "result-schema.md").read_text()
+    assert [key for key in schema["properties"] if f"`{key}`" not in page] == []
