@@ -21,11 +21,12 @@ def test_params_are_written_as_the_cli_reads_them():
 
 
 def test_the_recorded_command_is_the_cli_line_of_the_call():
-    from toolbox.cli import build_parser
+    from toolbox.cli import build_parser, sources_from
     from toolbox.notebook import equivalent_command
     from toolbox.runner import RunRequest, Sources
 
-    req = RunRequest(defense="invertune", attack="badnet", sources=Sources(preset="smoke", seed=3),
+    req = RunRequest(defense="invertune", attack="badnet",
+                     sources=Sources(preset="smoke", seed=3, classes="c.txt", asr_include_target=True),
                      out=Path("runs/x"), defense_params={"n_images": "256"}, attack_params={"epochs": "3"})
     cmd = equivalent_command(req)
     assert cmd[:2] == ["toolbox", "run"]
@@ -33,6 +34,7 @@ def test_the_recorded_command_is_the_cli_line_of_the_call():
     assert (args.defense, args.attack, args.preset, args.seed, args.out) == ("invertune", "badnet", "smoke", 3,
                                                                              Path("runs/x"))
     assert args.param == ["n_images=256"] and args.attack_param == ["epochs=3"]
+    assert sources_from(args) == req.sources, "every source field round-trips through the command line"
 
 
 def test_bad_input_is_the_commands_error(host, tmp_path):

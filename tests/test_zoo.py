@@ -161,6 +161,17 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     saved = [json.loads(p.read_text()) for p in report.glob("*/outcome.json")]
     assert saved and len({s["code"] for s in saved}) == 1  # each outcome names the defense code that made it
 
+    first = manifest[0]["id"]  # --only: a subset, said in the title, reported apart; bad ids are bad input
+    capsys.readouterr()
+    assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report), "--only", f" {first},"]) == 0
+    [subset] = report.glob("only-*/zoo_summary.json")
+    doc = json.loads(subset.read_text())
+    assert [r["member_id"] for r in doc["rows"]] == [first] and f"(only {first})" in capsys.readouterr().out
+    assert len(json.loads((report / "zoo_summary.json").read_text())["rows"]) == 3, "the full report stays"
+    for only, message in (("nobody", "no member nobody"), (",", "names no member")):
+        assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report), "--only", only]) == 2
+        assert message in capsys.readouterr().err
+
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
     from toolbox.zoo.evaluate import reusable

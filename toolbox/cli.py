@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -65,12 +66,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def sources_from(args: argparse.Namespace) -> Any:
+    """A :class:`~toolbox.runner.Sources` from ``add_source_args``' options: one option per field."""
     from .runner import Sources
 
-    return Sources(model=args.model, model_format=args.model_format, clean_data=args.clean_data,
-                   eval_data=args.eval_data, retrieval_data=args.retrieval_data, train_data=args.train_data,
-                   classes=args.classes, templates=args.templates, seed=args.seed, preset=args.preset,
-                   device=args.device, asr_include_target=args.asr_include_target)
+    return Sources(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Sources)})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,15 +153,21 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 def cmd_zoo_eval(args: argparse.Namespace) -> int:
     from .grid import grid_config_from
     from .zoo.evaluate import eval_zoo, not_implanted_rows
+    from .cache import config_hash
     from .zoo.score import markdown_summary, score_population, write_report
 
-    rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out)
-    title = f"{args.defense} on {args.directory}"
-    rows += not_implanted_rows(args.directory)  # listed apart by the scorer, never evaluated
+    only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
+    if only == []:
+        raise InputError("--only names no member")
+    rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out,
+                         only)
+    title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
+    rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
     summary = score_population(rows, threshold=args.threshold)
-    write_report(summary, rows, out, title)
+    report = out / f"only-{config_hash(*sorted(only))[:10]}" if only else out  # a subset never replaces the full report
+    write_report(summary, rows, report, title)
     print(markdown_summary(summary, title))
-    print(f"\nreport: {out}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
+    print(f"\nreport: {report}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
     return EXIT_OK
 
 
@@ -301,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--threshold", type=float, help="detection threshold chosen elsewhere (e.g. on the dev split)")
     z.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
+    z.add_argument("--only", metavar="ID,ID", help="these members alone (a quick look: the report says so; their "
+                                                  "outcomes are reused by a full evaluation)")
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)
 

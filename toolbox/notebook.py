@@ -15,7 +15,7 @@ the same file a command would write.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -116,11 +116,10 @@ def equivalent_command(req: Any) -> list[str]:
     """The ``toolbox run`` line that does what this call did (recorded in the result as its command)."""
     src, defaults = req.sources, type(req.sources)()
     cmd = ["toolbox", "run", "--defense", req.defense] + (["--attack", req.attack] if req.attack else [])
-    for name in ("model", "model_format", "clean_data", "eval_data", "retrieval_data", "train_data", "classes",
-                 "templates", "preset", "seed", "device"):
-        if getattr(src, name) != getattr(defaults, name):
-            cmd += [f"--{name.replace('_', '-')}", str(getattr(src, name))]
-    cmd += ["--asr-include-target"] if src.asr_include_target else []
+    for f in fields(src):  # one ``toolbox run`` option per field (cli.add_source_args)
+        value, flag = getattr(src, f.name), f"--{f.name.replace('_', '-')}"
+        if value != getattr(defaults, f.name):
+            cmd += [flag] if isinstance(value, bool) else [flag, str(value)]
     cmd += ["--skip-unreadable"] if req.skip_unreadable else []
     cmd += ["--out", str(req.out)] if req.out else []
     for flag, values in (("-p", req.defense_params), ("--attack-param", req.attack_params)):

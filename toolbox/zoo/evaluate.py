@@ -21,6 +21,7 @@ import torch
 
 from .. import atomic
 from ..cache import config_hash
+from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
@@ -46,8 +47,9 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code."""
     out = Path(out_dir) / record["id"]
-    key = outcome_key(record, defense, params, seed)
-    code = code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)
+    registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
+    key = outcome_key(record, defense, params, seed, registry)
+    code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
         if reusable(saved, key, code, record["id"]):
@@ -65,7 +67,7 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
     asr_after = None
     if record["label"] != "clean":  # the real trigger on what the defense returned, measured by the scorer
-        asr_after = real_asr(Path(zoo_dir), record, out / "run", world)
+        asr_after = real_asr(Path(zoo_dir), record, out / "run", world, registry)
     timings = doc["timings_s"]
     outcome = MemberOutcome(
         member_id=record["id"], label=record["label"], family=record["family"], arch=record["arch"],
@@ -126,15 +128,15 @@ def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool
     return True
 
 
-def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> str:
+def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused."""
     from ..api import config_values
 
-    cfg = configure(get_host().build_registry(quiet=True).get("defense", defense).obj, params)
+    cfg = configure(registry.get("defense", defense).obj, params)
     return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed)
 
 
-def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any) -> float | None:
+def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, registry: Any) -> float | None:
     """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged)."""
     from adapters.models import OpenClipDirAdapter
 
@@ -145,7 +147,7 @@ def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any) -
     measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
                                           trigger=member_trigger(zoo_dir, record), target=record["target"],
                                           trigger_source="real"),
-                        MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), torch.device("cpu"))
+                        MetricConfig(top_k=(1,)), registry, torch.device("cpu"))
     return measured.get("asr")
 
 
@@ -170,10 +172,11 @@ def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path) -> float 
 
 
 def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0, grid: GridConfig | None = None,
-             out_dir: Path | None = None) -> tuple[list[MemberOutcome], Path]:
+             out_dir: Path | None = None, only: list[str] | None = None) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
-    is reported apart, not evaluated); return the outcomes and the folder they were written to."""
-    records = [r for r in read_manifest(zoo_dir) if r["label"] != "not_implanted"]
+    is reported apart, not evaluated); return the outcomes and the folder they were written to.
+    ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it)."""
+    records = [r for r in select(read_manifest(zoo_dir), only) if r["label"] != "not_implanted"]
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
     code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)  # this process: now
     cells = [Cell(key=f"{r['key']}-{out.name}", fn=eval_member, label=f"eval {i + 1}/{len(records)} {r['id']}",
@@ -185,17 +188,28 @@ def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0,
     return rows, out
 
 
+def select(records: list[dict[str, Any]], only: list[str] | None) -> list[dict[str, Any]]:
+    """The records named by ``only`` (all when None); an id the zoo does not have is an input error."""
+    if only is None:
+        return records
+    unknown = sorted(set(only) - {r["id"] for r in records})
+    if unknown:
+        raise InputError(f"no member {', '.join(unknown)} in this zoo (its ids: {records[0]['id']} ... "
+                         f"{records[-1]['id']})" if records else f"no member {', '.join(unknown)}: the zoo is empty")
+    return [r for r in records if r["id"] in only]
+
+
 def run_result(out_dir: Path, member_id: str) -> dict[str, Any] | None:
     """The defense's own result.json for one evaluated member (None when it has none)."""
     path = Path(out_dir) / member_id / "run" / "result.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def not_implanted_rows(zoo_dir: Path) -> list[MemberOutcome]:
+def not_implanted_rows(zoo_dir: Path, only: list[str] | None = None) -> list[MemberOutcome]:
     """The members whose attack did not implant, as rows the scorer lists apart."""
     return [MemberOutcome(member_id=r["id"], label=r["label"], family=r["family"], arch=r["arch"],
                           true_target=r.get("target"), score=None, verdict=None, predicted_target=None,
                           ca_before=r["measured"].get("ca"), ca_after=None, asr_before=r["measured"].get("asr"),
                           asr_after=None, seconds=0.0)
-            for r in read_manifest(zoo_dir) if r["label"] == "not_implanted"]
+            for r in select(read_manifest(zoo_dir), only) if r["label"] == "not_implanted"]
 
