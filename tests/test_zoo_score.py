@@ -346,6 +346,13 @@ def test_calibration_page_from_records():
     assert "n1" not in page
 
 
+def test_regenerated_pages_do_not_count_as_edits():
+    from toolbox.results import is_generated
+
+    assert is_generated("docs/results/zoo.md") and is_generated("docs/calibration.md")
+    assert not is_generated("docs/calibration-history.md") and not is_generated("toolbox/results.py")
+
+
 def test_provenance_names_commit_machine_and_command():
     from toolbox.results import provenance, provenance_markdown
 

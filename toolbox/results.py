@@ -54,6 +54,14 @@ def runtime_versions(plugins: Mapping[str, str | None]) -> dict[str, Any]:
     }
 
 
+GENERATED_PAGES = ("docs/results/", "docs/calibration.md")  # written by the benchmarks, never by hand
+
+
+def is_generated(path: str) -> bool:
+    """A repository path (as git prints it) that a benchmark writes."""
+    return any(path == page or (page.endswith("/") and path.startswith(page)) for page in GENERATED_PAGES)
+
+
 def provenance(command: list[str] | None = None) -> dict[str, Any]:
     """When, from which commit and on what machine a generated page's numbers were measured."""
     def git(*args: str) -> str | None:
@@ -65,8 +73,10 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=normal")  # a new module is an edit too
+    # the pages being regenerated are not edits to the code that measured them
+    edits = None if status is None else [ln for ln in status.splitlines() if not is_generated(ln[3:].strip('"'))]
     return {"date": now_iso(), "commit": git("rev-parse", "--short=12", "HEAD"),
-            "dirty": None if status is None else bool(status),
+            "dirty": None if edits is None else bool(edits),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": " ".join(command) if command else None}
