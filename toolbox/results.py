@@ -74,7 +74,8 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
 
     status = git("status", "--porcelain", "--untracked-files=normal")  # a new module is an edit too
     # the pages being regenerated are not edits to the code that measured them
-    edits = None if status is None else [ln for ln in status.splitlines() if not is_generated(ln[3:].strip('"'))]
+    edits = None if status is None else [ln for ln in status.splitlines()
+                                         if not is_generated(ln.split(maxsplit=1)[-1].strip('"'))]  # "XY path"
     return {"date": now_iso(), "commit": git("rev-parse", "--short=12", "HEAD"),
             "dirty": None if edits is None else bool(edits),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
