@@ -1,0 +1,191 @@
+"""Per-class statistics of InverTune's trigger searches over a zoo's dev split: the data a
+self-calibrated detection score is designed on (issue 22, item 2).
+
+    python benchmarks/detector_stats.py --zoo ~/.cache/invertune-toolbox/zoos/dev [--references 4]
+
+Per clean or backdoored member (resumable: one JSON per member under ZOO/stats/):
+- stage 1's race with the default settings: every class's held-out rate, per family;
+- for each refinement family (the best-raced patch location per class, grayscale stripes at
+  48/255, full-colour L-inf at 16/255), a 100-step targeted UAP (one restart) toward the top
+  ``--top`` classes of that family's ranking and toward ``--references`` classes drawn (seeded)
+  from the rest of the vocabulary: held-out rate, and sign-flipped rate for the additive ones.
+
+Then prints each candidate score's ROC-AUC and TPR at FPR <= 5 % on the split, and across
+architectures (the threshold chosen on one, applied to the other): a score meant to hold across
+architectures should keep its threshold. Refuses a split named ``test``: that one is held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+import toolbox
+from invertune_plugin.attacks.triggers import add_signal
+from invertune_plugin.data import as_float, frozen
+from invertune_plugin.identify import (GLOBAL_FAMILIES, IdentifyConfig, fit_and_holdout, identify, linf_family,
+                                       race_families, success_rate, targeted_uaps)
+from invertune_plugin.refine import global_ranking
+from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox import atomic
+from toolbox.zoo.build import read_manifest, world_of
+
+STEPS, N_IMAGES, SEED = 100, 1024, 0
+MAD_TO_SIGMA = 1.4826
+
+
+def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int) -> dict[str, Any]:
+    world = world_of(record["preset"]).world
+    suspect = toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
+                           classes=str(world.classes), templates=str(world.templates))
+    model, images = suspect.model, suspect.images(N_IMAGES, seed=SEED)
+    head = ZeroShotHead(model, suspect.classnames, suspect.templates, suspect.device)
+    cfg = IdentifyConfig()
+    start = time.perf_counter()
+    ident = identify(model, images, head, cfg, SEED)
+    doc: dict[str, Any] = {"id": record["id"], "label": record["label"], "arch": record["arch"],
+                           "family": record["family"], "target": record.get("target"),
+                           "race": {u.kind: {c: float(r) for c, r in zip(ident.classnames, u.rates.tolist())
+                                             if not math.isnan(r)} for u in ident.uaps},
+                           "race_ranking": [c for c, _ in ident.ranking], "seconds": {}}
+    doc["seconds"]["race"] = time.perf_counter() - start
+    size = images.shape[-1]
+    patch_fams = {f.kind: f for f in race_families(size, cfg) if f.pixels is not None}
+    searches: dict[str, tuple[list[str], Callable[[int], Any]]] = {
+        "patch": ([c for c, _ in ident.ranking],
+                  lambda c: patch_fams[max((u for u in ident.uaps if u.kind in patch_fams),
+                                           key=lambda u: float(u.shift[c])).kind]),
+        "stripes@48/255": (global_ranking(ident), lambda c: GLOBAL_FAMILIES["stripes"](size, 48 / 255)),
+        "linf@16/255": (global_ranking(ident), lambda c: linf_family(size, 16 / 255)),
+    }
+    with frozen(model):
+        fit, hold, hold_pred = fit_and_holdout(model, images, head, cfg, SEED)
+        for name, (ranking, family_of) in searches.items():
+            start = time.perf_counter()
+            rest = ranking[top:]
+            draw = torch.randperm(len(rest), generator=torch.Generator().manual_seed(SEED + 1))[:references]
+            chosen = ranking[:top] + [rest[i] for i in draw.tolist()]
+            rows = []
+            for rank, cls in enumerate(chosen):
+                c = head.classnames.index(cls)
+                family = family_of(c)
+                gen = torch.Generator().manual_seed(zlib.crc32(f"{SEED}:{name}:{c}".encode()))  # stable across runs
+                param = targeted_uaps(model, head, fit, family, [c], cfg, STEPS, [gen])[0]
+                row = {"class": cls, "searched": rank < top, "family": family.kind,
+                       "rate": success_rate(model, head, family.apply(hold, param), hold_pred, c)}
+                if family.delta is not None:
+                    row["flipped"] = success_rate(model, head, add_signal(hold, -family.delta(param)), hold_pred, c)
+                rows.append(row)
+            doc[name] = rows
+            doc["seconds"][name] = time.perf_counter() - start
+    return doc
+
+
+# -------------------- candidate scores (each: member doc -> float)
+
+
+def logit(rate: float, n: int = 300) -> float:
+    p = min(max(rate, 1 / (n + 1)), n / (n + 1))
+    return math.log(p / (1 - p))
+
+
+def robust_z(value: float, reference: list[float], floor: float = 0.25) -> float:
+    ref = np.asarray(reference, dtype=float)
+    median = float(np.median(ref))
+    return (value - median) / max(MAD_TO_SIGMA * float(np.median(np.abs(ref - median))), floor)
+
+
+def refined_z(doc: dict[str, Any], name: str) -> float:
+    """The best searched class's refined rate against the reference classes' (logits, robust z)."""
+    rows = doc[name]
+    best = max(logit(r["rate"]) for r in rows if r["searched"])
+    return robust_z(best, [logit(r["rate"]) for r in rows if not r["searched"]])
+
+
+def refined_margin(doc: dict[str, Any], name: str) -> float:
+    """The best searched class's refined rate over the second best of all classes searched (logits)."""
+    rates = sorted((logit(r["rate"]) for r in doc[name]), reverse=True)
+    return rates[0] - rates[1]
+
+
+def race_z(doc: dict[str, Any]) -> float:
+    """Per race family, the top class's rate against every raced class's (logits, robust z); the largest."""
+    out = []
+    for rates in doc["race"].values():
+        values = [logit(r) for r in rates.values()]
+        out.append(robust_z(max(values), sorted(values)[:-1]))
+    return max(out)
+
+
+FAMILIES = ("patch", "stripes@48/255", "linf@16/255")
+CANDIDATES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "race z (max over families)": race_z,
+    "refined z (max over families)": lambda d: max(refined_z(d, f) for f in FAMILIES),
+    "refined margin (max over families)": lambda d: max(refined_margin(d, f) for f in FAMILIES),
+    **{f"refined z, {f}": (lambda d, f=f: refined_z(d, f)) for f in FAMILIES},
+}
+
+
+def threshold_at(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.05) -> float:
+    clean = np.sort(s[y == 0])[::-1]
+    allowed = int(math.floor(max_fpr * len(clean)))  # clean members allowed above the threshold
+    return float(clean[allowed]) + 1e-9 if allowed < len(clean) else -math.inf
+
+
+def report(docs: list[dict[str, Any]]) -> str:
+    lines = ["| candidate | ROC-AUC | TPR @ FPR <= 5 % | vit -> resnet (TPR, FPR) | resnet -> vit (TPR, FPR) |",
+             "|---|---|---|---|---|"]
+    for name, score in CANDIDATES.items():
+        y = np.array([d["label"] == "backdoored" for d in docs], dtype=int)
+        s = np.array([score(d) for d in docs])
+        arch = np.array([d["arch"] for d in docs])
+        cells = [f"{roc_auc_score(y, s):.3f}" if 0 < y.sum() < len(y) else "–"]
+        thr = threshold_at(y, s)
+        cells.append(f"{np.mean(s[y == 1] >= thr):.2f} (thr {thr:.2f})")
+        for a, b in (("vit", "resnet"), ("resnet", "vit")):
+            t = threshold_at(y[arch == a], s[arch == a])
+            yb, sb = y[arch == b], s[arch == b]
+            cells.append(f"{np.mean(sb[yb == 1] >= t):.2f}, {np.mean(sb[yb == 0] >= t):.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", type=Path, required=True)
+    ap.add_argument("--top", type=int, default=3)
+    ap.add_argument("--references", type=int, default=4)
+    ap.add_argument("--members", help="comma-separated member ids (default: every clean or backdoored one)")
+    args = ap.parse_args()
+    records = [r for r in read_manifest(args.zoo) if r["label"] in ("clean", "backdoored")]
+    if any(r["id"].startswith("test") for r in records):
+        print("refusing the test split: it is held out (tune on dev)", file=sys.stderr)
+        return 2
+    if args.members:
+        records = [r for r in records if r["id"] in args.members.split(",")]
+    out = args.zoo / "stats" / f"top{args.top}-ref{args.references}"
+    docs = []
+    for i, record in enumerate(records):
+        path = out / f"{record['id']}.json"
+        if not path.is_file():
+            start = time.perf_counter()
+            atomic.write_json(path, member_stats(args.zoo, record, args.top, args.references))
+            print(f"{i + 1}/{len(records)} {record['id']} ({record['label']}, {record['arch']}): "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        docs.append(json.loads(path.read_text(encoding="utf-8")))
+    print(report(docs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
