@@ -153,8 +153,11 @@ def report(docs: list[dict[str, Any]]) -> str:
         thr = threshold_at(y, s)
         cells.append(f"{np.mean(s[y == 1] >= thr):.2f} (thr {thr:.2f})")
         for a, b in (("vit", "resnet"), ("resnet", "vit")):
-            t = threshold_at(y[arch == a], s[arch == a])
-            yb, sb = y[arch == b], s[arch == b]
+            ya, yb, sb = y[arch == a], y[arch == b], s[arch == b]
+            if not (ya == 0).any() or not (yb == 0).any() or not (yb == 1).any():
+                cells.append("–")
+                continue
+            t = threshold_at(ya, s[arch == a])
             cells.append(f"{np.mean(sb[yb == 1] >= t):.2f}, {np.mean(sb[yb == 0] >= t):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -167,6 +170,8 @@ def main() -> int:
     ap.add_argument("--references", type=int, default=4)
     ap.add_argument("--members", help="comma-separated member ids (default: every clean or backdoored one)")
     args = ap.parse_args()
+    if args.top < 1 or args.references < 2:
+        ap.error("--top must be >= 1 and --references >= 2 (a spread needs two)")
     records = [r for r in read_manifest(args.zoo) if r["label"] in ("clean", "backdoored")]
     if any(r["id"].startswith("test") for r in records):
         print("refusing the test split: it is held out (tune on dev)", file=sys.stderr)

@@ -56,8 +56,9 @@ class IdentifyConfig:
     race_global_eps: tuple[float, ...] = (32 / 255,)  # 16/255 reached at most 0.33 on non-Blended models
     race_steps: int = 20  # per (class, family)
     # Classes whose UAPs of one family are optimised together, in one forward pass per step: the
-    # same initialisations, batches and Adam updates as one at a time (Adam is elementwise), in
-    # fewer, larger passes. 1: one class at a time.
+    # same initialisations, batches and Adam updates as one at a time (Adam is elementwise), equal up
+    # to float rounding (larger matmuls round differently), in fewer, larger passes; memory grows with
+    # it (8 x batch_size images with gradients). 1: one class at a time.
     race_batch_classes: int = 8
     # Race patches live in pixel space, projected onto [0, 1] after each Adam step, from a uniform
     # init: 20 steps of lr 0.1 can reach any colour. ("sigmoid": the untargeted UAPs' logit
