@@ -92,10 +92,12 @@ def patch_families(image_size: int, cfg: IdentifyConfig) -> dict[str, RaceFamily
 
 
 def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification, cfg: IdentifyConfig,
-                   budget: RefineConfig, seed: int = 0,
-                   accept: Callable[[RefinedPatch], bool] | None = None) -> list[RefinedPatch]:
+                   budget: RefineConfig, seed: int = 0, accept: Callable[[RefinedPatch], bool] | None = None,
+                   masks: dict[str, Tensor] | None = None) -> list[RefinedPatch]:
     """Longer patch UAPs for the race's top ``budget.classes``, each at its best-raced location, in
-    ranking order; with ``accept``, the first patch it accepts ends the search (screened restarts)."""
+    ranking order; with ``accept``, the first patch it accepts ends the search (screened restarts).
+    ``masks``: stage-2 inverted masks by class, which break a tie between locations (a backdoor that
+    fires from every corner still has its trigger where the inversion put its mass)."""
     fams = {f.kind: f for f in patch_families(images.shape[-1], cfg).values()}
     patch_uaps = [u for u in ident.uaps if u.kind in fams]
     if not patch_uaps or budget.classes < 1:
@@ -105,12 +107,32 @@ def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
         fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
         for cls, _ in progress(ident.ranking[:budget.classes], desc="detect: refine patches"):
             c = head.classnames.index(cls)
-            best_uap = max(patch_uaps, key=lambda u: float(u.shift[c]))
+            best_uap = best_location(patch_uaps, fams, c, (masks or {}).get(cls))
             refined.append(_refine_one(model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg,
                                        budget, seed, accept))
             if accept is not None and accept(refined[-1]):
                 break
     return refined
+
+
+def best_location(patch_uaps: list[Any], fams: dict[str, RaceFamily], c: int, mask: Tensor | None) -> Any:
+    """The race's patch UAP that scored class ``c`` highest; with a stage-2 ``mask``, the location
+    whose box holds the most of it among those whose raw race rate for ``c`` is at least as high
+    (a saturated race cannot tell the trigger's corner from the others)."""
+    best = max(patch_uaps, key=lambda u: float(u.shift[c]))
+    if mask is None or best.rates is None:
+        return best
+    tied = [u for u in patch_uaps if u.rates is not None and float(u.rates[c]) >= float(best.rates[c]) - 1e-9]
+    if len(tied) == 1:
+        return best
+    flat = mask.float().mean(0)  # [H, W]
+
+    def mass(u: Any) -> float:
+        family = fams[u.kind]
+        box = family.apply(torch.zeros(1, 3, *flat.shape), torch.ones_like(family.init(torch.Generator())))[0, 0]
+        return float((flat * box).sum())
+
+    return max(tied, key=mass)
 
 
 def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, location: str,

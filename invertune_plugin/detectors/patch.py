@@ -43,8 +43,9 @@ class RefinedPatchSearch(Detector):
 
     def search(self, ctx: SearchContext) -> list[Finding]:
         assert ctx.ident is not None
+        masks = {cls: trigger.mask for cls, trigger in ctx.inversions.items()}  # stage 2's, where it ran
         refined = refine_patches(ctx.model, ctx.images, ctx.head, ctx.ident, ctx.identify, self.config, ctx.seed,
-                                 accept=self.passes)
+                                 accept=self.passes, masks=masks)
         size = ctx.images.shape[-1]
         return [Finding(self.name, p.target, patch_trigger(p.patch, p.location, size, p.target, p.holdout_rate),
                         self.passes(p), ratio(p.holdout_rate, self.config.min_rate), p.evidence(), location=p.location)
