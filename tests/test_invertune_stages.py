@@ -661,3 +661,31 @@ def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():
     assert torch.equal(signed[1::2], (x[1::2] - delta).clamp(0, 1))
     with pytest.raises(ValueError):
         alternate([])
+
+
+@pytest.mark.parametrize("family_index", [0, 3])  # a pixel patch and the global L-inf family
+def test_classes_raced_together_match_one_at_a_time(family_index):
+    """The batched race is the same optimisation: each class its own init, batches and Adam state."""
+    from invertune_plugin.data import frozen
+    from invertune_plugin.identify import race_families, targeted_uap, targeted_uaps
+
+    model, images = PlantedClip(), colour_images(64)
+    head, cfg = head_for(model), IdentifyConfig(batch_size=16)
+    family = race_families(images.shape[-1], cfg)[family_index]
+    targets, seeds_ = [0, 2, 5], [11, 12, 13]
+    with frozen(model):
+        together = targeted_uaps(model, head, images, family, targets, cfg, 6,
+                                 [torch.Generator().manual_seed(s) for s in seeds_])
+        alone = torch.stack([targeted_uap(model, head, images, family, c, cfg, 6, torch.Generator().manual_seed(s))
+                             for c, s in zip(targets, seeds_)])
+    assert together.shape == alone.shape and torch.allclose(together, alone, atol=1e-5)
+
+
+def test_stripe_family_takes_a_batch_of_parameters():
+    from invertune_plugin.identify import stripe_family
+
+    fam = stripe_family(8, 0.2)
+    p = torch.randn(3, 16)
+    batched = fam.delta(p[:, None])  # [3, 1, 1, 8, 8]
+    assert batched.shape == (3, 1, 1, 8, 8)
+    assert all(torch.allclose(batched[i, 0], fam.delta(p[i])) for i in range(3))
