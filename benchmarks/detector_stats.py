@@ -75,18 +75,23 @@ def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int) -
             rest = ranking[top:]
             draw = torch.randperm(len(rest), generator=torch.Generator().manual_seed(SEED + 1))[:references]
             chosen = ranking[:top] + [rest[i] for i in draw.tolist()]
-            rows = []
-            for rank, cls in enumerate(chosen):
-                c = head.classnames.index(cls)
-                family = family_of(c)
-                gen = torch.Generator().manual_seed(zlib.crc32(f"{SEED}:{name}:{c}".encode()))  # stable across runs
-                param = targeted_uaps(model, head, fit, family, [c], cfg, STEPS, [gen])[0]
-                row = {"class": cls, "searched": rank < top, "family": family.kind,
-                       "rate": success_rate(model, head, family.apply(hold, param), hold_pred, c)}
-                if family.delta is not None:
-                    row["flipped"] = success_rate(model, head, add_signal(hold, -family.delta(param)), hold_pred, c)
-                rows.append(row)
-            doc[name] = rows
+            classes = [head.classnames.index(cls) for cls in chosen]
+            groups: dict[str, list[int]] = {}  # classes sharing a family (patch location) are optimised together
+            for c in classes:
+                groups.setdefault(family_of(c).kind, []).append(c)
+            rows: dict[int, dict[str, Any]] = {}
+            for members in groups.values():
+                family = family_of(members[0])
+                gens = [torch.Generator().manual_seed(zlib.crc32(f"{SEED}:{name}:{c}".encode())) for c in members]
+                params = targeted_uaps(model, head, fit, family, members, cfg, STEPS, gens)
+                for c, param in zip(members, params):
+                    row = {"class": head.classnames[c], "searched": classes.index(c) < top, "family": family.kind,
+                           "rate": success_rate(model, head, family.apply(hold, param), hold_pred, c)}
+                    if family.delta is not None:
+                        row["flipped"] = success_rate(model, head, add_signal(hold, -family.delta(param)), hold_pred,
+                                                      c)
+                    rows[c] = row
+            doc[name] = [rows[c] for c in classes]
             doc["seconds"][name] = time.perf_counter() - start
     return doc
 
