@@ -21,6 +21,7 @@ from torch import Tensor
 
 from toolbox.api import ClipModel
 
+from .adversary import Adversary
 from .identify import IdentifyConfig, Identification
 from .invert import InvertConfig, InvertedTrigger, invert
 from .zeroshot import ZeroShotHead
@@ -60,6 +61,7 @@ class Finding:
     gate_ratio: float  # the smallest statistic / gate ratio (>= 1 where the gates pass): the raw score
     evidence: dict[str, Any]  # the detector's statistics, as recorded in the result
     tune_with: Callable[[Tensor], Tensor] | None = None  # stage 3's round-1 trigger, when not ``trigger``
+    adversary: Adversary | None = None  # the part of it stage 3 may re-optimise as it tunes (tune.refresh_every)
     location: str | None = None  # a patch trigger's place (a later round checks it is gone)
 
     def record(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from . import seeds
-from .cascade import CascadeResult, Detector, Finding, SearchContext, Verdict, detector_class, run_cascade
+from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade
 from .data import as_float, images_uint8, seeded_subset
 from .identify import IdentifyConfig, Identification, identify
 from .invert import InvertConfig, InvertedTrigger, invert
@@ -125,9 +125,7 @@ class InverTune(Defense):
             raise ValueError(f"target {target!r} is not in the class vocabulary")
         inversion = detector_class("inversion")
         detector = inversion(self.config.detectors.get("inversion") or inversion.Config())
-        trigger = search.inversion(target)
-        finding = Finding(detector.name, target, trigger, False, 0.0, {"class": target, **trigger.evidence()})
-        return CascadeResult(Verdict.NOT_ASSESSED, finding, detector, [], None)
+        return CascadeResult(Verdict.NOT_ASSESSED, detector.finding(search, target), detector, [], None)
 
     def purify(self, search: SearchContext, result: CascadeResult) -> tuple[Any, TuneReport, list, list]:
         """Stage 3: round 1 against the finding's trigger, later rounds against a re-inversion on the
@@ -159,11 +157,12 @@ class InverTune(Defense):
             tune_cfg = replace(cfg.tune, steps=rule.tune_steps) if first and rule.tune_steps is not None else cfg.tune
             start = time.perf_counter()
             model, report = tune(model, search.images, (finding.tune_with or current) if first else current,
-                                 search.head, tune_cfg, seeds.purification_round(search.seed, r), reference)
+                                 search.head, tune_cfg, seeds.purification_round(search.seed, r), reference,
+                                 adversary=finding.adversary if first else None)
             search.timings["tune" if first else f"tune.round{r + 1}"] = time.perf_counter() - start
             rounds.append({"round": r + 1, "tune_steps": tune_cfg.steps, "inverted_asr": round(current.holdout_asr, 4),
                            "mask_l1": round(current.mask_l1, 2), "guard": report.guard,
-                           "guard_stopped_at": report.stopped_at})
+                           "guard_stopped_at": report.stopped_at, "refreshes": report.refreshes})
             if report.stopped_at is not None:  # the guard stopped this round: a further one would too
                 break
         assert report is not None

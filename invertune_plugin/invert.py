@@ -110,14 +110,6 @@ def alternate(triggers: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tenso
     return apply
 
 
-def both_signs(trigger: InvertedTrigger) -> Callable[[Tensor], Tensor]:
-    """An additive trigger with +delta on even-indexed images and -delta on odd ones (no mask part)."""
-    if trigger.delta is None or trigger.mask_l1 != 0:
-        raise ValueError("both_signs needs a purely additive trigger (see additive_trigger)")
-    delta = trigger.delta
-    return alternate([lambda x: add_signal(x, delta.to(x)), lambda x: add_signal(x, -delta.to(x))])
-
-
 def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,
             gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
     if cfg.parameterization == "sigmoid":

@@ -27,9 +27,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,10 @@ from toolbox.progress import progress
 from .data import as_float, frozen, image_embeddings, seeded_subset
 from .zeroshot import ZeroShotHead
 
+if TYPE_CHECKING:
+    from .adversary import Adversary
+
+log = logging.getLogger(__name__)
 Trigger = Callable[[Tensor], Tensor]
 
 # Submodules (by name suffix inside a layer) whose output rows write the layer's output channels.
@@ -72,10 +77,17 @@ class TuneConfig:
     guard_every: int = 50
     guard_images: int = 256  # a seeded subset of the clean images, so a measurement costs one bounded pass
     min_agreement: float = 0.0  # > 0: stop and roll back below this agreement (off; e.g. 0.9 as a collapse guard)
+    # Not in the paper: every refresh_every steps the detector's trigger takes refresh_steps targeted Adam
+    # steps (lr refresh_lr) on the model being tuned (adversary.py); 0: the trigger stays as found
+    refresh_every: int = 0
+    refresh_steps: int = 5
+    refresh_lr: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_agreement <= 1.0 or self.guard_every < 0 or self.guard_images < 1:
             raise ValueError("tune.min_agreement must be in [0, 1], guard_every >= 0, guard_images >= 1")
+        if self.refresh_every < 0 or self.refresh_steps < 1 or self.refresh_lr <= 0:
+            raise ValueError("tune.refresh_every must be >= 0, refresh_steps >= 1 and refresh_lr > 0")
         if self.min_agreement > 0 and self.guard_every == 0:
             raise ValueError("tune.min_agreement needs tune.guard_every > 0 (agreement is never measured)")
 
@@ -96,6 +108,7 @@ class TuneReport:
     n_params_updated: int = 0
     guard: list[dict[str, float]] = field(default_factory=list)  # {"step", "agreement"} per check
     stopped_at: int | None = None  # the guard's rollback: steps kept (None: ran to the end)
+    refreshes: list[dict[str, float]] = field(default_factory=list)  # {"step", "loss"} per adversary refresh
 
 
 def neuron_activations(output: Tensor | tuple) -> Tensor:
@@ -193,12 +206,14 @@ def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: T
 
 
 def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead, cfg: TuneConfig,
-         seed: int = 0, reference: GuardReference | None = None) -> tuple[ClipModel, TuneReport]:
+         seed: int = 0, reference: GuardReference | None = None,
+         adversary: "Adversary | None" = None) -> tuple[ClipModel, TuneReport]:
     """Return a tuned copy of ``model`` (the input is not modified) and what was done.
 
     ``reference``: what the agreement guard holds the tuned model to. The defense passes the
     suspect model's, so a later round is held to the suspect model, not to the previous round;
-    default: ``guard_reference(model, images, head, cfg, seed)``.
+    default: ``guard_reference(model, images, head, cfg, seed)``. ``adversary``: the part of
+    ``trigger`` that ``cfg.refresh_every`` re-optimises on the tuned model (``trigger`` calls it).
     """
     tuned = model.clone() if hasattr(model, "clone") else copy.deepcopy(model)
     tuned.eval()  # batch-norm statistics stay as they are
@@ -242,12 +257,19 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             reference = guard_reference(model, images, head, cfg, seed)
         if rollback:  # the last checkpoint that passed; a monitor-only run keeps no copies
             kept, kept_step = [p.detach().clone() for p in params], 0
+        if cfg.refresh_every and adversary is None:
+            log.warning("tune.refresh_every is set but this trigger has no adversary to refresh (a later "
+                        "round's re-inversion, or a detector that makes none): it stays as found")
         opt = torch.optim.Adam(params, lr=cfg.lr)
         gen = torch.Generator().manual_seed(seed)
         scale: tuple[float, float] | None = None
         for step in progress(range(cfg.steps), desc="stage 3: tune"):
             idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
             x = as_float(images[idx])
+            if adversary is not None and cfg.refresh_every and step and step % cfg.refresh_every == 0:
+                last = adversary.refresh(tuned, head, x, cfg.refresh_steps, cfg.refresh_lr)
+                recorder.take()  # the refresh's forward passes are not training activations
+                report.refreshes.append({"step": step, "loss": round(last, 4)})
             emb = tuned.encode_image(x)
             clean_acts = recorder.take()
             trig_emb = tuned.encode_image(trigger(x))

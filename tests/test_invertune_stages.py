@@ -161,7 +161,8 @@ def test_refined_linf_perturbation_finds_a_planted_noise_backdoor_that_no_other_
     assert winner.passed and winner.target == TARGET and not any(f.passed for f in found[:-1])
     delta = winner.trigger.delta
     assert delta.shape == (3, 32, 32) and float(delta.abs().max()) <= cfg.eps + 1e-6
-    assert winner.evidence["family"] == f"linf@{cfg.eps * 255:.0f}/255" and winner.tune_with is None
+    assert winner.evidence["family"] == f"linf@{cfg.eps * 255:.0f}/255" and winner.tune_with is winner.adversary
+    assert torch.equal(winner.adversary(x), winner.trigger(x)), "until refreshed, the adversary is the trigger"
     assert (ctx.head.predict(model, winner.trigger(x)) == target).float().mean() > 0.9
 
 
@@ -486,7 +487,7 @@ def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[
     from toolbox.api import DefenseContext, ImageData
 
     tuned_with: list = []
-    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None: tuned_with.append(trig) or (m, TuneReport([])))
+    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None, adversary=None: tuned_with.append(trig) or (m, TuneReport([])))
     images = colour_images(96)
     data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
                      source="planted")
@@ -524,7 +525,8 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95 and patches[-1]["passed"]
     assert all(p["holdout_rate"] < 0.95 and not p["passed"] for p in patches[:-1])
     assert "detect.patch" in outcome.timings_s and "detect.stripes" not in outcome.timings_s
-    assert tuned_with[0] is outcome.triggers["inverted"] and tuned_with[0].mask_l1 == PATCH ** 2
+    trigger, x = outcome.triggers["inverted"], colour_images(8).float() / 255
+    assert torch.equal(tuned_with[0](x), trigger(x)) and trigger.mask_l1 == PATCH ** 2
     # round 1 tunes against the refined patch for the patch detector's tune_steps (100), not tune.steps (5 here)
     assert outcome.info["rounds"][0]["tune_steps"] == PatchConfig().tune_steps == 100
     # detectors.patch.rounds=2: a second round on the "tuned" model (here: unchanged)
@@ -601,7 +603,7 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
     x = colour_images(96)[:4].float() / 255
     assert len(tuned_with) == 1 and outcome.info["rounds"][0]["tune_steps"] == 5
     if not with_inversion:
-        assert tuned_with[0] is trigger and "tune_companion" not in found
+        assert torch.equal(tuned_with[0](x), trigger(x)) and "tune_companion" not in found
         return
     # half of each batch with the L-inf trigger, half with a stage-2 inversion toward its target
     # (stage 2's own when stage 1 ranked that target first: then no second inversion runs)
@@ -649,14 +651,16 @@ def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch):
 
 
 def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():
-    from invertune_plugin.invert import additive_trigger, alternate, both_signs
+    from invertune_plugin.adversary import additive
+    from invertune_plugin.invert import additive_trigger, alternate
 
     x = torch.rand(5, 3, 8, 8)
     mixed = alternate([lambda t: t + 1, lambda t: t * 0, lambda t: t - 1])(x)
     assert torch.equal(mixed[0::3], x[0::3] + 1) and torch.equal(mixed[1::3], x[1::3] * 0)
     assert torch.equal(mixed[2::3], x[2::3] - 1)
     delta = 0.1 * torch.randn(1, 8, 8)
-    signed = both_signs(additive_trigger(delta, "t", 1.0))(x)
+    adversary = additive(additive_trigger(delta, "t", 1.0), eps=1.0, target=0)
+    signed = alternate([adversary, adversary.negated()])(x)
     assert torch.equal(signed[0::2], (x[0::2] + delta).clamp(0, 1))
     assert torch.equal(signed[1::2], (x[1::2] - delta).clamp(0, 1))
     with pytest.raises(ValueError):
@@ -689,3 +693,69 @@ def test_stripe_family_takes_a_batch_of_parameters():
     batched = fam.delta(p[:, None])  # [3, 1, 1, 8, 8]
     assert batched.shape == (3, 1, 1, 8, 8)
     assert all(torch.allclose(batched[i, 0], fam.delta(p[i])) for i in range(3))
+
+
+def test_an_adversary_applies_the_trigger_until_refreshed_then_moves_only_itself():
+    """Stage 3's adversary: as found it is the detector's trigger; a refresh re-optimises it toward
+    the target on the model being tuned, within its kind (pattern in [0, 1] under the mask, delta
+    within eps), and leaves the model's gradients alone."""
+    import math
+
+    from invertune_plugin.adversary import additive, masked
+    from invertune_plugin.identify import targeted_loss
+    from invertune_plugin.invert import additive_trigger, patch_trigger
+
+    model, images = PlantedClip(), colour_images(32)
+    head = head_for(model)
+    x = images.float() / 255
+    patch = patch_trigger(torch.rand(3, 4, 4), "bottom-right", x.shape[-1], TARGET, 1.0)
+    adversary = masked(patch, head.index(TARGET))
+    assert torch.equal(adversary(x), patch(x))
+    before = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
+    loss = adversary.refresh(model, head, x, steps=10, lr=0.1)
+    assert adversary.refreshes == 1 and all(p.grad is None for p in model.parameters())
+    after = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
+    assert after < before and math.isfinite(loss)
+    outside = patch.mask.expand_as(x[0]) == 0
+    assert torch.equal(adversary(x)[:, outside], x[:, outside]), "only the box moves"
+    assert 0 <= float(adversary.param.min()) and float(adversary.param.max()) <= 1
+
+    delta = additive(additive_trigger(0.01 * torch.ones(3, *x.shape[-2:]), TARGET, 1.0), eps=0.05,
+                     target=head.index(TARGET))
+    delta.refresh(model, head, x, steps=20, lr=0.05)
+    assert float(delta.param.abs().max()) <= 0.05 + 1e-7
+    with pytest.raises(ValueError):
+        masked(additive_trigger(torch.zeros(1, 8, 8), TARGET, 1.0), 0)
+
+
+def test_tuning_refreshes_the_adversary_every_so_many_steps():
+    from invertune_plugin.adversary import masked
+    from invertune_plugin.invert import patch_trigger
+    from invertune_plugin.tune import TuneConfig, tune
+
+    model = tiny_open_clip("smoke")
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    adversary = masked(patch_trigger(torch.rand(3, 4, 4), "bottom-right", 32, "lemon", 1.0), head.index("lemon"))
+    cfg = TuneConfig(steps=7, batch_size=8, refresh_every=3, refresh_steps=2, guard_every=0)
+    _, report = tune(model, images, adversary, head, cfg, seed=0, adversary=adversary)
+    assert [r["step"] for r in report.refreshes] == [3, 6] and adversary.refreshes == 2
+    with pytest.raises(ValueError, match="refresh_every"):
+        TuneConfig(refresh_every=-1)
+
+
+def test_without_refreshes_the_adversary_tunes_exactly_as_the_fixed_trigger():
+    from invertune_plugin.adversary import masked
+    from invertune_plugin.invert import patch_trigger
+    from invertune_plugin.tune import TuneConfig, tune
+
+    model = tiny_open_clip("smoke")
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    trigger = patch_trigger(torch.rand(3, 4, 4), "top-left", 32, "lemon", 1.0)
+    adversary = masked(trigger, head.index("lemon"))
+    cfg = TuneConfig(steps=4, batch_size=8, guard_every=0)
+    fixed, _ = tune(model, images, trigger, head, cfg, seed=1)
+    followed, report = tune(model, images, adversary, head, cfg, seed=1, adversary=adversary)
+    assert report.refreshes == [] and adversary.refreshes == 0
+    assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), followed.state_dict().values()))

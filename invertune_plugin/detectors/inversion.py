@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..adversary import masked
 from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio, register
 
 
@@ -41,4 +42,6 @@ class MaskInversion(Detector):
         fraction = trigger.mask_l1 / trigger.mask.numel()
         passed = trigger.holdout_asr >= self.config.min_asr and fraction <= self.config.max_mask_fraction
         gate = min(ratio(trigger.holdout_asr, self.config.min_asr), ratio(self.config.max_mask_fraction, fraction))
-        return Finding(self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()})
+        adversary = masked(trigger, ctx.head.index(target))  # its pattern under its mask; applies as the trigger
+        return Finding(self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()},
+                       tune_with=adversary, adversary=adversary)

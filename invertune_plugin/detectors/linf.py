@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import seeds
+from ..adversary import additive
 from ..cascade import Detector, Finding, SearchContext, ratio, register
 from ..identify import linf_family
 from ..invert import additive_trigger, alternate
@@ -40,12 +41,13 @@ class LinfSearch(Detector):
         found = []
         for g in refined:
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
+            adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
             finding = Finding(self.name, g.target, trigger, self.passes(g), ratio(g.holdout_rate, cfg.min_rate),
-                              g.evidence())
+                              g.evidence(), tune_with=adversary, adversary=adversary)
             if finding.passed and cfg.tune_with_inversion:
                 reused = g.target in ctx.inversions
                 inversion = ctx.inversion(g.target, timing="invert.linf_target")
-                finding.tune_with = alternate([trigger, inversion])
+                finding.tune_with = alternate([adversary, inversion])
                 finding.evidence["tune_companion"] = {"class": g.target, "reused_stage2": reused,
                                                       **inversion.evidence()}
             found.append(finding)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import seeds
+from ..adversary import masked
 from ..cascade import Detector, Finding, SearchContext, ratio, register
 from ..invert import patch_trigger
 from ..refine import RefineConfig, RefinedPatch, refine_patch, refine_patches
@@ -47,9 +48,13 @@ class RefinedPatchSearch(Detector):
         refined = refine_patches(ctx.model, ctx.images, ctx.head, ctx.ident, ctx.identify, self.config, ctx.seed,
                                  accept=self.passes, masks=masks)
         size = ctx.images.shape[-1]
-        return [Finding(self.name, p.target, patch_trigger(p.patch, p.location, size, p.target, p.holdout_rate),
-                        self.passes(p), ratio(p.holdout_rate, self.config.min_rate), p.evidence(), location=p.location)
-                for p in refined]
+        found = []
+        for p in refined:
+            trigger = patch_trigger(p.patch, p.location, size, p.target, p.holdout_rate)
+            adversary = masked(trigger, ctx.head.index(p.target))  # the patch in its box; applies as the trigger
+            found.append(Finding(self.name, p.target, trigger, self.passes(p), ratio(p.holdout_rate, self.config.min_rate),
+                                 p.evidence(), tune_with=adversary, adversary=adversary, location=p.location))
+        return found
 
     def round_check(self, model: Any, ctx: SearchContext, finding: Finding, r: int) -> dict[str, Any] | None:
         if self.config.round_check != "patch" or finding.location is None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import seeds
+from ..adversary import additive
 from ..cascade import Detector, Finding, SearchContext, ratio, register
 from ..identify import GLOBAL_FAMILIES
-from ..invert import additive_trigger, both_signs
+from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
 
@@ -48,6 +49,8 @@ class StripeSearch(Detector):
         for g in refined:
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
             gate = min(ratio(g.holdout_rate, cfg.min_rate), ratio(g.flipped_rate, cfg.min_flipped_rate))
+            adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
             found.append(Finding(self.name, g.target, trigger, self.passes(g), gate, g.evidence(),
-                                 tune_with=both_signs(trigger) if cfg.tune_both_signs else None))
+                                 tune_with=alternate([adversary, adversary.negated()]) if cfg.tune_both_signs
+                                 else adversary, adversary=adversary))
         return found
