@@ -676,7 +676,7 @@ def test_classes_raced_together_match_one_at_a_time(family_index):
     model, images = PlantedClip(), colour_images(64)
     head, cfg = head_for(model), IdentifyConfig(batch_size=16)
     family = race_families(images.shape[-1], cfg)[family_index]
-    targets, seeds_ = [0, 2, 5], [11, 12, 13]
+    targets, seeds_ = [0, 2, 3], [11, 12, 13]
     with frozen(model):
         together = targeted_uaps(model, head, images, family, targets, cfg, 6,
                                  [torch.Generator().manual_seed(s) for s in seeds_])
@@ -711,10 +711,12 @@ def test_an_adversary_applies_the_trigger_until_refreshed_then_moves_only_itself
     patch = patch_trigger(torch.rand(3, 4, 4), "bottom-right", x.shape[-1], TARGET, 1.0)
     adversary = masked(patch, head.index(TARGET))
     assert torch.equal(adversary(x), patch(x))
-    before = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
+    with torch.no_grad():
+        before = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
     loss = adversary.refresh(model, head, x, steps=10, lr=0.1)
     assert adversary.refreshes == 1 and all(p.grad is None for p in model.parameters())
-    after = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
+    with torch.no_grad():
+        after = float(targeted_loss(head.logits(model, adversary(x)), head.index(TARGET)))
     assert after < before and math.isfinite(loss)
     outside = patch.mask.expand_as(x[0]) == 0
     assert torch.equal(adversary(x)[:, outside], x[:, outside]), "only the box moves"
