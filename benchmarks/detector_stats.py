@@ -33,15 +33,14 @@ from sklearn.metrics import roc_auc_score
 import toolbox
 from invertune_plugin.attacks.triggers import add_signal
 from invertune_plugin.data import as_float, frozen
-from invertune_plugin.identify import (GLOBAL_FAMILIES, IdentifyConfig, fit_and_holdout, identify, linf_family,
-                                       race_families, success_rate, targeted_uaps)
+from invertune_plugin.identify import (GLOBAL_FAMILIES, MAD_TO_SIGMA, IdentifyConfig, fit_and_holdout, identify,
+                                       linf_family, race_families, success_rate, targeted_uaps)
 from invertune_plugin.refine import global_ranking
 from invertune_plugin.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.zoo.build import read_manifest, world_of
 
 STEPS, N_IMAGES, SEED = 100, 1024, 0
-MAD_TO_SIGMA = 1.4826
 
 
 def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int) -> dict[str, Any]:

@@ -60,8 +60,9 @@ class Finding:
     passed: bool  # every gate of the detector passed: this is a trigger
     gate_ratio: float  # the smallest statistic / gate ratio (>= 1 where the gates pass): the raw score
     evidence: dict[str, Any]  # the detector's statistics, as recorded in the result
-    tune_with: Callable[[Tensor], Tensor] | None = None  # stage 3's round-1 trigger, when not ``trigger``
-    adversary: Adversary | None = None  # the part of it stage 3 may re-optimise as it tunes (tune.refresh_every)
+    tune_with: Callable[[Tensor], Tensor] | None = None  # stage 3's round-1 trigger, when not the adversary
+    # the trigger as stage 3 may re-optimise it as it tunes (tune.refresh_every); else ``trigger`` is tuned against
+    adversary: Adversary | None = None
     location: str | None = None  # a patch trigger's place (a later round checks it is gone)
 
     def record(self) -> dict[str, Any]:

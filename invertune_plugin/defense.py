@@ -156,8 +156,9 @@ class InverTune(Defense):
             first = r == 0
             tune_cfg = replace(cfg.tune, steps=rule.tune_steps) if first and rule.tune_steps is not None else cfg.tune
             start = time.perf_counter()
-            model, report = tune(model, search.images, (finding.tune_with or current) if first else current,
-                                 search.head, tune_cfg, seeds.purification_round(search.seed, r), reference,
+            trigger = (finding.tune_with or finding.adversary or current) if first else current
+            model, report = tune(model, search.images, trigger, search.head, tune_cfg,
+                                 seeds.purification_round(search.seed, r), reference,
                                  adversary=finding.adversary if first else None)
             search.timings["tune" if first else f"tune.round{r + 1}"] = time.perf_counter() - start
             rounds.append({"round": r + 1, "tune_steps": tune_cfg.steps, "inverted_asr": round(current.holdout_asr, 4),

@@ -44,4 +44,4 @@ class MaskInversion(Detector):
         gate = min(ratio(trigger.holdout_asr, self.config.min_asr), ratio(self.config.max_mask_fraction, fraction))
         adversary = masked(trigger, ctx.head.index(target))  # its pattern under its mask; applies as the trigger
         return Finding(self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()},
-                       tune_with=adversary, adversary=adversary)
+                       adversary=adversary)

@@ -43,7 +43,7 @@ class LinfSearch(Detector):
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
             adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
             finding = Finding(self.name, g.target, trigger, self.passes(g), ratio(g.holdout_rate, cfg.min_rate),
-                              g.evidence(), tune_with=adversary, adversary=adversary)
+                              g.evidence(), adversary=adversary)
             if finding.passed and cfg.tune_with_inversion:
                 reused = g.target in ctx.inversions
                 inversion = ctx.inversion(g.target, timing="invert.linf_target")

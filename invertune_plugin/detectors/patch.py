@@ -53,7 +53,7 @@ class RefinedPatchSearch(Detector):
             trigger = patch_trigger(p.patch, p.location, size, p.target, p.holdout_rate)
             adversary = masked(trigger, ctx.head.index(p.target))  # the patch in its box; applies as the trigger
             found.append(Finding(self.name, p.target, trigger, self.passes(p), ratio(p.holdout_rate, self.config.min_rate),
-                                 p.evidence(), tune_with=adversary, adversary=adversary, location=p.location))
+                                 p.evidence(), adversary=adversary, location=p.location))
         return found
 
     def round_check(self, model: Any, ctx: SearchContext, finding: Finding, r: int) -> dict[str, Any] | None:

@@ -52,5 +52,5 @@ class StripeSearch(Detector):
             adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
             found.append(Finding(self.name, g.target, trigger, self.passes(g), gate, g.evidence(),
                                  tune_with=alternate([adversary, adversary.negated()]) if cfg.tune_both_signs
-                                 else adversary, adversary=adversary))
+                                 else None, adversary=adversary))
         return found
