@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.api import state_dict_sha256
 from toolbox.compat import import_open_clip
 
 
@@ -55,6 +56,10 @@ class OpenClipModel(nn.Module):
 
     def logit_scale(self) -> float:
         return float(self.clip.logit_scale.detach().exp())
+
+    def text_fingerprint(self) -> str:
+        """A hash of everything but the vision tower: equal text embeddings (toolbox.zeroshot memoises on it)."""
+        return state_dict_sha256(self, ("clip.visual.",))
 
     def vision_layers(self) -> "OrderedDict[str, nn.Module]":
         """Blocks whose outputs InverTune inspects: ViT residual blocks or ResNet stages."""

@@ -63,6 +63,10 @@ class HFClipModel(nn.Module):
     def logit_scale(self) -> float:
         return float(self.hf.logit_scale.detach().exp())
 
+    def text_fingerprint(self) -> str:
+        """A hash of everything but the vision tower (see OpenClipModel.text_fingerprint)."""
+        return state_dict_sha256(self, ("hf.vision_model.", "hf.visual_projection."))
+
     def vision_layers(self) -> "OrderedDict[str, nn.Module]":
         return OrderedDict((f"hf.vision_model.encoder.layers.{i}", layer)
                            for i, layer in enumerate(self.hf.vision_model.encoder.layers))

@@ -292,13 +292,6 @@ def imagefolder_without_classes_txt(tmp, tiny, world):
     return [*SMOKE, "--eval-data", str(root)], [root]
 
 
-def duplicate_class_names(tmp, tiny, world):
-    classes = tmp / "classes.txt"
-    names = world.world.classes.read_text().splitlines()
-    classes.write_text("\n".join(names + [names[0]]))
-    return [*SMOKE, "--classes", str(classes)], [classes]
-
-
 def classes_conflict_with_eval_folder(tmp, tiny, world):
     classes = tmp / "classes.txt"
     classes.write_text("\n".join(reversed(world.world.classes.read_text().splitlines())))
@@ -422,7 +415,6 @@ CASES = {  # case -> (exit code, message on stderr)
     label_not_a_number: (2, "label 'dog' is not a class index"),
     coco_annotations_not_a_list: (2, "'annotations' is not a list"),
     imagefolder_without_classes_txt: (2, "['not-a-class'] are not in the class vocabulary"),
-    duplicate_class_names: (2, "are not unique: '"),
     classes_conflict_with_eval_folder: (2, "differ from --classes"),
     empty_classes_file: (2, "is empty"),
     binary_classes_file: (2, "UnicodeDecodeError"),

@@ -233,11 +233,13 @@ class LoadedModel:
     data_defaults: dict[str, str] = field(default_factory=dict)
 
 
-def state_dict_sha256(module: torch.nn.Module) -> str:
+def state_dict_sha256(module: torch.nn.Module, skip_prefixes: tuple[str, ...] = ()) -> str:
     """A content hash of a model's tensors, independent of the file format it came in
-    (what :attr:`LoadedModel.sha256` holds)."""
+    (what :attr:`LoadedModel.sha256` holds); tensors under ``skip_prefixes`` are left out."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if name.startswith(skip_prefixes):
+            continue
         t = tensor.detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())

@@ -207,7 +207,11 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", help="prompt templates file with {} for the class (default: OpenAI ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--preset", default="default", help="embedded world preset: default or smoke")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (cuda, then mps, then cpu; the default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass (default 256)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="evaluation data-loading processes (default: 0 on the CPU, up to 8 beside a GPU)")
     p.add_argument("--asr-include-target", action="store_true",
                    help="count target-class images in ASR (BadCLIP/PAR convention; default excludes them)")
 

@@ -27,7 +27,8 @@ from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
 from .plugins import get_host
-from .runner import RunRequest, Sources, configure, memoised_data, parse_device, run, source_fingerprint
+from .runner import (RunRequest, Sources, check_measurement, configure, memoised_data, parse_device, run,
+                     source_fingerprint)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[st
         "retrieval_data": src.retrieval_data, "train_data": src.train_data, "classes": src.classes,
         "templates": src.templates}.items()}
     return config_hash("compare-cell", src.model_source, src.model_format, sources, attack, attack_cfg, defense,
-                       defense_cfg, src.seed, src.device, src.asr_include_target, versions)
+                       defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions)
 
 
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
@@ -127,7 +128,7 @@ def compare(req: CompareRequest) -> list[Cell]:
             dcfg = config_values(configure(registry.get("defense", defense).obj,
                                            dict(req.defense_params.get(defense, {}))))
             configs[(attack, defense)] = (acfg, dcfg)
-    parse_device(req.sources.device)
+    check_measurement(req.sources)
     outputs.check_out_dir(req.out, req.sources.input_paths())
     total = len(configs)
     jobs = []

@@ -30,7 +30,8 @@ class MetricConfig:
     # False gives the BadCLIP/PAR convention (all triggered images count).
     asr_exclude_target: bool = True
     retrieval_k: int = 10
-    batch_size: int = 256
+    batch_size: int = 256  # images per forward pass (--eval-batch-size)
+    workers: int = 0  # DataLoader processes decoding images (--workers; the runner resolves its default)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
 def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,
                     cfg: MetricConfig, registry: Registry, device: torch.device) -> dict[str, float]:
     """ASR@k (``asr_topk``, ``asr`` = first k) and robust accuracy (``ra``) of one trigger."""
-    feats, labels = image_features(model, data, cfg.batch_size, device, trigger)
+    feats, labels = image_features(model, data, cfg.batch_size, device, trigger, cfg.workers)
     logits = feats @ weights.T
     out: dict[str, float] = {f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry)
                              for k in cfg.top_k}
@@ -133,7 +134,7 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
         model.eval()
     if inputs.eval_data is not None:
         weights = class_embeddings(model, inputs.classnames, inputs.templates, device)
-        feats, labels = image_features(model, inputs.eval_data, cfg.batch_size, device)
+        feats, labels = image_features(model, inputs.eval_data, cfg.batch_size, device, workers=cfg.workers)
         logits = feats @ weights.T
         acc_cls = registry.get("metric", "zeroshot_accuracy").obj
         for k in cfg.top_k:
@@ -152,14 +153,14 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             out.update({f"{key.replace('asr', f'asr_{name}', 1)}": v for key, v in extra.items()
                         if key.startswith("asr")})
     if inputs.retrieval_data is not None and inputs.retrieval_data.captions is not None:
-        img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device)
+        img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device, workers=cfg.workers)
         captions = [inputs.retrieval_data.captions[i] for i in idx.tolist()]
         cap, owner = caption_embeddings(model, captions, device)
         rec = registry.get("metric", "retrieval_recall").obj(k=cfg.retrieval_k)
         rec.update(img, cap, owner)
         out[f"retrieval_recall@{cfg.retrieval_k}"] = float(rec.compute())
         if inputs.trigger is not None and inputs.target is not None:
-            t_img, _ = image_features(model, inputs.retrieval_data, cfg.batch_size, device, inputs.trigger)
+            t_img, _ = image_features(model, inputs.retrieval_data, cfg.batch_size, device, inputs.trigger, cfg.workers)
             flat = [c for caps in captions for c in caps]
             mentions = torch.tensor([mentions_word(c, inputs.target) for c in flat])
             own_target = torch.tensor([any(mentions_word(c, inputs.target) for c in caps) for caps in captions])

@@ -24,6 +24,7 @@ from .api import (AttackContext, ClipModel, DefenseContext, ImageData, LoadedMod
                   config_values)
 from .errors import InputError, one_line
 from .evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
+from .zeroshot import loader_workers
 from .plugins import Registry, UnknownNameError, get_host
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class Sources:
     templates: str | None = None
     seed: int = 0
     preset: str = "default"
-    device: str = "cpu"
+    device: str = "auto"
     asr_include_target: bool = False
+    eval_batch_size: int = 256  # images per evaluation forward pass
+    workers: int | None = None  # evaluation DataLoader workers; None: 0 on the CPU, up to 8 beside an accelerator
 
     DATA_KEYS = ("clean_data", "eval_data", "retrieval_data", "train_data")
 
@@ -112,19 +115,40 @@ def configure(cls: type, overrides: dict[str, str]) -> Any:
         raise InputError(f"{getattr(cls, 'name', cls.__name__)}: {err}") from err
 
 
+AUTO_DEVICE_ORDER = ("cuda", "mps", "cpu")  # --device auto takes the first this machine has
+
+
+def available_devices() -> dict[str, bool]:
+    return {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+
+
 def parse_device(text: str) -> torch.device:
-    """A torch device that exists on this machine, or a one-line :class:`InputError`."""
+    """A torch device that exists on this machine (``auto``: cuda, then mps, then cpu), or a
+    one-line :class:`InputError`."""
+    available = available_devices()
+    if text == "auto":
+        return torch.device(next(kind for kind in AUTO_DEVICE_ORDER if available[kind]))
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise InputError(f"--device {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        raise InputError(f"--device {text!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
     if not available.get(device.type, False):
         why = "is not supported by this toolbox" if device.type not in available else "is not available here"
-        raise InputError(f"--device {text!r}: {device.type} {why} (torch {torch.__version__}); use --device cpu")
+        have = ", ".join(k for k in AUTO_DEVICE_ORDER if available[k])
+        raise InputError(f"--device {text!r}: {device.type} {why} (torch {torch.__version__}; this machine has: "
+                         f"{have}); use --device auto or one of those")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def check_measurement(src: Sources) -> torch.device:
+    """The run's device, after refusing evaluation settings that cannot work."""
+    if src.eval_batch_size < 1:
+        raise InputError(f"--eval-batch-size must be >= 1, got {src.eval_batch_size}")
+    if src.workers is not None and src.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {src.workers}")
+    return parse_device(src.device)
 
 
 @contextmanager
@@ -218,13 +242,30 @@ def read_lines(path: str, what: str) -> list[str]:
     return lines
 
 
-def check_classnames(names: list[str], source: str) -> list[str]:
-    """Two classes with one name would share one text embedding and split its images: refuse."""
+def duplicate_names(names: list[str]) -> list[str]:
     seen: set[str] = set()
-    dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    return sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+
+
+def check_classnames(names: list[str], source: str) -> list[str]:
+    """Two classes with one name share one text embedding, so the later one is never predicted.
+    ImageNet-1K's usual names have two such pairs (missile, sunglasses) and every zero-shot number
+    in the literature lives with them: say so, and refuse only where a name must pick one class
+    (:func:`class_index`)."""
+    dupes = duplicate_names(names)
     if dupes:
-        raise InputError(f"class names from {source} are not unique: {', '.join(map(repr, dupes[:5]))}")
+        log.warning("class names from %s repeat %s: each repeated name is one text embedding, and only its "
+                    "first class can be predicted", source, ", ".join(map(repr, dupes[:5])))
     return names
+
+
+def class_index(classnames: list[str], name: str, what: str) -> int:
+    """The one class called ``name``; absent or repeated is an :class:`InputError`."""
+    if name not in classnames:
+        raise InputError(f"{what} {name!r} is not in the class vocabulary ({len(classnames)} classes)")
+    if classnames.count(name) > 1:
+        raise InputError(f"{what} {name!r} names {classnames.count(name)} classes of the vocabulary; rename one")
+    return classnames.index(name)
 
 
 def read_templates(path: str) -> list[str]:
@@ -273,6 +314,8 @@ def backdoor_cached(attack: Any, ctx: AttackContext, model_sha: str, train_sourc
     from .cache import cache_root, config_hash, entry_lock
 
     parts = (subset,) if subset else ()  # absent when whole: the keys of earlier caches hold
+    if ctx.device.type != "cpu":  # another device trains to other numbers; CPU keys stay as they were
+        parts += ({"device": ctx.device.type},)
     key = config_hash(model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source),
                       ctx.seed, *parts)
     entry = cache_root() / "attacked" / key
@@ -306,7 +349,7 @@ def run(req: RunRequest) -> Path:
     defense = dreg.obj(configure(dreg.obj, req.defense_params))  # bad parameters fail before any loading
     areg = registry.get("attack", req.attack) if req.attack else None
     attack = areg.obj(configure(areg.obj, req.attack_params)) if areg else None
-    device = parse_device(src.device)
+    device = check_measurement(src)
     out_dir = Path(req.out) if req.out else default_out_dir(req)
     outputs.check_out_dir(out_dir, src.input_paths())
     seed_everything(src.seed)
@@ -369,8 +412,7 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
     trigger = target = None
     if attack is not None and areg is not None:
         target = attack.target_label()
-        if target not in classnames:
-            raise InputError(f"attack target {target!r} is not in the class vocabulary ({len(classnames)} classes)")
+        class_index(classnames, target, "attack target")
         if data["train_data"] is None:
             raise InputError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
         with timer.stage("attack"):
@@ -381,7 +423,8 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
         attack_doc = {"name": req.attack, "params": config_values(attack.config), "target": target,
                       "plugin": areg.plugin, **attack_record}
 
-    mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target)
+    mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
+                        workers=loader_workers(src.workers, device))
     inputs = EvalInputs(eval_data=data["eval_data"], classnames=classnames, templates=templates,
                         retrieval_data=data["retrieval_data"], trigger=trigger, target=target,
                         trigger_source="real" if trigger else None)
@@ -435,6 +478,7 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
         "timings_s": timer.timings,
         "seed": src.seed,
         "device": str(device),
+        "device_requested": src.device,
         "artifacts": artifacts,
         "data": {k: None if v is None else {"source": v.source, "kind": v.kind, "n": len(v.dataset),
                                            "skipped_unreadable": list(v.skipped)}
