@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from toolbox import precision
 from toolbox.api import ClipModel
 
 from .attacks.triggers import add_signal
@@ -49,13 +50,11 @@ class Adversary:
         with frozen(model):  # only the trigger moves: no graph through the tuned model's parameters
             for _ in range(steps):
                 loss = targeted_loss(head.logits(model, self.apply(images, self.param)), self.target)
-                self._opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self._opt.step()
+                precision.step(self._opt, loss)
                 with torch.no_grad():
                     self.project(self.param)
         self.refreshes += 1
-        return float(loss)  # the last step's, before its update
+        return float(loss.detach())  # the last step's, before its update
 
     def negated(self) -> Callable[[Tensor], Tensor]:
         """The additive trigger with its sign flipped (stripes tune both signs); follows refreshes."""

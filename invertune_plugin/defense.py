@@ -1,11 +1,12 @@
 """The InverTune defense plugin: sample -> rank -> detector cascade -> purify -> record.
 
 Stage 1 ranks the classes (identify.py), the detector cascade decides whether there is a trigger
-and which (cascade.py, detectors/), stage 2 inverts (invert.py) and stage 3 tunes (tune.py). Two
-profiles (``-p profile=paper``): ``default``, the settings that reach the bars on the toy world,
-and ``paper``, the paper's hyperparameters for stages 2 and 3 as published (stage 1's generator is
-not specified by the paper nor shipped by its code: ``paper`` uses our untargeted UAPs, the paper's
-eq. 1, and the stage-2 inversion as its only detector). Any setting can be overridden:
+and which (cascade.py, detectors/), stage 2 inverts (invert.py) and stage 3 tunes (tune.py). Three
+profiles (``-p profile=paper``): ``default``, the settings that reach the bars on the toy world;
+``paper``, the paper's hyperparameters for stages 2 and 3 as published (stage 1's generator is not
+specified by the paper nor shipped by its code: ``paper`` uses our untargeted UAPs, the paper's
+eq. 1, and the stage-2 inversion as its only detector); ``quick``, every stage at a handful of
+steps, to time and size a run at real scale. Any setting can be overridden:
 ``-p invert.steps=300``, ``-p detectors.patch.min_rate=0.9``, ``-p cascade=inversion,linf``.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import safetensors.torch
 import torch
 
+from toolbox import precision
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from . import seeds
@@ -42,6 +44,9 @@ class InverTuneConfig:
     n_images: int = 1024  # clean images used (paper: a 50k ImageNet subset); at most what the defender has
     purify_when_clean: bool = False  # tune even when the verdict is "no backdoor found"
     min_round_asr: float = 0.5  # a later purification round runs only if its re-inversion still works this well
+    # forward passes of every stage loop (toolbox/precision.py); weights and optimiser state stay fp32.
+    # Paper: not stated (its code runs fp32)
+    precision: str = "fp32"
     cascade: tuple[str, ...] = DEFAULT_CASCADE  # detectors in the order they search (cascade.py)
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> its config; each cascade entry's defaults
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
@@ -51,6 +56,7 @@ class InverTuneConfig:
     def __post_init__(self) -> None:
         if self.n_images < 2 or not self.cascade:
             raise ValueError("n_images must be >= 2 and the cascade needs at least one detector")
+        precision.check(self.precision, "invertune.precision")
         configs = {name: self.detectors.get(name) or detector_class(name).Config() for name in self.cascade}
         object.__setattr__(self, "detectors", configs)  # exactly the cascade's detectors are configured
 
@@ -66,7 +72,21 @@ def paper_profile() -> InverTuneConfig:
     )
 
 
-PROFILES = {"default": InverTuneConfig, "paper": paper_profile}
+def quick_profile() -> InverTuneConfig:
+    """Every stage at a handful of steps: to time and size the pipeline at real scale (224 px, 1,000
+    classes; benchmarks/realscale.py), not to defend. The default's settings otherwise."""
+    refine = {"classes": 1, "steps": 2, "restarts": 1, "judge_images": 8, "screen_restarts": 1, "tune_steps": 3}
+    return InverTuneConfig(
+        profile="quick", n_images=64, purify_when_clean=True,
+        detectors={"inversion": detector_class("inversion").Config(candidates=1, tune_steps=3),
+                   **{name: detector_class(name).Config(**refine) for name in ("patch", "stripes", "linf")}},
+        identify=IdentifyConfig(race_steps=2, max_race_classes=4, race_batch_classes=4, steps=2, batch_size=4),
+        invert=InvertConfig(steps=3, batch_size=4),
+        tune=TuneConfig(steps=3, batch_size=4, guard_every=0),
+    )
+
+
+PROFILES = {"default": InverTuneConfig, "paper": paper_profile, "quick": quick_profile}
 
 
 class InverTune(Defense):
@@ -90,11 +110,14 @@ class InverTune(Defense):
         return [detector_class(name)(cfg.detectors[name]) for name in cfg.cascade]
 
     def defend(self, ctx: DefenseContext) -> DefenseOutcome:
+        with precision.autocast(self.config.precision, ctx.device):
+            return self._defend(ctx)
+
+    def _defend(self, ctx: DefenseContext) -> DefenseOutcome:
         cfg: InverTuneConfig = self.config
-        images = images_uint8(ctx.clean_data)
-        if len(images) > cfg.n_images:
-            images = images[seeded_subset(len(images), cfg.n_images, ctx.seed)]
-        images = images.to(ctx.device)
+        total = len(ctx.clean_data.dataset)  # decode only the n_images used: a defender's folder can be large
+        images = images_uint8(ctx.clean_data, seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images
+                              else None).to(ctx.device)
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
         if cfg.target is None:
@@ -121,8 +144,8 @@ class InverTune(Defense):
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""
-        if target not in search.head.classnames:
-            raise ValueError(f"target {target!r} is not in the class vocabulary")
+        if search.head.classnames.count(target) != 1:
+            raise ValueError(f"target {target!r} is not exactly one class of the vocabulary")
         inversion = detector_class("inversion")
         detector = inversion(self.config.detectors.get("inversion") or inversion.Config())
         return CascadeResult(Verdict.NOT_ASSESSED, detector.finding(search, target), detector, [], None)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
@@ -183,9 +184,7 @@ def optimise_uap(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pre
         idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
         loss = fooling_loss(head.logits(model, apply(as_float(images[idx]), param)), clean_pred[idx],
                             cfg.fool_margin)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        precision.step(opt, loss)
     return param.detach()
 
 
@@ -307,9 +306,7 @@ def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, fami
         idx = torch.stack([torch.randint(len(fit_images), (batch,), generator=g) for g in gens])  # [G, b]
         adv = family.apply(as_float(fit_images[idx]), params[:, None])  # [G, b, 3, H, W]
         loss = F.cross_entropy(head.logits(model, adv.flatten(0, 1)), labels, reduction="sum") / batch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        precision.step(opt, loss)
         with torch.no_grad():
             family.project(params)
     return params.detach()

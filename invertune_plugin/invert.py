@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor
 
+from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
@@ -173,9 +174,7 @@ def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, c
         sim_term = 1 - ssim(x_t, x, data_range=1.0, size_average=True, win_size=cfg.ssim_window)
         mask_term = mask.abs().sum()
         loss = cfg.w_align * align + cfg.w_emb * emb_term + cfg.w_ssim * sim_term + cfg.w_mask * mask_term
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        precision.step(opt, loss)
         if cfg.parameterization == "clamp":
             with torch.no_grad():
                 mask_p.clamp_(0, 1)

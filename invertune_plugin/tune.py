@@ -37,6 +37,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import Tensor, nn
 
+from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
@@ -112,8 +113,8 @@ class TuneReport:
 
 
 def neuron_activations(output: Tensor | tuple) -> Tensor:
-    """[B, channels]: mean over tokens (ViT [B,L,D]) or pixels (CNN [B,C,H,W])."""
-    out = output[0] if isinstance(output, tuple) else output
+    """[B, channels] in fp32 (under autocast too): mean over tokens (ViT [B,L,D]) or pixels (CNN [B,C,H,W])."""
+    out = (output[0] if isinstance(output, tuple) else output).float()
     if out.ndim == 4:
         return out.mean(dim=(2, 3))
     if out.ndim == 3:
@@ -170,7 +171,7 @@ def select_layers(impacts: list[LayerImpact], rule: str) -> None:
 
 def critical_neurons(delta: Tensor, k: int, seed: int) -> Tensor:
     """Boolean mask of the K-means cluster (on |delta|) with the largest centroid."""
-    values = delta.abs().cpu().numpy().reshape(-1, 1).astype(np.float64)
+    values = delta.abs().float().cpu().numpy().reshape(-1, 1).astype(np.float64)
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(values)
     top = int(np.argmax(km.cluster_centers_.ravel()))
     return torch.from_numpy(km.labels_ == top)
@@ -232,6 +233,8 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             if imp.selected:
                 masks[imp.name] = critical_neurons(mu_clean[imp.name] - mu_trig[imp.name], cfg.kmeans_k, seed)
                 imp.n_critical = int(masks[imp.name].sum())
+        # the loss weights live beside the activations once, not copied to the device every step
+        weights = {name: m.to(mu_clean[name].device, torch.float32) for name, m in masks.items()}
         for p in tuned.parameters():
             p.requires_grad_(False)
         if cfg.update == "masked":
@@ -274,8 +277,7 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             clean_acts = recorder.take()
             trig_emb = tuned.encode_image(trigger(x))
             trig_acts = recorder.take()
-            activation = sum(((clean_acts[n] - trig_acts[n]) * m.to(x)).pow(2).sum(1).mean()
-                             for n, m in masks.items())
+            activation = sum(((clean_acts[n] - trig_acts[n]) * w).pow(2).sum(1).mean() for n, w in weights.items())
             preserve = (emb @ head.weights.T - original_sims[idx]).pow(2).mean()
             unlearn = (trig_emb - original_emb[idx]).pow(2).sum(1).mean()
             if cfg.normalize_losses:
@@ -288,9 +290,7 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                         + cfg.embedding_weight * unlearn / scale[2])
             else:
                 loss = activation + cfg.beta * preserve + cfg.embedding_weight * unlearn
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            precision.step(opt, loss)
             if step % 25 == 0 or step == cfg.steps - 1:
                 report.history.append({"step": step, "loss": loss.item(), "activation": activation.item(),
                                        "preserve": preserve.item(), "unlearn": unlearn.item()})

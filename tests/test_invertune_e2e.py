@@ -44,6 +44,24 @@ def test_pipeline_lowers_asr_on_a_backdoored_smoke_model(purified):
     assert {f["class"] for f in inversion["findings"]} == {r["class"] for r in doc["detection"]["ranking_top5"][:2]}
 
 
+BF16_ASR_TOLERANCE = 0.15  # inverted-trigger ASR, bf16 against fp32: bf16 keeps 8 bits of mantissa
+
+
+def test_bf16_finds_the_same_target_and_a_trigger_that_works_as_well(purified, tmp_path):
+    """bf16 autocast runs on the CPU too: the same run in bf16 agrees with fp32 on what matters."""
+    _, fp32 = purified
+    out = tmp_path / "bf16"
+    assert main(["run", "--defense", "invertune", "--preset", "smoke", "--out", str(out), *ATTACK, *FAST,
+                 "-p", "precision=bf16"]) == 0
+    bf16 = json.loads((out / "result.json").read_text())
+    assert bf16["defense"]["params"]["precision"] == "bf16"
+    assert bf16["detection"]["target"] == fp32["detection"]["target"] == "mushroom"
+    before = (bf16["metrics"]["before"]["asr_inverted"], fp32["metrics"]["before"]["asr_inverted"])
+    assert abs(before[0] - before[1]) <= BF16_ASR_TOLERANCE, before
+    assert bf16["metrics"]["after"]["asr"] < bf16["metrics"]["before"]["asr"] / 2
+    assert bf16["metrics"]["after"]["ca"] > bf16["metrics"]["before"]["ca"] - 0.1
+
+
 def test_result_records_profile_stages_and_artifacts(purified):
     out, doc = purified
     results.validate(doc)

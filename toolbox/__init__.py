@@ -3,15 +3,15 @@
 Plugins talk to the host through :mod:`toolbox.hookspecs` and the interfaces in
 :mod:`toolbox.api`. The whole public contract, all that plugins and adapters may import
 (``PUBLIC_MODULES``, kept so by tests/test_layering.py): ``toolbox``, ``toolbox.api``,
-``toolbox.hookspecs``, ``toolbox.progress``, ``toolbox.zeroshot``, ``toolbox.contrastive`` and the
-small utilities ``toolbox.compat``, ``toolbox.atomic``, ``toolbox.cache``. The rest (runner, plugins,
+``toolbox.hookspecs``, ``toolbox.progress``, ``toolbox.zeroshot``, ``toolbox.contrastive``,
+``toolbox.precision`` and the small utilities ``toolbox.compat``, ``toolbox.atomic``, ``toolbox.cache``. The rest (runner, plugins,
 evaluation, results, cli, compare, leaderboard, catalogue, builtins) is the host's machinery.
 """
 
 __version__ = "0.1.0"
 
 PUBLIC_MODULES = ("toolbox", "toolbox.api", "toolbox.hookspecs", "toolbox.progress", "toolbox.zeroshot",
-                  "toolbox.contrastive", "toolbox.compat", "toolbox.atomic", "toolbox.cache")
+                  "toolbox.contrastive", "toolbox.precision", "toolbox.compat", "toolbox.atomic", "toolbox.cache")
 
 # Must run before anything imports torchvision (open_clip, torchmetrics do): see compat.py.
 from .compat import import_torchvision as _import_torchvision  # noqa: E402

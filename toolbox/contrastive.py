@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import precision
 from .api import ClipModel
 from .progress import progress
 
@@ -100,11 +101,7 @@ def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: Con
                 group["lr"] = lr_at(step, total, cfg)
             img_emb, txt_emb, scale = model(x, t)
             loss = clip_loss(img_emb, txt_emb, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step()
+            precision.step(opt, loss, (trainable, cfg.grad_clip))  # plain fp32 unless inside precision.autocast
             clamp_temperature(model)
             running += loss.item()
             step += 1

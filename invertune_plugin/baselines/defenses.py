@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from toolbox import precision
 from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome
 from toolbox.contrastive import clip_loss
 
@@ -146,7 +147,8 @@ class FinetuneDefense(Defense):
             p.requires_grad_(True)
         loss = self.batch_loss(ctx)
         prepared = time.perf_counter()
-        history = finetune(model, pairs, cfg, loss, ctx.seed, desc=f"{self.name}: fine-tune")
+        with precision.autocast(cfg.precision, ctx.device):
+            history = finetune(model, pairs, cfg, loss, ctx.seed, desc=f"{self.name}: fine-tune")
         info: dict[str, Any] = {**pairs.describe(), "data_ratio": cfg.data_ratio,
                                 "reference_images": cfg.reference_images, "history": history}
         return DefenseOutcome(model=model, info=info,

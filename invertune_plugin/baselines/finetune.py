@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from toolbox import precision
 from toolbox.api import ClipModel, DefenseContext
 from toolbox.contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from toolbox.progress import progress
@@ -41,10 +42,12 @@ class FinetuneConfig:
     warmup_steps: int = 16  # paper 50 (FT/CleanCLIP), 10000 (CleanerCLIP)
     weight_decay: float = 0.1  # paper 0.1
     grad_clip: float = 1.0
+    precision: str = "fp32"  # forward passes under autocast (toolbox/precision.py); paper: not stated
 
     def __post_init__(self) -> None:
         if self.data_ratio <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise ValueError("data_ratio must be > 0, epochs >= 1 and batch_size >= 2")
+        precision.check(self.precision)
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
@@ -104,11 +107,7 @@ def finetune(model: ClipModel, pairs: PairSet, cfg: FinetuneConfig, batch_loss: 
             loss, stats = batch_loss(model, x, captions, gen, rng)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            precision.step(opt, loss, (params, cfg.grad_clip))
             clamp_temperature(model)
             for k, v in {"loss": loss.item(), **stats}.items():
                 sums[k] = sums.get(k, 0.0) + v
