@@ -273,10 +273,11 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                 last = adversary.refresh(tuned, head, x, cfg.refresh_steps, cfg.refresh_lr)
                 recorder.take()  # the refresh's forward passes are not training activations
                 report.refreshes.append({"step": step, "loss": round(last, 4)})
-            emb = tuned.encode_image(x)
-            clean_acts = recorder.take()
-            trig_emb = tuned.encode_image(trigger(x))
-            trig_acts = recorder.take()
+            # clean and triggered images in one pass (eval mode: no batch statistics couple them), half the launches
+            emb, trig_emb = tuned.encode_image(torch.cat([x, trigger(x)])).split(len(x))
+            acts = recorder.take()
+            clean_acts = {n: a[:len(x)] for n, a in acts.items()}
+            trig_acts = {n: a[len(x):] for n, a in acts.items()}
             activation = sum(((clean_acts[n] - trig_acts[n]) * w).pow(2).sum(1).mean() for n, w in weights.items())
             preserve = (emb @ head.weights.T - original_sims[idx]).pow(2).mean()
             unlearn = (trig_emb - original_emb[idx]).pow(2).sum(1).mean()

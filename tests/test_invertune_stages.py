@@ -720,7 +720,7 @@ def test_an_adversary_applies_the_trigger_until_refreshed_then_moves_only_itself
     assert after < before and math.isfinite(loss)
     outside = patch.mask.expand_as(x[0]) == 0
     assert torch.equal(adversary(x)[:, outside], x[:, outside]), "only the box moves"
-    assert 0 <= float(adversary.param.min()) and float(adversary.param.max()) <= 1
+    assert 0 <= float(adversary.param.detach().min()) and float(adversary.param.detach().max()) <= 1
 
     delta = additive(additive_trigger(0.01 * torch.ones(3, *x.shape[-2:]), TARGET, 1.0), eps=0.05,
                      target=head.index(TARGET))
