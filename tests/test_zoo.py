@@ -172,6 +172,15 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report), "--only", only]) == 2
         assert message in capsys.readouterr().err
 
+    backdoored = [m["id"] for m in manifest if m["label"] == "backdoored"]  # rebound ASR, scored by the scorer
+    rebound = tmp_path / "rebound"
+    assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(rebound), "--rebound-steps", "2",
+                 "--only", ",".join(backdoored)]) == 0
+    [subset] = rebound.glob("only-*/zoo_summary.json")
+    rows = json.loads(subset.read_text())["rows"]
+    assert rows and all(r["asr_rebound"] is not None and 0 <= r["asr_rebound"] <= 1 for r in rows)
+    assert "Median ASR after rebound fine-tuning" in (subset.parent / "zoo_summary.md").read_text()
+
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
     from toolbox.zoo.evaluate import reusable

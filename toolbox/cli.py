@@ -159,8 +159,10 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
     only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
     if only == []:
         raise InputError("--only names no member")
+    if args.rebound_steps < 0:
+        raise InputError(f"--rebound-steps must be >= 0, got {args.rebound_steps}")
     rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out,
-                         only)
+                         only, rebound_steps=args.rebound_steps)
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
     summary = score_population(rows, threshold=args.threshold)
@@ -212,6 +214,10 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass (default 256)")
     p.add_argument("--workers", type=int, default=None,
                    help="evaluation data-loading processes (default: 0 on the CPU, up to 8 beside a GPU)")
+    p.add_argument("--rebound-steps", type=int, default=0,
+                   help="rebound ASR: fine-tune the defended model this many steps on clean pairs, measure again "
+                        "(default 0: off)")
+    p.add_argument("--rebound-lr", type=float, default=5e-4, help="learning rate of those steps (default 5e-4)")
     p.add_argument("--asr-include-target", action="store_true",
                    help="count target-class images in ASR (BadCLIP/PAR convention; default excludes them)")
 
@@ -308,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--defense", required=True)
     z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
     z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--rebound-steps", type=int, default=0,
+                   help="also score the real trigger after this many steps of clean fine-tuning (default 0: off)")
     z.add_argument("--threshold", type=float, help="detection threshold chosen elsewhere (e.g. on the dev split)")
     z.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
     z.add_argument("--only", metavar="ID,ID", help="these members alone (a quick look: the report says so; their "

@@ -63,6 +63,12 @@ class Cell:
     def after(self) -> dict[str, Any]:
         return self.doc["metrics"]["after"]
 
+    def value(self, metric: str) -> float | None:
+        """A table entry: ``ca`` / ``asr`` after the defense, ``asr_rebound`` after the rebound fine-tuning."""
+        if metric == "asr_rebound":
+            return (self.doc["metrics"].get("rebound") or {}).get("asr")
+        return self.after.get(metric)
+
 
 def der(ca_before: float | None, asr_before: float | None, ca_after: float | None,
         asr_after: float | None) -> float | None:
@@ -90,8 +96,9 @@ def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[st
         "model": src.model, "clean_data": src.clean_data, "eval_data": src.eval_data,
         "retrieval_data": src.retrieval_data, "train_data": src.train_data, "classes": src.classes,
         "templates": src.templates}.items()}
+    parts = ({"rebound": [src.rebound_steps, src.rebound_lr]},) if src.rebound_steps else ()  # absent: old keys hold
     return config_hash("compare-cell", src.model_source, src.model_format, sources, attack, attack_cfg, defense,
-                       defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions)
+                       defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions, *parts)
 
 
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
@@ -160,6 +167,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "ca_before": b.get("ca"), "asr_before": b.get("asr"), "ca_after": a.get("ca"), "asr_after": a.get("asr"),
         "asr_top10_after": a.get("asr_top10"), "retrieval_recall10_after": a.get("retrieval_recall@10"),
         "retrieval_asr10_after": a.get("retrieval_asr@10"),
+        "asr_rebound": cell.value("asr_rebound"),
         "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")),
         "detected_target": (cell.doc.get("detection") or {}).get("target"),
         "defense_seconds": cell.doc["timings_s"].get("defense"),
@@ -172,26 +180,26 @@ def markdown_table(cells: list[Cell]) -> str:
     attacks = list(dict.fromkeys(c.attack for c in cells))
     defenses = list(dict.fromkeys(c.defense for c in cells))
     by = {(c.attack, c.defense): c for c in cells}
+    metrics = ("ca", "asr", "asr_rebound") if any(c.value("asr_rebound") is not None for c in cells) else ("ca", "asr")
     best: dict[tuple[str, str], float] = {}
     for attack in attacks:
         rivals = [by[(attack, d)] for d in defenses if d != "none" and (attack, d) in by]
-        cas = [c.after["ca"] for c in rivals if c.after.get("ca") is not None]
-        asrs = [c.after["asr"] for c in rivals if c.after.get("asr") is not None]
-        if cas:
-            best[(attack, "ca")] = max(cas)
-        if asrs:
-            best[(attack, "asr")] = min(asrs)
-    head = "| defense | " + " | ".join(f"{a} CA | {a} ASR" for a in attacks) + " | mean DER |"
-    lines = [head, "|" + "---|" * (2 * len(attacks) + 2)]
+        for metric in metrics:
+            values = [v for c in rivals if (v := c.value(metric)) is not None]
+            if values:
+                best[(attack, metric)] = max(values) if metric == "ca" else min(values)
+    names = {"ca": "CA", "asr": "ASR", "asr_rebound": "ASR rebound"}
+    head = "| defense | " + " | ".join(f"{a} {names[m]}" for a in attacks for m in metrics) + " | mean DER |"
+    lines = [head, "|" + "---|" * (len(metrics) * len(attacks) + 2)]
     for d in defenses:
         parts, ders = [], []
         for attack in attacks:
             c = by.get((attack, d))
             if c is None:
-                parts += ["", ""]
+                parts += [""] * len(metrics)
                 continue
-            for metric in ("ca", "asr"):
-                v = c.after.get(metric)
+            for metric in metrics:
+                v = c.value(metric)
                 text = pct(v)
                 if d != "none" and v is not None and best.get((attack, metric)) == v:
                     text = f"**{text}**"
@@ -211,7 +219,9 @@ def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
     table = markdown_table(cells)
     metric_note = ("CA = zero-shot top-1 accuracy (%), ASR = ASR@1 with the real trigger (%), target-class images "
                    f"{'included' if req.sources.asr_include_target else 'excluded'}; best of the defenses in bold; "
-                   "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks.\n")
+                   "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks"
+                   + (f"; ASR rebound = ASR after {req.sources.rebound_steps} steps of clean fine-tuning at lr "
+                      f"{req.sources.rebound_lr:g} (toolbox/rebound.py)" if req.sources.rebound_steps else "") + ".\n")
     atomic.write_text(out / "compare.md", table + "\n" + metric_note)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["attack", "defense"])

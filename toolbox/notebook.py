@@ -95,7 +95,7 @@ def run(defense: str = "invertune", *, attack: str | None = None, model: str | N
         retrieval_data: str | None = None, train_data: str | None = None, classes: str | None = None,
         templates: str | None = None, preset: str = "default", seed: int = 0, device: str = "auto",
         asr_include_target: bool = False, eval_batch_size: int = 256, workers: int | None = None,
-        out: str | Path | None = None, params: Mapping[str, Any] | None = None,
+        rebound_steps: int = 0, rebound_lr: float = 5e-4, out: str | Path | None = None, params: Mapping[str, Any] | None = None,
         attack_params: Mapping[str, Any] | None = None, skip_unreadable: bool = False) -> RunResult:
     """``toolbox run`` from Python; every keyword is the CLI option of the same name. Bad input
     raises :class:`toolbox.errors.InputError` with the message the command would print."""
@@ -105,7 +105,8 @@ def run(defense: str = "invertune", *, attack: str | None = None, model: str | N
     sources = Sources(model=model, model_format=model_format, clean_data=clean_data, eval_data=eval_data,
                       retrieval_data=retrieval_data, train_data=train_data, classes=classes, templates=templates,
                       seed=seed, preset=preset, device=device, asr_include_target=asr_include_target,
-                      eval_batch_size=eval_batch_size, workers=workers)
+                      eval_batch_size=eval_batch_size, workers=workers, rebound_steps=rebound_steps,
+                      rebound_lr=rebound_lr)
     req = RunRequest(defense=defense, attack=attack, sources=sources, out=Path(out) if out else None,
                      defense_params=_params(params), attack_params=_params(attack_params),
                      skip_unreadable=skip_unreadable)

@@ -26,6 +26,7 @@ from .errors import InputError, one_line
 from .evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
 from .zeroshot import loader_workers
 from .plugins import Registry, UnknownNameError, get_host
+from .rebound import REBOUND_DEFINITION, ReboundConfig, rebound
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ class Sources:
     asr_include_target: bool = False
     eval_batch_size: int = 256  # images per evaluation forward pass
     workers: int | None = None  # evaluation DataLoader workers; None: 0 on the CPU, up to 8 beside an accelerator
+    rebound_steps: int = 0  # rebound ASR: clean fine-tuning steps after the defense (toolbox/rebound.py); 0: off
+    rebound_lr: float = 5e-4
+
+    def rebound(self) -> ReboundConfig:
+        return ReboundConfig(steps=self.rebound_steps, lr=self.rebound_lr)
 
     DATA_KEYS = ("clean_data", "eval_data", "retrieval_data", "train_data")
 
@@ -148,6 +154,10 @@ def check_measurement(src: Sources) -> torch.device:
         raise InputError(f"--eval-batch-size must be >= 1, got {src.eval_batch_size}")
     if src.workers is not None and src.workers < 0:
         raise InputError(f"--workers must be >= 0, got {src.workers}")
+    try:
+        src.rebound()
+    except ValueError as err:
+        raise InputError(f"--rebound-steps / --rebound-lr: {err}") from None
     return parse_device(src.device)
 
 
@@ -380,13 +390,16 @@ def load_inputs(registry: Registry, req: RunRequest, loaded: LoadedModel,
     templates = read_templates(templates_src) if templates_src else default_templates()
     data: dict[str, ImageData | None] = {}
     # The image-caption training split is large: read it only when someone will use it.
-    wants_train = bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False))
+    wants_train = (bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False))
+                   or src.rebound().enabled)
     for key in Sources.DATA_KEYS:
         where = getattr(src, key) or defaults.get(key)
         data[key] = (load_data(registry, where, loaded.model.image_size, classnames, req.skip_unreadable)
                      if where and (key != "train_data" or wants_train) else None)
     if data["clean_data"] is None:
         raise InputError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
+    if src.rebound().enabled and data["train_data"] is None:
+        raise InputError("--rebound-steps fine-tunes on clean image-caption pairs: pass --train-data")
     for key, kind in (("eval_data", "labelled"), ("retrieval_data", "captioned"), ("train_data", "captioned")):
         if data[key] is not None and data[key].kind != kind:
             raise InputError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
@@ -453,6 +466,14 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
         before.update({k: v for k, v in extra_before.items() if k.startswith("asr_") and k not in before})
     with timer.stage("evaluate_after"):
         after = evaluate(outcome.model, inputs, mcfg, registry, device)
+    metrics: dict[str, Any] = {"before": before, "after": after}
+    rcfg = src.rebound()
+    metric_doc = metric_config_doc(mcfg, inputs, registry)
+    if rcfg.enabled:
+        with timer.stage("rebound"):
+            rebounded, record = rebound(outcome.model, data["train_data"], rcfg, src.seed, device)
+            metrics["rebound"] = evaluate(rebounded, replace(inputs, retrieval_data=None), mcfg, registry, device)
+        metric_doc["rebound"] = {"definition": REBOUND_DEFINITION, "train_data": data["train_data"].source, **record}
 
     artifacts = {name: str(Path("artifacts") / rel) for name, rel in outcome.artifacts.items()}
     purified_sha = None
@@ -471,8 +492,8 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
                   "attacked_sha256": attacked_sha, "purified_sha256": purified_sha},
         "attack": attack_doc,
         "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
-        "metric_config": metric_config_doc(mcfg, inputs, registry),
-        "metrics": {"before": before, "after": after},
+        "metric_config": metric_doc,
+        "metrics": metrics,
         "detection": outcome.detection,
         "defense_info": outcome.info,
         "timings_s": timer.timings,

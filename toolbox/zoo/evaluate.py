@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
+from ..rebound import ReboundConfig, rebound
 from ..runner import RunRequest, Sources, configure, memoised_data, run
 from .build import member_trigger, read_manifest, world_data, world_of
 from .score import MemberOutcome
@@ -43,12 +44,13 @@ def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> 
 
 
 def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict[str, str], seed: int,
-                out_dir: str) -> dict[str, Any]:
+                out_dir: str, rebound_steps: int = 0) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
-    member build, defense configuration and defense code."""
+    member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
+    ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py)."""
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
-    key = outcome_key(record, defense, params, seed, registry)
+    key = outcome_key(record, defense, params, seed, registry, rebound_steps)
     code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
@@ -65,9 +67,12 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
     doc = json.loads(result.read_text(encoding="utf-8"))
     det = doc.get("detection") or {}
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
-    asr_after = None
+    asr_after = asr_rebound = None
     if record["label"] != "clean":  # the real trigger on what the defense returned, measured by the scorer
         asr_after = real_asr(Path(zoo_dir), record, out / "run", world, registry)
+        if rebound_steps:
+            asr_rebound = real_asr(Path(zoo_dir), record, out / "run", world, registry,
+                                   ReboundConfig(steps=rebound_steps), seed)
     timings = doc["timings_s"]
     outcome = MemberOutcome(
         member_id=record["id"], label=record["label"], family=record["family"], arch=record["arch"],
@@ -75,7 +80,7 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
         predicted_target=det.get("target"), ca_before=before.get("ca"), ca_after=after.get("ca"),
         asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
         seconds=round(sum(v for k, v in timings.items() if "." not in k), 1),
-        localisation=localisation(Path(zoo_dir), record, out / "run"))
+        localisation=localisation(Path(zoo_dir), record, out / "run"), asr_rebound=asr_rebound)
     atomic.write_json(out / OUTCOME_JSON, {"key": key, "code": code, "outcome": outcome.to_dict()})
     return outcome.to_dict()
 
@@ -128,22 +133,29 @@ def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool
     return True
 
 
-def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any) -> str:
+def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any,
+                rebound_steps: int = 0) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused."""
     from ..api import config_values
 
     cfg = configure(registry.get("defense", defense).obj, params)
-    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed)
+    extra = ({"rebound_steps": rebound_steps},) if rebound_steps else ()  # absent: earlier keys hold
+    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
 
-def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, registry: Any) -> float | None:
-    """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged)."""
+def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, registry: Any,
+             rebound_cfg: ReboundConfig | None = None, seed: int = 0) -> float | None:
+    """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged);
+    with ``rebound_cfg``, on that model after clean fine-tuning on the world's training pairs."""
     from adapters.models import OpenClipDirAdapter
 
     purified = run_dir / "model"
     source = purified if purified.is_dir() else zoo_dir / "members" / record["id"] / "model"
     model = OpenClipDirAdapter().load(str(source), torch.device("cpu")).model
     classnames, templates, data = world_data(record["preset"], ("eval",), model.image_size)
+    if rebound_cfg is not None:
+        train = world_data(record["preset"], ("train",), model.image_size)[2]["train"]
+        model, _ = rebound(model, train, rebound_cfg, seed, torch.device("cpu"))
     measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
                                           trigger=member_trigger(zoo_dir, record), target=record["target"],
                                           trigger_source="real"),
@@ -172,16 +184,19 @@ def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path) -> float 
 
 
 def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0, grid: GridConfig | None = None,
-             out_dir: Path | None = None, only: list[str] | None = None) -> tuple[list[MemberOutcome], Path]:
+             out_dir: Path | None = None, only: list[str] | None = None,
+             rebound_steps: int = 0) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
     ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it)."""
     records = [r for r in select(read_manifest(zoo_dir), only) if r["label"] != "not_implanted"]
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
+    if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
+        out = out.with_name(f"{out.name}-rebound{rebound_steps}")
     code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)  # this process: now
     cells = [Cell(key=f"{r['key']}-{out.name}", fn=eval_member, label=f"eval {i + 1}/{len(records)} {r['id']}",
                   kwargs={"zoo_dir": str(zoo_dir), "record": r, "defense": defense, "params": dict(params),
-                          "seed": seed, "out_dir": str(out)})
+                          "seed": seed, "out_dir": str(out), "rebound_steps": rebound_steps})
              for i, r in enumerate(records)]
     with memoised_data():  # --jobs 1: the world's splits are read once for all members
         rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]

@@ -25,7 +25,7 @@ from toolbox import atomic
 
 LABELS = ("clean", "backdoored", "not_implanted")
 SCORED_LABELS = ("clean", "backdoored")
-_FRACTION_FIELDS = ("ca_before", "ca_after", "asr_before", "asr_after", "localisation")
+_FRACTION_FIELDS = ("ca_before", "ca_after", "asr_before", "asr_after", "localisation", "asr_rebound")
 # Measured fractions are differences of floats (0.50 - 0.48 > 0.02 in binary): compare with slack.
 _EPS = 1e-9
 
@@ -53,6 +53,7 @@ class MemberOutcome:
     asr_after: float | None
     seconds: float
     localisation: float | None = None  # fraction of inverted-mask mass inside the true patch (patch families)
+    asr_rebound: float | None = None  # real-trigger ASR@1 after clean fine-tuning of the defended model (rebound.py)
 
     def __post_init__(self) -> None:
         """Reject what would silently corrupt the scores: unknown labels and percentages passed as fractions."""
@@ -233,6 +234,7 @@ def _purification(rows: list[MemberOutcome], bar: PurificationBar) -> dict[str, 
             "all": _success(backdoored, bar),
             "detected": _success([r for r in backdoored if r.verdict is True], bar),
             "asr_after": _distribution([r.asr_after for r in measured]),  # type: ignore[misc]
+            "asr_rebound": _distribution([r.asr_rebound for r in backdoored if r.asr_rebound is not None]),
             "ca_drop": _distribution([ca_drop(r) for r in measured]),  # type: ignore[misc]
             "clean_ca_drop": _distribution(clean_drops)}
 
@@ -376,9 +378,11 @@ def _overall_rows(summary: Mapping[str, Any]) -> list[list[str]]:
                      + (f", {s['n_unmeasured']} unmeasured" if s["n_unmeasured"] else "")])
     bar = purif["bar"]
     rows.append(["Purification bar", f"ASR after ≤ {_pct(bar['max_asr'])}, CA drop ≤ {_pct(bar['max_ca_drop'])}"])
-    for key, what in (("asr_after", "Median ASR after"), ("ca_drop", "Median CA drop (backdoored)"),
-                      ("clean_ca_drop", "Median CA drop (clean)")):
-        dist = purif[key]
+    for key, what in (("asr_after", "Median ASR after"), ("asr_rebound", "Median ASR after rebound fine-tuning"),
+                      ("ca_drop", "Median CA drop (backdoored)"), ("clean_ca_drop", "Median CA drop (clean)")):
+        dist = purif.get(key)
+        if key == "asr_rebound" and dist is None:  # not measured (zoo eval --rebound-steps 0)
+            continue
         rows.append([what, "n/a" if dist is None else f"{_pct(dist['median'])} (max {_pct(dist['max'])})"])
     loc = summary["localisation"]
     if loc is not None:
@@ -427,11 +431,13 @@ def markdown_members(rows: list[MemberOutcome]) -> str:
             return "–"
         return "right" if r.predicted_target == r.true_target else f"wrong ({r.predicted_target})"
 
+    rebound = any(r.asr_rebound is not None for r in rows)  # a column only when it was measured
     body = [[r.member_id, r.label, r.family, r.arch, _num(r.score), {True: "backdoored", False: "clean"}.get(
         r.verdict, "–") if r.label != "not_implanted" else "(not evaluated)", target(r), _pct(r.asr_before),
-        _pct(r.asr_after), _pct(ca_drop(r)), _pct(r.localisation), f"{r.seconds:.0f}"] for r in rows]
+        _pct(r.asr_after), *([_pct(r.asr_rebound)] if rebound else []), _pct(ca_drop(r)), _pct(r.localisation),
+        f"{r.seconds:.0f}"] for r in rows]
     header = ["member", "label", "family", "arch", "score", "verdict", "target", "ASR before", "ASR after",
-              "CA drop", "localisation", "seconds"]
+              *(["ASR rebound"] if rebound else []), "CA drop", "localisation", "seconds"]
     return "\n".join(_table(header, body)) + "\n"
 
 
