@@ -68,8 +68,10 @@ def prepare(work: Path, arch: str, n_clean: int, n_eval: int, n_templates: int, 
     templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES][:n_templates]
     (work / "templates.txt").write_text("\n".join(templates) + "\n")
     clean = work / f"clean-{n_clean}-{size}"
-    if not clean.exists():
-        generated_images(clean, n_clean, size, seed)
+    if not clean.exists():  # written aside, then renamed: a killed run leaves no half folder to reuse
+        partial = clean.with_name(clean.name + ".partial")
+        generated_images(partial, n_clean, size, seed)
+        partial.rename(clean)
     eval_csv = eval_set(work, n_eval, size, len(classes), seed)
     return {"model": str(model_dir), "clean_data": str(clean), "eval_data": str(eval_csv),
             "classes": str(work / "classes.txt"), "templates": str(work / "templates.txt")}
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=64, help="generated evaluation images (random labels)")
     p.add_argument("--eval-growth", type=int, default=0, help="also evaluate on N and this x N images (memory)")
     p.add_argument("--no-run", action="store_true", help="only the --eval-growth measurement")
+    p.add_argument("--prepare-only", action="store_true", help="write the models and images, run nothing")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--templates", type=int, default=1, help="how many of the 80 OpenAI templates (80: as the paper)")
     p.add_argument("--seed", type=int, default=0)
@@ -189,22 +192,34 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record))
         return 0
     rows, growth = [], []
+
+    def save() -> None:  # after every record: a run stopped by a time limit keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps({"runs": rows, "eval_growth": growth}, indent=2))
+
     for arch in args.archs.split(","):
+        if args.prepare_only:
+            prepare(Path(args.work), arch, args.images, args.eval_images, args.templates, args.seed)
+            if args.eval_growth:
+                size = int(import_open_clip().get_model_config(arch)["vision_cfg"]["image_size"])
+                eval_set(Path(args.work), args.eval_growth * args.eval_images, size, 1000, args.seed)
+            continue
         if not args.no_run:
             print(f"{arch}: a whole run ...", file=sys.stderr, flush=True)
             rows.append(in_subprocess([*common(args), "--one", arch]))
+            save()
         if args.eval_growth:
             for n in (args.eval_images, args.eval_growth * args.eval_images):
                 print(f"{arch}: evaluation alone on {n} images ...", file=sys.stderr, flush=True)
                 growth.append(in_subprocess([*common(args), "--one", arch, "--eval-only", str(n)]))
+                save()
     if rows:
         print(table(rows))
     for g in growth:
         print(f"\nevaluation of {g['arch']} on {g['eval_images']} images: {g['eval_s']} s, peak RSS "
               f"{g['peak_rss_mb']:.0f} MB (before evaluating: {g['rss_before_eval_mb']:.0f} MB)"
               + (f", peak CUDA {g['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in g else ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows, "eval_growth": growth}, indent=2))
+    save()
     return 0
 
 

@@ -175,13 +175,13 @@ def tune_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor) ->
 
 def eval_loop(model: OpenClipModel, images: torch.Tensor, device: torch.device) -> Loop:
     """The evaluation's feature pass over a dataset (DataLoader collation included); a step is one pass."""
-    x = as_float(images)
+    x = as_float(images).cpu()  # evaluation data comes from the host, as from disk
     data = ImageData(dataset=TensorDataset(x, torch.arange(len(x))), kind="unlabelled", source="random images")
 
     def run(steps: int) -> None:
         for _ in range(steps):
             image_features(model, data, EVAL_BATCH, device)
-    return Loop("eval", len(x), run, "forward", bare_forward(model, x, EVAL_BATCH))
+    return Loop("eval", len(x), run, "forward", bare_forward(model, as_float(images), EVAL_BATCH))  # bare: on the device
 
 
 def make_loops(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, device: torch.device,

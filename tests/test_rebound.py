@@ -92,7 +92,8 @@ def test_a_silenced_backdoor_comes_back_and_a_removed_one_does_not():
     stayed, _ = rebound(removed, pairs, REBOUND, seed=0, device=CPU)
     assert asr(came_back) == 1.0 and asr(stayed) == 0.0
     assert float(silenced.counter.detach()) == -6.0  # the defended model itself is left as it was
-    assert record["steps_run"] == 24 and record["pairs"] == 256 and record["lr"] == 1.0
+    assert record["steps_run"] == 24 and record["lr"] == 1.0  # exactly the steps asked for
+    assert record["pairs"] == 24 * 32 and record["distinct_pairs"] == 256  # 256 pairs, drawn three times over
 
 
 def test_rebound_draws_the_same_pairs_for_the_same_seed():

@@ -173,3 +173,11 @@ def test_imagenet_names_that_repeat_are_kept_with_a_warning_and_refused_as_a_tar
         class_index(names, "missile", "attack target")
     with pytest.raises(InputError, match="is not in the class vocabulary"):
         class_index(names, "unicorn", "attack target")
+
+
+def test_loader_workers_do_not_split_leaderboard_groups():
+    from toolbox.leaderboard import metric_config_hash
+
+    doc = {"ca": {"top_k": [1]}, "asr": {"top_k": [1]}, "settings": {"batch_size": 256, "workers": 0}}
+    assert metric_config_hash(doc) == metric_config_hash({**doc, "settings": {"batch_size": 256, "workers": 8}})
+    assert metric_config_hash(doc) != metric_config_hash({**doc, "settings": {"batch_size": 64, "workers": 0}})

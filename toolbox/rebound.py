@@ -10,7 +10,6 @@ Off unless ``--rebound-steps`` is set: it fine-tunes a copy of every model it me
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,10 +38,13 @@ class ReboundConfig:
 
 
 def clean_pairs(data: ImageData, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` seeded image-caption pairs (uint8 images, one caption each) from a captioned dataset."""
+    """``n`` seeded image-caption pairs (uint8 images, one caption each) from a captioned dataset;
+    a dataset of fewer pairs is drawn again (a new permutation each pass)."""
     if data.captions is None:
         raise ValueError(f"rebound ASR fine-tunes on image-caption pairs; {data.source} has no captions")
-    keep = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    gen = torch.Generator().manual_seed(seed)
+    passes = -(-n // len(data.dataset))
+    keep = torch.cat([torch.randperm(len(data.dataset), generator=gen) for _ in range(passes)])[:n]
     rng = random.Random(seed)
     images = torch.stack([(data.dataset[int(i)][0] * 255).round().to(torch.uint8) for i in keep])
     return images, [rng.choice(data.captions[int(i)]) for i in keep]
@@ -52,20 +54,18 @@ def rebound(model: ClipModel, data: ImageData, cfg: ReboundConfig, seed: int,
             device: torch.device) -> tuple[ClipModel, dict[str, Any]]:
     """A copy of ``model`` fine-tuned ``cfg.steps`` steps on clean pairs from ``data`` (the input is
     not modified), and what was done."""
-    n = min(len(data.dataset), cfg.steps * cfg.batch_size)
-    if n < cfg.batch_size:
-        raise ValueError(f"rebound ASR needs at least {cfg.batch_size} clean pairs; {data.source} has {n}")
+    if len(data.dataset) == 0:
+        raise ValueError(f"rebound ASR needs clean pairs; {data.source} has none")
+    n = cfg.steps * cfg.batch_size  # one epoch of exactly ``steps`` batches
     images, captions = clean_pairs(data, n, seed)
     tuned = model.clone()
     for p in tuned.parameters():
         p.requires_grad_(True)
-    steps_per_epoch = n // cfg.batch_size
-    schedule = ContrastiveConfig(epochs=math.ceil(cfg.steps / steps_per_epoch), batch_size=cfg.batch_size, lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, min_lr_ratio=1.0,
-                                 seed=seed)
+    schedule = ContrastiveConfig(epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 warmup_steps=cfg.warmup_steps, min_lr_ratio=1.0, seed=seed)
     history = train_contrastive(tuned.to(device), images, model.tokenize(captions), schedule, desc="rebound")
     tuned.eval()
-    return tuned, {**asdict(cfg), "pairs": n, "steps_run": steps_per_epoch * schedule.epochs,
+    return tuned, {**asdict(cfg), "pairs": n, "distinct_pairs": min(n, len(data.dataset)), "steps_run": cfg.steps,
                    "final_loss": round(history[-1]["loss"], 4), "seed": seed}
 
 

@@ -34,9 +34,11 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 
 
 def _loader(data: ImageData, batch_size: int, device: torch.device, workers: int) -> DataLoader:
-    # pinned host memory lets the copy to a CUDA device overlap the next batch's decoding
-    return DataLoader(data.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+    # pinned host memory lets the copy to a CUDA device overlap the next batch's decoding (only
+    # host tensors can be pinned: a dataset already on the device is left as it is)
+    pin = device.type == "cuda" and len(data.dataset) > 0 and data.dataset[0][0].device.type == "cpu"
+    return DataLoader(data.dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False)
 
 
 @torch.no_grad()
@@ -46,7 +48,7 @@ def image_features(model: ClipModel, data: ImageData, batch_size: int, device: t
     in batches: memory holds one batch of images and the [N, D] embeddings."""
     feats, labels = [], []
     for images, y in _loader(data, batch_size, device, workers):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=device.type == "cuda")  # MPS: pageable async copies misread
         if trigger is not None:
             images = trigger(images)
         feats.append(model.encode_image(images).float().cpu())

@@ -61,7 +61,7 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
     # what a user would give the defense; train_data is read only by defenses that fine-tune on pairs
     sources = Sources(model=str(member_dir / "model"), clean_data=str(world.defender_dir),
                       eval_data=str(world.eval_labels), classes=str(world.classes), templates=str(world.templates),
-                      train_data=str(world.train_csv), seed=seed)
+                      train_data=str(world.train_csv), seed=seed, device="cpu")  # as the scorer: reproducible
     result = run(RunRequest(defense=defense, sources=sources, out=out / "run", defense_params=dict(params),
                             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense]))
     doc = json.loads(result.read_text(encoding="utf-8"))
