@@ -129,15 +129,22 @@ class SIG(_PoisoningAttack):
 
 @dataclass(frozen=True)
 class WaNetConfig(PoisonSettings):
-    k: int = 4  # WaNet original: k = 4 (control grid size)
-    s: float = 0.5  # WaNet original: s = 0.5 (warping strength)
+    """WaNet's originals (k 4, s 0.5, i.e. a 0.25-px mean displacement) come from 32-px CIFAR trained
+    from scratch for hundreds of epochs; under CLIP fine-tuning they plant nothing (ASR@1 0.2 % on
+    the tiny ViT). ``-p k=4 -p s=0.5 -p epochs=2 -p poison_rate=0.05`` selects them (with our poison rate). Ours: measured on both tiny
+    architectures at 10 % poison (docs/attacks-and-baselines.md); k mattered most."""
+
+    k: int = 16  # control grid size; WaNet original 4 (the lever: a finer grid implants, see the docs)
+    s: float = 8.0  # warping strength, mean displacement about s / 2 px; WaNet original 0.5
     grid_rescale: float = 1.0  # WaNet original: 1
     trigger_seed: int = 0
+    poison_rate: float = 0.1  # the issue's ceiling; measured there; paper 0.003 (of 500k pairs)
+    epochs: int = 3  # the other poisoning attacks' 2 left the ViT at 86 %; paper 10
 
 
 class WaNet(_PoisoningAttack):
     name = "wanet"
-    summary = "WaNet: fixed random warping field (k=4, s=0.5), bilinear grid sampling."
+    summary = "WaNet: fixed random warping field (k=16, s=8; original k=4, s=0.5), bilinear grid sampling."
     reference = "Nguyen & Tran, WaNet (ICLR 2021); settings: InverTune appendix A"
     Config: ClassVar[type] = WaNetConfig
 
