@@ -5,9 +5,9 @@ image-caption CSVs, COCO-captions JSON, and plain folders of images. Every forma
 yields [0,1] tensors at the model's input size.
 
 Small datasets (under ``EAGER_LIMIT_BYTES`` as uint8) are decoded once into memory;
-larger ones are decoded lazily, batch by batch, so memory does not grow with the dataset. ``skip_unreadable`` reads every image up front, drops
-the ones that fail and lists them in ``ImageData.skipped``; without it, the first
-unreadable image raises an error that names the file.
+larger ones are decoded lazily, batch by batch, so memory does not grow with the dataset.
+``skip_unreadable`` reads every image up front, drops the ones that fail and lists them in
+``ImageData.skipped``; without it, the first unreadable image raises an error that names the file.
 """
 
 from __future__ import annotations

@@ -9,18 +9,6 @@ import torch
 from torch import nn
 from torch import Tensor
 
-from toolbox.api import ImageData
-
-
-def images_uint8(data: ImageData, indices: Tensor | None = None) -> Tensor:
-    """The dataset (or the images at ``indices``) as a uint8 [N,3,H,W] tensor: the in-memory cache
-    when there is one; otherwise only those images are decoded."""
-    cache = getattr(data.dataset, "cache", None)
-    if cache is not None:
-        return cache if indices is None else cache[indices]
-    order = range(len(data.dataset)) if indices is None else indices.tolist()
-    return torch.stack([(data.dataset[i][0] * 255).round().to(torch.uint8) for i in order])
-
 
 def as_float(images: Tensor) -> Tensor:
     return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()

@@ -26,7 +26,7 @@ from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from . import seeds
 from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade
-from .data import as_float, images_uint8, seeded_subset
+from .data import as_float, seeded_subset
 from .identify import IdentifyConfig, Identification, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
@@ -116,8 +116,8 @@ class InverTune(Defense):
     def _defend(self, ctx: DefenseContext) -> DefenseOutcome:
         cfg: InverTuneConfig = self.config
         total = len(ctx.clean_data.dataset)  # decode only the n_images used: a defender's folder can be large
-        images = images_uint8(ctx.clean_data, seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images
-                              else None).to(ctx.device)
+        images = ctx.clean_data.uint8(seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images
+                                      else None).to(ctx.device)
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
         if cfg.target is None:

@@ -275,10 +275,9 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
                 report.refreshes.append({"step": step, "loss": round(last, 4)})
             # clean and triggered images in one pass (eval mode: no batch statistics couple them), half the launches
             emb, trig_emb = tuned.encode_image(torch.cat([x, trigger(x)])).split(len(x))
-            acts = recorder.take()
-            clean_acts = {n: a[:len(x)] for n, a in acts.items()}
-            trig_acts = {n: a[len(x):] for n, a in acts.items()}
-            activation = sum(((clean_acts[n] - trig_acts[n]) * w).pow(2).sum(1).mean() for n, w in weights.items())
+            acts = recorder.take()  # [clean; triggered] per layer
+            activation = sum(((acts[n][:len(x)] - acts[n][len(x):]) * w).pow(2).sum(1).mean()
+                             for n, w in weights.items())
             preserve = (emb @ head.weights.T - original_sims[idx]).pow(2).mean()
             unlearn = (trig_emb - original_emb[idx]).pow(2).sum(1).mean()
             if cfg.normalize_losses:

@@ -19,6 +19,7 @@ from toolbox.zeroshot import image_features, loader_workers
 def test_auto_takes_cuda_then_mps_then_cpu(monkeypatch, have, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: have["cuda"])
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: have["mps"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert parse_device("auto").type == expected
 
 
@@ -142,8 +143,6 @@ def test_class_embeddings_are_encoded_once_per_text_tower(monkeypatch):
 
 
 def test_only_the_images_used_are_decoded():
-    from invertune_plugin.data import images_uint8
-
     class Counting(torch.utils.data.Dataset):
         def __init__(self):
             self.read = []
@@ -157,7 +156,7 @@ def test_only_the_images_used_are_decoded():
 
     ds = Counting()
     picked = torch.tensor([3, 50, 97])
-    out = images_uint8(ImageData(dataset=ds, kind="unlabelled", source="t"), picked)
+    out = ImageData(dataset=ds, kind="unlabelled", source="t").uint8(picked)
     assert sorted(ds.read) == [3, 50, 97] and out.dtype == torch.uint8 and out.shape == (3, 3, 4, 4)
 
 

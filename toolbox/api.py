@@ -284,6 +284,15 @@ class ImageData:
     captions: list[list[str]] | None = None
     skipped: list[str] = field(default_factory=list)
 
+    def uint8(self, indices: Tensor | None = None) -> Tensor:
+        """The images (all, or those at ``indices``) as uint8 [N,3,H,W]: the dataset's in-memory
+        ``cache`` when it has one; otherwise only those images are decoded."""
+        cache = getattr(self.dataset, "cache", None)
+        if cache is not None:
+            return cache if indices is None else cache[indices]
+        order = range(len(self.dataset)) if indices is None else indices.tolist()
+        return torch.stack([(self.dataset[i][0] * 255).round().to(torch.uint8) for i in order])
+
 
 class DatasetAdapter(Component):
     """Reads one dataset format into :class:`ImageData`."""

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from . import atomic, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
@@ -101,11 +99,8 @@ def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[st
     parts: tuple = ({"rebound": [src.rebound_steps, src.rebound_lr]},) if src.rebound_steps else ()  # absent: old keys hold
     if src.eval_batch_size != Sources.eval_batch_size:  # batches round differently
         parts += ({"eval_batch_size": src.eval_batch_size},)
-    device = parse_device(src.device)
-    if device.type == "cuda" and device.index is None:  # cuda and cuda:0 are one device
-        device = torch.device("cuda", torch.cuda.current_device())
     return config_hash("compare-cell", src.model_source, src.model_format, sources, attack, attack_cfg, defense,
-                       defense_cfg, src.seed, str(device), src.asr_include_target, versions, *parts)
+                       defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions, *parts)
 
 
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:

@@ -146,8 +146,7 @@ class Suspect:
         total = len(self.clean.dataset)
         take = total if n is None else min(n, total)
         order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:take].sort().values
-        pixels = [(self.clean.dataset[int(i)][0] * 255).round().to(torch.uint8) for i in order]
-        return torch.stack(pixels).to(self.device)
+        return self.clean.uint8(order).to(self.device)
 
 
 def load(model: str | None = None, *, model_format: str | None = None, clean_data: str | None = None,

@@ -46,8 +46,7 @@ def clean_pairs(data: ImageData, n: int, seed: int) -> tuple[torch.Tensor, list[
     passes = -(-n // len(data.dataset))
     keep = torch.cat([torch.randperm(len(data.dataset), generator=gen) for _ in range(passes)])[:n]
     rng = random.Random(seed)
-    images = torch.stack([(data.dataset[int(i)][0] * 255).round().to(torch.uint8) for i in keep])
-    return images, [rng.choice(data.captions[int(i)]) for i in keep]
+    return data.uint8(keep), [rng.choice(data.captions[int(i)]) for i in keep]
 
 
 def rebound(model: ClipModel, data: ImageData, cfg: ReboundConfig, seed: int,

@@ -133,7 +133,7 @@ def parse_device(text: str) -> torch.device:
     one-line :class:`InputError`."""
     available = available_devices()
     if text == "auto":
-        return torch.device(next(kind for kind in AUTO_DEVICE_ORDER if available[kind]))
+        text = next(kind for kind in AUTO_DEVICE_ORDER if available[kind])
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -145,6 +145,8 @@ def parse_device(text: str) -> torch.device:
                          f"{have}); use --device auto or one of those")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"--device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda" and device.index is None:  # cuda and cuda:0 are one device: one name in results and keys
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

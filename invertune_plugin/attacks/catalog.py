@@ -14,7 +14,6 @@ from toolbox.api import Attack, AttackContext, ClipModel
 from . import triggers as T
 from .badclip import PatchOptimisation, optimise_patch
 from .badencoder import BadEncoderSettings, run_badencoder
-from ..data import images_uint8
 from .poisoning import PoisonSettings, finetune_on, mentions, poison_dataset, target_captions
 
 TOY_PATCH_FRACTION = 0.125  # 4 px at 32 px; paper: 16 px at 224 px = 0.071 (T.PAPER_PATCH_FRACTION)
@@ -129,17 +128,16 @@ class SIG(_PoisoningAttack):
 
 @dataclass(frozen=True)
 class WaNetConfig(PoisonSettings):
-    """WaNet's originals (k 4, s 0.5, i.e. a 0.25-px mean displacement) come from 32-px CIFAR trained
-    from scratch for hundreds of epochs; under CLIP fine-tuning they plant nothing (ASR@1 0.2 % on
-    the tiny ViT). ``-p k=4 -p s=0.5 -p epochs=2 -p poison_rate=0.05`` selects them (with our poison rate). Ours: measured on both tiny
-    architectures at 10 % poison (docs/attacks-and-baselines.md); k mattered most."""
+    """WaNet's originals (k 4, s 0.5: a quarter-pixel warp) were made for 32-px CIFAR trained from
+    scratch and plant nothing under CLIP fine-tuning; ours implant on both tiny architectures
+    (measurements: docs/attacks-and-baselines.md). ``-p k=4 -p s=0.5 -p epochs=2`` is the original warp."""
 
-    k: int = 16  # control grid size; WaNet original 4 (the lever: a finer grid implants, see the docs)
+    k: int = 16  # control grid size; WaNet original 4 (a finer grid is what makes it implant)
     s: float = 8.0  # warping strength, mean displacement about s / 2 px; WaNet original 0.5
     grid_rescale: float = 1.0  # WaNet original: 1
     trigger_seed: int = 0
-    poison_rate: float = 0.1  # the issue's ceiling; measured there; paper 0.003 (of 500k pairs)
-    epochs: int = 3  # the other poisoning attacks' 2 left the ViT at 86 %; paper 10
+    poison_rate: float = 0.1  # the rate the defaults were chosen at; paper 0.003 (of 500k pairs)
+    epochs: int = 3  # the other poisoning attacks' 2 fell short on the ViT; paper 10
 
 
 class WaNet(_PoisoningAttack):
@@ -170,7 +168,7 @@ class BadEncoder(_TriggerAttack):
 
     def backdoor(self, ctx: AttackContext) -> ClipModel:
         cfg = self.config
-        images = images_uint8(ctx.train_data)
+        images = ctx.train_data.uint8()
         captions = [c[0] for c in ctx.train_data.captions or []]
         g = torch.Generator().manual_seed(ctx.seed)
         target_idx = torch.tensor([i for i, c in enumerate(captions) if mentions(c, cfg.target)])
@@ -206,7 +204,7 @@ class BadCLIP(_PoisoningAttack):
 
     def prepare(self, ctx: AttackContext) -> None:
         cfg = self.config
-        images = images_uint8(ctx.train_data)
+        images = ctx.train_data.uint8()
         captions = [c[0] for c in ctx.train_data.captions or []]
         is_target = torch.tensor([mentions(c, cfg.target) for c in captions])
         others = [c for c in captions if not mentions(c, cfg.target)]

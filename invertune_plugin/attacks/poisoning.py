@@ -19,7 +19,6 @@ from toolbox.api import ClipModel, ImageData
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
 from toolbox.zeroshot import mentions_word as mentions  # the same test retrieval ASR uses
 
-from ..data import images_uint8
 
 Trigger = Callable[[Tensor], Tensor]
 
@@ -66,7 +65,7 @@ class PoisonedSet:
 
 
 def poison_dataset(data: ImageData, trigger: Trigger, settings: PoisonSettings, seed: int) -> PoisonedSet:
-    images = images_uint8(data).clone()
+    images = data.uint8().clone()
     captions = [c[0] for c in data.captions or []]
     if len(captions) != len(images):
         raise ValueError("poisoning needs image-caption data (one caption per image)")

@@ -21,7 +21,7 @@ from toolbox.api import ClipModel, DefenseContext
 from toolbox.contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from toolbox.progress import progress
 
-from ..data import as_float, images_uint8
+from ..data import as_float
 
 # (model, images [B,3,H,W] in [0,1], captions, torch generator, python rng) -> (loss, scalars to log)
 BatchLoss = Callable[[ClipModel, Tensor, list[str], torch.Generator, random.Random], tuple[Tensor, dict[str, float]]]
@@ -67,7 +67,7 @@ def clean_pairs(ctx: DefenseContext, cfg: FinetuneConfig) -> PairSet:
     """``data_ratio * reference_images`` seeded pairs from the clean image-caption data, one caption each."""
     if ctx.train_data is None or ctx.train_data.captions is None:
         raise ValueError("this defense fine-tunes on image-caption pairs: pass --train-data (caption CSV or COCO)")
-    all_images = images_uint8(ctx.train_data)
+    all_images = ctx.train_data.uint8()
     requested = max(cfg.batch_size, int(round(cfg.data_ratio * cfg.reference_images)))
     n = min(requested, len(all_images))
     gen = torch.Generator().manual_seed(ctx.seed)

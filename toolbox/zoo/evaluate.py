@@ -69,10 +69,8 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
     asr_after = asr_rebound = None
     if record["label"] != "clean":  # the real trigger on what the defense returned, measured by the scorer
-        asr_after = real_asr(Path(zoo_dir), record, out / "run", world, registry)
-        if rebound_steps:
-            asr_rebound = real_asr(Path(zoo_dir), record, out / "run", world, registry,
-                                   ReboundConfig(steps=rebound_steps), seed)
+        asr_after, asr_rebound = real_asr(Path(zoo_dir), record, out / "run", world, registry,
+                                          ReboundConfig(steps=rebound_steps), seed)
     timings = doc["timings_s"]
     outcome = MemberOutcome(
         member_id=record["id"], label=record["label"], family=record["family"], arch=record["arch"],
@@ -144,23 +142,24 @@ def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], se
 
 
 def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, registry: Any,
-             rebound_cfg: ReboundConfig | None = None, seed: int = 0) -> float | None:
-    """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged);
-    with ``rebound_cfg``, on that model after clean fine-tuning on the world's training pairs."""
+             rebound_cfg: ReboundConfig = ReboundConfig(), seed: int = 0) -> tuple[float | None, float | None]:
+    """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged),
+    and, when ``rebound_cfg`` is enabled, on that model after clean fine-tuning on the world's pairs."""
     from adapters.models import OpenClipDirAdapter
 
     purified = run_dir / "model"
     source = purified if purified.is_dir() else zoo_dir / "members" / record["id"] / "model"
     model = OpenClipDirAdapter().load(str(source), torch.device("cpu")).model
-    classnames, templates, data = world_data(record["preset"], ("eval",), model.image_size)
-    if rebound_cfg is not None:
-        train = world_data(record["preset"], ("train",), model.image_size)[2]["train"]
-        model, _ = rebound(model, train, rebound_cfg, seed, torch.device("cpu"))
-    measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
-                                          trigger=member_trigger(zoo_dir, record), target=record["target"],
-                                          trigger_source="real"),
-                        MetricConfig(top_k=(1,)), registry, torch.device("cpu"))
-    return measured.get("asr")
+    splits = ("eval", "train") if rebound_cfg.enabled else ("eval",)  # the training pairs only when they are used
+    classnames, templates, data = world_data(record["preset"], splits, model.image_size)
+    inputs = EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
+                        trigger=member_trigger(zoo_dir, record), target=record["target"], trigger_source="real")
+    metric = MetricConfig(top_k=(1,))
+    asr = evaluate(model, inputs, metric, registry, torch.device("cpu")).get("asr")
+    if not rebound_cfg.enabled:
+        return asr, None
+    rebounded, _ = rebound(model, data["train"], rebound_cfg, seed, torch.device("cpu"))
+    return asr, evaluate(rebounded, inputs, metric, registry, torch.device("cpu")).get("asr")
 
 
 SMALL_TRIGGER = 0.25  # localisation is measured for real triggers that change at most this fraction of pixels
