@@ -3,8 +3,11 @@ self-calibrated detection score is designed on (issue 22, item 2).
 
     python benchmarks/detector_stats.py --zoo ~/.cache/invertune-toolbox/zoos/dev [--references 4]
 
+    python benchmarks/detector_stats.py --zoo ZOO --race-only [-p race_global_eps=0.0314,0.0627]
+
 Per clean or backdoored member (resumable: one JSON per member under ZOO/stats/):
-- stage 1's race with the default settings: every class's held-out rate, per family;
+- stage 1's race (the default settings, or ``-p`` overrides with ``--race-only``): every class's
+  held-out rate and mean logit margin, per family; ``--race-only`` stops there;
 - for each refinement family (the best-raced patch location per class, grayscale stripes at
   48/255, full-colour L-inf at 16/255), a 100-step targeted UAP (one restart) toward the top
   ``--top`` classes of that family's ranking and toward ``--references`` classes drawn (seeded)
@@ -12,7 +15,9 @@ Per clean or backdoored member (resumable: one JSON per member under ZOO/stats/)
 
 Then prints each candidate score's ROC-AUC and TPR at FPR <= 5 % on the split, and across
 architectures (the threshold chosen on one, applied to the other): a score meant to hold across
-architectures should keep its threshold. Refuses a split named ``test``: that one is held out.
+architectures should keep its threshold. Refuses a split named ``test``: that one is held out,
+except with ``--evaluate CANDIDATE --threshold T``, which reports one candidate fixed on dev, at
+dev's threshold.
 """
 
 from __future__ import annotations
@@ -38,26 +43,32 @@ from invertune_plugin.identify import (GLOBAL_FAMILIES, MAD_TO_SIGMA, IdentifyCo
 from invertune_plugin.refine import global_ranking
 from invertune_plugin.zeroshot import ZeroShotHead
 from toolbox import atomic
+from toolbox.api import apply_overrides
 from toolbox.zoo.build import read_manifest, world_of
 
 STEPS, N_IMAGES, SEED = 100, 1024, 0
 
 
-def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int) -> dict[str, Any]:
+def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int, race_only: bool = False,
+                 cfg: IdentifyConfig | None = None) -> dict[str, Any]:
     world = world_of(record["preset"]).world
     suspect = toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
                            classes=str(world.classes), templates=str(world.templates))
     model, images = suspect.model, suspect.images(N_IMAGES, seed=SEED)
     head = ZeroShotHead(model, suspect.classnames, suspect.templates, suspect.device)
-    cfg = IdentifyConfig()
+    cfg = cfg or IdentifyConfig()
     start = time.perf_counter()
     ident = identify(model, images, head, cfg, SEED)
     doc: dict[str, Any] = {"id": record["id"], "label": record["label"], "arch": record["arch"],
                            "family": record["family"], "target": record.get("target"),
                            "race": {u.kind: {c: float(r) for c, r in zip(ident.classnames, u.rates.tolist())
                                              if not math.isnan(r)} for u in ident.uaps},
+                           "race_margins": {u.kind: {c: float(m) for c, m in zip(ident.classnames, u.margins.tolist())
+                                                     if not math.isnan(m)} for u in ident.uaps},
                            "race_ranking": [c for c, _ in ident.ranking], "seconds": {}}
     doc["seconds"]["race"] = time.perf_counter() - start
+    if race_only:
+        return doc
     size = images.shape[-1]
     patch_fams = {f.kind: f for f in race_families(size, cfg) if f.pixels is not None}
     searches: dict[str, tuple[list[str], Callable[[int], Any]]] = {
@@ -131,9 +142,65 @@ def race_z(doc: dict[str, Any]) -> float:
     return max(out)
 
 
+def margin_z(doc: dict[str, Any], family: str) -> float:
+    """One race family's top class by margin against every other raced class's margin (robust z)."""
+    values = sorted(doc["race_margins"][family].values())
+    return robust_z(values[-1], values[:-1], floor=1e-3)
+
+
+def margin_z_max(doc: dict[str, Any]) -> float:
+    return max(margin_z(doc, f) for f in doc["race_margins"])
+
+
+def margin_gap(doc: dict[str, Any]) -> float:
+    """Per family, the top margin over the second, in units of the others' spread; the largest."""
+    out = []
+    for margins in doc["race_margins"].values():
+        values = sorted(margins.values())
+        ref = np.asarray(values[:-1])
+        spread = max(MAD_TO_SIGMA * float(np.median(np.abs(ref - np.median(ref)))), 1e-3)
+        out.append((values[-1] - values[-2]) / spread)
+    return max(out)
+
+
+def family_z(margins: dict[str, float]) -> dict[str, float]:
+    """Every class's margin as a robust z-score against the other classes' margins of one family."""
+    return {c: robust_z(m, [v for k, v in margins.items() if k != c], floor=1e-3) for c, m in margins.items()}
+
+
+def budgets(doc: dict[str, Any], kind: str) -> list[str]:
+    """The race families of one kind ("global" or "patch"), smallest budget first."""
+    def eps(name: str) -> float:
+        return float(name.split("@")[1].split("/")[0]) if kind == "global" else 0.0
+    return sorted((k for k in doc["race_margins"] if f":{kind}@" in k), key=eps)
+
+
+def ladder_min_z(doc: dict[str, Any]) -> float:
+    """Global families at several budgets: per class its smallest z over the budgets (a backdoor
+    target stays an outlier as the budget shrinks, a natural attractor fades); the largest over
+    classes, and over the patch families' z."""
+    ladder = [family_z(doc["race_margins"][k]) for k in budgets(doc, "global")]
+    classes = ladder[0].keys()
+    persistent = max(min(z[c] for z in ladder) for c in classes)
+    return max([persistent, *(max(family_z(doc["race_margins"][k]).values()) for k in budgets(doc, "patch"))])
+
+
+def smallest_budget_z(doc: dict[str, Any]) -> float:
+    """The smallest global budget's top z, and the patch families'; the largest."""
+    keys = budgets(doc, "global")[:1] + budgets(doc, "patch")
+    return max(max(family_z(doc["race_margins"][k]).values()) for k in keys)
+
+
+RACE_CANDIDATES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "ladder: persistent z (min over budgets, max over classes)": ladder_min_z,
+    "ladder: smallest budget's z": smallest_budget_z,
+    "race z (max over families)": race_z,
+    "margin z (max over families)": margin_z_max,
+    "margin gap / MAD (max over families)": margin_gap,
+}
 FAMILIES = ("patch", "stripes@48/255", "linf@16/255")
 CANDIDATES: dict[str, Callable[[dict[str, Any]], float]] = {
-    "race z (max over families)": race_z,
+    **RACE_CANDIDATES,
     "refined z (max over families)": lambda d: max(refined_z(d, f) for f in FAMILIES),
     "refined margin (max over families)": lambda d: max(refined_margin(d, f) for f in FAMILIES),
     **{f"refined z, {f}": (lambda d, f=f: refined_z(d, f)) for f in FAMILIES},
@@ -146,10 +213,10 @@ def threshold_at(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.05) -> float:
     return float(clean[allowed]) + 1e-9 if allowed < len(clean) else -math.inf
 
 
-def report(docs: list[dict[str, Any]]) -> str:
+def report(docs: list[dict[str, Any]], candidates: dict[str, Callable[[dict[str, Any]], float]]) -> str:
     lines = ["| candidate | ROC-AUC | TPR @ FPR <= 5 % | vit -> resnet (TPR, FPR) | resnet -> vit (TPR, FPR) |",
              "|---|---|---|---|---|"]
-    for name, score in CANDIDATES.items():
+    for name, score in candidates.items():
         y = np.array([d["label"] == "backdoored" for d in docs], dtype=int)
         s = np.array([score(d) for d in docs])
         arch = np.array([d["arch"] for d in docs])
@@ -167,32 +234,63 @@ def report(docs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def held_out(docs: list[dict[str, Any]], name: str, score: Callable[[dict[str, Any]], float], threshold: float) -> str:
+    """One candidate fixed on dev, at dev's threshold: ROC-AUC and the rates it gives here."""
+    y = np.array([d["label"] == "backdoored" for d in docs], dtype=int)
+    s = np.array([score(d) for d in docs])
+    auc = roc_auc_score(y, s) if 0 < y.sum() < len(y) else float("nan")
+    rows = [f"{d['id']} {d['label']} {d['family']} {d['arch']}: {v:.3f}" for d, v in zip(docs, s)]
+    return "\n".join([*rows, f"{name}: ROC-AUC {auc:.3f}; at {threshold:.4g}: TPR {np.mean(s[y == 1] >= threshold):.2f}, "
+                              f"FPR {np.mean(s[y == 0] >= threshold):.2f} ({int(y.sum())} backdoored, {int(len(y) - y.sum())} clean)"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path, required=True)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--references", type=int, default=4)
     ap.add_argument("--members", help="comma-separated member ids (default: every clean or backdoored one)")
+    ap.add_argument("--race-only", action="store_true", help="stage 1's race only (every class, every family)")
+    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a stage-1 setting (IdentifyConfig), e.g. race_global_eps=0.0314,0.0627; --race-only only")
+    ap.add_argument("--evaluate", metavar="CANDIDATE",
+                    help="held-out use: only this candidate (chosen on dev), at --threshold; any split")
+    ap.add_argument("--threshold", type=float, help="with --evaluate: the dev split's threshold")
     args = ap.parse_args()
+    if args.overrides and not args.race_only:
+        ap.error("-p needs --race-only (the refinements use the default stage 1)")
+    if (args.evaluate is None) != (args.threshold is None):
+        ap.error("--evaluate and --threshold go together")
+    candidates = RACE_CANDIDATES if args.race_only else CANDIDATES
+    if args.evaluate is not None and args.evaluate not in candidates:
+        ap.error(f"unknown candidate {args.evaluate!r}; known: {'; '.join(candidates)}")
+    overrides = dict(o.split("=", 1) for o in args.overrides)
+    cfg = apply_overrides(IdentifyConfig(), overrides, "identify")
     if args.top < 1 or args.references < 2:
         ap.error("--top must be >= 1 and --references >= 2 (a spread needs two)")
     records = [r for r in read_manifest(args.zoo) if r["label"] in ("clean", "backdoored")]
-    if any(r["id"].startswith("test") for r in records):
+    if args.evaluate is None and any(r["id"].startswith("test") for r in records):
         print("refusing the test split: it is held out (tune on dev)", file=sys.stderr)
         return 2
     if args.members:
         records = [r for r in records if r["id"] in args.members.split(",")]
-    out = args.zoo / "stats" / f"top{args.top}-ref{args.references}"
+    tag = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    out = args.zoo / "stats" / ("race" + (f"-{zlib.crc32(tag.encode()):08x}" if tag else "") if args.race_only
+                                else f"top{args.top}-ref{args.references}")
     docs = []
     for i, record in enumerate(records):
         path = out / f"{record['id']}.json"
         if not path.is_file():
             start = time.perf_counter()
-            atomic.write_json(path, member_stats(args.zoo, record, args.top, args.references))
+            doc = member_stats(args.zoo, record, args.top, args.references, args.race_only, cfg)
+            atomic.write_json(path, {**doc, "identify_overrides": overrides})
             print(f"{i + 1}/{len(records)} {record['id']} ({record['label']}, {record['arch']}): "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         docs.append(json.loads(path.read_text(encoding="utf-8")))
-    print(report(docs))
+    if args.evaluate is not None:
+        print(held_out(docs, args.evaluate, candidates[args.evaluate], args.threshold))
+    else:
+        print(report(docs, candidates))
     return 0
 
 

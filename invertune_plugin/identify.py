@@ -106,6 +106,7 @@ class UAPResult:
     fooling_rate: float
     perturb: Callable[[Tensor], Tensor] = field(repr=False)
     rates: Tensor | None = field(default=None, repr=False)  # race only: raw held-out success rate per class
+    margins: Tensor | None = field(default=None, repr=False)  # race only: held-out mean logit margin per class
 
     @property
     def top(self) -> int:
@@ -151,6 +152,9 @@ class Identification:
             doc["median_rate"] = round(float(u.rates.nanmedian()), 4)
             doc["rates"] = {c: round(float(r), 4) for c, r in zip(self.classnames, u.rates.tolist())
                              if not math.isnan(r)}
+        if u.margins is not None:
+            doc["margins"] = {c: round(float(m), 4) for c, m in zip(self.classnames, u.margins.tolist())
+                              if not math.isnan(m)}
         return doc
 
 
@@ -289,8 +293,23 @@ def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, famil
 
 def success_rate(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, target: int) -> float:
     """Fraction of ``images`` (already perturbed) not of class ``target`` before that now are."""
+    return success(model, head, images, clean_pred, target)[0]
+
+
+@torch.no_grad()
+def success(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, target: int,
+            batch_size: int = 256) -> tuple[float, float]:
+    """(success rate, mean margin) of ``images`` (already perturbed) toward ``target``, over the images
+    not of ``target`` before. The margin is the target's logit minus the best other class's: unlike the
+    rate it does not saturate at 1, so it still ranks classes that every image reaches."""
     others = clean_pred != target  # images already of the target class do not count
-    return float((head.predict(model, images)[others] == target).float().mean()) if others.any() else 0.0
+    if not others.any():
+        return 0.0, 0.0
+    logits = torch.cat([head.logits(model, images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    logits = logits[others].float()
+    rest = logits.clone()
+    rest[:, target] = float("-inf")
+    return float((logits.argmax(1) == target).float().mean()), float((logits[:, target] - rest.amax(1)).mean())
 
 
 def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily,
@@ -313,10 +332,11 @@ def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, fami
 
 
 def race_rates(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor,
-               family: RaceFamily, targets: list[int], cfg: IdentifyConfig, gens: list[torch.Generator]) -> list[float]:
-    """Held-out success rates of short targeted UAPs of ``family`` toward each of ``targets``."""
+               family: RaceFamily, targets: list[int], cfg: IdentifyConfig,
+               gens: list[torch.Generator]) -> list[tuple[float, float]]:
+    """Held-out (success rate, margin) of short targeted UAPs of ``family`` toward each of ``targets``."""
     params = targeted_uaps(model, head, fit_images, family, targets, cfg, cfg.race_steps, gens)
-    return [success_rate(model, head, family.apply(hold_images, p), hold_pred, c) for c, p in zip(targets, params)]
+    return [success(model, head, family.apply(hold_images, p), hold_pred, c) for c, p in zip(targets, params)]
 
 
 def fit_and_holdout(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
@@ -336,15 +356,16 @@ def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyCon
     groups = [candidates[i:i + cfg.race_batch_classes] for i in range(0, len(candidates), cfg.race_batch_classes)]
     for f_index, family in enumerate(race_families(images.shape[-1], cfg)):
         rates = torch.full((n_classes,), float("nan"))
+        margins = torch.full((n_classes,), float("nan"))
         for group in progress(groups, desc=f"stage 1: {family.kind} ({cfg.race_batch_classes} classes a pass)"):
             gens = [torch.Generator().manual_seed(seeds.race(seed, f_index, c)) for c in group]
-            rates[group] = torch.tensor(race_rates(model, head, fit_images, hold_images, hold_pred, family, group, cfg,
-                                                   gens))
+            rates[group], margins[group] = torch.tensor(
+                race_rates(model, head, fit_images, hold_images, hold_pred, family, group, cfg, gens)).T
         raced = rates[candidates]
         score = torch.full((n_classes,), float("nan"))
         score[candidates] = raced - raced.median()
         results.append(UAPResult(kind=family.kind, shift=score.nan_to_num(-1.0), fooling_rate=float(raced.max()),
-                                 perturb=lambda x: x, rates=rates))
+                                 perturb=lambda x: x, rates=rates, margins=margins))
     return _rank(results, head, "targeted", cfg.race_aggregate)
 
 

@@ -65,6 +65,23 @@ def test_anomaly_index_is_a_robust_z_score_of_the_top_class():
     assert flat.anomaly_index == 0.0 and ident.evidence()["anomaly_index"] == round(ident.anomaly_index, 4)
 
 
+def test_success_counts_only_images_not_already_of_the_target_and_gives_their_mean_margin():
+    from invertune_plugin.identify import success
+
+    class Fixed:  # a head whose logits are given: the margin is exact
+        def __init__(self, logits: Tensor) -> None:
+            self.table = logits
+
+        def logits(self, model, images: Tensor) -> Tensor:
+            return self.table[images.long()]
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [4.0, 0.0, 1.0]])
+    images, clean_pred = torch.arange(3), torch.tensor([1, 1, 0])  # image 2 already was class 0
+    rate, margin = success(None, Fixed(logits), images, clean_pred, target=0, batch_size=2)
+    assert rate == 0.5 and margin == pytest.approx(((3.0 - 1.0) + (0.0 - 5.0)) / 2)
+    assert success(None, Fixed(logits), images, torch.zeros(3, dtype=torch.long), target=0) == (0.0, 0.0)
+
+
 def test_targeted_race_ranks_the_planted_target_first():
     model = PlantedClip()
     ident = identify(model, colour_images(96), head_for(model), IdentifyConfig(race_steps=20, batch_size=32))
@@ -77,6 +94,8 @@ def test_targeted_race_ranks_the_planted_target_first():
     rates = ident.evidence()["uaps"][0]["rates"]  # every raced class's rate: the race's full evidence
     assert set(rates) == set(CLASSES) and rates[TARGET] == max(rates.values())
     assert rates[TARGET] == pytest.approx(float(corner.rates.max()), abs=1e-4)
+    margins = ident.evidence()["uaps"][0]["margins"]  # not saturating where rates reach 1
+    assert set(margins) == set(CLASSES) and max(margins, key=margins.get) == TARGET
 
 
 def search_context(model, images, head, cfg, ident) -> SearchContext:
