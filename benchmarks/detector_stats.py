@@ -264,8 +264,13 @@ def main() -> int:
     candidates = RACE_CANDIDATES if args.race_only else CANDIDATES
     if args.evaluate is not None and args.evaluate not in candidates:
         ap.error(f"unknown candidate {args.evaluate!r}; known: {'; '.join(candidates)}")
+    if any("=" not in o for o in args.overrides):
+        ap.error("-p takes KEY=VALUE")
     overrides = dict(o.split("=", 1) for o in args.overrides)
-    cfg = apply_overrides(IdentifyConfig(), overrides, "identify")
+    try:
+        cfg = apply_overrides(IdentifyConfig(), overrides, "identify")
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.top < 1 or args.references < 2:
         ap.error("--top must be >= 1 and --references >= 2 (a spread needs two)")
     records = [r for r in read_manifest(args.zoo) if r["label"] in ("clean", "backdoored")]
