@@ -142,14 +142,14 @@ def race_z(doc: dict[str, Any]) -> float:
     return max(out)
 
 
-def margin_z(doc: dict[str, Any], family: str) -> float:
-    """One race family's top class by margin against every other raced class's margin (robust z)."""
-    values = sorted(doc["race_margins"][family].values())
-    return robust_z(values[-1], values[:-1], floor=1e-3)
+def family_z(margins: dict[str, float]) -> dict[str, float]:
+    """Every class's margin as a robust z-score against the other classes' margins of one family."""
+    return {c: robust_z(m, [v for k, v in margins.items() if k != c], floor=1e-3) for c, m in margins.items()}
 
 
 def margin_z_max(doc: dict[str, Any]) -> float:
-    return max(margin_z(doc, f) for f in doc["race_margins"])
+    """Per race family, the top class's margin z against the other classes; the largest."""
+    return max(max(family_z(m).values()) for m in doc["race_margins"].values())
 
 
 def margin_gap(doc: dict[str, Any]) -> float:
@@ -157,15 +157,8 @@ def margin_gap(doc: dict[str, Any]) -> float:
     out = []
     for margins in doc["race_margins"].values():
         values = sorted(margins.values())
-        ref = np.asarray(values[:-1])
-        spread = max(MAD_TO_SIGMA * float(np.median(np.abs(ref - np.median(ref)))), 1e-3)
-        out.append((values[-1] - values[-2]) / spread)
+        out.append(robust_z(values[-1], values[:-1], floor=1e-3) - robust_z(values[-2], values[:-1], floor=1e-3))
     return max(out)
-
-
-def family_z(margins: dict[str, float]) -> dict[str, float]:
-    """Every class's margin as a robust z-score against the other classes' margins of one family."""
-    return {c: robust_z(m, [v for k, v in margins.items() if k != c], floor=1e-3) for c, m in margins.items()}
 
 
 def budgets(doc: dict[str, Any], kind: str) -> list[str]:

@@ -305,8 +305,7 @@ def success(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Te
     others = clean_pred != target  # images already of the target class do not count
     if not others.any():
         return 0.0, 0.0
-    logits = torch.cat([head.logits(model, images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    logits = logits[others].float()
+    logits = torch.cat(list(head.batched_logits(model, images, batch_size)))[others].float()
     rest = logits.clone()
     rest[:, target] = float("-inf")
     return float((logits.argmax(1) == target).float().mean()), float((logits[:, target] - rest.amax(1)).mean())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -27,6 +27,10 @@ class ZeroShotHead:
         return self.classnames.index(name)
 
     @torch.no_grad()
+    def batched_logits(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Iterator[Tensor]:
+        """Logits ``batch_size`` images at a time, without gradients: memory bounded by the batch."""
+        for i in range(0, len(images), batch_size):
+            yield self.logits(model, images[i:i + batch_size])
+
     def predict(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Tensor:
-        return torch.cat([self.logits(model, images[i:i + batch_size]).argmax(1)
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat([lg.argmax(1) for lg in self.batched_logits(model, images, batch_size)])

@@ -68,8 +68,8 @@ def test_anomaly_index_is_a_robust_z_score_of_the_top_class():
 def test_success_counts_only_images_not_already_of_the_target_and_gives_their_mean_margin():
     from invertune_plugin.identify import success
 
-    class Fixed:  # a head whose logits are given: the margin is exact
-        def __init__(self, logits: Tensor) -> None:
+    class Fixed(ZeroShotHead):  # a head whose logits are given: the margin is exact
+        def __init__(self, logits: Tensor) -> None:  # no super().__init__: nothing to embed
             self.table = logits
 
         def logits(self, model, images: Tensor) -> Tensor:
