@@ -74,7 +74,13 @@ def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[tu
         rows.append(("stage 1 screen", "fwd", fit + hold * (1 + uaps), "fit + held-out predictions per UAP"))
     if ident.method == "targeted":
         families = len(ident.race_patch_locations) + len(ident.race_global_eps)
-        rows.append(("stage 1 race", "fwd_bwd_input", raced * families * ident.race_steps * min(ident.batch_size, fit),
+        # the cut: after race_cut_after steps only the upper half + 1 goes on (saturation stops not counted)
+        cut = ident.race_cut_after if 0 < ident.race_cut_after < ident.race_steps else ident.race_steps
+        class_steps = raced * cut + (raced // 2 + 1 if cut < ident.race_steps else 0) * (ident.race_steps - cut)
+        rows.append(("stage 1 race", "fwd_bwd_input", families * class_steps * min(ident.batch_size, fit),
+                     f"{families} families x ({raced} classes x {cut} steps + {raced // 2 + 1} x "
+                     f"{ident.race_steps - cut} after the cut) x batch {ident.batch_size}"
+                     if cut < ident.race_steps else
                      f"{raced} classes x {families} families x {ident.race_steps} steps x batch {ident.batch_size}"))
         rows.append(("stage 1 race", "fwd", raced * families * hold + hold, "held-out rate per class and family"))
     inversion = cfg.detectors.get("inversion")

@@ -780,3 +780,36 @@ def test_without_refreshes_the_adversary_tunes_exactly_as_the_fixed_trigger():
     followed, report = tune(model, images, adversary, head, cfg, seed=1, adversary=adversary)
     assert report.refreshes == [] and adversary.refreshes == 0
     assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), followed.state_dict().values()))
+
+
+def test_race_early_stops_leave_the_median_and_the_classes_above_it_alone():
+    """After race_cut_after steps the lower half of a family stops, and a class all of whose held-out
+    images reach its target stops; the median class and those above it keep their full-length rates."""
+    from dataclasses import replace
+
+    from invertune_plugin.data import frozen
+    from invertune_plugin.identify import fit_and_holdout, race_families, race_family
+
+    model, images = PlantedClip(), colour_images(96)
+    head = head_for(model)
+    full = IdentifyConfig(batch_size=16, race_steps=10, race_cut_after=0, race_patience=0)
+    early = replace(full, race_cut_after=8, race_patience=2)
+    family = race_families(images.shape[-1], full)[0]  # bottom-right patch: where the planted trigger is
+    targets = list(range(len(CLASSES)))
+    with frozen(model):
+        fit, hold, hold_pred = fit_and_holdout(model, images, head, full, 0)
+
+        def race(cfg):
+            gens = [torch.Generator().manual_seed(100 + c) for c in targets]
+            return race_family(model, head, fit, hold, hold_pred, family, targets, cfg, gens)
+
+        (rates, steps), (early_rates, early_steps) = race(full), race(early)
+    assert steps == [10] * 4
+    cut = [i for i in targets if early_steps[i] == 8]
+    assert len(cut) == 1  # 4 classes: the lowest stops, the median (torch's lower one) and above go on
+    saturated = [i for i in targets if i not in cut and early_steps[i] < 8]
+    assert CLASSES.index(TARGET) in saturated and early_rates[CLASSES.index(TARGET)][0] == 1.0
+    for i in targets:
+        if i not in cut:
+            assert early_rates[i][0] == pytest.approx(rates[i][0], abs=1e-6)
+    assert torch.tensor([r for r, _ in early_rates]).median() == torch.tensor([r for r, _ in rates]).median()
