@@ -28,17 +28,24 @@ class BadEncoderSettings:
     batch_size: int = 128
     lambda1: float = 1.0  # reference images keep their clean embedding
     lambda2: float = 1.0  # clean shadow images keep their clean embedding (utility)
+    # Ours: the three batches share one forward pass (badencoder_losses); the original code makes
+    # three. No difference without BatchNorm; a field so that cached models built otherwise are not reused.
+    joint_forward: bool = True
 
 
 def badencoder_losses(backdoored: ClipModel, clean: ClipModel, shadow: Tensor, triggered: Tensor,
-                      reference: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                      reference: Tensor, joint: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """(effectiveness, reference consistency, utility) losses, each a negative mean cosine."""
-    f_trig = backdoored.encode_image(triggered)
-    f_ref = backdoored.encode_image(reference)
+    # One forward pass, so BatchNorm normalises triggered images among clean ones: alone, a batch that
+    # all carries the trigger has the trigger's response subtracted as its own mean (ResNet collapses).
+    if joint:
+        f_all = backdoored.encode_image(torch.cat([triggered, reference, shadow]))
+        f_trig, f_ref, f_shadow = f_all.split([len(triggered), len(reference), len(shadow)])
+    else:
+        f_trig, f_ref, f_shadow = (backdoored.encode_image(x) for x in (triggered, reference, shadow))
     with torch.no_grad():
         c_ref = clean.encode_image(reference)
         c_shadow = clean.encode_image(shadow)
-    f_shadow = backdoored.encode_image(shadow)
     effectiveness = -(f_trig @ f_ref.T).mean()
     consistency = -(f_ref * c_ref).sum(-1).mean()
     utility = -(f_shadow * c_shadow).sum(-1).mean()
@@ -66,7 +73,7 @@ def run_badencoder(model: ClipModel, shadow: Tensor, reference: Tensor, trigger,
             x = shadow[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]].float() / 255.0
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, sched)
-            eff, cons, util = badencoder_losses(model, clean, x, trigger(x), ref)
+            eff, cons, util = badencoder_losses(model, clean, x, trigger(x), ref, cfg.joint_forward)
             loss = eff + cfg.lambda1 * cons + cfg.lambda2 * util
             opt.zero_grad(set_to_none=True)
             loss.backward()
