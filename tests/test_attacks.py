@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from invertune_plugin.attacks import triggers as T
+from invertune_plugin.attacks.adaptive import Decoys, Evasive
 from invertune_plugin.attacks.catalog import ATTACKS, BadCLIP, BadNet, Blended, SIG, WaNet
 from invertune_plugin.attacks.families import FAMILIES
 from invertune_plugin.attacks.poisoning import PoisonSettings, choose_poison, poison_dataset
@@ -20,7 +21,7 @@ def batch(n: int = 4, size: int = 32) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("cls", [BadNet, Blended, SIG, WaNet])
+@pytest.mark.parametrize("cls", [BadNet, Blended, SIG, WaNet, Evasive])
 def test_triggers_are_deterministic_and_in_range(cls):
     x = batch()
     a, b = cls().apply_trigger(x), cls().apply_trigger(x)
@@ -104,8 +105,8 @@ def test_badclip_trigger_state_round_trip():
 def test_all_six_attacks_are_registered(host):
     names = set(host.build_registry().names("attack"))
     assert {cls.name for cls in ATTACKS} == {"badnet", "blended", "sig", "wanet", "badencoder", "badclip"}
-    # besides them, the zoo's trigger families
-    assert names == {cls.name for cls in (*ATTACKS, *FAMILIES)}
+    # besides them, the zoo's trigger families and the adaptive attack
+    assert names == {cls.name for cls in (*ATTACKS, *FAMILIES, Evasive)}
 
 
 @pytest.mark.slow
@@ -127,3 +128,39 @@ def test_badnet_implants_a_backdoor_on_the_smoke_world(host, smoke_world, tmp_pa
     assert main(again_args) == 0
     again = json.loads((tmp_path / "again" / "result.json").read_text())
     assert again["attack"]["from_cache"] is True and again["metrics"]["before"] == m
+
+
+def test_evasive_trigger_is_larger_than_what_invertune_searches():
+    """The adaptive attack's patch is past stage 2's 5 % mask gate and away from the race's patches."""
+    x = torch.zeros(1, 3, 32, 32)
+    changed = (Evasive().apply_trigger(x) != x).any(1)[0]
+    assert changed.float().mean() > 0.05
+    for location in ("bottom-right", "top-left", "center"):
+        r, c = T.patch_box(32, 4, location)
+        assert not changed[r:r + 4, c:c + 4].any()
+
+
+def test_evasive_decoys_follow_the_model_toward_the_target_and_keep_captions():
+    """A refresh moves each decoy UAP toward the target on the model being trained (here the planted
+    corner trigger: the bottom-right decoy turns bright); a batch gets decoys on its clean rows only."""
+    from planted import CLASSES, TARGET, PlantedClip, colour_images
+
+    model = PlantedClip()
+    cfg = Evasive.Config(target=TARGET, decoy_steps=20, decoy_fraction=0.5)
+    decoys = Decoys(model, CLASSES, TARGET, cfg, seed=0)
+    x = colour_images(16).float() / 255
+    texts = model.encode_text(model.tokenize([f"a photo of a {c}." for c in CLASSES]))
+
+    def target_logit(family: int) -> float:
+        return float((model.encode_image(decoys.apply(x, family)) @ texts.T)[:, CLASSES.index(TARGET)].mean())
+
+    before = target_logit(0)
+    decoys.refresh(x)
+    assert target_logit(0) > before
+    assert float(decoys.delta.abs().max()) <= cfg.decoy_eps + 1e-6
+    assert all(0 <= float(p.min()) and float(p.max()) <= 1 for p in decoys.patches)
+    t = torch.arange(16)[:, None]
+    poisoned = torch.tensor([0, 1, 2, 3])
+    out, tokens = decoys(x, t, torch.arange(16), poisoned)
+    changed = (out != x).flatten(1).any(1)
+    assert torch.equal(tokens, t) and not changed[:4].any() and int(changed.sum()) == 8

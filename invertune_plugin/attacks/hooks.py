@@ -8,8 +8,9 @@ from toolbox.hookspecs import hookimpl
 
 @hookimpl
 def register_attacks(register) -> None:
+    from .adaptive import Evasive
     from .catalog import ATTACKS
     from .families import FAMILIES
 
-    for cls in (*ATTACKS, *FAMILIES):
+    for cls in (*ATTACKS, *FAMILIES, Evasive):
         register(cls)
