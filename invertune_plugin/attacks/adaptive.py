@@ -115,7 +115,7 @@ class Decoys:
     def __call__(self, x: Tensor, t: Tensor, idx: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor]:
         """The batch with ``decoy_fraction`` of its clean (unpoisoned) images under a decoy, captions kept."""
         clean = (~torch.isin(idx, poisoned)).nonzero().squeeze(1)
-        if self.calls % self.cfg.decoy_every == 0 and self.cfg.decoy_steps:
+        if self.calls % self.cfg.decoy_every == 0 and self.cfg.decoy_steps and len(clean):
             self.refresh(x[clean[:32]])
         self.calls += 1
         n = round(self.cfg.decoy_fraction * len(x))
