@@ -49,11 +49,16 @@ from toolbox.zoo.build import read_manifest, world_of
 STEPS, N_IMAGES, SEED = 100, 1024, 0
 
 
+def load_member(zoo: Path, record: dict[str, Any], device: str = "auto") -> Any:
+    """A zoo member's model with its world's vocabulary and defender images (a ``toolbox.Suspect``)."""
+    world = world_of(record["preset"]).world
+    return toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
+                        classes=str(world.classes), templates=str(world.templates), device=device)
+
+
 def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int, race_only: bool = False,
                  cfg: IdentifyConfig | None = None) -> dict[str, Any]:
-    world = world_of(record["preset"]).world
-    suspect = toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
-                           classes=str(world.classes), templates=str(world.templates))
+    suspect = load_member(zoo, record)
     model, images = suspect.model, suspect.images(N_IMAGES, seed=SEED)
     head = ZeroShotHead(model, suspect.classnames, suspect.templates, suspect.device)
     cfg = cfg or IdentifyConfig()

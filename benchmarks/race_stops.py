@@ -24,15 +24,14 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import toolbox
+from detector_stats import N_IMAGES, SEED, load_member  # the same member loading and image draw
 from invertune_plugin.identify import IdentifyConfig, Identification, identify
 from invertune_plugin.refine import RefineConfig, global_ranking
 from invertune_plugin.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.api import apply_overrides
-from toolbox.zoo.build import read_manifest, world_of
+from toolbox.zoo.build import read_manifest
 
-N_IMAGES, SEED = 1024, 0  # InverTune's default n_images and the zoo's seed
 STOPS = {"race_cut_after": "10", "race_patience": "3"}  # the setting measured in issue 23's note
 TOP = RefineConfig().classes  # the refinement detectors' default class budget (the inversion takes 1)
 
@@ -52,9 +51,7 @@ def read(ident: Identification) -> dict[str, Any]:
 
 
 def member(zoo: Path, record: dict[str, Any], stops: IdentifyConfig) -> dict[str, Any]:
-    world = world_of(record["preset"]).world
-    suspect = toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
-                           classes=str(world.classes), templates=str(world.templates), device="cpu")
+    suspect = load_member(zoo, record, device="cpu")
     images = suspect.images(N_IMAGES, seed=SEED)
     head = ZeroShotHead(suspect.model, suspect.classnames, suspect.templates, suspect.device)
     doc: dict[str, Any] = {k: record.get(k) for k in ("id", "label", "arch", "family", "target")}

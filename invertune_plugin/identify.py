@@ -91,7 +91,8 @@ class IdentifyConfig:
         for name in ("race_patch_locations", "patch_locations"):
             for loc in getattr(self, name):
                 check_location(loc, f"identify.{name}")
-        counts = {"race_cut_after": 0, "race_patience": 0, "race_steps": 1, "steps": 1, "batch_size": 1, "max_race_classes": 1, "race_batch_classes": 1}
+        counts = {"race_cut_after": 0, "race_patience": 0, "race_steps": 1, "steps": 1, "batch_size": 1,
+                  "max_race_classes": 1, "race_batch_classes": 1}
         for name, least in counts.items():
             if getattr(self, name) < least:
                 raise ValueError(f"identify.{name} must be >= {least}, got {getattr(self, name)}")
@@ -324,15 +325,16 @@ class TargetedUAPs:
     a forward pass, gives what each would alone (up to float rounding); a class can stop at any step."""
 
     def __init__(self, model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily,
-                 targets: list[int], cfg: IdentifyConfig, gens: list[torch.Generator]) -> None:
-        self.model, self.head, self.fit_images, self.family, self.targets, self.gens = (
-            model, head, fit_images, family, targets, gens)
+                 targets: list[int], cfg: IdentifyConfig, gens: list[torch.Generator], track: bool = False) -> None:
+        self.model, self.head, self.fit_images, self.family, self.targets, self.gens, self.track = (
+            model, head, fit_images, family, targets, gens, track)
         self.params = [family.init(g).to(fit_images.device).requires_grad_(True) for g in gens]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)  # Adam skips a parameter with no gradient
         self.batch = min(cfg.batch_size, len(fit_images))
         self.active = list(range(len(targets)))
-        self.hits: list[list[float]] = [[] for _ in targets]  # per step: fraction of its batch at its target
-        self.margins: list[list[float]] = [[] for _ in targets]  # per step: its batch's mean logit margin
+        # with ``track`` (the early stops read them; a host sync per step otherwise not paid), per step:
+        self.hits: list[list[float]] = [[] for _ in targets]  # fraction of its batch at its target
+        self.margins: list[list[float]] = [[] for _ in targets]  # its batch's mean logit margin
 
     def step(self, group: int) -> None:
         """One Adam step of every active class, ``group`` classes a pass."""
@@ -345,15 +347,19 @@ class TargetedUAPs:
             logits = self.head.logits(self.model, adv.flatten(0, 1))
             precision.step(self.opt, F.cross_entropy(logits, labels, reduction="sum") / self.batch)
             with torch.no_grad():
-                logits = logits.detach().float()
-                own = logits.gather(1, labels[:, None]).squeeze(1)
-                rest = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-                hit = (own > rest).float().view(len(chunk), self.batch).mean(1)
-                margin = (own - rest).view(len(chunk), self.batch).mean(1)
-                for i, h, m in zip(chunk, hit.tolist(), margin.tolist()):
+                for i in chunk:
                     self.family.project(self.params[i])
-                    self.hits[i].append(h)
-                    self.margins[i].append(m)
+                if self.track:
+                    self._record(chunk, logits.detach().float(), labels)
+
+    def _record(self, chunk: list[int], logits: Tensor, labels: Tensor) -> None:
+        own = logits.gather(1, labels[:, None]).squeeze(1)
+        rest = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+        hit = (own > rest).float().view(len(chunk), self.batch).mean(1)
+        margin = (own - rest).view(len(chunk), self.batch).mean(1)
+        for i, h, m in zip(chunk, hit.tolist(), margin.tolist()):
+            self.hits[i].append(h)
+            self.margins[i].append(m)
 
     def param(self, i: int) -> Tensor:
         return self.params[i].detach()
@@ -380,13 +386,17 @@ def race_family(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_i
       above it: near-zero patch rates make that a coin toss, and the median moves a little;
     - a class whose batches all reached its target for ``race_patience`` steps running, and whose
       held-out images then all do, stops: a rate of 1 cannot rise."""
-    uaps = TargetedUAPs(model, head, fit_images, family, targets, cfg, gens)
+    uaps = TargetedUAPs(model, head, fit_images, family, targets, cfg, gens,
+                        track=bool(cfg.race_cut_after or cfg.race_patience))
     out: list[tuple[float, float]] = [(0.0, 0.0)] * len(targets)
     stopped = [cfg.race_steps] * len(targets)
     checked = [-1] * len(targets)  # the step of a class's last saturation check
 
-    def stop(i: int, at: int) -> None:
-        out[i] = success(model, head, family.apply(hold_images, uaps.param(i)), hold_pred, targets[i])
+    def held_out(i: int) -> tuple[float, float]:
+        return success(model, head, family.apply(hold_images, uaps.param(i)), hold_pred, targets[i])
+
+    def stop(i: int, at: int, rate: tuple[float, float] | None = None) -> None:
+        out[i] = held_out(i) if rate is None else rate
         stopped[i] = at
         uaps.active.remove(i)
 
@@ -403,10 +413,9 @@ def race_family(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_i
                 if (s - checked[i] >= cfg.race_patience and len(uaps.hits[i]) >= cfg.race_patience
                         and min(uaps.hits[i][-cfg.race_patience:]) == 1.0):
                     checked[i] = s
-                    rate = success(model, head, family.apply(hold_images, uaps.param(i)), hold_pred, targets[i])
+                    rate = held_out(i)
                     if rate[0] == 1.0:
-                        out[i], stopped[i] = rate, s + 1
-                        uaps.active.remove(i)
+                        stop(i, s + 1, rate)
     for i in list(uaps.active):
         stop(i, cfg.race_steps)
     return out, stopped

@@ -31,10 +31,12 @@ from toolbox.api import AttackContext, ClipModel
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
 
 from . import triggers as T
+from ..identify import IdentifyConfig
 from .catalog import _PoisoningAttack
 from .poisoning import PoisonSettings, poison_dataset
 
-RACE_LOCATIONS = ("bottom-right", "top-left", "center")  # InverTune's race_patch_locations
+RACE = IdentifyConfig()  # the stage-1 defaults the decoys imitate
+RACE_LOCATIONS = RACE.race_patch_locations
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class EvasiveConfig(PoisonSettings):
     decoy_fraction: float = 0.25  # of each batch: clean images under a target-directed UAP, own caption
     decoy_every: int = 10  # training steps between refreshes of the decoy UAPs
     decoy_steps: int = 5  # Adam steps of each decoy UAP per refresh (lr 0.1, batch 32)
-    decoy_patch_fraction: float = 0.125  # the race's patch: 4 px at 32 px
-    decoy_eps: float = 32 / 255  # the race's L-inf budget
+    decoy_patch_fraction: float = RACE.race_patch_fraction  # the race's patch: 4 px at 32 px
+    decoy_eps: float = RACE.race_global_eps[0]  # the race's L-inf budget
 
     def __post_init__(self) -> None:
         T.check_location(self.location)
@@ -152,5 +154,5 @@ class Evasive(_PoisoningAttack):
                                          desc="poison evasive",
                                          batch_transform=lambda x, t, idx: decoys(x, t, idx, poisoned.poisoned))
         self.info = {"n_poisoned": len(poisoned.poisoned), "n_train": len(poisoned.captions),
-                                     "decoy_refreshes": -(-decoys.calls // cfg.decoy_every), "history": self.history}
+                     "decoy_refreshes": -(-decoys.calls // cfg.decoy_every), "history": self.history}
         return model
