@@ -97,6 +97,7 @@ class BadNet(_PoisoningAttack):
 @dataclass(frozen=True)
 class BlendedConfig(PoisonSettings):
     alpha: float = 0.2  # paper 0.2
+    epochs: int = 10  # paper 10; the others' 2 planted 59.8 % ASR@1 on the tiny ResNet
     trigger_seed: int = 0
 
 
