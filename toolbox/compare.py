@@ -2,7 +2,7 @@
 
 Every (attack, defense) cell is one ordinary :func:`toolbox.runner.run`, written to a cache
 entry keyed by the cell's full configuration (model source, attack and defense with their
-resolved parameters, data sources, seed, metric switches, tool and plugin versions). A cell
+resolved parameters, data sources, seed, metric switches, the versions of the plugins it uses). A cell
 whose ``result.json`` exists is reused, so an interrupted comparison resumes where it
 stopped; ``--no-reuse`` runs every cell again.
 
@@ -26,7 +26,7 @@ from . import atomic, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
-from .plugins import get_host
+from .plugins import HOST_PLUGIN, get_host
 from .runner import (RunRequest, Sources, check_measurement, configure, memoised_data, parse_device, run,
                      source_fingerprint)
 
@@ -103,6 +103,16 @@ def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[st
                        defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions, *parts)
 
 
+def cell_versions(registry: Any, versions: dict[str, Any], attack: str, defense: str) -> dict[str, Any]:
+    """The versions of the plugins a cell uses (the host, the adapters and metrics, its attack's and its
+    defense's): installing or removing an unrelated plugin leaves its key as it was."""
+    used = {r.plugin for kind in ("metric", "model_adapter", "dataset_adapter") for r in registry.entries[kind].values()}
+    used |= {HOST_PLUGIN, registry.get("defense", defense).plugin}
+    if attack != "none":
+        used.add(registry.get("attack", attack).plugin)
+    return {p: versions.get(p) for p in sorted(used)}
+
+
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     entry = cache_root() / "cells" / key
     start = time.perf_counter()
@@ -142,7 +152,7 @@ def compare(req: CompareRequest) -> list[Cell]:
     total = len(configs)
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
-        key = cell_key(req, attack, defense, acfg, dcfg, versions)
+        key = cell_key(req, attack, defense, acfg, dcfg, cell_versions(registry, versions, attack, defense))
         jobs.append(grid.Cell(key=key, fn=run_cell, label=f"compare: cell {i}/{total} attack={attack} "
                                                            f"defense={defense} (key {key})",
                               kwargs={"req": req, "attack": attack, "defense": defense, "key": key}))
