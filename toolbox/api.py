@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-Kind = Literal["defense", "attack", "metric", "model_adapter", "dataset_adapter"]
-KINDS: tuple[Kind, ...] = ("defense", "attack", "metric", "model_adapter", "dataset_adapter")
+Kind = Literal["defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense"]
+KINDS: tuple[Kind, ...] = ("defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense")
 HOOK_FOR_KIND: dict[Kind, str] = {
     "defense": "register_defenses",
+    "dataset_defense": "register_dataset_defenses",
     "attack": "register_attacks",
     "metric": "register_metrics",
     "model_adapter": "register_model_adapters",
@@ -294,6 +295,21 @@ class ImageData:
         return torch.stack([(self.dataset[i][0] * 255).round().to(torch.uint8) for i in order])
 
 
+class InMemoryImages(Dataset):
+    """uint8 images [N,3,H,W] held in memory; items are ``(image in [0,1], index)``."""
+
+    def __init__(self, images: Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"InMemoryImages holds uint8 [N,3,H,W], got {images.dtype} {tuple(images.shape)}")
+        self.cache = images
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.cache[i].float().div_(255.0), i
+
+
 class DatasetAdapter(Component):
     """Reads one dataset format into :class:`ImageData`."""
 
@@ -387,3 +403,54 @@ class Attack(Component):
 
     def load_trigger_state(self, state: dict[str, Tensor]) -> None:
         """Restore a learned trigger saved by :meth:`trigger_state`."""
+
+    def poison(self, train_data: ImageData, seed: int) -> "PoisonedData | None":
+        """The poisoned training set this attack makes from ``train_data`` with ``seed`` (the set its
+        ``backdoor`` trains on), or None for an attack that poisons no dataset (it edits weights)."""
+        return None
+
+    def train_on(self, model: ClipModel, data: ImageData, seed: int) -> ClipModel:
+        """A copy of ``model`` fine-tuned on ``data`` with this attack's own training recipe: what the
+        victim does with a training set (after a dataset defense, the purified one)."""
+        raise NotImplementedError(f"attack {getattr(self, 'name', '?')!r} has no data-training recipe")
+
+
+@dataclass
+class PoisonedData:
+    """A training set after an attack's poisoning, with the ground truth of which samples it poisoned."""
+
+    data: ImageData  # captioned; images and captions as the victim trains on them
+    poisoned: Tensor  # indices into ``data`` of the poisoned samples, sorted
+
+
+# --------------------------------------------------------------------------- dataset defenses
+
+
+@dataclass
+class DataScanContext:
+    """What a dataset defense may use: the training set under suspicion and a model, either the
+    suspect or one trained on that set."""
+
+    data: ImageData
+    model: ClipModel
+    classnames: list[str]
+    templates: list[str]
+    seed: int
+    device: torch.device
+    workdir: Path
+
+
+@dataclass
+class DataScanOutcome:
+    scores: Tensor  # [N] float, higher: more likely poisoned
+    flagged: Tensor  # [N] bool, the samples to remove
+    info: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to workdir
+
+
+class DatasetDefense(Component):
+    """Flags poisoned samples of a training set before anyone trains on it (``toolbox scan-data``)."""
+
+    def scan(self, ctx: DataScanContext) -> DataScanOutcome:
+        raise NotImplementedError

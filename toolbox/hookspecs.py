@@ -53,3 +53,8 @@ def register_model_adapters(register: Register) -> None:
 @hookspec
 def register_dataset_adapters(register: Register) -> None:
     """Register :class:`toolbox.api.DatasetAdapter` subclasses (dataset formats)."""
+
+
+@hookspec
+def register_dataset_defenses(register: Register) -> None:
+    """Register :class:`toolbox.api.DatasetDefense` subclasses (they flag poisoned training samples)."""

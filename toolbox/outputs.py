@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # In the order they are moved into place: result.json last, so its presence means "complete".
 RUN_OUTPUTS = ("model", "artifacts", "result.csv", "result.json")
+SCAN_OUTPUTS = ("scan.json", "scores.csv", "scan-artifacts")  # toolbox scan-data's
 MANIFEST = ".toolbox-outputs.json"
 STAGING_MARK = ".run-"
 STAGING_TAG = ".toolbox-staging.json"  # pid and host of the run that owns a staging folder
@@ -84,7 +85,7 @@ def _read_manifest(out: Path) -> dict[str, dict[str, list[int]]]:
     try:
         doc = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         owned = doc["outputs"]
-        return {k: v for k, v in owned.items() if k in RUN_OUTPUTS and isinstance(v, dict)}
+        return {k: v for k, v in owned.items() if k in RUN_OUTPUTS + SCAN_OUTPUTS and isinstance(v, dict)}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -97,8 +98,9 @@ class Staging:
     ``--out`` when both are on one filesystem (the final moves are then renames), else inside it.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, outputs: tuple[str, ...] = RUN_OUTPUTS, main: str = "result.json") -> None:
         self.out = _resolved(out)
+        self.outputs, self.main = outputs, main  # the names this command writes; commit returns OUT/main
         self.path: Path | None = None
         self._created_out = False
         self._keep = False
@@ -129,7 +131,7 @@ class Staging:
                 self.out.rmdir()
 
     def commit(self) -> Path:
-        """Move the staged outputs into ``--out``; return ``OUT/result.json``.
+        """Move the staged outputs into ``--out``; return ``OUT/<main>`` (``result.json`` for a run).
 
         Renames only until the new outputs are in place (Ctrl-C and SIGTERM wait for them);
         then the earlier outputs are deleted where the manifest vouches for them, else set aside.
@@ -140,15 +142,18 @@ class Staging:
         previous: list[str] = []
         with _signals_deferred():
             try:
-                for name in RUN_OUTPUTS:
+                for name in self.outputs:
                     if (out / name).exists() or (out / name).is_symlink():
                         os.replace(out / name, holding / name)
                         previous.append(name)
-                for name in RUN_OUTPUTS:
+                for name in self.outputs:
                     if (self.path / name).exists():
                         os.replace(self.path / name, out / name)
-                manifest = {name: _files(out / name) for name in RUN_OUTPUTS if (out / name).exists()}
-                atomic.write_json(out / MANIFEST, {"written_by": "toolbox run", "outputs": manifest})
+                # another command's outputs in the same folder stay vouched for
+                manifest = {name: files for name, files in owned.items()
+                            if name not in self.outputs and (out / name).exists() and _files(out / name) == files}
+                manifest.update({name: _files(out / name) for name in self.outputs if (out / name).exists()})
+                atomic.write_json(out / MANIFEST, {"written_by": "toolbox", "outputs": manifest})
             except BaseException:
                 self._keep = True  # nothing is deleted: the new outputs are in staging or OUT, the old in holding
                 log.error("could not move this run's outputs into %s; what is not there is in %s, the earlier "
@@ -165,7 +170,7 @@ class Staging:
         if aside is not None:
             log.warning("outputs in the way that no earlier run of this toolbox left unchanged were moved to %s",
                         aside)
-        return out / "result.json"
+        return out / self.main
 
     def _aside_dir(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

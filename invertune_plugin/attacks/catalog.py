@@ -9,12 +9,12 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
-from toolbox.api import Attack, AttackContext, ClipModel
+from toolbox.api import Attack, AttackContext, ClipModel, ImageData, InMemoryImages, PoisonedData
 
 from . import triggers as T
 from .badclip import PatchOptimisation, optimise_patch
 from .badencoder import BadEncoderSettings, run_badencoder
-from .poisoning import PoisonSettings, finetune_on, mentions, poison_dataset, target_captions
+from .poisoning import PoisonedSet, PoisonSettings, finetune_on, mentions, poison_dataset, target_captions
 
 TOY_PATCH_FRACTION = 0.125  # 4 px at 32 px; paper: 16 px at 224 px = 0.071 (T.PAPER_PATCH_FRACTION)
 
@@ -61,6 +61,22 @@ class _PoisoningAttack(_TriggerAttack):
 
     def prepare(self, ctx: AttackContext) -> None:
         """Hook for attacks whose trigger depends on the clean model (BadCLIP)."""
+
+    def poison(self, train_data: ImageData, seed: int) -> PoisonedData:
+        """The set ``backdoor`` trains on (same seed, same samples); a learned trigger must be built
+        or restored from the cache first."""
+        p = poison_dataset(train_data, self.apply_trigger, _subset(self.config, PoisonSettings), seed)
+        data = ImageData(InMemoryImages(p.images), "captioned", f"{train_data.source} (poisoned by {self.name})",
+                         captions=[[c] for c in p.captions])
+        return PoisonedData(data=data, poisoned=p.poisoned)
+
+    def train_on(self, model: ClipModel, data: ImageData, seed: int) -> ClipModel:
+        if data.captions is None:
+            raise ValueError(f"{self.name}'s recipe trains on image-caption pairs; {data.source} has no captions")
+        tuned = model.clone()
+        pairs = PoisonedSet(images=data.uint8(), captions=[c[0] for c in data.captions], poisoned=torch.zeros(0))
+        finetune_on(tuned, pairs, _subset(self.config, PoisonSettings), seed, desc=f"train ({self.name}'s recipe)")
+        return tuned
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,226 @@
+"""``toolbox scan-data``: a dataset defense over a training set, scored when an attack made the set.
+
+Threat model: the defender holds the (possibly poisoned) training set and a model, either the
+suspect or one trained on that set, and removes flagged samples before training again. With
+``--attack``, the set is the attack's own poisoned set (the one its backdoored model was trained
+on, same seed), so the attack's poisoning record is the ground truth: TPR, FPR and AUROC over
+samples. ``--retrain`` then trains the clean model on the purified set with the attack's own
+recipe and measures CA / ASR beside the model trained on the poisoned set.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import outputs, results
+from .api import (Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, InMemoryImages, config_values)
+from .errors import InputError
+from .evaluation import EvalInputs, MetricConfig, evaluate
+from .plugins import get_host
+from .runner import (Sources, StageTimer, backdoor_cached, check_measurement, class_index, configure, load_data,
+                     load_model, read_lines, read_templates, default_classnames, default_templates,
+                     check_classnames, seed_everything)
+from .zeroshot import loader_workers
+
+log = logging.getLogger(__name__)
+
+SCHEMA_ID = "toolbox.scan/1"
+DEFINITIONS = {
+    "tpr": "flagged poisoned samples / poisoned samples (the attack's poisoning record)",
+    "fpr": "flagged clean samples / clean samples",
+    "auroc": "ROC-AUC of the defense's per-sample score against the poisoning record (sklearn)",
+    "retrain": "the clean model trained with the attack's own recipe on the purified set (flagged samples "
+               "removed), against the attacked model (trained on the poisoned set); CA / ASR@1 as in `toolbox run`",
+}
+
+
+@dataclass
+class ScanRequest:
+    defense: str
+    sources: Sources = field(default_factory=Sources)
+    attack: str | None = None
+    out: Path | None = None
+    defense_params: dict[str, str] = field(default_factory=dict)
+    attack_params: dict[str, str] = field(default_factory=dict)
+    retrain: bool = False
+    skip_unreadable: bool = False
+    command: list[str] = field(default_factory=list)
+
+
+def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, poisoned: torch.Tensor) -> dict[str, Any]:
+    """TPR / FPR of the flagged set and AUROC of the scores, against the ``poisoned`` indices."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = torch.zeros(len(scores), dtype=torch.bool)
+    truth[poisoned] = True
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    both = n_pos > 0 and n_neg > 0
+    return {
+        "n": len(scores), "n_poisoned": n_pos, "n_flagged": int(flagged.sum()),
+        "tpr": float((flagged & truth).sum()) / n_pos if n_pos else None,
+        "fpr": float((flagged & ~truth).sum()) / n_neg if n_neg else None,
+        "auroc": float(roc_auc_score(truth.numpy(), scores.double().numpy())) if both else None,
+    }
+
+
+def check_outcome(outcome: DataScanOutcome, n: int, name: str) -> None:
+    """A plugin's answer must cover every sample: one finite score and one flag each."""
+    s, f = outcome.scores, outcome.flagged
+    if not (isinstance(s, torch.Tensor) and s.shape == (n,) and bool(torch.isfinite(s).all())):
+        raise RuntimeError(f"dataset defense {name!r} returned scores of shape "
+                           f"{tuple(getattr(s, 'shape', ()))} (or non-finite); expected {n} finite values")
+    if not (isinstance(f, torch.Tensor) and f.dtype == torch.bool and f.shape == (n,)):
+        raise RuntimeError(f"dataset defense {name!r} must flag with a bool tensor of shape ({n},)")
+
+
+def subset(data: ImageData, keep: torch.Tensor, what: str) -> ImageData:
+    return ImageData(InMemoryImages(data.uint8(keep)), data.kind, f"{data.source} ({what})",
+                     classnames=data.classnames, captions=None if data.captions is None
+                     else [data.captions[i] for i in keep.tolist()])
+
+
+def scan(req: ScanRequest) -> Path:
+    """Run one dataset defense; return the path of the written scan.json."""
+    host = get_host()
+    registry = host.build_registry()
+    src = req.sources
+    dreg = registry.get("dataset_defense", req.defense)
+    defense = dreg.obj(configure(dreg.obj, req.defense_params))
+    areg = registry.get("attack", req.attack) if req.attack else None
+    attack = areg.obj(configure(areg.obj, req.attack_params)) if areg else None
+    if req.retrain and attack is None:
+        raise InputError("--retrain trains with the attack's own recipe: pass --attack")
+    if attack is not None and type(attack).poison is Attack.poison:
+        raise InputError(f"attack {req.attack!r} poisons no dataset (it edits the model's weights); "
+                         "scan-data needs an attack that poisons training data")
+    device = check_measurement(src)
+    out_dir = Path(req.out) if req.out else Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{src.seed}"
+    outputs.check_out_dir(out_dir, src.input_paths())
+    seed_everything(src.seed)
+    timer = StageTimer()
+
+    with timer.stage("load_model"):
+        _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
+    defaults = loaded.data_defaults
+    with timer.stage("load_data"):
+        classes_src = src.classes or defaults.get("classes")
+        classnames = (check_classnames(read_lines(classes_src, "class names"), classes_src) if classes_src
+                      else default_classnames())
+        templates_src = src.templates or defaults.get("templates")
+        templates = read_templates(templates_src) if templates_src else default_templates()
+        train_src = src.train_data or defaults.get("train_data")
+        if not train_src:
+            raise InputError("no training set to scan: pass --train-data (an image-caption CSV, labels.csv, ...)")
+        train = load_data(registry, train_src, loaded.model.image_size, classnames, req.skip_unreadable)
+        eval_src = src.eval_data or defaults.get("eval_data")
+        eval_data = load_data(registry, eval_src, loaded.model.image_size, classnames,
+                              req.skip_unreadable) if req.retrain and eval_src else None
+        if req.retrain and eval_data is None:
+            raise InputError("--retrain measures CA / ASR: pass --eval-data (labelled)")
+        if eval_data is not None and eval_data.classnames:
+            classnames = list(eval_data.classnames)
+
+    with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:
+        assert staging.path is not None
+        suspect, data, truth, attack_doc = loaded.model, train, None, None
+        if attack is not None and areg is not None:
+            target = attack.target_label()
+            class_index(classnames, target, "attack target")
+            if train.captions is None:
+                raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} has no captions")
+            with timer.stage("attack"):
+                ctx = AttackContext(model=loaded.model, train_data=train, classnames=classnames, seed=src.seed,
+                                    device=device, cache_dir=staging.path)
+                suspect, record = backdoor_cached(attack, ctx, loaded.sha256, train.source)
+                poisoned = attack.poison(train, src.seed)
+            if poisoned is None:
+                raise RuntimeError(f"attack {req.attack!r} returned no poisoned set")
+            data, truth = poisoned.data, poisoned.poisoned
+            attack_doc = {"name": req.attack, "params": config_values(attack.config), "target": target,
+                          "plugin": areg.plugin, "n_poisoned": len(truth), **record}
+        work = staging.path / "scan-artifacts"
+        work.mkdir()
+        suspect.eval()
+        with timer.stage("scan"):
+            outcome = defense.scan(DataScanContext(data=data, model=suspect, classnames=classnames,
+                                                   templates=templates, seed=src.seed, device=device, workdir=work))
+        check_outcome(outcome, len(data.dataset), req.defense)
+        for name, secs in outcome.timings_s.items():
+            timer.timings[f"scan.{name}"] = round(secs, 3)
+        metrics: dict[str, Any] = {"detection": None if truth is None else
+                                   detection_metrics(outcome.scores, outcome.flagged, truth)}
+        if req.retrain:
+            assert attack is not None and eval_data is not None
+            keep = torch.nonzero(~outcome.flagged).flatten()
+            purified = subset(data, keep, f"purified by {req.defense}")
+            with timer.stage("retrain"):
+                retrained = attack.train_on(loaded.model, purified, src.seed)
+            mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
+                                workers=loader_workers(src.workers, device))
+            inputs = EvalInputs(eval_data=eval_data, classnames=classnames, templates=templates,
+                                trigger=attack.apply_trigger, target=attack.target_label(), trigger_source="real")
+            with timer.stage("evaluate"):
+                metrics["retrain"] = {"n_train": len(keep),
+                                      "poisoned_set": _ca_asr(evaluate(suspect, inputs, mcfg, registry, device)),
+                                      "purified_set": _ca_asr(evaluate(retrained, inputs, mcfg, registry, device))}
+        _write_scores(staging.path / "scores.csv", outcome, truth)
+        doc = {
+            "schema": SCHEMA_ID, "created": results.now_iso(), "command": req.command,
+            "versions": results.runtime_versions(host.loaded_versions()),
+            "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256},
+            "attack": attack_doc,
+            "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
+            "data": {"source": data.source, "kind": data.kind, "n": len(data.dataset),
+                     "skipped_unreadable": list(train.skipped)},
+            "definitions": DEFINITIONS, "metrics": metrics, "scan_info": outcome.info,
+            "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
+            "timings_s": timer.timings, "seed": src.seed, "device": str(device), "device_requested": src.device,
+        }
+        from . import atomic
+
+        atomic.write_json(staging.path / "scan.json", doc)
+        return staging.commit()
+
+
+def _ca_asr(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("ca", "asr", "asr_untriggered")}
+
+
+def _write_scores(path: Path, outcome: DataScanOutcome, poisoned: torch.Tensor | None) -> None:
+    truth = np.zeros(len(outcome.scores), dtype=bool)
+    if poisoned is not None:
+        truth[poisoned.numpy()] = True
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "score", "flagged"] + (["poisoned"] if poisoned is not None else []))
+        for i, (s, f) in enumerate(zip(outcome.scores.tolist(), outcome.flagged.tolist())):
+            w.writerow([i, f"{s:.6g}", int(f)] + ([int(truth[i])] if poisoned is not None else []))
+
+
+def summary(doc: dict[str, Any], path: Path) -> str:
+    """A few lines for the terminal."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    info = doc["scan_info"]
+    lines = [f"scan      {doc['defense']['name']} over {doc['data']['n']} samples of {doc['data']['source']}: "
+             f"{info.get('n_flagged', '?')} flagged"]
+    det = doc["metrics"].get("detection")
+    if det:
+        auroc = "-" if det["auroc"] is None else f"{det['auroc']:.3f}"
+        lines.append(f"detection {det['n_poisoned']} poisoned: TPR {pct(det['tpr'])}, FPR {pct(det['fpr'])}, "
+                     f"AUROC {auroc}")
+    re = doc["metrics"].get("retrain")
+    if re:
+        for key, label in (("poisoned_set", "trained on the poisoned set"), ("purified_set", "on the purified set")):
+            lines.append(f"{'retrain' if key == 'purified_set' else '':<10}{label}: CA {pct(re[key]['ca'])}, "
+                         f"ASR@1 {pct(re[key]['asr'])}")
+    lines.append(f"files     {path} and scores.csv beside it")
+    return "\n".join(lines)
