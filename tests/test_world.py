@@ -71,3 +71,18 @@ def test_captions_name_the_object(world):
 def test_unknown_class_is_rejected():
     with pytest.raises(ValueError, match="no drawer"):
         WorldConfig(classes=("mushroom", "unicorn"))
+
+
+def test_scenes_carry_their_object_mask_and_images_are_unchanged():
+    """The mask (a segmentation oracle's target) is drawn without the scene's random stream, so every
+    image, and with it every cached world and model, is what it was before masks existed."""
+    import random
+
+    from adapters.toyworld.draw import DRAWERS, render
+
+    names, digest = list(DRAWERS), hashlib.sha256()
+    for label in range(len(names)):
+        scene = render(names, label, random.Random(label), 32)
+        digest.update(scene.image.tobytes())
+        assert scene.mask.shape == (32, 32) and 0.01 < scene.mask.mean() < 0.5
+    assert digest.hexdigest() == "e437ef2589e158fe5712cef1b7a41d6cbd538066cd3549d15bc1d2bb2123982e"

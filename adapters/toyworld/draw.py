@@ -263,6 +263,7 @@ class Scene:
     image: Image.Image  # RGB, final size
     label: int
     attributes: dict[str, str]
+    mask: np.ndarray | None = None  # bool [size, size]: where the object is (a segmentation target)
 
 
 POSITIONS = (("top left", 0.3, 0.3), ("top", 0.5, 0.3), ("top right", 0.7, 0.3), ("left", 0.3, 0.5),
@@ -288,6 +289,9 @@ def render(classnames: list[str], label: int, rng: random.Random, size: int, *, 
     cy = int((py + rng.uniform(-0.08, 0.08)) * big)
     scene.paste(obj, (cx - obj_px // 2, cy - obj_px // 2), obj)
     img = scene.resize((size, size), Image.LANCZOS)
+    alpha = Image.new("L", (big, big))  # drawn without the rng: the images stay as they were
+    alpha.paste(obj.getchannel("A"), (cx - obj_px // 2, cy - obj_px // 2))
+    mask = np.asarray(alpha.resize((size, size), Image.BILINEAR)) >= 128
     if noise_std > 0:
         nrng = np.random.default_rng(rng.getrandbits(32))
         arr = np.asarray(img, dtype=np.float32) + nrng.normal(0, noise_std, (size, size, 3))
@@ -299,4 +303,4 @@ def render(classnames: list[str], label: int, rng: random.Random, size: int, *, 
         "position": pos_name,
         "background": bg_kind,
     }
-    return Scene(img, label, attrs)
+    return Scene(img, label, attrs, mask)
