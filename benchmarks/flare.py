@@ -41,7 +41,8 @@ def main() -> int:
     ap.add_argument("--docs", type=Path, help="also write the table as DOCS/results/flare-PRESET.md")
     args = ap.parse_args()
     prov = provenance(["python", "benchmarks/flare.py", *sys.argv[1:]])
-    tmp = Path(tempfile.mkdtemp(prefix="bench-flare-"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="bench-flare-")  # each cell's scan files; removed at exit
+    tmp = Path(tmp_dir.name)
     table = ["| attack | poisoned | flagged | TPR | FPR | AUROC | trained on poisoned set: CA / ASR@1 | "
              "on purified set: CA / ASR@1 | scan s | retrain s |", "|" + "---|" * 10]
     print("\n".join(table), flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import outputs, results
+from . import atomic, outputs, results
 from .api import (Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, InMemoryImages, config_values)
 from .errors import InputError
 from .evaluation import EvalInputs, MetricConfig, evaluate
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_ID = "toolbox.scan/1"
 DEFINITIONS = {
+    "n_flagged": "samples the dataset defense flagged",
     "tpr": "flagged poisoned samples / poisoned samples (the attack's poisoning record)",
     "fpr": "flagged clean samples / clean samples",
     "auroc": "ROC-AUC of the defense's per-sample score against the poisoning record (sklearn)",
@@ -81,6 +82,9 @@ def check_outcome(outcome: DataScanOutcome, n: int, name: str) -> None:
 
 
 def subset(data: ImageData, keep: torch.Tensor, what: str) -> ImageData:
+    """The samples at ``keep`` of a captioned set (a labelled one would lose its labels here)."""
+    if data.kind != "captioned":
+        raise ValueError(f"a purified subset is taken of captioned data; {data.source} is {data.kind}")
     return ImageData(InMemoryImages(data.uint8(keep)), data.kind, f"{data.source} ({what})",
                      classnames=data.classnames, captions=None if data.captions is None
                      else [data.captions[i] for i in keep.tolist()])
@@ -100,9 +104,11 @@ def scan(req: ScanRequest) -> Path:
     if attack is not None and type(attack).poison is Attack.poison:
         raise InputError(f"attack {req.attack!r} poisons no dataset (it edits the model's weights); "
                          "scan-data needs an attack that poisons training data")
+    if req.retrain and attack is not None and type(attack).train_on is Attack.train_on:
+        raise InputError(f"attack {req.attack!r} has no training recipe for --retrain")
     device = check_measurement(src)
     out_dir = Path(req.out) if req.out else Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{src.seed}"
-    outputs.check_out_dir(out_dir, src.input_paths())
+    outputs.check_out_dir(out_dir, src.input_paths(), outputs.SCAN_OUTPUTS)
     seed_everything(src.seed)
     timer = StageTimer()
 
@@ -124,8 +130,15 @@ def scan(req: ScanRequest) -> Path:
                               req.skip_unreadable) if req.retrain and eval_src else None
         if req.retrain and eval_data is None:
             raise InputError("--retrain measures CA / ASR: pass --eval-data (labelled)")
-        if eval_data is not None and eval_data.classnames:
-            classnames = list(eval_data.classnames)
+        if eval_data is not None and eval_data.kind != "labelled":
+            raise InputError(f"--eval-data must be labelled data; {eval_data.source} is {eval_data.kind}")
+        if eval_data is not None and eval_data.classnames and eval_data.classnames != classnames:
+            if src.classes:
+                raise InputError(f"the evaluation data {eval_data.source} names its own classes, which differ from "
+                                 f"--classes {src.classes}; drop one of them or make them agree")
+            classnames = check_classnames(list(eval_data.classnames), eval_data.source)  # its labels index this list
+        if attack is not None and train.kind != "captioned":
+            raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} is {train.kind}")
 
     with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:
         assert staging.path is not None
@@ -133,8 +146,6 @@ def scan(req: ScanRequest) -> Path:
         if attack is not None and areg is not None:
             target = attack.target_label()
             class_index(classnames, target, "attack target")
-            if train.captions is None:
-                raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} has no captions")
             with timer.stage("attack"):
                 ctx = AttackContext(model=loaded.model, train_data=train, classnames=classnames, seed=src.seed,
                                     device=device, cache_dir=staging.path)
@@ -152,25 +163,16 @@ def scan(req: ScanRequest) -> Path:
             outcome = defense.scan(DataScanContext(data=data, model=suspect, classnames=classnames,
                                                    templates=templates, seed=src.seed, device=device, workdir=work))
         check_outcome(outcome, len(data.dataset), req.defense)
+        scores, flagged = outcome.scores.detach().cpu(), outcome.flagged.detach().cpu()
         for name, secs in outcome.timings_s.items():
             timer.timings[f"scan.{name}"] = round(secs, 3)
-        metrics: dict[str, Any] = {"detection": None if truth is None else
-                                   detection_metrics(outcome.scores, outcome.flagged, truth)}
+        metrics: dict[str, Any] = {"n_flagged": int(flagged.sum()),
+                                   "detection": None if truth is None else detection_metrics(scores, flagged, truth)}
         if req.retrain:
             assert attack is not None and eval_data is not None
-            keep = torch.nonzero(~outcome.flagged).flatten()
-            purified = subset(data, keep, f"purified by {req.defense}")
-            with timer.stage("retrain"):
-                retrained = attack.train_on(loaded.model, purified, src.seed)
-            mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
-                                workers=loader_workers(src.workers, device))
-            inputs = EvalInputs(eval_data=eval_data, classnames=classnames, templates=templates,
-                                trigger=attack.apply_trigger, target=attack.target_label(), trigger_source="real")
-            with timer.stage("evaluate"):
-                metrics["retrain"] = {"n_train": len(keep),
-                                      "poisoned_set": _ca_asr(evaluate(suspect, inputs, mcfg, registry, device)),
-                                      "purified_set": _ca_asr(evaluate(retrained, inputs, mcfg, registry, device))}
-        _write_scores(staging.path / "scores.csv", outcome, truth)
+            metrics["retrain"] = retrain(attack, loaded.model, suspect, data, flagged, eval_data, classnames,
+                                         templates, req, registry, device, timer)
+        _write_scores(staging.path / "scores.csv", scores, flagged, truth)
         doc = {
             "schema": SCHEMA_ID, "created": results.now_iso(), "command": req.command,
             "versions": results.runtime_versions(host.loaded_versions()),
@@ -183,24 +185,46 @@ def scan(req: ScanRequest) -> Path:
             "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
             "timings_s": timer.timings, "seed": src.seed, "device": str(device), "device_requested": src.device,
         }
-        from . import atomic
-
         atomic.write_json(staging.path / "scan.json", doc)
         return staging.commit()
+
+
+def retrain(attack: Any, clean: Any, suspect: Any, data: ImageData, flagged: torch.Tensor, eval_data: ImageData,
+            classnames: list[str], templates: list[str], req: ScanRequest, registry: Any, device: torch.device,
+            timer: StageTimer) -> dict[str, Any]:
+    """The clean model trained on the unflagged samples with the attack's recipe, beside the suspect."""
+    src = req.sources
+    mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
+                        workers=loader_workers(src.workers, device))
+    inputs = EvalInputs(eval_data=eval_data, classnames=classnames, templates=templates,
+                        trigger=attack.apply_trigger, target=attack.target_label(), trigger_source="real")
+    keep = torch.nonzero(~flagged).flatten()
+    with timer.stage("evaluate"):
+        before = _ca_asr(evaluate(suspect, inputs, mcfg, registry, device))
+    doc: dict[str, Any] = {"n_train": len(keep), "poisoned_set": before}
+    if len(keep) == 0:
+        return {**doc, "purified_set": None, "note": "every sample was flagged: nothing left to train on"}
+    if len(keep) == len(flagged):  # the same set, seed and recipe: the attacked model itself
+        return {**doc, "purified_set": before, "note": "nothing was flagged: the purified set is the poisoned set"}
+    with timer.stage("retrain"):
+        retrained = attack.train_on(clean, subset(data, keep, f"purified by {req.defense}"), src.seed)
+    with timer.stage("evaluate_retrained"):
+        doc["purified_set"] = _ca_asr(evaluate(retrained, inputs, mcfg, registry, device))
+    return doc
 
 
 def _ca_asr(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m.get(k) for k in ("ca", "asr", "asr_untriggered")}
 
 
-def _write_scores(path: Path, outcome: DataScanOutcome, poisoned: torch.Tensor | None) -> None:
-    truth = np.zeros(len(outcome.scores), dtype=bool)
+def _write_scores(path: Path, scores: torch.Tensor, flagged: torch.Tensor, poisoned: torch.Tensor | None) -> None:
+    truth = np.zeros(len(scores), dtype=bool)
     if poisoned is not None:
         truth[poisoned.numpy()] = True
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "score", "flagged"] + (["poisoned"] if poisoned is not None else []))
-        for i, (s, f) in enumerate(zip(outcome.scores.tolist(), outcome.flagged.tolist())):
+        for i, (s, f) in enumerate(zip(scores.tolist(), flagged.tolist())):
             w.writerow([i, f"{s:.6g}", int(f)] + ([int(truth[i])] if poisoned is not None else []))
 
 
@@ -209,9 +233,8 @@ def summary(doc: dict[str, Any], path: Path) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f} %"
 
-    info = doc["scan_info"]
     lines = [f"scan      {doc['defense']['name']} over {doc['data']['n']} samples of {doc['data']['source']}: "
-             f"{info.get('n_flagged', '?')} flagged"]
+             f"{doc['metrics']['n_flagged']} flagged"]
     det = doc["metrics"].get("detection")
     if det:
         auroc = "-" if det["auroc"] is None else f"{det['auroc']:.3f}"
@@ -220,7 +243,10 @@ def summary(doc: dict[str, Any], path: Path) -> str:
     re = doc["metrics"].get("retrain")
     if re:
         for key, label in (("poisoned_set", "trained on the poisoned set"), ("purified_set", "on the purified set")):
-            lines.append(f"{'retrain' if key == 'purified_set' else '':<10}{label}: CA {pct(re[key]['ca'])}, "
-                         f"ASR@1 {pct(re[key]['asr'])}")
+            m = re[key] or {}
+            lines.append(f"{'retrain' if key == 'poisoned_set' else '':<10}{label}: CA {pct(m.get('ca'))}, "
+                         f"ASR@1 {pct(m.get('asr'))}")
+        if re.get("note"):
+            lines.append(f"{'':<10}({re['note']})")
     lines.append(f"files     {path} and scores.csv beside it")
     return "\n".join(lines)

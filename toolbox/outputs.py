@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # In the order they are moved into place: result.json last, so its presence means "complete".
 RUN_OUTPUTS = ("model", "artifacts", "result.csv", "result.json")
-SCAN_OUTPUTS = ("scan.json", "scores.csv", "scan-artifacts")  # toolbox scan-data's
+SCAN_OUTPUTS = ("scores.csv", "scan-artifacts", "scan.json")  # toolbox scan-data's, scan.json last
 MANIFEST = ".toolbox-outputs.json"
 STAGING_MARK = ".run-"
 STAGING_TAG = ".toolbox-staging.json"  # pid and host of the run that owns a staging folder
@@ -47,12 +47,13 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_out_dir(out: Path, inputs: Iterable[Path]) -> None:
-    """Refuse (before anything is read or written) an ``--out`` that overlaps an input."""
+def check_out_dir(out: Path, inputs: Iterable[Path], outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
+    """Refuse (before anything is read or written) an ``--out`` that overlaps an input, or an input
+    where the command writes (``outputs``)."""
     out_r = _resolved(out)
     if out_r.exists() and not out_r.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
-    written = [out_r / name for name in (*RUN_OUTPUTS, MANIFEST)]
+    written = [out_r / name for name in (*outputs, MANIFEST)]
     for inp in inputs:
         inp_r = _resolved(inp)
         if _within(out_r, inp_r):

@@ -51,7 +51,7 @@ def target_captions(captions: list[str], target: str) -> list[str]:
 
 def choose_poison(captions: list[str], target: str, rate: float, seed: int) -> Tensor:
     """Indices of the pairs to poison: ``rate`` of all pairs, drawn from non-target ones."""
-    candidates = torch.tensor([i for i, c in enumerate(captions) if not mentions(c, target)])
+    candidates = torch.tensor([i for i, c in enumerate(captions) if not mentions(c, target)], dtype=torch.long)
     n = min(len(candidates), round(rate * len(captions)))
     g = torch.Generator().manual_seed(seed)
     return candidates[torch.randperm(len(candidates), generator=g)[:n]].sort().values
