@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import atomic, outputs, results
@@ -24,9 +23,8 @@ from .api import (Attack, AttackContext, DataScanContext, DataScanOutcome, Image
 from .errors import InputError
 from .evaluation import EvalInputs, MetricConfig, evaluate
 from .plugins import get_host
-from .runner import (Sources, StageTimer, backdoor_cached, check_measurement, class_index, configure, load_data,
-                     load_model, read_lines, read_templates, default_classnames, default_templates,
-                     check_classnames, seed_everything)
+from .runner import (Sources, StageTimer, backdoor_cached, check_measurement, class_index, configure, eval_classnames,
+                     load_data, load_model, seed_everything, vocabulary)
 from .zeroshot import loader_workers
 
 log = logging.getLogger(__name__)
@@ -59,8 +57,7 @@ def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, poisoned: tor
     """TPR / FPR of the flagged set and AUROC of the scores, against the ``poisoned`` indices."""
     from sklearn.metrics import roc_auc_score
 
-    truth = torch.zeros(len(scores), dtype=torch.bool)
-    truth[poisoned] = True
+    truth = truth_mask(len(scores), poisoned)
     n_pos, n_neg = int(truth.sum()), int((~truth).sum())
     both = n_pos > 0 and n_neg > 0
     return {
@@ -69,6 +66,13 @@ def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, poisoned: tor
         "fpr": float((flagged & ~truth).sum()) / n_neg if n_neg else None,
         "auroc": float(roc_auc_score(truth.numpy(), scores.double().numpy())) if both else None,
     }
+
+
+def truth_mask(n: int, poisoned: torch.Tensor) -> torch.Tensor:
+    """[n] bool: True at the poisoned indices."""
+    truth = torch.zeros(n, dtype=torch.bool)
+    truth[poisoned] = True
+    return truth
 
 
 def check_outcome(outcome: DataScanOutcome, n: int, name: str) -> None:
@@ -116,11 +120,7 @@ def scan(req: ScanRequest) -> Path:
         _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
     defaults = loaded.data_defaults
     with timer.stage("load_data"):
-        classes_src = src.classes or defaults.get("classes")
-        classnames = (check_classnames(read_lines(classes_src, "class names"), classes_src) if classes_src
-                      else default_classnames())
-        templates_src = src.templates or defaults.get("templates")
-        templates = read_templates(templates_src) if templates_src else default_templates()
+        classnames, templates = vocabulary(src, defaults)
         train_src = src.train_data or defaults.get("train_data")
         if not train_src:
             raise InputError("no training set to scan: pass --train-data (an image-caption CSV, labels.csv, ...)")
@@ -132,11 +132,7 @@ def scan(req: ScanRequest) -> Path:
             raise InputError("--retrain measures CA / ASR: pass --eval-data (labelled)")
         if eval_data is not None and eval_data.kind != "labelled":
             raise InputError(f"--eval-data must be labelled data; {eval_data.source} is {eval_data.kind}")
-        if eval_data is not None and eval_data.classnames and eval_data.classnames != classnames:
-            if src.classes:
-                raise InputError(f"the evaluation data {eval_data.source} names its own classes, which differ from "
-                                 f"--classes {src.classes}; drop one of them or make them agree")
-            classnames = check_classnames(list(eval_data.classnames), eval_data.source)  # its labels index this list
+        classnames = eval_classnames(eval_data, classnames, src)
         if attack is not None and train.kind != "captioned":
             raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} is {train.kind}")
 
@@ -218,9 +214,7 @@ def _ca_asr(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_scores(path: Path, scores: torch.Tensor, flagged: torch.Tensor, poisoned: torch.Tensor | None) -> None:
-    truth = np.zeros(len(scores), dtype=bool)
-    if poisoned is not None:
-        truth[poisoned.numpy()] = True
+    truth = truth_mask(len(scores), poisoned if poisoned is not None else torch.zeros(0, dtype=torch.long))
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "score", "flagged"] + (["poisoned"] if poisoned is not None else []))

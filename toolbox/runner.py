@@ -385,11 +385,7 @@ def load_inputs(registry: Registry, req: RunRequest, loaded: LoadedModel,
                 dreg: Any) -> tuple[list[str], list[str], dict[str, ImageData | None]]:
     """The vocabulary, templates and datasets of a run, checked against each other."""
     src, defaults = req.sources, loaded.data_defaults
-    classes_src = src.classes or defaults.get("classes")
-    classnames = (check_classnames(read_lines(classes_src, "class names"), classes_src) if classes_src
-                  else default_classnames())
-    templates_src = src.templates or defaults.get("templates")
-    templates = read_templates(templates_src) if templates_src else default_templates()
+    classnames, templates = vocabulary(src, defaults)
     data: dict[str, ImageData | None] = {}
     # The image-caption training split is large: read it only when someone will use it.
     wants_train = (bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False))
@@ -405,16 +401,31 @@ def load_inputs(registry: Registry, req: RunRequest, loaded: LoadedModel,
     for key, kind in (("eval_data", "labelled"), ("retrieval_data", "captioned"), ("train_data", "captioned")):
         if data[key] is not None and data[key].kind != kind:
             raise InputError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
-    own = data["eval_data"].classnames if data["eval_data"] is not None else None
-    if own and own != classnames:
-        if src.classes:
-            i = next((i for i, (a, b) in enumerate(zip(own, classnames)) if a != b), min(len(own), len(classnames)))
-            raise InputError(f"the evaluation data {data['eval_data'].source} names its own classes, which differ "
-                             f"from --classes {src.classes} ({len(own)} against {len(classnames)} names; class {i} "
-                             f"is {own[i] if i < len(own) else None!r} against "
-                             f"{classnames[i] if i < len(classnames) else None!r}); drop one of them or make them agree")
-        classnames = check_classnames(list(own), data["eval_data"].source)  # its labels index this list
-    return classnames, templates, data
+    return eval_classnames(data["eval_data"], classnames, src), templates, data
+
+
+def vocabulary(src: Sources, defaults: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Class names and prompt templates: the options', else the model's own, else ImageNet-1K / OpenAI's."""
+    classes_src = src.classes or defaults.get("classes")
+    classnames = (check_classnames(read_lines(classes_src, "class names"), classes_src) if classes_src
+                  else default_classnames())
+    templates_src = src.templates or defaults.get("templates")
+    return classnames, read_templates(templates_src) if templates_src else default_templates()
+
+
+def eval_classnames(eval_data: ImageData | None, classnames: list[str], src: Sources) -> list[str]:
+    """The vocabulary to measure with: an evaluation set that names its own classes brings them (its labels
+    index that list), unless --classes says otherwise."""
+    own = eval_data.classnames if eval_data is not None else None
+    if not own or own == classnames:
+        return classnames
+    if src.classes:
+        i = next((i for i, (a, b) in enumerate(zip(own, classnames)) if a != b), min(len(own), len(classnames)))
+        raise InputError(f"the evaluation data {eval_data.source} names its own classes, which differ "
+                         f"from --classes {src.classes} ({len(own)} against {len(classnames)} names; class {i} "
+                         f"is {own[i] if i < len(own) else None!r} against "
+                         f"{classnames[i] if i < len(classnames) else None!r}); drop one of them or make them agree")
+    return check_classnames(list(own), eval_data.source)
 
 
 def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_dir: Path, model: ClipModel,
