@@ -92,6 +92,13 @@ def provenance_markdown(prov: Mapping[str, Any]) -> str:
     return line + (f" Command: `{prov['command']}`." if prov.get("command") else "")
 
 
+def write_page(path: Path, title: str, prov: Mapping[str, Any], intro: str, body: list[str]) -> Path:
+    """A generated results page: its title, the provenance line, what it shows, then ``body``."""
+    text = "\n".join([f"# {title}", "", provenance_markdown(prov), "", intro, "", *body])
+    atomic.write_text(path, text if text.endswith("\n") else text + "\n")
+    return path
+
+
 def csv_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """BackdoorBench's columns: test_acc = CA, test_asr = ASR, test_ra = robust accuracy, after defense."""
     after, before = doc["metrics"]["after"], doc["metrics"]["before"]
