@@ -1,6 +1,6 @@
-"""Issue 6 bars: the 6 x 6 comparison, its sanity checks, and cell reuse.
+"""Issue 6 bars: the attacks x defenses comparison, its sanity checks, and cell reuse.
 
-    python benchmarks/compare.py                       # 6 attacks x 6 defenses on the embedded default
+    python benchmarks/compare.py                       # 7 attacks x 7 defenses on the embedded default
     python benchmarks/compare.py --attacks badnet,blended --defenses none,ft,invertune
     python benchmarks/compare.py --reuse-check         # 2 attacks x 3 defenses, twice: the second call must reuse
     python benchmarks/compare.py --baseline-data-ratio 2   # baselines on 2x InverTune's data (faster)
@@ -23,7 +23,7 @@ from toolbox.results import provenance, write_page
 from toolbox.runner import Sources
 
 ATTACKS = "badnet,blended,sig,wanet,badencoder,badclip,evasive"
-DEFENSES = "none,ft,cleanclip,cleanerclip,par,invertune"
+DEFENSES = "none,ft,cleanclip,cleanerclip,par,segoracle,invertune"
 MOVED = 0.10  # ASR@1 drop that counts as "moved"
 BASELINES = ("ft", "cleanclip", "cleanerclip", "par")
 

@@ -1,0 +1,1 @@
+"""SegOracle, a defense: a plugin of its own (entry point ``segoracle``), blockable alone."""

@@ -1,0 +1,467 @@
+"""SegOracle (Hossain et al., arXiv 2511.13545): a segmentation oracle supervises the suspect CLIP.
+
+Only the paper's abstract is public: an image segmentation oracle supervises the poisoned CLIP's
+output; algorithm 1 tells CLIP's knowledge from the oracle's to find potential triggers; algorithm 2
+pinpoints the affected labels and the victim samples and curates a compact fine-tuning set; the
+model is then rectified by fine-tuning. Every concrete choice below is ours, one line each:
+
+- Threat model: the defender holds the data the suspect was fine-tuned on, which may hold poisoned
+  samples (the abstract's victim samples). In the toolbox that is the attack's own poisoned set
+  (``Attack.poison(train_data, seed).data``, the set ``backdoor`` trained on); only its images and
+  captions are read, never ``.poisoned``, the ground truth the defense must not see. Without an
+  attack that poisons data, it is ``--train-data`` as given.
+- ``inspect_pool``: ``n_inspect`` images of that set, drawn by a seeded permutation: the oracle's
+  cost grows with every image, and a backdoor shows in a few thousand.
+- ``oracle_labels``: an image's oracle class is the class with the most softmax mass over its
+  foreground pixels (one object per image, as in the world and in classification data); too little
+  foreground or a low share of that mass makes it unknown, so the oracle's doubts accuse no one.
+- ``clip_labels``: the suspect's zero-shot labels with the run's templates (the host's helpers).
+- ``affected_labels``: per class, how many confident disagreements CLIP calls that class; a label
+  is affected when its robust z-score (median/MAD across classes, MAD floored at one disagreement)
+  passes ``z_threshold`` and it has ``min_disagreements``: a backdoor pulls triggered images of every
+  class to one target, so the target collects disagreements that natural confusions spread thinly.
+- ``victims``: the disagreeing images CLIP assigns to an affected label.
+- ``localise_trigger``: input-gradient saliency of CLIP's target score on the victims, the oracle's
+  object region zeroed (the object's own evidence is not the trigger), each victim normalised to
+  count once, averaged; its top ``trigger_fraction`` of pixels is the candidate trigger. The mean
+  victim pixels there make a stamp the host reports ASR with ("localised"): it tells a fixed patch
+  from a trigger the mask cannot express.
+- ``curate``: the victims captioned with the oracle's label (the correction the backdoor fought),
+  plus ``n_clean_keep`` agreeing images captioned with their label, so that clean behaviour is
+  rehearsed; one seeded template per image from the run's templates.
+- ``finetune``: the host's contrastive trainer (CLIP's loss, AdamW, warmup + cosine) on a copy.
+- No affected label: verdict "no backdoor found", and the model is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from toolbox import precision
+from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome, ImageData, InMemoryImages
+from toolbox.contrastive import ContrastiveConfig, train_contrastive
+from toolbox.zeroshot import class_embeddings, image_features
+
+from ..data import as_float, frozen
+from .oracle import (TORCHVISION_ARCHS, EmbeddedOracleRecipe, NetOracle, embedded_oracle, read_logits,
+                     torchvision_oracle)
+
+EMBEDDED = "embedded"
+SEED_STRIDE = 1_000_003  # a run seed's streams start at seed * stride (prime: nearby seeds do not overlap)
+MAD_TO_SD = 1.4826  # MAD * this estimates the standard deviation of a normal sample
+SCORE_DEFINITION = ("largest robust z-score over the classes of the count of confident CLIP/oracle disagreements "
+                    "CLIP assigns to the class: (count - median) / (1.4826 * max(MAD, 1))")
+
+
+@dataclass(frozen=True)
+class SegOracleConfig:
+    """Every setting of SegOracle; every value ours (the paper's are not public)."""
+
+    # the oracle
+    oracle: str = EMBEDDED  # "embedded": trained on the world's own drawings; else a torchvision .safetensors file
+    oracle_arch: str = "lraspp_mobilenet_v3_large"  # a checkpoint's torchvision architecture (the smallest offered)
+    oracle_classes: str = ""  # a checkpoint's class-mapping file: one line per output channel, "background" first
+    oracle_input_size: int = 0  # a checkpoint segments at this many pixels (0: the images' own); read back at theirs
+    oracle_scenes: int = 8000  # embedded oracle: scenes drawn, balanced, a tenth held out for its accuracy
+    oracle_epochs: int = 6  # embedded oracle: epochs over its 7,200 training scenes (99.4 % held-out image accuracy)
+    oracle_seed: int = 0  # embedded oracle: its own seed, not the run's: one fixed supervisor for every run
+    # algorithm 1: where CLIP and the oracle disagree
+    n_inspect: int = 4000  # training images inspected: at a few % poisoned, over 100 of them carry the trigger
+    min_oracle_confidence: float = 0.6  # the oracle's label needs this share of its foreground mass, else unknown
+    min_foreground: float = 0.02  # and this fraction of the pixels as object (a trigger alone is not an object)
+    z_threshold: float = 3.5  # robust z above which a label is affected (Iglewicz & Hoaglin's outlier cut)
+    min_disagreements: int = 10  # an affected label also needs this many disagreements (a handful is noise)
+    # algorithm 2: victims, the trigger, the fine-tuning set
+    trigger_fraction: float = 0.05  # top share of saliency pixels kept as the trigger mask (a 4-px patch: 1.6 %)
+    saliency_images: int = 256  # victims averaged for the saliency map (more change little, cost grows)
+    n_clean_keep: int = 1000  # agreeing images rehearsed beside the victims, to keep clean accuracy
+    # fine-tuning a copy on the curated set (toolbox.contrastive)
+    epochs: int = 5  # the curated set is small: ~100 steps at its size with the defaults
+    lr: float = 5e-4  # the attacks' and baselines' toy-world lr (1e-4 moved nothing for FT)
+    batch_size: int = 64
+    warmup_steps: int = 10  # a tenth of the ~100 steps
+    weight_decay: float = 0.1  # CLIP's
+    grad_clip: float = 1.0
+    inference_batch_size: int = 256  # images per oracle / CLIP / saliency forward pass
+    precision: str = "fp32"  # CLIP's forward passes under autocast (toolbox/precision.py); the oracle runs fp32
+    # named seed streams: ctx.seed * SEED_STRIDE + stream (distinct, so no two draws share a generator)
+    inspect_stream: int = 1  # which training images are inspected
+    clean_keep_stream: int = 2  # which agreeing images are kept
+    caption_stream: int = 3  # which template captions each curated image
+    finetune_stream: int = 4  # the fine-tuning's batch order
+
+    def __post_init__(self) -> None:
+        if self.oracle != EMBEDDED:
+            if self.oracle_arch not in TORCHVISION_ARCHS:
+                raise ValueError(f"oracle_arch must be one of {', '.join(TORCHVISION_ARCHS)}, got {self.oracle_arch!r}")
+            if not self.oracle_classes:
+                raise ValueError("a checkpoint oracle needs oracle_classes: a class-mapping file, one line per output "
+                                 "channel ('background' first, then a vocabulary class or '-')")
+            for what, path in (("oracle", self.oracle), ("oracle_classes", self.oracle_classes)):
+                if not Path(path).is_file():
+                    raise ValueError(f"{what}: file not found: {path}")
+        if (self.n_inspect < 1 or self.oracle_scenes < 10 or self.oracle_epochs < 1 or self.saliency_images < 1
+                or self.epochs < 1 or self.batch_size < 2 or self.inference_batch_size < 1):
+            raise ValueError("n_inspect, oracle_epochs, saliency_images, epochs and inference_batch_size must be >= 1, "
+                             "oracle_scenes >= 10 and batch_size >= 2")
+        if not (0 <= self.min_oracle_confidence <= 1 and 0 <= self.min_foreground < 1
+                and 0 < self.trigger_fraction <= 1):
+            raise ValueError("min_oracle_confidence must be in [0, 1], min_foreground in [0, 1) and trigger_fraction "
+                             "in (0, 1]")
+        streams = (self.inspect_stream, self.clean_keep_stream, self.caption_stream, self.finetune_stream)
+        if len(set(streams)) != len(streams):
+            raise ValueError(f"the seed streams must differ, got {streams}")
+        precision.check(self.precision, "segoracle.precision")
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    return seed * SEED_STRIDE + stream
+
+
+def seeded_permutation(n: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 3)
+
+
+# --------------------------------------------------------------------------- a. the images to inspect
+
+
+@dataclass
+class Pool:
+    images: Tensor  # uint8 [N,3,H,W]
+    indices: Tensor  # [N] into the inspected set
+    source: str  # what the set is
+
+
+def inspect_pool(ctx: DefenseContext, n_inspect: int, seed: int) -> Pool:
+    """``n_inspect`` images of the data the suspect was fine-tuned on (module docstring: threat model)."""
+    if ctx.train_data is None:
+        raise ValueError("segoracle inspects the data the suspect was fine-tuned on: pass --train-data")
+    data, source = ctx.train_data, f"training set {ctx.train_data.source}"
+    poisoned = ctx.attack.poison(ctx.train_data, ctx.seed) if ctx.attack is not None else None
+    if poisoned is not None:  # its images and captions only: .poisoned is ground truth the defense must not see
+        data, source = poisoned.data, f"training set as poisoned by {getattr(ctx.attack, 'name', '?')}"
+    keep = seeded_permutation(len(data.dataset), seed)[:n_inspect].sort().values
+    return Pool(images=data.uint8(keep), indices=keep, source=source)
+
+
+# --------------------------------------------------------------------------- b. the oracle's labels
+
+
+def build_oracle(cfg: SegOracleConfig, ctx: DefenseContext) -> NetOracle:
+    if cfg.oracle == EMBEDDED:
+        recipe = replace(EmbeddedOracleRecipe(), n_scenes=cfg.oracle_scenes, epochs=cfg.oracle_epochs)
+        return embedded_oracle(ctx.classnames, ctx.model.image_size, ctx.device, cfg.oracle_seed, recipe=recipe)
+    return torchvision_oracle(cfg.oracle, cfg.oracle_arch, cfg.oracle_classes, ctx.classnames, ctx.device,
+                              cfg.oracle_input_size or None)
+
+
+@dataclass
+class OracleLabels:
+    label: Tensor  # [N] long: vocabulary index, -1 where unknown
+    confidence: Tensor  # [N] float
+    foreground: Tensor  # [N,H,W] bool: the oracle's object region
+
+
+def oracle_labels(oracle: NetOracle, images: Tensor, classnames: Sequence[str], min_confidence: float,
+                  min_foreground: float, batch_size: int) -> OracleLabels:
+    """The oracle's class per image, as a vocabulary index; unknown (-1) without enough foreground or
+    confidence."""
+    to_vocab = torch.tensor([list(classnames).index(name) for name in oracle.classnames])
+    labels, confidences, foregrounds = [], [], []
+    for start in range(0, len(images), batch_size):
+        reading = read_logits(oracle.segment(as_float(images[start:start + batch_size])).cpu())
+        enough = reading.foreground.flatten(1).float().mean(1) >= max(min_foreground, 1e-12)
+        known = (reading.label >= 0) & enough & (reading.confidence >= min_confidence)
+        labels.append(torch.where(known, to_vocab[reading.label.clamp_min(0)], torch.full_like(reading.label, -1)))
+        confidences.append(reading.confidence)
+        foregrounds.append(reading.foreground)
+    return OracleLabels(label=torch.cat(labels), confidence=torch.cat(confidences), foreground=torch.cat(foregrounds))
+
+
+# --------------------------------------------------------------------------- c. the suspect's labels
+
+
+def clip_labels(model: ClipModel, images: Tensor, classnames: Sequence[str], templates: Sequence[str],
+                device: torch.device, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The suspect's zero-shot labels [N] and its class weights [C, D] (reused by the saliency step)."""
+    weights = class_embeddings(model, classnames, templates, device)
+    data = ImageData(InMemoryImages(images), "unlabelled", "segoracle: inspected images")
+    feats, _ = image_features(model, data, batch_size, device)
+    return (feats @ weights.T).argmax(1), weights
+
+
+# --------------------------------------------------------------------------- d. affected labels
+
+
+@dataclass
+class Disagreements:
+    counts: Tensor  # [C] long: confident disagreements CLIP assigns to each class
+    z: Tensor  # [C] float: their robust z-scores
+    affected: list[int]  # classes past the threshold, highest z first
+    n_known: int  # images the oracle labelled
+    n_disagree: int
+
+
+def agreement(clip: Tensor, oracle: Tensor) -> float | None:
+    """How often CLIP says what the oracle says, where the oracle knows (None: it knows nothing)."""
+    known = oracle >= 0
+    return round(float((clip[known] == oracle[known]).float().mean()), 4) if bool(known.any()) else None
+
+
+def disagreeing(clip: Tensor, oracle: Tensor) -> Tensor:
+    """[N] bool: the oracle knows the image's class and CLIP says another."""
+    return (oracle >= 0) & (clip != oracle)
+
+
+def affected_labels(clip: Tensor, oracle: Tensor, n_classes: int, z_threshold: float,
+                    min_disagreements: int) -> Disagreements:
+    """Classes that collect far more disagreements than the others (robust z over the classes)."""
+    differ = disagreeing(clip, oracle)
+    counts = torch.bincount(clip[differ], minlength=n_classes)
+    c = counts.double()
+    median = c.median()
+    mad = (c - median).abs().median().clamp_min(1.0)  # floor: one disagreement, so a quiet table never divides by 0
+    z = ((c - median) / (MAD_TO_SD * mad)).float()
+    hits = [i for i in range(n_classes) if z[i] > z_threshold and counts[i] >= min_disagreements]
+    return Disagreements(counts=counts, z=z, affected=sorted(hits, key=lambda i: -float(z[i])),
+                         n_known=int((oracle >= 0).sum()), n_disagree=int(differ.sum()))
+
+
+# --------------------------------------------------------------------------- e. victims
+
+
+def victims(clip: Tensor, oracle: Tensor, affected: Sequence[int]) -> Tensor:
+    """Indices of the disagreeing images CLIP assigns to an affected label."""
+    hit = disagreeing(clip, oracle) & torch.isin(clip, torch.tensor(list(affected), dtype=clip.dtype))
+    return hit.nonzero().flatten()
+
+
+# --------------------------------------------------------------------------- f. the trigger
+
+
+class StampTrigger:
+    """The localised trigger as a trigger: ``pattern`` pasted where ``mask`` is set."""
+
+    def __init__(self, mask: Tensor, pattern: Tensor) -> None:
+        self.mask = mask.float()  # [H,W]
+        self.pattern = pattern.float()  # [3,H,W]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        m = self.mask.to(images.device, images.dtype)
+        return images * (1 - m) + self.pattern.to(images.device, images.dtype) * m
+
+
+@dataclass
+class Localised:
+    saliency: Tensor  # [H,W], mean normalised saliency outside the objects
+    mask: Tensor  # [H,W] bool: its top trigger_fraction of pixels
+    pattern: Tensor  # [3,H,W]: the victims' mean pixels
+    n_images: int
+
+    def bbox(self) -> dict[str, int]:
+        """The mask's bounding box in pixels (bottom and right exclusive)."""
+        rows, cols = self.mask.any(1).nonzero().flatten(), self.mask.any(0).nonzero().flatten()
+        return {"top": int(rows.min()), "left": int(cols.min()), "bottom": int(rows.max()) + 1,
+                "right": int(cols.max()) + 1}
+
+    def evidence(self) -> dict[str, Any]:
+        box = self.bbox()
+        h, w = self.mask.shape
+        area = (box["bottom"] - box["top"]) * (box["right"] - box["left"])
+        return {"trigger_mask_fraction": round(float(self.mask.float().mean()), 4), "trigger_bbox": box,
+                "trigger_bbox_fraction": round(area / (h * w), 4), "saliency_images": self.n_images}
+
+    def stamp(self) -> StampTrigger:
+        return StampTrigger(self.mask, self.pattern)
+
+
+def localise_trigger(model: ClipModel, images: Tensor, object_masks: Tensor, weights: Tensor, target: int,
+                     fraction: float, batch_size: int, device: torch.device) -> Localised:
+    """Where, outside the object, CLIP's target score is most sensitive on average over the victims."""
+    total = torch.zeros(images.shape[-2:], dtype=torch.float64)
+    direction = weights[target].to(device)
+    with frozen(model), torch.enable_grad():
+        for start in range(0, len(images), batch_size):
+            x = as_float(images[start:start + batch_size]).to(device).detach().requires_grad_(True)
+            score = (model.encode_image(x).float() @ direction.float()).sum()
+            (grad,) = torch.autograd.grad(score, x)
+            saliency = grad.abs().sum(1).double().cpu()  # [B,H,W]
+            saliency[object_masks[start:start + batch_size]] = 0.0  # the object's own evidence is not the trigger
+            peak = saliency.flatten(1).max(1).values.clamp_min(1e-12)
+            total += (saliency / peak[:, None, None]).sum(0)  # each victim counts once
+    mean = (total / max(1, len(images))).float()
+    k = max(1, int(round(fraction * mean.numel())))
+    mask = torch.zeros(mean.numel(), dtype=torch.bool)
+    mask[mean.flatten().topk(k).indices] = True
+    return Localised(saliency=mean, mask=mask.view_as(mean), pattern=as_float(images).mean(0), n_images=len(images))
+
+
+def write_artifacts(workdir: Path, found: Localised, images: Tensor, foreground: Tensor) -> dict[str, str]:
+    """The trigger mask, the saliency map, and up to 8 victims over the oracle's object masks, as PNG."""
+    from ..plots import save_image_grid
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    saliency = found.saliency / found.saliency.max().clamp_min(1e-12)
+    save_image_grid([found.mask.float().expand(3, -1, -1)], workdir / "segoracle_trigger_mask.png")
+    save_image_grid([saliency.expand(3, -1, -1)], workdir / "segoracle_saliency.png")
+    shown = as_float(images[:8])
+    masks = [m.float().expand(3, -1, -1) for m in foreground[:8]]
+    save_image_grid(list(shown) + masks, workdir / "segoracle_victims.png", columns=len(shown))
+    return {"trigger_mask": "segoracle_trigger_mask.png", "trigger_saliency": "segoracle_saliency.png",
+            "victims": "segoracle_victims.png"}
+
+
+def write_victims(workdir: Path, pool: Pool, victim_idx: Tensor, clip: Tensor, labels: OracleLabels,
+                  classnames: Sequence[str]) -> dict[str, str]:
+    """One row per victim: its index in the inspected set, CLIP's label, the oracle's and its confidence
+    (a later check can hold the indices against an attack's poisoning record)."""
+    import csv
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "segoracle_victims.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "clip_label", "oracle_label", "oracle_confidence"])
+        for i in victim_idx.tolist():
+            writer.writerow([int(pool.indices[i]), classnames[int(clip[i])], classnames[int(labels.label[i])],
+                             round(float(labels.confidence[i]), 4)])
+    return {"victims_table": "segoracle_victims.csv"}
+
+
+# --------------------------------------------------------------------------- g. the fine-tuning set
+
+
+@dataclass
+class Curated:
+    images: Tensor  # uint8 [M,3,H,W]
+    captions: list[str]
+    n_victims: int
+    n_clean: int
+
+
+def caption(template: str, name: str) -> str:
+    return template.replace("{}", name)  # not str.format: a template may hold other braces
+
+
+def curate(images: Tensor, clip: Tensor, oracle: Tensor, victim_idx: Tensor, classnames: Sequence[str],
+           templates: Sequence[str], n_clean_keep: int, keep_seed: int, caption_seed: int) -> Curated:
+    """Victims captioned with the oracle's label, plus ``n_clean_keep`` agreeing images with theirs."""
+    agree = ((oracle >= 0) & (clip == oracle)).nonzero().flatten()
+    kept = agree[seeded_permutation(len(agree), keep_seed)[:n_clean_keep]].sort().values
+    chosen = torch.cat([victim_idx, kept])
+    rng = random.Random(caption_seed)
+    captions = [caption(rng.choice(list(templates)), classnames[y]) for y in oracle[chosen].tolist()]
+    return Curated(images=images[chosen], captions=captions, n_victims=len(victim_idx), n_clean=len(kept))
+
+
+# --------------------------------------------------------------------------- h. fine-tuning
+
+
+def finetune(model: ClipModel, curated: Curated, cfg: SegOracleConfig, seed: int,
+             device: torch.device) -> tuple[ClipModel, list[dict[str, float]]]:
+    """A copy of ``model`` trained contrastively on the curated pairs."""
+    tuned = model.clone()
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    schedule = ContrastiveConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                                 grad_clip=cfg.grad_clip, seed=seed)
+    tokens = tuned.tokenize(curated.captions)
+    with precision.autocast(cfg.precision, device):
+        history = train_contrastive(tuned, curated.images, tokens, schedule, desc="segoracle: fine-tune")
+    return tuned, history
+
+
+# --------------------------------------------------------------------------- the defense
+
+
+def detection_record(pool: Pool, labels: OracleLabels, table: Disagreements, n_victims: int,
+                     classnames: Sequence[str], oracle: NetOracle, found: Localised | None) -> dict[str, Any]:
+    """``detection`` in result.json: the verdict, the target and what led to it."""
+    top = sorted(range(len(classnames)), key=lambda i: -int(table.counts[i]))[:10]
+    doc: dict[str, Any] = {
+        "backdoored": bool(table.affected),
+        "verdict": "backdoored" if table.affected else "no backdoor found",
+        "target": classnames[table.affected[0]] if table.affected else None,
+        "affected": [{"class": classnames[i], "disagreements": int(table.counts[i]), "z": round(float(table.z[i]), 3)}
+                     for i in table.affected],
+        "score": round(float(table.z.max()), 4) if len(table.z) else None,
+        "score_definition": SCORE_DEFINITION,
+        "n_inspected": len(pool.images),
+        "inspected": pool.source,
+        "n_oracle_known": table.n_known,
+        "n_disagree": table.n_disagree,
+        "n_victims": n_victims,
+        "disagreements_top10": [{"class": classnames[i], "count": int(table.counts[i]),
+                                 "z": round(float(table.z[i]), 3)} for i in top if table.counts[i] > 0],
+        "oracle": {**oracle.info, "mean_confidence": round(float(labels.confidence.mean()), 4)
+                   if len(labels.confidence) else None},
+    }
+    if found is not None:
+        doc.update(found.evidence())
+    return doc
+
+
+class SegOracle(Defense):
+    name = "segoracle"
+    summary = ("SegOracle: a segmentation oracle's labels against CLIP's find the backdoor's target and victims; "
+               "fine-tune on them relabelled.")
+    reference = "Hossain et al., arXiv 2511.13545 (2025), from its abstract; every design choice ours"
+    Config: ClassVar[type] = SegOracleConfig
+    uses_train_data = True
+
+    def defend(self, ctx: DefenseContext) -> DefenseOutcome:
+        cfg: SegOracleConfig = self.config
+        timings: dict[str, float] = {}
+        ctx.model.eval()
+        with timed(timings, "inspect"):
+            pool = inspect_pool(ctx, cfg.n_inspect, stream_seed(ctx.seed, cfg.inspect_stream))
+        with timed(timings, "oracle"):
+            oracle = build_oracle(cfg, ctx)
+        with timed(timings, "oracle_labels"):
+            labels = oracle_labels(oracle, pool.images, ctx.classnames, cfg.min_oracle_confidence,
+                                   cfg.min_foreground, cfg.inference_batch_size)
+        with timed(timings, "clip_labels"), precision.autocast(cfg.precision, ctx.device):
+            clip, weights = clip_labels(ctx.model, pool.images, ctx.classnames, ctx.templates, ctx.device,
+                                        cfg.inference_batch_size)
+        table = affected_labels(clip, labels.label, len(ctx.classnames), cfg.z_threshold, cfg.min_disagreements)
+        info: dict[str, Any] = {"purified": False, "clip_oracle_agreement": agreement(clip, labels.label)}
+        if not table.affected:
+            detection = detection_record(pool, labels, table, 0, ctx.classnames, oracle, None)
+            return DefenseOutcome(model=ctx.model, detection=detection, timings_s=timings, info=info)
+
+        target = table.affected[0]
+        victim_idx = victims(clip, labels.label, table.affected)
+        with timed(timings, "localise"), precision.autocast(cfg.precision, ctx.device):
+            on_target = victim_idx[clip[victim_idx] == target][:cfg.saliency_images]
+            found = localise_trigger(ctx.model, pool.images[on_target], labels.foreground[on_target], weights, target,
+                                     cfg.trigger_fraction, cfg.inference_batch_size, ctx.device)
+        artifacts = write_artifacts(ctx.workdir, found, pool.images[on_target], labels.foreground[on_target])
+        artifacts.update(write_victims(ctx.workdir, pool, victim_idx, clip, labels, ctx.classnames))
+        with timed(timings, "curate"):
+            curated = curate(pool.images, clip, labels.label, victim_idx, ctx.classnames, ctx.templates,
+                             cfg.n_clean_keep, stream_seed(ctx.seed, cfg.clean_keep_stream),
+                             stream_seed(ctx.seed, cfg.caption_stream))
+        with timed(timings, "finetune"):
+            tuned, history = finetune(ctx.model, curated, cfg, stream_seed(ctx.seed, cfg.finetune_stream), ctx.device)
+        info.update(purified=True, n_curated=len(curated.captions), n_victims_curated=curated.n_victims,
+                    n_clean_kept=curated.n_clean, history=history)
+        detection = detection_record(pool, labels, table, len(victim_idx), ctx.classnames, oracle, found)
+        return DefenseOutcome(model=tuned, detection=detection, artifacts=artifacts, timings_s=timings, info=info,
+                              triggers={"localised": found.stamp()}, target=ctx.classnames[target])
