@@ -3,11 +3,12 @@
     python benchmarks/attacks.py                         # six attacks, default preset, target mushroom
     python benchmarks/attacks.py --preset smoke          # quick look
     python benchmarks/attacks.py --variants              # + target banana, + patch at top-left / center
+    python benchmarks/attacks.py --preset default-resnet -a badencoder.lambda2=3 --docs docs
 
 Each cell is a real `toolbox run --attack A --defense none` (in-process), so backdoored
-models land in the cache and later benchmarks reuse them. Bars: ASR@1 >= 90 % and CA
-within 2 points of the clean model. "untriggered": how often untriggered images already go to
-the target (`asr_untriggered`); the trigger's own effect is ASR@1 minus that.
+models land in the cache and later benchmarks reuse them. "untriggered": how often untriggered
+images already go to the target (`asr_untriggered`); the trigger's effect is ASR@1 minus that.
+Bars (issue 24): trigger effect >= 90 points and CA within 2 points of the clean model.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import time
 from pathlib import Path
 
 from toolbox.cli import main as toolbox
+from toolbox.results import provenance, write_page
 
-ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip")
+ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip", "evasive")
 PATCH_ATTACKS = ("badnet", "badencoder", "badclip")
 
 
@@ -54,32 +56,58 @@ def main() -> int:
     ap.add_argument("--variants", action="store_true", help="also target banana, and other patch locations")
     ap.add_argument("--only-variants", action="store_true", help="skip the default-target rows")
     ap.add_argument("-p", "--attack-param", action="append", default=[], help="extra KEY=VALUE for every attack")
+    ap.add_argument("-a", "--one-attack-param", action="append", default=[], metavar="ATTACK.KEY=V",
+                    help="KEY=V for one attack only (repeatable)")
+    ap.add_argument("--docs", type=Path, help="also write the table as DOCS/results/attacks-PRESET.md")
     args = ap.parse_args()
+    prov = provenance(["python", "benchmarks/attacks.py", *sys.argv[1:]])
+    own: dict[str, list[str]] = {}
+    for item in args.one_attack_param:
+        name, sep, value = item.partition("=")
+        attack, dot, key = name.partition(".")
+        if not (sep and dot and attack and key):
+            ap.error(f"-a wants ATTACK.KEY=VALUE, got {item!r}")
+        own.setdefault(attack, []).append(f"{key}={value}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))
     clean = run_cell(args.preset, None, [], tmp / "clean")
     ca0 = clean["metrics"]["before"]["ca"]
+    def settings(a: str) -> list[str]:
+        return [*args.attack_param, *own.get(a, [])]
+
     cells: list[tuple[str, str, list[str]]] = [] if args.only_variants else [
-        (a, "mushroom, default place" + (f" {' '.join(args.attack_param)}" if args.attack_param else ""),
-         list(args.attack_param)) for a in args.attacks.split(",")]
+        (a, "mushroom, default place" + (f" {' '.join(settings(a))}" if settings(a) else ""), settings(a))
+        for a in args.attacks.split(",")]
     if args.variants or args.only_variants:
         cells += [(a, "banana", ["target=banana"]) for a in args.attacks.split(",")]
         cells += [(a, f"{loc}", [f"location={loc}"]) for a in PATCH_ATTACKS if a in args.attacks
                   for loc in ("top-left", "center")]
-    print(f"clean model ({args.preset}): CA {pct(ca0)} %, recall@10 "
-          f"{pct(clean['metrics']['before'].get('retrieval_recall@10'))} %\n")
-    print("| attack | variant | poison rate | CA | ΔCA | ASR@1 | untriggered | ASR@5 | retrieval ASR@10 | RA | build s | bars |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (f"clean model ({args.preset}): CA {pct(ca0)} %, recall@10 "
+            f"{pct(clean['metrics']['before'].get('retrieval_recall@10'))} %")
+    lines = ["| attack | variant | poison rate | CA | ΔCA | ASR@1 | untriggered | trigger effect | ASR@5 | "
+             "retrieval ASR@10 | RA | build s | bars |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(head + "\n\n" + "\n".join(lines), flush=True)
     for i, (attack, variant, params) in enumerate(cells):
         doc = run_cell(args.preset, attack, params, tmp / f"{i}-{attack}")
         m = doc["metrics"]["before"]
         rate = doc["attack"]["params"].get("poison_rate")
         build = doc["attack"].get("build_seconds")
-        ok = m["asr"] >= 0.90 and abs(m["ca"] - ca0) <= 0.02
-        print(f"| {attack} | {variant} | {'-' if rate is None else f'{100 * rate:.1f} %'} | {pct(m['ca'])} | "
-              f"{100 * (m['ca'] - ca0):+.1f} | {pct(m['asr'])} | {pct(m.get('asr_untriggered'))} | {pct(m.get('asr_top5'))} | "
-              f"{pct(m.get('retrieval_asr@10'))} | {pct(m.get('ra'))} | "
-              f"{build if build is not None else '-'}{' (cached)' if doc['attack'].get('from_cache') else ''} | "
-              f"{'met' if ok else 'NOT met'} |", flush=True)
+        effect = m["asr"] - (m.get("asr_untriggered") or 0.0)
+        ok = effect >= 0.90 and abs(m["ca"] - ca0) <= 0.02
+        lines.append(
+            f"| {attack} | {variant} | {'-' if rate is None else f'{100 * rate:.1f} %'} | {pct(m['ca'])} | "
+            f"{100 * (m['ca'] - ca0):+.1f} | {pct(m['asr'])} | {pct(m.get('asr_untriggered'))} | {pct(effect)} | "
+            f"{pct(m.get('asr_top5'))} | {pct(m.get('retrieval_asr@10'))} | {pct(m.get('ra'))} | "
+            f"{build if build is not None else '-'}{' (cached)' if doc['attack'].get('from_cache') else ''} | "
+            f"{'met' if ok else 'NOT met'} |")
+        print(lines[-1], flush=True)
+    if args.docs is not None:
+        intro = ("Generated by `benchmarks/attacks.py`; do not edit by hand. Each row is one `toolbox run --attack A "
+                 "--defense none`: the backdoored model before any defense. Trigger effect = ASR@1 minus the "
+                 "untriggered target rate. Bars: trigger effect >= 90 points and CA within 2 points of the clean model. "
+                 "`build s` is the attack's build time when it was built (cached rows show that first build).")
+        path = write_page(args.docs / "results" / f"attacks-{args.preset}.md", f"Attacks on the embedded world: "
+                          f"{args.preset}", prov, intro, [head, "", *lines])
+        print(f"wrote {path}")
     return 0
 
 
