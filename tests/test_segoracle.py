@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from invertune_plugin.segoracle import oracle as oracle_module
 from invertune_plugin.segoracle.oracle import (ABSENT_LOGIT, EmbeddedOracleRecipe, SegmentationOracle,
                                                embedded_oracle, fold_channels, read_class_map, read_logits,
                                                torchvision_oracle)
@@ -263,8 +264,18 @@ def test_the_embedded_oracle_is_deterministic_and_cached(tmp_path, monkeypatch):
         assert 0 <= oracle.info["pixel_accuracy"] <= 1 and oracle.info["n_holdout"] == 20
         states.append(oracle.net.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # seeded: the same net twice
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached oracle was built again")
+
+    monkeypatch.setattr(oracle_module, "build_embedded", no_build)
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
     again = embedded_oracle(classes, 32, CPU, seed=0, recipe=recipe)  # from the cache
+    assert torch.rand(1) == expected  # the global stream is where it was
     assert again.info["cache_key"] == oracle.info["cache_key"]
+    assert all(torch.equal(again.net.state_dict()[k], states[1][k]) for k in states[1])
     assert again.segment(torch.rand(2, 3, 32, 32)).shape == (2, 1 + len(classes), 32, 32)
     with pytest.raises(ValueError, match="cannot draw"):
         embedded_oracle(["pizza"], 32, CPU, recipe=recipe)
@@ -285,8 +296,7 @@ def test_segoracle_is_a_plugin_of_its_own_and_blockable_alone(host, monkeypatch)
 
 @pytest.mark.slow
 def test_segoracle_finds_and_removes_a_planted_badnet_on_the_smoke_world(host, smoke_world, tmp_path):
-    """A smaller oracle and fine-tuning than the defaults keep it near a minute (measured: target found,
-    ASR@1 99.6 % -> 0.0 %, CA 81.8 % -> 76.4 %)."""
+    """A smaller oracle and fine-tuning than the defaults keep it near a minute."""
     out = tmp_path / "segoracle"
     small = ["-p", "oracle_scenes=2000", "-p", "oracle_epochs=8", "-p", "n_inspect=1500", "-p", "n_clean_keep=300",
              "-p", "epochs=4"]
@@ -302,4 +312,18 @@ def test_segoracle_finds_and_removes_a_planted_badnet_on_the_smoke_world(host, s
     assert (out / doc["artifacts"]["trigger_mask"]).is_file() and "model" in doc["artifacts"]
     assert "asr_localised" in after and doc["defense_info"]["n_victims_curated"] > 0
     assert before["asr"] > 0.9 and after["asr"] < 0.1  # the backdoor is gone
-    assert after["ca"] > before["ca"] - 0.1  # the relabelled fine-tuning keeps most clean accuracy
+    assert after["ca"] > before["ca"] - 0.07  # the relabelled fine-tuning keeps most clean accuracy
+
+
+@pytest.mark.slow
+def test_segoracle_leaves_a_model_trained_on_clean_data_alone(host, smoke_world, tmp_path):
+    """No attack: the inspected set is the clean training split, so no label may be accused and the
+    model comes back unchanged (the same small oracle as above, cached by then)."""
+    out = tmp_path / "segoracle-clean"
+    small = ["-p", "oracle_scenes=2000", "-p", "oracle_epochs=8", "-p", "n_inspect=1500"]
+    assert main(["run", "--defense", "segoracle", "--preset", "smoke", "--out", str(out), *small]) == 0
+    doc = json.loads((out / "result.json").read_text())
+    det = doc["detection"]
+    assert det["verdict"] == "no backdoor found" and not det["backdoored"] and det["target"] is None
+    assert det["n_victims"] == 0 and det["score"] < 3.5 and "training set" in det["inspected"]
+    assert doc["model"]["purified_sha256"] is None and doc["defense_info"]["purified"] is False

@@ -250,8 +250,9 @@ def build_embedded(classnames: list[str], image_size: int, device: torch.device,
     scenes = draw_scenes(classnames, image_size, recipe.n_scenes, seed, recipe.noise_std)
     train = Scenes(scenes.images[n_holdout:], scenes.targets[n_holdout:], scenes.labels[n_holdout:])
     holdout = Scenes(scenes.images[:n_holdout], scenes.targets[:n_holdout], scenes.labels[:n_holdout])
-    torch.manual_seed(seed)  # the net's initial weights
-    net = TinySegNet(1 + len(classnames), recipe.width)
+    with torch.random.fork_rng(devices=[]):  # seed the initial weights without moving the run's global stream
+        torch.manual_seed(seed)
+        net = TinySegNet(1 + len(classnames), recipe.width)
     history = train_segnet(net, train, recipe, seed, device)
     accuracy = held_out_accuracy(NetOracle(net, classnames, device), holdout)
     meta = {"source": "embedded", "classnames": classnames, "image_size": image_size, "seed": seed,

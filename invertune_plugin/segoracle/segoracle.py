@@ -7,8 +7,8 @@ model is then rectified by fine-tuning. Every concrete choice below is ours, one
 
 - Threat model: the defender holds the data the suspect was fine-tuned on, which may hold poisoned
   samples (the abstract's victim samples). In the toolbox that is the attack's own poisoned set
-  (``Attack.poison(train_data, seed).data``, the set ``backdoor`` trained on); only its images and
-  captions are read, never ``.poisoned``, the ground truth the defense must not see. Without an
+  (``Attack.poison(train_data, seed).data``, the set ``backdoor`` trained on); only its images are
+  read, never ``.poisoned``, the ground truth the defense must not see. Without an
   attack that poisons data, it is ``--train-data`` as given.
 - ``inspect_pool``: ``n_inspect`` images of that set, drawn by a seeded permutation: the oracle's
   cost grows with every image, and a backdoor shows in a few thousand.
@@ -50,12 +50,11 @@ from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome, Imag
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
 from toolbox.zeroshot import class_embeddings, image_features
 
-from ..data import as_float, frozen
-from .oracle import (TORCHVISION_ARCHS, EmbeddedOracleRecipe, NetOracle, embedded_oracle, read_logits,
+from ..data import as_float, frozen, seeded_subset
+from .oracle import (SEED_STRIDE, TORCHVISION_ARCHS, EmbeddedOracleRecipe, NetOracle, embedded_oracle, read_logits,
                      torchvision_oracle)
 
 EMBEDDED = "embedded"
-SEED_STRIDE = 1_000_003  # a run seed's streams start at seed * stride (prime: nearby seeds do not overlap)
 MAD_TO_SD = 1.4826  # MAD * this estimates the standard deviation of a normal sample
 SCORE_DEFINITION = ("largest robust z-score over the classes of the count of confident CLIP/oracle disagreements "
                     "CLIP assigns to the class: (count - median) / (1.4826 * max(MAD, 1))")
@@ -70,8 +69,8 @@ class SegOracleConfig:
     oracle_arch: str = "lraspp_mobilenet_v3_large"  # a checkpoint's torchvision architecture (the smallest offered)
     oracle_classes: str = ""  # a checkpoint's class-mapping file: one line per output channel, "background" first
     oracle_input_size: int = 0  # a checkpoint segments at this many pixels (0: the images' own); read back at theirs
-    oracle_scenes: int = 8000  # embedded oracle: scenes drawn, balanced, a tenth held out for its accuracy
-    oracle_epochs: int = 6  # embedded oracle: epochs over its 7,200 training scenes (99.4 % held-out image accuracy)
+    oracle_scenes: int = EmbeddedOracleRecipe.n_scenes  # embedded oracle: scenes drawn, balanced, a tenth held out
+    oracle_epochs: int = EmbeddedOracleRecipe.epochs  # embedded oracle: its training epochs (the rest: the recipe)
     oracle_seed: int = 0  # embedded oracle: its own seed, not the run's: one fixed supervisor for every run
     # algorithm 1: where CLIP and the oracle disagree
     n_inspect: int = 4000  # training images inspected: at a few % poisoned, over 100 of them carry the trigger
@@ -85,7 +84,7 @@ class SegOracleConfig:
     n_clean_keep: int = 1000  # agreeing images rehearsed beside the victims, to keep clean accuracy
     # fine-tuning a copy on the curated set (toolbox.contrastive)
     epochs: int = 5  # the curated set is small: ~100 steps at its size with the defaults
-    lr: float = 5e-4  # the attacks' and baselines' toy-world lr (1e-4 moved nothing for FT)
+    lr: float = 5e-4  # the attacks' and baselines' toy-world fine-tuning lr
     batch_size: int = 64
     warmup_steps: int = 10  # a tenth of the ~100 steps
     weight_decay: float = 0.1  # CLIP's
@@ -109,9 +108,13 @@ class SegOracleConfig:
                 if not Path(path).is_file():
                     raise ValueError(f"{what}: file not found: {path}")
         if (self.n_inspect < 1 or self.oracle_scenes < 10 or self.oracle_epochs < 1 or self.saliency_images < 1
-                or self.epochs < 1 or self.batch_size < 2 or self.inference_batch_size < 1):
-            raise ValueError("n_inspect, oracle_epochs, saliency_images, epochs and inference_batch_size must be >= 1, "
-                             "oracle_scenes >= 10 and batch_size >= 2")
+                or self.epochs < 1 or self.batch_size < 2 or self.inference_batch_size < 1
+                or self.min_disagreements < 1 or self.n_clean_keep < 0 or self.oracle_input_size < 0):
+            raise ValueError("n_inspect, oracle_epochs, saliency_images, epochs, inference_batch_size and "
+                             "min_disagreements must be >= 1, oracle_scenes >= 10, batch_size >= 2, n_clean_keep and "
+                             "oracle_input_size >= 0")
+        if not self.z_threshold > 0:
+            raise ValueError(f"z_threshold must be > 0, got {self.z_threshold}")
         if not (0 <= self.min_oracle_confidence <= 1 and 0 <= self.min_foreground < 1
                 and 0 < self.trigger_fraction <= 1):
             raise ValueError("min_oracle_confidence must be in [0, 1], min_foreground in [0, 1) and trigger_fraction "
@@ -124,10 +127,6 @@ class SegOracleConfig:
 
 def stream_seed(seed: int, stream: int) -> int:
     return seed * SEED_STRIDE + stream
-
-
-def seeded_permutation(n: int, seed: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 @contextmanager
@@ -145,7 +144,7 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 @dataclass
 class Pool:
     images: Tensor  # uint8 [N,3,H,W]
-    indices: Tensor  # [N] into the inspected set
+    indices: Tensor  # [N] into the training set the pool was drawn from
     source: str  # what the set is
 
 
@@ -155,9 +154,9 @@ def inspect_pool(ctx: DefenseContext, n_inspect: int, seed: int) -> Pool:
         raise ValueError("segoracle inspects the data the suspect was fine-tuned on: pass --train-data")
     data, source = ctx.train_data, f"training set {ctx.train_data.source}"
     poisoned = ctx.attack.poison(ctx.train_data, ctx.seed) if ctx.attack is not None else None
-    if poisoned is not None:  # its images and captions only: .poisoned is ground truth the defense must not see
+    if poisoned is not None:  # its images only: .poisoned is ground truth the defense must not see
         data, source = poisoned.data, f"training set as poisoned by {getattr(ctx.attack, 'name', '?')}"
-    keep = seeded_permutation(len(data.dataset), seed)[:n_inspect].sort().values
+    keep = seeded_subset(len(data.dataset), n_inspect, seed)
     return Pool(images=data.uint8(keep), indices=keep, source=source)
 
 
@@ -236,8 +235,8 @@ def affected_labels(clip: Tensor, oracle: Tensor, n_classes: int, z_threshold: f
     differ = disagreeing(clip, oracle)
     counts = torch.bincount(clip[differ], minlength=n_classes)
     c = counts.double()
-    median = c.median()
-    mad = (c - median).abs().median().clamp_min(1.0)  # floor: one disagreement, so a quiet table never divides by 0
+    median = c.quantile(0.5)  # not Tensor.median: that is the lower middle value for an even count
+    mad = (c - median).abs().quantile(0.5).clamp_min(1.0)  # floor: one disagreement, so a quiet table never divides by 0
     z = ((c - median) / (MAD_TO_SD * mad)).float()
     hits = [i for i in range(n_classes) if z[i] > z_threshold and counts[i] >= min_disagreements]
     return Disagreements(counts=counts, z=z, affected=sorted(hits, key=lambda i: -float(z[i])),
@@ -330,7 +329,7 @@ def write_artifacts(workdir: Path, found: Localised, images: Tensor, foreground:
 
 def write_victims(workdir: Path, pool: Pool, victim_idx: Tensor, clip: Tensor, labels: OracleLabels,
                   classnames: Sequence[str]) -> dict[str, str]:
-    """One row per victim: its index in the inspected set, CLIP's label, the oracle's and its confidence
+    """One row per victim: its index in the training set, CLIP's label, the oracle's and its confidence
     (a later check can hold the indices against an attack's poisoning record)."""
     import csv
 
@@ -363,7 +362,7 @@ def curate(images: Tensor, clip: Tensor, oracle: Tensor, victim_idx: Tensor, cla
            templates: Sequence[str], n_clean_keep: int, keep_seed: int, caption_seed: int) -> Curated:
     """Victims captioned with the oracle's label, plus ``n_clean_keep`` agreeing images with theirs."""
     agree = ((oracle >= 0) & (clip == oracle)).nonzero().flatten()
-    kept = agree[seeded_permutation(len(agree), keep_seed)[:n_clean_keep]].sort().values
+    kept = agree[seeded_subset(len(agree), n_clean_keep, keep_seed)]
     chosen = torch.cat([victim_idx, kept])
     rng = random.Random(caption_seed)
     captions = [caption(rng.choice(list(templates)), classnames[y]) for y in oracle[chosen].tolist()]
