@@ -268,7 +268,8 @@ def load_embedded(entry: Path, device: torch.device) -> NetOracle:
     import safetensors.torch
 
     meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    net = TinySegNet(1 + len(meta["classnames"]), meta["recipe"]["width"])
+    with torch.random.fork_rng(devices=[]):  # the throwaway initial weights must not move the run's stream
+        net = TinySegNet(1 + len(meta["classnames"]), meta["recipe"]["width"])
     net.load_state_dict(safetensors.torch.load_file(str(entry / "oracle.safetensors")))
     info = {"source": "embedded", "cache_key": entry.name, "pixel_accuracy": meta["pixel_accuracy"],
             "image_accuracy": meta["image_accuracy"], "n_train": meta["n_train"], "n_holdout": meta["n_holdout"]}
