@@ -1,6 +1,6 @@
 """Attack bars (issue 4): every attack on the embedded preset, one table.
 
-    python benchmarks/attacks.py                         # six attacks, default preset, target mushroom
+    python benchmarks/attacks.py                         # seven attacks, default preset, target mushroom
     python benchmarks/attacks.py --preset smoke          # quick look
     python benchmarks/attacks.py --variants              # + target banana, + patch at top-left / center
     python benchmarks/attacks.py --preset default-resnet -a badencoder.lambda2=3 --docs docs
@@ -71,6 +71,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))
     clean = run_cell(args.preset, None, [], tmp / "clean")
     ca0 = clean["metrics"]["before"]["ca"]
+
     def settings(a: str) -> list[str]:
         return [*args.attack_param, *own.get(a, [])]
 
