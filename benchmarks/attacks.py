@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolbox.cli import main as toolbox
+from toolbox.cli import _kv, main as toolbox
+from toolbox.compare import split_params
+from toolbox.errors import InputError
 from toolbox.results import provenance, write_page
 
 ATTACKS = ("badnet", "blended", "sig", "wanet", "badencoder", "badclip", "evasive")
@@ -61,13 +63,11 @@ def main() -> int:
     ap.add_argument("--docs", type=Path, help="also write the table as DOCS/results/attacks-PRESET.md")
     args = ap.parse_args()
     prov = provenance(["python", "benchmarks/attacks.py", *sys.argv[1:]])
-    own: dict[str, list[str]] = {}
-    for item in args.one_attack_param:
-        name, sep, value = item.partition("=")
-        attack, dot, key = name.partition(".")
-        if not (sep and dot and attack and key):
-            ap.error(f"-a wants ATTACK.KEY=VALUE, got {item!r}")
-        own.setdefault(attack, []).append(f"{key}={value}")
+    try:  # the same NAME.KEY=VALUE parsing as `toolbox compare`
+        own = {a: [f"{k}={v}" for k, v in kv.items()]
+               for a, kv in split_params(_kv(args.one_attack_param), args.attacks.split(","), "attack").items()}
+    except (InputError, argparse.ArgumentTypeError) as err:
+        ap.error(str(err))
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))
     clean = run_cell(args.preset, None, [], tmp / "clean")
     ca0 = clean["metrics"]["before"]["ca"]

@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from toolbox.compare import CompareRequest, compare, markdown_table
+from toolbox.cli import _kv
+from toolbox.compare import CompareRequest, compare, markdown_table, split_params
+from toolbox.errors import InputError
 from toolbox.results import provenance, write_page
 from toolbox.runner import Sources
 
@@ -42,13 +44,10 @@ def main() -> int:
     ap.add_argument("-a", "--attack-param", action="append", default=[], metavar="ATTACK.KEY=V",
                     help="an attack's setting in every cell it is in (repeatable)")
     args = ap.parse_args()
-    attack_params: dict[str, dict[str, str]] = {}
-    for item in args.attack_param:
-        name, sep, value = item.partition("=")
-        attack, dot, key = name.partition(".")
-        if not (sep and dot and attack and key):
-            ap.error(f"--attack-param wants ATTACK.KEY=VALUE, got {item!r}")
-        attack_params.setdefault(attack, {})[key] = value
+    try:  # the same NAME.KEY=VALUE parsing as `toolbox compare`
+        attack_params = split_params(_kv(args.attack_param), args.attacks.split(","), "attack")
+    except (InputError, argparse.ArgumentTypeError) as err:
+        ap.error(str(err))
     prov = provenance(["python", "benchmarks/compare.py", *sys.argv[1:]])
     params = ({b: {"data_ratio": str(args.baseline_data_ratio)} for b in BASELINES}
               if args.baseline_data_ratio is not None else {})
