@@ -218,6 +218,10 @@ class ClipModel(Protocol):
 
     def parameters(self, recurse: bool = True) -> Any: ...
 
+    def clone(self) -> "ClipModel":
+        """An independent copy (attacks and fine-tuning baselines train one, never the suspect itself)."""
+        ...
+
 
 @dataclass
 class LoadedModel:

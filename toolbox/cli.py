@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     req = RunRequest(defense=args.defense, attack=args.attack, sources=sources_from(args), out=args.out,
                      defense_params=_kv(args.param), attack_params=_kv(args.attack_param),
-                     skip_unreadable=args.skip_unreadable, command=["toolbox", *args.argv])
+                     skip_unreadable=args.skip_unreadable, command=["toolbox", *args.argv],
+                     metrics=tuple(args.metric))
     path = run(req)
     print(summary(json.loads(Path(path).read_text()), Path(path)))
     return EXIT_OK
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
     p.add_argument("--attack-param", action="append", metavar="KEY=VALUE", help="attack parameter override")
     p.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (counted in the result)")
+    p.add_argument("--metric", action="append", metavar="NAME", default=[],
+                   help="a registered metric to measure beside CA/ASR, on clean and triggered images (repeatable)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="attacks x defenses table (the paper's Table 1), cells cached and resumable",

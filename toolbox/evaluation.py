@@ -8,13 +8,14 @@ that plugins register (``zeroshot_accuracy``, ``attack_success_rate``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from .api import ClipModel, ImageData
+from .api import ClipModel, ImageData, config_defaults
 from .plugins import Registry
 from .zeroshot import caption_embeddings, class_embeddings, image_features, mentions_word
 
@@ -32,6 +33,13 @@ class MetricConfig:
     retrieval_k: int = 10
     batch_size: int = 256  # images per forward pass (--eval-batch-size)
     workers: int = 0  # DataLoader processes decoding images (--workers; the runner resolves its default)
+    # Registered metrics asked for by name (--metric), each fed (logits, labels) beside the built-ins.
+    extra: tuple[str, ...] = ()
+
+BUILTIN_METRICS = ("zeroshot_accuracy", "attack_success_rate", "retrieval_recall", "retrieval_asr")
+EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
+                    "clean evaluation images gives NAME; on the images with the real trigger applied (all of "
+                    "them, true labels) NAME_triggered")
 
 
 @dataclass
@@ -90,8 +98,22 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
                               "mention the target are excluded when exclude_target_class is true",
             "asr_metric_class": cls("retrieval_asr"),
         },
+        "extra": {name: {"definition": EXTRA_DEFINITION, "metric_class": cls(name)} for name in cfg.extra},
         "settings": asdict(cfg),
     }
+
+
+def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry,
+                  suffix: str = "") -> dict[str, float]:
+    """The ``--metric`` metrics of ``logits``, each built with its Config's defaults."""
+    out = {}
+    for name in cfg.extra:
+        reg = registry.get("metric", name)
+        metric = reg.obj(**config_defaults(reg.obj))
+        metric.update(logits, labels)
+        value = float(metric.compute())
+        out[f"{name}{suffix}"] = value if math.isfinite(value) else None  # JSON has no NaN
+    return out
 
 
 def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,
@@ -106,7 +128,7 @@ def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger:
     keep = labels != target
     ra.update(logits[keep], labels[keep])
     out["ra"] = float(ra.compute())
-    return out
+    return out | extra_metrics(logits, labels, cfg, registry, "_triggered")
 
 
 def attack_success_rate(logits: Tensor, labels: Tensor, target: int, k: int, cfg: MetricConfig,
@@ -142,6 +164,7 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             metric.update(logits, labels)
             out[f"ca_top{k}"] = float(metric.compute())
         out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
+        out.update(extra_metrics(logits, labels, cfg, registry))
         if inputs.trigger is not None and inputs.target is not None:
             target_index = inputs.classnames.index(inputs.target)
             out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target_index, cfg, registry,
@@ -149,7 +172,7 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
             out["asr_untriggered"] = untriggered_rate(logits, labels, target_index, cfg, registry)
         for name, (trigger, target) in inputs.extra_triggers.items():
             extra = trigger_metrics(model, inputs.eval_data, weights, trigger, inputs.classnames.index(target),
-                                    cfg, registry, device)
+                                    replace(cfg, extra=()), registry, device)
             out.update({f"{key.replace('asr', f'asr_{name}', 1)}": v for key, v in extra.items()
                         if key.startswith("asr")})
     if inputs.retrieval_data is not None and inputs.retrieval_data.captions is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -96,7 +96,8 @@ def run(defense: str = "invertune", *, attack: str | None = None, model: str | N
         templates: str | None = None, preset: str = "default", seed: int = 0, device: str = "auto",
         asr_include_target: bool = False, eval_batch_size: int = 256, workers: int | None = None,
         rebound_steps: int = 0, rebound_lr: float = 5e-4, out: str | Path | None = None, params: Mapping[str, Any] | None = None,
-        attack_params: Mapping[str, Any] | None = None, skip_unreadable: bool = False) -> RunResult:
+        attack_params: Mapping[str, Any] | None = None, skip_unreadable: bool = False,
+        metrics: Sequence[str] = ()) -> RunResult:
     """``toolbox run`` from Python; every keyword is the CLI option of the same name. Bad input
     raises :class:`toolbox.errors.InputError` with the message the command would print."""
     from .runner import RunRequest, Sources
@@ -109,7 +110,7 @@ def run(defense: str = "invertune", *, attack: str | None = None, model: str | N
                       rebound_lr=rebound_lr)
     req = RunRequest(defense=defense, attack=attack, sources=sources, out=Path(out) if out else None,
                      defense_params=_params(params), attack_params=_params(attack_params),
-                     skip_unreadable=skip_unreadable)
+                     skip_unreadable=skip_unreadable, metrics=(metrics,) if isinstance(metrics, str) else tuple(metrics))
     req.command = equivalent_command(req)
     path = Path(run_request(req))
     return RunResult(path=path, doc=json.loads(path.read_text(encoding="utf-8")))
@@ -124,6 +125,8 @@ def equivalent_command(req: Any) -> list[str]:
         if value != getattr(defaults, f.name):
             cmd += [flag] if isinstance(value, bool) else [flag, str(value)]
     cmd += ["--skip-unreadable"] if req.skip_unreadable else []
+    for name in req.metrics:
+        cmd += ["--metric", name]
     cmd += ["--out", str(req.out)] if req.out else []
     for flag, values in (("-p", req.defense_params), ("--attack-param", req.attack_params)):
         for key, value in values.items():

@@ -23,7 +23,7 @@ from . import outputs, results
 from .api import (AttackContext, ClipModel, DefenseContext, ImageData, LoadedModel, build_config,
                   config_values)
 from .errors import InputError, one_line
-from .evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
+from .evaluation import BUILTIN_METRICS, EvalInputs, MetricConfig, evaluate, metric_config_doc
 from .zeroshot import loader_workers
 from .plugins import Registry, UnknownNameError, get_host
 from .rebound import REBOUND_DEFINITION, ReboundConfig, rebound
@@ -82,6 +82,7 @@ class RunRequest:
     attack_params: dict[str, str] = field(default_factory=dict)
     skip_unreadable: bool = False
     command: list[str] = field(default_factory=list)
+    metrics: tuple[str, ...] = ()  # registered metrics measured beside the built-ins (--metric)
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +112,10 @@ def resolve_names(registry: Registry, req: RunRequest) -> None:
         registry.get("attack", req.attack)
     if req.sources.model_format:
         registry.get("model_adapter", req.sources.model_format)
+    for name in req.metrics:
+        registry.get("metric", name)
+        if name in BUILTIN_METRICS:
+            raise InputError(f"--metric {name}: a built-in metric, measured in every run already")
 
 
 def configure(cls: type, overrides: dict[str, str]) -> Any:
@@ -450,7 +455,7 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
                       "plugin": areg.plugin, **attack_record}
 
     mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
-                        workers=loader_workers(src.workers, device))
+                        workers=loader_workers(src.workers, device), extra=tuple(req.metrics))
     inputs = EvalInputs(eval_data=data["eval_data"], classnames=classnames, templates=templates,
                         retrieval_data=data["retrieval_data"], trigger=trigger, target=target,
                         trigger_source="real" if trigger else None)
@@ -474,8 +479,8 @@ def attack_defend_measure(req: RunRequest, registry: Registry, host: Any, stage_
         # ASR with the defense's own reconstructed triggers, before and after, labelled by name
         inputs.extra_triggers = {name: (trig, outcome.target) for name, trig in outcome.triggers.items()}
         with timer.stage("evaluate_reconstructed_before"):
-            extra_before = evaluate(model, replace(inputs, trigger=None, retrieval_data=None), mcfg, registry,
-                                    device)
+            extra_before = evaluate(model, replace(inputs, trigger=None, retrieval_data=None),
+                                    replace(mcfg, extra=()), registry, device)
         before.update({k: v for k, v in extra_before.items() if k.startswith("asr_") and k not in before})
     with timer.stage("evaluate_after"):
         after = evaluate(outcome.model, inputs, mcfg, registry, device)
