@@ -268,7 +268,7 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
 
 def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
     """A 'direction' backdoor (signed stripe correlation) is effective as found, but the flip gate
-    rejects it, as it rejects the clean ResNet-type model's 'tennis ball' (docs/calibration-history.md)."""
+    rejects it, as it rejects the clean ResNet-type model's 'tennis ball' (a gate fitted on the toy models)."""
     model = PlantedClip(stripes="direction")
     ctx, budget = _refinement_case(model, refine_steps=40)
     cfg = StripesConfig(**budget)

@@ -350,7 +350,7 @@ def test_regenerated_pages_do_not_count_as_edits():
     from toolbox.results import is_generated
 
     assert is_generated("docs/results/zoo.md") and is_generated("docs/calibration.md")
-    assert not is_generated("docs/calibration-history.md") and not is_generated("toolbox/results.py")
+    assert not is_generated("docs/invertune.md") and not is_generated("toolbox/results.py")
 
 
 def test_provenance_names_commit_machine_and_command():

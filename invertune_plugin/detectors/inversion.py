@@ -11,10 +11,10 @@ from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio, r
 @dataclass(frozen=True)
 class InversionConfig(DetectorConfig):
     min_asr: float = 0.9  # the inverted trigger must really work (held-out ASR) ...
-    # ... with a mask this small, a fraction of the image (scale-free); ours: docs/calibration-history.md
+    # ... with a mask this small, a fraction of the image (scale-free); ours, fitted on the toy models
     max_mask_fraction: float = 0.05
     # Invert toward stage 1's top K; the smallest effective mask wins (K > 1 did not rescue SIG or BadCLIP
-    # on the default ViT and costs K - 1 inversions: docs/calibration-history.md)
+    # on the default ViT and costs K - 1 inversions; fitted on the toy models)
     candidates: int = 1
 
     def __post_init__(self) -> None:

@@ -17,9 +17,9 @@ from ..refine import RefineConfig, RefinedGlobal, refine_globals
 @dataclass(frozen=True)
 class LinfConfig(RefineConfig):
     eps: float = 16 / 255  # at 24/255 natural classes reach the gate too; 0: off
-    min_rate: float = 0.6  # held-out success rate; ours: docs/calibration-history.md
+    min_rate: float = 0.6  # held-out success rate; ours, fitted on the toy models
     # The L-inf perturbation is a partial picture of the trigger: stage 3 also tunes against a stage-2
-    # inversion toward its target, half a batch each (docs/calibration-history.md)
+    # inversion toward its target, half a batch each (fitted on the toy models)
     tune_with_inversion: bool = True
 
 

@@ -16,14 +16,14 @@ from ..refine import RefineConfig, RefinedPatch, refine_patch, refine_patches
 
 @dataclass(frozen=True)
 class PatchConfig(RefineConfig):
-    min_rate: float = 0.95  # held-out success rate of a trigger; ours: docs/calibration-history.md
+    min_rate: float = 0.95  # held-out success rate of a trigger; ours, fitted on the toy models
     # Round 1 against a refined patch tunes 100 steps: longer, the tuning specialises to the refined
-    # pattern and the real trigger creeps back (docs/calibration-history.md)
+    # pattern and the real trigger creeps back (fitted on the toy models)
     tune_steps: int | None = 100
     # A later round runs only if a patch refined toward the target at the same place on the tuned model
     # still reaches round_check_rate ("patch"); "inversion": the re-inversion's min_round_asr alone
     round_check: str = "patch"
-    round_check_rate: float = 0.2  # ours, calibrated after 200-step rounds (docs/calibration-history.md)
+    round_check_rate: float = 0.2  # ours, calibrated after 200-step rounds (fitted on the toy models)
     round_check_restarts: int = 1
 
     def __post_init__(self) -> None:

@@ -20,8 +20,8 @@ from ..refine import RefineConfig, RefinedGlobal, refine_globals
 class StripesConfig(RefineConfig):
     eps: float = 48 / 255  # L-inf budget, below SIG's 60/255; 0: off
     family: str = "stripes"  # "stripes" or "separable" (eps * tanh(u) tanh(v)^T, which missed the sinusoid)
-    min_rate: float = 0.95  # held-out success rate as found; ours: docs/calibration-history.md
-    min_flipped_rate: float = 0.3  # ... and sign-flipped; ours: docs/calibration-history.md
+    min_rate: float = 0.95  # held-out success rate as found; ours, fitted on the toy models
+    min_flipped_rate: float = 0.3  # ... and sign-flipped; ours, fitted on the toy models
     tune_both_signs: bool = True  # both signs are triggers: stage 3 tunes +delta and -delta, half a batch each
 
     def __post_init__(self) -> None:
