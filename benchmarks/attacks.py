@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolbox.cli import _kv, main as toolbox
+from toolbox.cli import main as toolbox, parse_kv
 from toolbox.compare import split_params
 from toolbox.errors import InputError
 from toolbox.results import provenance, write_page
@@ -65,7 +65,7 @@ def main() -> int:
     prov = provenance(["python", "benchmarks/attacks.py", *sys.argv[1:]])
     try:  # the same NAME.KEY=VALUE parsing as `toolbox compare`
         own = {a: [f"{k}={v}" for k, v in kv.items()]
-               for a, kv in split_params(_kv(args.one_attack_param), args.attacks.split(","), "attack").items()}
+               for a, kv in split_params(parse_kv(args.one_attack_param), args.attacks.split(","), "attack").items()}
     except (InputError, argparse.ArgumentTypeError) as err:
         ap.error(str(err))
     tmp = Path(tempfile.mkdtemp(prefix="bench-attacks-"))

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from toolbox.cli import _kv
+from toolbox.cli import parse_kv
 from toolbox.compare import CompareRequest, compare, markdown_table, split_params
 from toolbox.errors import InputError
 from toolbox.results import provenance, write_page
@@ -45,7 +45,7 @@ def main() -> int:
                     help="an attack's setting in every cell it is in (repeatable)")
     args = ap.parse_args()
     try:  # the same NAME.KEY=VALUE parsing as `toolbox compare`
-        attack_params = split_params(_kv(args.attack_param), args.attacks.split(","), "attack")
+        attack_params = split_params(parse_kv(args.attack_param), args.attacks.split(","), "attack")
     except (InputError, argparse.ArgumentTypeError) as err:
         ap.error(str(err))
     prov = provenance(["python", "benchmarks/compare.py", *sys.argv[1:]])

@@ -22,7 +22,8 @@ log = logging.getLogger("toolbox")
 OWN_LOGGERS = ("toolbox", "adapters", "invertune_plugin")
 
 
-def _kv(pairs: Sequence[str] | None) -> dict[str, str]:
+def parse_kv(pairs: Sequence[str] | None) -> dict[str, str]:
+    """`KEY=VALUE` options as a dict (-p, --attack-param; the benchmarks read theirs the same way)."""
     out: dict[str, str] = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -76,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunRequest, run
 
     req = RunRequest(defense=args.defense, attack=args.attack, sources=sources_from(args), out=args.out,
-                     defense_params=_kv(args.param), attack_params=_kv(args.attack_param),
+                     defense_params=parse_kv(args.param), attack_params=parse_kv(args.attack_param),
                      skip_unreadable=args.skip_unreadable, command=["toolbox", *args.argv],
                      metrics=tuple(args.metric))
     path = run(req)
@@ -94,7 +95,7 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
                   preset=args.preset, device=args.device, eval_batch_size=args.eval_batch_size, workers=args.workers,
                   asr_include_target=args.asr_include_target)
     req = ScanRequest(defense=args.defense, sources=src, attack=args.attack, out=args.out,
-                      defense_params=_kv(args.param), attack_params=_kv(args.attack_param), retrain=args.retrain,
+                      defense_params=parse_kv(args.param), attack_params=parse_kv(args.attack_param), retrain=args.retrain,
                       skip_unreadable=args.skip_unreadable, command=["toolbox", *args.argv])
     path = scan(req)
     print(scan_summary(json.loads(Path(path).read_text()), Path(path)))
@@ -139,8 +140,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise InputError("--attacks and --defenses need at least one name each")
     req = CompareRequest(
         attacks=attacks, defenses=defenses, out=args.out, sources=sources_from(args),
-        defense_params=split_params(_kv(args.param), defenses, "defense"),
-        attack_params=split_params(_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
+        defense_params=split_params(parse_kv(args.param), defenses, "defense"),
+        attack_params=split_params(parse_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
         reuse=not args.no_reuse, grid=grid_config_from(args))
     cells = compare(req)
     print(markdown_table(cells), end="")
@@ -179,7 +180,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
         raise InputError("--only names no member")
     if args.rebound_steps < 0:
         raise InputError(f"--rebound-steps must be >= 0, got {args.rebound_steps}")
-    rows, out = eval_zoo(args.directory, args.defense, _kv(args.param), args.seed, grid_config_from(args), args.out,
+    rows, out = eval_zoo(args.directory, args.defense, parse_kv(args.param), args.seed, grid_config_from(args), args.out,
                          only, rebound_steps=args.rebound_steps)
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
