@@ -95,3 +95,12 @@ def test_leaderboard_groups_metric_configs_and_submit_validates(host, smoke_worl
     (board / "broken.json").write_text(json.dumps(broken))
     assert toolbox(["submit", str(board / "broken.json")]) == 2
     assert "not a valid" in capsys.readouterr().err
+
+
+def test_extra_metrics_and_workers_do_not_split_the_leaderboard():
+    from toolbox.leaderboard import metric_config_hash
+
+    base = {"ca": {"top_k": [1]}, "asr": {"top_k": [1]}, "settings": {"top_k": [1], "workers": 0}}
+    more = {**base, "extra": {"worst": {}}, "settings": {"top_k": [1], "workers": 4, "extra": ["worst"]}}
+    assert metric_config_hash(base) == metric_config_hash(more)
+    assert metric_config_hash(base) != metric_config_hash({**base, "settings": {"top_k": [1, 5]}})

@@ -36,6 +36,7 @@ class MetricConfig:
     # Registered metrics asked for by name (--metric), each fed (logits, labels) beside the built-ins.
     extra: tuple[str, ...] = ()
 
+
 BUILTIN_METRICS = ("zeroshot_accuracy", "attack_success_rate", "retrieval_recall", "retrieval_asr")
 EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
                     "clean evaluation images gives NAME; on the images with the real trigger applied (all of "
@@ -104,9 +105,9 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
 
 
 def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry,
-                  suffix: str = "") -> dict[str, float]:
+                  suffix: str = "") -> dict[str, float | None]:
     """The ``--metric`` metrics of ``logits``, each built with its Config's defaults."""
-    out = {}
+    out: dict[str, float | None] = {}
     for name in cfg.extra:
         reg = registry.get("metric", name)
         metric = reg.obj(**config_defaults(reg.obj))
@@ -117,8 +118,8 @@ def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: R
 
 
 def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,
-                    cfg: MetricConfig, registry: Registry, device: torch.device) -> dict[str, float]:
-    """ASR@k (``asr_topk``, ``asr`` = first k) and robust accuracy (``ra``) of one trigger."""
+                    cfg: MetricConfig, registry: Registry, device: torch.device) -> dict[str, float | None]:
+    """ASR@k (``asr_topk``, ``asr`` = first k), robust accuracy (``ra``) and the ``--metric`` ones of one trigger."""
     feats, labels = image_features(model, data, cfg.batch_size, device, trigger, cfg.workers)
     logits = feats @ weights.T
     out: dict[str, float] = {f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry)

@@ -37,8 +37,8 @@ def comparable_metric_config(metric_config: Mapping[str, Any]) -> dict[str, Any]
                                       "metric_class")},
         "asr": {k: asr.get(k) for k in ("top_k", "exclude_target_class", "metric_class")},
         "retrieval": {k: retr.get(k) for k in ("k", "metric_class", "asr_metric_class")},
-        # data-loading processes do not change a number: results measured with any count compare
-        "settings": {k: v for k, v in (metric_config.get("settings") or {}).items() if k != "workers"},
+        # data-loading processes and extra --metric metrics do not change CA/ASR: such results compare
+        "settings": {k: v for k, v in (metric_config.get("settings") or {}).items() if k not in ("workers", "extra")},
     }
 
 
