@@ -36,6 +36,9 @@ def guide(register_plugin, monkeypatch):
     return module
 
 
+ATTACK_LINE = "--attack corner-square --attack-param poison_rate=0.1 --attack-param epochs=3 --preset smoke --out"
+
+
 def documented(marker: str) -> list[str]:
     """The guide's one ``toolbox run`` line that contains ``marker``, as argv."""
     (command,) = [ln for b in blocks("bash") for ln in b.splitlines() if ln.startswith("toolbox run") and marker in ln]
@@ -74,7 +77,7 @@ def test_the_guides_detector_joins_the_cascade_by_name(guide):
 @pytest.mark.slow
 def test_the_guides_attack_implants_as_documented(guide, smoke_world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    doc = run_documented("--attack corner-square", tmp_path)
+    doc = run_documented(ATTACK_LINE, tmp_path)
     assert doc["attack"]["plugin"] == "guide-plugin" and doc["attack"]["params"]["epochs"] == 3
     assert doc["attack"]["info"]["n_poisoned"] > 0
     before = doc["metrics"]["before"]
@@ -88,9 +91,8 @@ def test_the_guides_metric_is_measured_as_documented(guide, smoke_world, tmp_pat
     for when in ("before", "after"):
         m = doc["metrics"][when]
         assert 0 <= m["worst_class_accuracy"] <= m["ca"]
-        assert "worst_class_accuracy_triggered" not in m  # no attack, no trigger
+        assert 0 <= m["worst_class_accuracy_triggered"] <= m["ra"], "triggered images go to the target"
     assert doc["metric_config"]["extra"]["worst_class_accuracy"]["metric_class"].endswith("WorstClassAccuracy")
-    assert doc["command"][-4:] == ["--metric", "worst_class_accuracy", "--out", "runs/worst"]
 
 
 def test_the_guides_metric_computes_the_worst_class(guide):
@@ -100,15 +102,79 @@ def test_the_guides_metric_computes_the_worst_class(guide):
     assert float(metric.compute()) == 0.5
 
 
-def test_a_builtin_or_unknown_metric_is_refused(guide, host, tmp_path):
+def test_every_run_line_of_the_guide_is_one_a_test_runs():
+    lines = [ln for b in blocks("bash") for ln in b.splitlines() if ln.startswith("toolbox run")]
+    markers = ["--defense unchanged", ATTACK_LINE, "--metric worst_class_accuracy", "--eval-data smoke-eval.safetensors"]
+    assert sorted(" ".join(documented(m)) for m in markers) == sorted(ln[len("toolbox "):] for ln in lines)
+
+
+def test_the_guides_imports_are_the_public_contract():
+    import toolbox
+
+    allowed = set(toolbox.PUBLIC_MODULES) | {"invertune_plugin", "invertune_plugin.cascade"}
+    imported = {m for b in blocks("python") for m in re.findall(r"^(?:from|import) ([\w.]+)", b, flags=re.M)}
+    ours = {m for m in imported if m.split(".")[0] in ("toolbox", "invertune_plugin", "adapters")}
+    assert ours and ours <= allowed, ours - allowed
+
+
+def test_a_builtin_unknown_reserved_or_repeated_metric_is_refused(guide, host, tmp_path, capsys):
+    import toolbox
     from toolbox.errors import InputError
 
     assert main(["run", "--defense", "none", "--preset", "smoke", "--metric", "nonsense", "--out",
                  str(tmp_path / "a")]) == 2
-    with pytest.raises(InputError, match="built-in metric"):
-        import toolbox
+    assert "unknown metric 'nonsense'" in capsys.readouterr().err
+    for names, message in ((["attack_success_rate"], "built-in metric"), (["worst_class_accuracy"] * 2, "twice")):
+        with pytest.raises(InputError, match=message):
+            toolbox.run("none", preset="smoke", metrics=names, out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
-        toolbox.run("none", preset="smoke", metrics=["attack_success_rate"], out=tmp_path / "b")
+
+@pytest.mark.parametrize("name", ["ca_worst", "asr", "ra_x", "retrieval_mine", "worst_triggered"])
+def test_a_metric_named_like_a_builtin_key_is_refused(guide, host, name):
+    from toolbox.errors import InputError
+    from toolbox.evaluation import check_extra_metrics
+    from toolbox.plugins import Registration, Registry
+
+    registry = Registry()
+    registry.add(Registration(kind="metric", name=name, obj=guide.WorstClassAccuracy, plugin="guide"))
+    with pytest.raises(InputError, match="collide"):
+        check_extra_metrics([name], registry)
+
+
+def test_a_metric_that_fails_is_named_and_nan_is_null(guide):
+    from toolbox.errors import InputError
+    from toolbox.evaluation import MetricConfig, extra_metrics
+    from toolbox.plugins import Registration, Registry
+
+    class Empty(guide.WorstClassAccuracy):
+        def compute(self):
+            return torch.tensor(float("nan"))
+
+    class Vector(guide.WorstClassAccuracy):
+        def compute(self):
+            return torch.zeros(3)
+
+    registry = Registry()
+    for name, cls in (("empty", Empty), ("vector", Vector)):
+        registry.add(Registration(kind="metric", name=name, obj=cls, plugin="guide"))
+    logits, labels = torch.eye(2), torch.tensor([0, 1])
+    assert extra_metrics(logits, labels, MetricConfig(extra=("empty",)), registry, "_x") == {"empty_x": None}
+    with pytest.raises(InputError, match="metric 'vector' .plugin 'guide'. failed"):
+        extra_metrics(logits, labels, MetricConfig(extra=("vector",)), registry)
+
+
+def test_the_schema_holds_builtin_keys_to_fractions_and_lets_a_metric_be_any_number():
+    import jsonschema
+
+    from toolbox.results import result_schema
+
+    schema = result_schema()
+    metric_set = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/metric_set"}
+    jsonschema.validate({"ca": 0.5, "asr": None, "worst": 3.5, "worst_triggered": None}, metric_set)
+    for bad in ({"ca": 0.5, "asr": 0.1, "ca_top5": 1.5}, {"ca": 0.5, "asr": 0.1, "retrieval_asr@10": -1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, metric_set)
 
 
 def write_tensor_file(path: Path, images: torch.Tensor, labels: torch.Tensor, names: list[str]) -> None:
@@ -135,13 +201,15 @@ def test_the_guides_adapter_reads_the_same_images_as_the_built_in(guide, smoke_w
     assert doc["data"]["eval_data"]["n"] == len(labels)
 
 
-def test_the_guides_adapter_refuses_a_bad_file_in_one_line(guide, tmp_path):
+def test_the_guides_adapter_refuses_a_bad_file_in_one_line(guide, smoke_world, tmp_path, capsys):
     path = tmp_path / "bad.safetensors"
     write_tensor_file(path, torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 5]), ["a", "b"])
     adapter = guide.TensorFileAdapter()
     assert adapter.detect(str(path))
-    with pytest.raises(ValueError, match="labels must index"):
-        adapter.load(str(path), 8)
+    assert main(["run", "--defense", "none", "--preset", "smoke", "--eval-data", str(path), "--out",
+                 str(tmp_path / "out")]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]  # one line, no traceback
+    assert str(path) in line and "labels must index the class names" in line and not (tmp_path / "out").exists()
     write_tensor_file(path, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), ["a", "b"])
     with pytest.raises(ValueError, match="uint8"):
         adapter.load(str(path), 8)

@@ -41,3 +41,26 @@ def test_the_result_page_names_every_field_of_the_schema():
     schema = json.loads((ROOT / "toolbox" / "schema" / "result.schema.json").read_text())
     page = (ROOT / "docs" / "result-schema.md").read_text()
     assert [key for key in schema["properties"] if f"`{key}`" not in page] == []
+
+
+def test_readme_fits_on_about_two_screens():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 100, "details belong in docs/"
+
+
+def test_readme_results_are_numbers_of_the_generated_pages():
+    readme = (ROOT / "README.md").read_text()
+    assert "COLD_RUN" not in readme
+    results = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
+    generated = " ".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "results").glob("*.md"))
+    numbers = set(re.findall(r"\d+\.\d+", results))
+    assert len(numbers) >= 10
+    assert not {n for n in numbers if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d])", generated)}
+    zoo = (ROOT / "docs" / "results" / "zoo.md").read_text(encoding="utf-8")
+    counts = re.findall(r"(\d+) of (\d+)", results)
+    assert len(counts) >= 6
+
+    def given(n: int, m: int) -> bool:  # a rate "(n/m)", or a confusion line: n found of m, or n of m clean called
+        return (f"({n}/{m})" in zoo or re.search(rf"TP {n} · FP \d+ · TN \d+ · FN {m - n} ", zoo) is not None
+                or re.search(rf"FP {n} · TN {m - n} ", zoo) is not None)
+
+    assert not [c for c in counts if not given(int(c[0]), int(c[1]))], "an 'N of M' the zoo page does not give"

@@ -122,6 +122,12 @@ def summary(doc: dict[str, Any], path: Path) -> str:
     lines.append(f"{'':<22}{'before':>10}{'after':>10}")
     lines += [f"{label:<22}{pct(before.get(key)):>10}{pct(after.get(key)):>10}" for label, key in rows
               if before.get(key) is not None or after.get(key) is not None]
+
+    def num(v: float | None) -> str:  # a --metric's unit is its own: printed as computed
+        return "-" if v is None else f"{v:.4g}"
+
+    extra = [k for name in (doc["metric_config"].get("extra") or {}) for k in (name, f"{name}_triggered") if k in after]
+    lines += [f"{key:<22}{num(before.get(key)):>10}{num(after.get(key)):>10}" for key in extra]
     stages = {k: v for k, v in doc["timings_s"].items() if "." not in k}
     lines.append("time      " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
                  + f" (total {sum(stages.values()):.1f} s)")

@@ -106,7 +106,10 @@ def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[st
 def cell_versions(registry: Any, versions: dict[str, Any], attack: str, defense: str) -> dict[str, Any]:
     """The versions of the plugins a cell uses (the host, the adapters and metrics, its attack's and its
     defense's): installing or removing an unrelated plugin leaves its key as it was."""
-    used = {r.plugin for kind in ("metric", "model_adapter", "dataset_adapter") for r in registry.entries[kind].values()}
+    from .metrics import METRICS
+
+    used = {r.plugin for kind in ("model_adapter", "dataset_adapter") for r in registry.entries[kind].values()}
+    used |= {registry.get("metric", cls.name).plugin for cls in METRICS}  # a cell measures only these
     used |= {HOST_PLUGIN, registry.get("defense", defense).plugin}
     if attack != "none":
         used.add(registry.get("attack", attack).plugin)

@@ -9,13 +9,15 @@ that plugins register (``zeroshot_accuracy``, ``attack_success_rate``,
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .api import ClipModel, ImageData, config_defaults
+from .errors import InputError, one_line
 from .plugins import Registry
 from .zeroshot import caption_embeddings, class_embeddings, image_features, mentions_word
 
@@ -37,7 +39,8 @@ class MetricConfig:
     extra: tuple[str, ...] = ()
 
 
-BUILTIN_METRICS = ("zeroshot_accuracy", "attack_success_rate", "retrieval_recall", "retrieval_asr")
+# Keys the built-in measurements write (the schema holds them to [0, 1]); a --metric may not take one.
+RESERVED_KEYS = re.compile(r"^(ca|asr|ra)(_|$)|^retrieval_|_triggered$")
 EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
                     "clean evaluation images gives NAME; on the images with the real trigger applied (all of "
                     "them, true labels) NAME_triggered")
@@ -104,17 +107,48 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
     }
 
 
-def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry,
-                  suffix: str = "") -> dict[str, float | None]:
-    """The ``--metric`` metrics of ``logits``, each built with its Config's defaults."""
-    out: dict[str, float | None] = {}
-    for name in cfg.extra:
+def check_extra_metrics(names: Sequence[str], registry: Registry) -> None:
+    """Fail fast, before a run trains anything, on a ``--metric`` that cannot be measured."""
+    from .metrics import METRICS
+
+    builtin = {cls.name for cls in METRICS}
+    for name in names:
         reg = registry.get("metric", name)
-        metric = reg.obj(**config_defaults(reg.obj))
+        if name in builtin:
+            raise InputError(f"--metric {name}: a built-in metric, measured in every run already")
+        if RESERVED_KEYS.search(name):
+            raise InputError(f"--metric {name}: the name would collide with the built-in results "
+                             f"(ca*, asr*, ra*, retrieval_*, *_triggered); register the metric under another name")
+        if names.count(name) > 1:
+            raise InputError(f"--metric {name} is given twice")
+        build_extra_metric(reg)
+
+
+def build_extra_metric(reg: Any) -> Any:
+    """A ``--metric`` metric built with its Config's defaults (there is no option to set them)."""
+    try:
+        return reg.obj(**config_defaults(reg.obj))
+    except Exception as err:  # noqa: BLE001 - a third-party metric can raise anything
+        raise InputError(f"metric {reg.name!r} (plugin {reg.plugin!r}) cannot be built from its Config's "
+                         f"defaults: {one_line(err)}") from err
+
+
+def extra_metric(reg: Any, logits: Tensor, labels: Tensor) -> float | None:
+    """One ``--metric`` metric of ``logits``; a plugin that fails is reported by name."""
+    metric = build_extra_metric(reg)
+    try:
         metric.update(logits, labels)
         value = float(metric.compute())
-        out[f"{name}{suffix}"] = value if math.isfinite(value) else None  # JSON has no NaN
-    return out
+    except Exception as err:  # noqa: BLE001 - a third-party metric can raise anything
+        raise InputError(f"metric {reg.name!r} (plugin {reg.plugin!r}) failed: {one_line(err)}; it is updated "
+                         f"with (logits [N, C], labels [N]) and must compute one number") from err
+    return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry,
+                  suffix: str = "") -> dict[str, float | None]:
+    """The ``--metric`` metrics of ``logits``, keyed ``NAME`` + ``suffix``."""
+    return {f"{name}{suffix}": extra_metric(registry.get("metric", name), logits, labels) for name in cfg.extra}
 
 
 def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,

@@ -23,7 +23,7 @@ from . import outputs, results
 from .api import (AttackContext, ClipModel, DefenseContext, ImageData, LoadedModel, build_config,
                   config_values)
 from .errors import InputError, one_line
-from .evaluation import BUILTIN_METRICS, EvalInputs, MetricConfig, evaluate, metric_config_doc
+from .evaluation import EvalInputs, MetricConfig, check_extra_metrics, evaluate, metric_config_doc
 from .zeroshot import loader_workers
 from .plugins import Registry, UnknownNameError, get_host
 from .rebound import REBOUND_DEFINITION, ReboundConfig, rebound
@@ -112,10 +112,7 @@ def resolve_names(registry: Registry, req: RunRequest) -> None:
         registry.get("attack", req.attack)
     if req.sources.model_format:
         registry.get("model_adapter", req.sources.model_format)
-    for name in req.metrics:
-        registry.get("metric", name)
-        if name in BUILTIN_METRICS:
-            raise InputError(f"--metric {name}: a built-in metric, measured in every run already")
+    check_extra_metrics(list(req.metrics), registry)
 
 
 def configure(cls: type, overrides: dict[str, str]) -> Any:
