@@ -47,7 +47,7 @@ def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cel
     doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [(c["attack"], c["defense"]) for c in doc["cells"]] == [("none", "none"), ("none", "ft")]
     table = markdown_table(first)
-    assert "| ft |" in table and "**" in table  # the best defense's CA is bold
+    assert "| ft |" in table and "**" not in table  # a lone defense is the best of nothing
     second = compare(req)
     assert [c.from_cache for c in second] == [True, True]
     assert [c.after for c in second] == [c.after for c in first]
@@ -89,6 +89,9 @@ def test_leaderboard_groups_metric_configs_and_submit_validates(host, smoke_worl
     assert sub["schema"] == "toolbox.submission/1" and sub["seed"] == 0
     assert sub["model"]["sha256"] and sub["versions"]["torch"] and len(sub["result_sha256"]) == 64
     assert sub["metric_config"]["asr"]["exclude_target_class"] is True
+    (board / "other").rename(tmp_path / "other")  # back to one metric config
+    text, _ = leaderboard(board)
+    assert text.count(str(board / "ft")) == 1, "a result and the submission made of it are one entry"
 
     broken = json.loads((board / "ft" / "result.json").read_text())
     del broken["metrics"]
@@ -104,3 +107,30 @@ def test_extra_metrics_and_workers_do_not_split_the_leaderboard():
     more = {**base, "extra": {"worst": {}}, "settings": {"top_k": [1], "workers": 4, "extra": ["worst"]}}
     assert metric_config_hash(base) == metric_config_hash(more)
     assert metric_config_hash(base) != metric_config_hash({**base, "settings": {"top_k": [1, 5]}})
+
+
+def test_an_attack_that_did_not_implant_is_named_under_the_table():
+    from types import SimpleNamespace
+
+    from toolbox.compare import not_implanted
+
+    def cell(attack, asr, untriggered):
+        return SimpleNamespace(attack=attack, doc={"metrics": {"before": {"asr": asr, "asr_untriggered": untriggered}}})
+
+    cells = [cell("badnet", 0.02, 0.01), cell("badnet", 0.02, 0.01), cell("sig", 0.98, 0.01), cell("none", None, None)]
+    assert not_implanted(cells) == ["badnet"]
+
+
+def test_the_run_summary_says_when_the_attack_did_not_implant_and_whose_target_is_whose():
+    from pathlib import Path as P
+
+    from toolbox.cli import summary
+
+    doc = {"metrics": {"before": {"ca": 0.8, "asr": 0.02, "asr_untriggered": 0.01}, "after": {"ca": 0.8, "asr": 0.02}},
+           "metric_config": {}, "detection": {"backdoored": True, "target": "traffic light"},
+           "attack": {"name": "badnet", "target": "mushroom"}, "timings_s": {"defense": 1.0}, "artifacts": {}}
+    text = summary(doc, P("r/result.json"))
+    assert "verdict   backdoored, target 'traffic light' (the attack's: 'mushroom')" in text
+    assert "did not implant: its trigger adds 1.0 points" in text
+    doc["metrics"]["before"]["asr"] = 0.95
+    assert "did not implant" not in summary(doc, P("r/result.json"))

@@ -39,6 +39,11 @@ def test_the_recorded_command_is_the_cli_line_of_the_call():
     assert sources_from(args) == req.sources, "every source field round-trips through the command line"
 
 
+def test_a_model_without_data_of_its_own_says_how_to_give_it(host, smoke_world, tmp_path):
+    with pytest.raises(InputError, match=r"no clean images of its own: pass clean_data=.*data_sources"):
+        toolbox.load(str(smoke_world.model_dir))
+
+
 def test_bad_input_is_the_commands_error(host, tmp_path):
     with pytest.raises(InputError, match="no parameter 'nonsense'"):
         toolbox.run("invertune", preset="smoke", params={"nonsense": 1}, out=tmp_path / "x")
@@ -49,7 +54,7 @@ def test_bad_input_is_the_commands_error(host, tmp_path):
 @pytest.mark.slow
 def test_the_documented_example_runs(host, smoke_world, tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
@@ -65,4 +70,6 @@ def test_the_documented_example_runs(host, smoke_world, tmp_path, monkeypatch, c
         assert result.after["asr"] < result.before["asr"]
     assert result.artifacts and all(p.exists() for p in result.artifacts.values())
     assert ranking.target in scope["suspect"].classnames and scope["suspect"].images(8).dtype == torch.uint8
+    purified = scope["purified"]
+    assert purified.classnames == scope["suspect"].classnames and len(purified.clean.dataset) > 0
     assert "anomaly index" in capsys.readouterr().out

@@ -104,6 +104,8 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
 
 def summary(doc: dict[str, Any], path: Path) -> str:
     """The console's account of a run: verdict, CA / ASR before and after, time, where the files are."""
+    from .evaluation import IMPLANT_MARGIN
+
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
 
     def pct(v: float | None) -> str:
@@ -111,10 +113,20 @@ def summary(doc: dict[str, Any], path: Path) -> str:
 
     lines = [f"result    {path}"]
     det = doc.get("detection") or {}
+    attack = doc.get("attack") or {}
     if det:
-        verdict = det.get("verdict", det.get("backdoored"))
+        called = det.get("backdoored")
+        verdict = det.get("verdict") or {True: "backdoored", False: "no backdoor found"}.get(called, "not assessed")
         target = f", target {det['target']!r}" if det.get("target") else ""
+        if det.get("target") and attack.get("target") and det["target"] != attack["target"]:
+            target += f" (the attack's: {attack['target']!r})"
         lines.append(f"verdict   {verdict}{target}")
+    effect = (None if not attack or before.get("asr") is None or before.get("asr_untriggered") is None
+              else before["asr"] - before["asr_untriggered"])
+    if effect is not None and effect < IMPLANT_MARGIN:
+        lines.append(f"warning   the attack did not implant: its trigger adds {100 * effect:.1f} points of ASR@1 "
+                     f"(< {100 * IMPLANT_MARGIN:.0f}), so the suspect is effectively clean; on a small preset, "
+                     f"raise --attack-param poison_rate / epochs")
     rows = [("CA (top-1)", "ca"), ("ASR@1", "asr"), ("ASR untriggered", "asr_untriggered")]
     rows += [(f"ASR@1 {k[4:]}", k) for k in after if k.startswith("asr_") and not k[4:].startswith(("top", "untr"))
              and "_top" not in k]
@@ -233,7 +245,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="class names file, one per line (default: the model's own or ImageNet-1K)")
     p.add_argument("--templates", help="prompt templates file with {} for the class (default: OpenAI ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    p.add_argument("--preset", default="default", help="embedded world preset: default or smoke")
+    p.add_argument("--preset", default="default", help="embedded world preset: default, default-resnet, smoke or smoke-resnet (smoke: a small, quick world)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto (cuda, then mps, then cpu; the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass (default 256)")
@@ -369,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names file, one per line")
     p.add_argument("--templates", help="prompt templates file with {} for the class")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    p.add_argument("--preset", default="default", help="embedded world preset: default or smoke")
+    p.add_argument("--preset", default="default", help="embedded world preset: default, default-resnet, smoke or smoke-resnet (smoke: a small, quick world)")
     p.add_argument("--device", default="auto", help="torch device: auto (the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass")
     p.add_argument("--workers", type=int, default=None, help="evaluation data-loading processes")

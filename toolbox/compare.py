@@ -26,6 +26,7 @@ from . import atomic, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
+from .evaluation import IMPLANT_MARGIN
 from .plugins import HOST_PLUGIN, get_host
 from .runner import (RunRequest, Sources, check_measurement, configure, memoised_data, parse_device, run,
                      source_fingerprint)
@@ -191,7 +192,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
 
 
 def markdown_table(cells: list[Cell]) -> str:
-    """Defenses as rows, CA / ASR per attack as columns (percent), best of the defenses in bold."""
+    """Defenses as rows, CA / ASR per attack as columns (percent), best of two or more defenses in bold."""
     attacks = list(dict.fromkeys(c.attack for c in cells))
     defenses = list(dict.fromkeys(c.defense for c in cells))
     by = {(c.attack, c.defense): c for c in cells}
@@ -199,6 +200,8 @@ def markdown_table(cells: list[Cell]) -> str:
     best: dict[tuple[str, str], float] = {}
     for attack in attacks:
         rivals = [by[(attack, d)] for d in defenses if d != "none" and (attack, d) in by]
+        if len(rivals) < 2:  # a lone defense is not "best" of anything
+            continue
         for metric in metrics:
             values = [v for c in rivals if (v := c.value(metric)) is not None]
             if values:
@@ -224,7 +227,22 @@ def markdown_table(cells: list[Cell]) -> str:
                 ders.append(value)
         mean_der = f"{100 * sum(ders) / len(ders):.1f}" if ders else "-"
         lines.append(f"| {d} | " + " | ".join(parts) + f" | {mean_der} |")
+    weak = not_implanted(cells)
+    if weak:
+        lines.append(f"\nDid not implant (the trigger adds under {100 * IMPLANT_MARGIN:.0f} points of ASR@1 on the "
+                     f"undefended model): {', '.join(weak)}; those columns measure no backdoor.")
     return "\n".join(lines) + "\n"
+
+
+def not_implanted(cells: list[Cell]) -> list[str]:
+    """Attacks whose trigger barely moves the attacked model (ASR@1 minus the untriggered target rate)."""
+    out = []
+    for c in cells:
+        before = c.doc["metrics"]["before"]
+        asr, untriggered = before.get("asr"), before.get("asr_untriggered")
+        if c.attack != "none" and asr is not None and untriggered is not None and asr - untriggered < IMPLANT_MARGIN:
+            out.append(c.attack)
+    return list(dict.fromkeys(out))
 
 
 def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:

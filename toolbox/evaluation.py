@@ -39,6 +39,9 @@ class MetricConfig:
     extra: tuple[str, ...] = ()
 
 
+# A trigger effect (ASR@1 minus the untriggered target rate) below this: the attack did not implant.
+IMPLANT_MARGIN = 0.5
+
 # Keys the built-in measurements write (the schema holds them to [0, 1]); a --metric may not take one.
 RESERVED_KEYS = re.compile(r"^(ca|asr|ra)(_|$)|^retrieval_|_triggered$")
 EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "

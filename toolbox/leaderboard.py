@@ -99,9 +99,12 @@ class Entry:
     def row(self) -> dict[str, Any]:
         b, a = self.sub["metrics"]["before"], self.sub["metrics"]["after"]
         attack = self.sub.get("attack") or {}
-        params = json.dumps(self.sub["defense"].get("params"), sort_keys=True)
+        def short(params: Any) -> str:
+            return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+
         return {"defense": self.sub["defense"]["name"], "attack": attack.get("name") or "none",
-                "defense_config": hashlib.sha256(params.encode()).hexdigest()[:8],
+                "defense_config": short(self.sub["defense"].get("params")),
+                "attack_config": short(attack.get("params")) if attack else "-",
                 "model": self.sub["model"].get("id"), "seed": self.sub["seed"], "ca": a.get("ca"),
                 "asr": a.get("asr"), "ca_before": b.get("ca"), "asr_before": b.get("asr"),
                 "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")), "file": str(self.source)}
@@ -130,7 +133,20 @@ def collect(directory: Path) -> tuple[list[Entry], list[str]]:
                 skipped.append(f"{path}: invalid result ({getattr(err, 'message', err)})")
                 continue
             entries.append(Entry(path, make_submission(doc, path.read_bytes())))
-    return entries, skipped
+    return dedupe(entries), skipped
+
+
+def dedupe(entries: list[Entry]) -> list[Entry]:
+    """One entry per result: a result and the submission made of it (``toolbox submit`` writes it
+    beside) hold the same ``result_sha256``; the first file in path order is kept."""
+    seen: set[str] = set()
+    kept = []
+    for e in entries:
+        sha = e.sub.get("result_sha256")
+        if sha is None or sha not in seen:
+            kept.append(e)
+            seen.add(sha) if sha else None
+    return kept
 
 
 def group_by_metric_config(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -141,16 +157,17 @@ def group_by_metric_config(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 
 def ranked_table(entries: list[Entry]) -> str:
-    """One row per result; "defense config" is a short hash of the defense's parameters, so the
-    same defense run with other settings is told apart. Rank by DER (higher first), then lower ASR, then higher CA; defenses that report no attack last."""
+    """One row per result; "defense config" and "attack config" are short hashes of the parameters, so
+    the same defense or attack run with other settings is told apart. Rank by DER (higher first), then lower ASR, then higher CA; defenses that report no attack last."""
     rows = [e.row for e in entries]
     rows.sort(key=lambda r: (r["der"] is None, -(r["der"] or 0), r["asr"] if r["asr"] is not None else 2,
                              -(r["ca"] or 0)))
-    lines = ["| rank | defense | defense config | attack | model | seed | CA | ASR | CA before | ASR before | DER | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rank | defense | defense config | attack | attack config | model | seed | CA | ASR | CA before | "
+             "ASR before | DER | file |", "|---" * 13 + "|"]
     for i, r in enumerate(rows, 1):
         der_text = "-" if r["der"] is None else f"{100 * r['der']:.1f}"
-        lines.append(f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['model']} | {r['seed']} | {pct(r['ca'])} | "
+        lines.append(f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['attack_config']} | "
+                     f"{r['model']} | {r['seed']} | {pct(r['ca'])} | "
                      f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {r['file']} |")
     return "\n".join(lines) + "\n"
 

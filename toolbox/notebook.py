@@ -143,6 +143,9 @@ class Suspect:
     templates: list[str]
     clean: ImageData
     device: torch.device
+    # where the clean images, class names and templates came from: toolbox.load(other_model, **data_sources)
+    # loads a model that brings none of its own (a purified model folder) with the same ones
+    data_sources: dict[str, str] = field(default_factory=dict)
 
     def images(self, n: int | None = None, seed: int = 0) -> Tensor:
         """``n`` clean images (all when None), drawn with ``seed``, as uint8 [N, 3, H, W] on the device."""
@@ -166,9 +169,15 @@ def load(model: str | None = None, *, model_format: str | None = None, clean_dat
                       templates=templates, preset=preset, device=device)
     dev = parse_device(device)
     _, loaded = load_model(registry, sources.model_source, model_format, dev)
+    if not (clean_data or loaded.data_defaults.get("clean_data")):
+        raise InputError(f"{sources.model_source} brings no clean images of its own: pass clean_data= (a folder of "
+                         f"images, a labels.csv, ...); for the ones an embedded model uses, "
+                         f"toolbox.load(MODEL, **toolbox.load(preset=...).data_sources)")
     req = RunRequest(defense="none", sources=sources, skip_unreadable=skip_unreadable)
     classnames, template_list, data = load_inputs(registry, req, loaded, registry.get("defense", "none"))
     if data["clean_data"] is None:  # load_inputs refuses this already; kept explicit for the type
         raise InputError("no clean data: pass clean_data=...")
+    given = {"clean_data": clean_data, "classes": classes, "templates": templates}
+    used = {k: v or loaded.data_defaults.get(k) for k, v in given.items()}
     return Suspect(model=loaded.model, classnames=classnames, templates=template_list, clean=data["clean_data"],
-                   device=dev)
+                   device=dev, data_sources={k: v for k, v in used.items() if v})

@@ -174,7 +174,9 @@ def hostile(what: str) -> Iterator[None]:
         raise
     except Exception as err:  # noqa: BLE001 - a suspect file can make any library raise anything
         log.debug("while reading %s", what, exc_info=True)
-        raise InputError(f"cannot read {what}: {one_line(err)}") from err
+        # a ValueError is a reader's own account of what is wrong with the input: its message is the news
+        reason = " ".join(str(err).split()) if type(err) is ValueError and str(err) else one_line(err)
+        raise InputError(f"cannot read {what}: {reason}") from err
 
 
 def load_model(registry: Registry, source: str, fmt: str | None, device: torch.device) -> tuple[Any, LoadedModel]:

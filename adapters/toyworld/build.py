@@ -91,7 +91,7 @@ PRESET_NAMES = ("default", "default-resnet", "smoke", "smoke-resnet")
 def get_preset(name: str) -> Preset:
     presets = _presets()
     if name not in presets:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(presets)}")
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(presets)}")
     return presets[name]
 
 

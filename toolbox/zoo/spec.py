@@ -18,6 +18,7 @@ import yaml
 
 from ..cache import config_hash
 from ..errors import InputError
+from ..evaluation import IMPLANT_MARGIN
 
 CLEAN_FINETUNE, CLEAN_SCRATCH = "clean-finetune", "clean-scratch"
 
@@ -45,7 +46,7 @@ class ZooSpec:
     clean_scratch: int = 0  # clean members trained from scratch with another seed (cost: a base build)
     clean_attack: str = "badnet"  # clean fine-tunes use its recipe with poison_rate 0
     targets: tuple[str, ...] | None = None  # None: the base world's whole vocabulary
-    implant_margin: float = 0.5  # ASR - untriggered rate below this: the attack did not implant
+    implant_margin: float = IMPLANT_MARGIN  # ASR - untriggered rate below this: the attack did not implant
     train_pairs: int | None = None  # each fine-tune sees a seeded subset of this many pairs (a member's cost); None: all
     source: str = ""
 
@@ -139,7 +140,7 @@ def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
                        poison_rate=doc.get("poison_rate", 0.05), clean_fraction=float(clean.get("fraction", 1 / 3)),
                        clean_scratch=int(clean.get("scratch", 0)), clean_attack=str(clean.get("attack", "badnet")),
                        targets=tuple(doc["targets"]) if isinstance(doc.get("targets"), list) else None,
-                       implant_margin=float(doc.get("implant_margin", 0.5)),
+                       implant_margin=float(doc.get("implant_margin", IMPLANT_MARGIN)),
                        train_pairs=None if doc.get("train_pairs") is None else int(doc["train_pairs"]),
                        source=str(path))
     except (KeyError, TypeError, ValueError) as err:
