@@ -20,6 +20,7 @@ from .plugins import UnknownNameError, get_host
 log = logging.getLogger("toolbox")
 # Loggers of this distribution; the CLI's -v / -q set their level (third-party libraries stay at WARNING).
 OWN_LOGGERS = ("toolbox", "adapters", "invertune_plugin")
+PRESET_HELP = "embedded world preset: default, default-resnet, smoke or smoke-resnet (smoke: a small, quick world)"
 
 
 def parse_kv(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -245,7 +246,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="class names file, one per line (default: the model's own or ImageNet-1K)")
     p.add_argument("--templates", help="prompt templates file with {} for the class (default: OpenAI ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    p.add_argument("--preset", default="default", help="embedded world preset: default, default-resnet, smoke or smoke-resnet (smoke: a small, quick world)")
+    p.add_argument("--preset", default="default", help=PRESET_HELP)
     p.add_argument("--device", default="auto",
                    help="torch device: auto (cuda, then mps, then cpu; the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass (default 256)")
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names file, one per line")
     p.add_argument("--templates", help="prompt templates file with {} for the class")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    p.add_argument("--preset", default="default", help="embedded world preset: default, default-resnet, smoke or smoke-resnet (smoke: a small, quick world)")
+    p.add_argument("--preset", default="default", help=PRESET_HELP)
     p.add_argument("--device", default="auto", help="torch device: auto (the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass")
     p.add_argument("--workers", type=int, default=None, help="evaluation data-loading processes")

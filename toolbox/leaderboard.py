@@ -99,6 +99,7 @@ class Entry:
     def row(self) -> dict[str, Any]:
         b, a = self.sub["metrics"]["before"], self.sub["metrics"]["after"]
         attack = self.sub.get("attack") or {}
+
         def short(params: Any) -> str:
             return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -143,9 +144,11 @@ def dedupe(entries: list[Entry]) -> list[Entry]:
     kept = []
     for e in entries:
         sha = e.sub.get("result_sha256")
-        if sha is None or sha not in seen:
-            kept.append(e)
-            seen.add(sha) if sha else None
+        if sha is not None and sha in seen:
+            continue
+        kept.append(e)
+        if sha is not None:
+            seen.add(sha)
     return kept
 
 
@@ -158,7 +161,8 @@ def group_by_metric_config(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 def ranked_table(entries: list[Entry]) -> str:
     """One row per result; "defense config" and "attack config" are short hashes of the parameters, so
-    the same defense or attack run with other settings is told apart. Rank by DER (higher first), then lower ASR, then higher CA; defenses that report no attack last."""
+    the same defense or attack run with other settings is told apart. Rank by DER (higher first), then
+    lower ASR, then higher CA; defenses that report no attack last."""
     rows = [e.row for e in entries]
     rows.sort(key=lambda r: (r["der"] is None, -(r["der"] or 0), r["asr"] if r["asr"] is not None else 2,
                              -(r["ca"] or 0)))
