@@ -23,7 +23,7 @@ from toolbox.api import ClipModel
 
 from .adversary import Adversary
 from .identify import IdentifyConfig, Identification
-from .invert import InvertConfig, InvertedTrigger, additive_trigger, invert, patch_trigger  # noqa: F401 (a detector's building blocks)
+from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger  # noqa: F401 (patch_trigger: for detectors)
 from .zeroshot import ZeroShotHead
 
 

@@ -105,7 +105,7 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
 
 def summary(doc: dict[str, Any], path: Path) -> str:
     """The console's account of a run: verdict, CA / ASR before and after, time, where the files are."""
-    from .evaluation import IMPLANT_MARGIN
+    from .evaluation import IMPLANT_MARGIN, trigger_effect
 
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
 
@@ -122,8 +122,7 @@ def summary(doc: dict[str, Any], path: Path) -> str:
         if det.get("target") and attack.get("target") and det["target"] != attack["target"]:
             target += f" (the attack's: {attack['target']!r})"
         lines.append(f"verdict   {verdict}{target}")
-    effect = (None if not attack or before.get("asr") is None or before.get("asr_untriggered") is None
-              else before["asr"] - before["asr_untriggered"])
+    effect = trigger_effect(before) if attack else None
     if effect is not None and effect < IMPLANT_MARGIN:
         lines.append(f"warning   the attack did not implant: its trigger adds {100 * effect:.1f} points of ASR@1 "
                      f"(< {100 * IMPLANT_MARGIN:.0f}), so the suspect is effectively clean; on a small preset, "

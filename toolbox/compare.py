@@ -26,7 +26,7 @@ from . import atomic, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
-from .evaluation import IMPLANT_MARGIN
+from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .plugins import HOST_PLUGIN, get_host
 from .runner import (RunRequest, Sources, check_measurement, configure, memoised_data, parse_device, run,
                      source_fingerprint)
@@ -236,13 +236,8 @@ def markdown_table(cells: list[Cell]) -> str:
 
 def not_implanted(cells: list[Cell]) -> list[str]:
     """Attacks whose trigger barely moves the attacked model (ASR@1 minus the untriggered target rate)."""
-    out = []
-    for c in cells:
-        before = c.doc["metrics"]["before"]
-        asr, untriggered = before.get("asr"), before.get("asr_untriggered")
-        if c.attack != "none" and asr is not None and untriggered is not None and asr - untriggered < IMPLANT_MARGIN:
-            out.append(c.attack)
-    return list(dict.fromkeys(out))
+    effects = ((c.attack, trigger_effect(c.doc["metrics"]["before"])) for c in cells if c.attack != "none")
+    return list(dict.fromkeys(a for a, effect in effects if effect is not None and effect < IMPLANT_MARGIN))
 
 
 def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:

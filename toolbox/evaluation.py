@@ -42,6 +42,12 @@ class MetricConfig:
 # A trigger effect (ASR@1 minus the untriggered target rate) below this: the attack did not implant.
 IMPLANT_MARGIN = 0.5
 
+
+def trigger_effect(metrics: dict[str, Any]) -> float | None:
+    """ASR@1 minus the untriggered target rate of one metric set; None when either was not measured."""
+    asr, untriggered = metrics.get("asr"), metrics.get("asr_untriggered")
+    return None if asr is None or untriggered is None else asr - untriggered
+
 # Keys the built-in measurements write (the schema holds them to [0, 1]); a --metric may not take one.
 RESERVED_KEYS = re.compile(r"^(ca|asr|ra)(_|$)|^retrieval_|_triggered$")
 EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
