@@ -11,7 +11,6 @@ Formats (adapter names):
                         tensor shapes; QuickGELU (those models were trained with it).
 ``visual-only``         ``VISUAL_FILE::BASE_SOURCE``: a BadEncoder-style image-encoder state dict
                         put on top of a base model loaded by any other adapter.
-``embedded``            ``embedded:PRESET``: the procedural world's tiny CLIP (built and cached).
 ``hf-clip``             a Hugging Face ``CLIPModel`` directory (:mod:`adapters.hf_clip`, optional extra).
 
 Nothing is unpickled: ``torch.load(weights_only=True)`` or safetensors, always.
@@ -208,6 +207,10 @@ class OpenClipDirAdapter(ModelAdapter):
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         return write_openclip_dir(model, out_dir, loaded.save_info.get("preprocess_cfg"))
 
+    def create(self, model_cfg: dict[str, Any], device: torch.device) -> LoadedModel:
+        model = OpenClipModel(build_clip(model_cfg), model_cfg).to(device)
+        return _loaded(model, self.name, "(new)", {"preprocess_cfg": {}})
+
 
 def write_openclip_dir(model: OpenClipModel, out_dir: Path, preprocess_cfg: dict[str, Any] | None = None) -> Path:
     """open_clip's local-directory format, written atomically."""
@@ -349,32 +352,10 @@ class VisualOnlyAdapter(ModelAdapter):
         return write_like_input(sd, {**info, "dtypes": None}, Path(out_dir) / f"visual{info['suffix']}")
 
 
-class EmbeddedAdapter(ModelAdapter):
-    name = "embedded"
-    summary = "embedded:PRESET: the procedural world's tiny CLIP, built on first use and cached."
-    reference = "this project (adapters/toyworld)"
-
-    def detect(self, source: str) -> bool:
-        return source.startswith("embedded:")
-
-    def load(self, source: str, device: torch.device) -> LoadedModel:
-        from .toyworld.build import ensure_embedded
-
-        built = ensure_embedded(source.split(":", 1)[1])
-        loaded = OpenClipDirAdapter().load(str(built.model_dir), device)
-        loaded.format = self.name
-        loaded.source = source
-        loaded.data_defaults = built.data_defaults()
-        return loaded
-
-    def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
-        return write_openclip_dir(model, out_dir, loaded.save_info.get("preprocess_cfg"))
-
-
 def _model_adapters() -> tuple[type[ModelAdapter], ...]:
     from .hf_clip import HFClipAdapter  # transformers itself is imported only when such a model is loaded
 
-    return (EmbeddedAdapter, VisualOnlyAdapter, OpenClipDirAdapter, HFClipAdapter, OpenClipFileAdapter,
+    return (VisualOnlyAdapter, OpenClipDirAdapter, HFClipAdapter, OpenClipFileAdapter,
             OpenAICheckpointAdapter)
 
 

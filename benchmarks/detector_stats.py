@@ -36,12 +36,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import toolbox
-from invertune_plugin.attacks.triggers import add_signal
-from invertune_plugin.data import as_float, frozen
-from invertune_plugin.identify import (GLOBAL_FAMILIES, MAD_TO_SIGMA, IdentifyConfig, fit_and_holdout, identify,
-                                       linf_family, race_families, success_rate, targeted_uaps)
+from toolbox.primitives.triggers import add_signal
+from toolbox.primitives.tensors import as_float, frozen
+from invertune_plugin.identify import MAD_TO_SIGMA, IdentifyConfig, fit_and_holdout, identify, race_families, success_rate, targeted_uaps
+from toolbox.primitives.perturbations import GLOBAL_FAMILIES, linf_family
 from invertune_plugin.refine import global_ranking
-from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.api import apply_overrides
 from toolbox.zoo.build import read_manifest, world_of

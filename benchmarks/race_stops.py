@@ -27,7 +27,7 @@ from typing import Any
 from detector_stats import N_IMAGES, SEED, load_member  # the same member loading and image draw
 from invertune_plugin.identify import IdentifyConfig, Identification, identify
 from invertune_plugin.refine import RefineConfig, global_ranking
-from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.api import apply_overrides
 from toolbox.zoo.build import read_manifest

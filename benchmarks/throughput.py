@@ -39,12 +39,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from adapters.clip_model import OpenClipModel, build_clip
-from adapters.toyworld.build import TINY_RESNET, TINY_VIT
-from invertune_plugin.data import as_float, frozen, split_indices
-from invertune_plugin.identify import IdentifyConfig, RaceFamily, race_families, targeted_uap, targeted_uaps
+from toolbox_plugins.world.build import TINY_RESNET, TINY_VIT
+from toolbox.primitives.tensors import as_float, frozen, split_indices
+from invertune_plugin.identify import IdentifyConfig, race_families, targeted_uap, targeted_uaps
+from toolbox.primitives.perturbations import PerturbationFamily
 from invertune_plugin.invert import InvertConfig, invert
 from invertune_plugin.tune import TuneConfig, tune
-from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 from toolbox import precision
 from toolbox.api import ImageData
 from toolbox.compat import import_open_clip
@@ -116,11 +117,11 @@ def batch_of(images: torch.Tensor, n: int) -> torch.Tensor:
 
 # -- the loops -----------------------------------------------------------------------------------
 
-def short_kind(family: RaceFamily) -> str:
+def short_kind(family: PerturbationFamily) -> str:
     return "patch" if family.pixels is not None else "linf"
 
 
-def race_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: RaceFamily,
+def race_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily,
               cfg: IdentifyConfig) -> Loop:
     """Stage 1: one pass of the race, ``race_batch_classes`` targets optimised together."""
     # all images are fit images here (identify keeps 30 % back): only the batch they give matters
@@ -134,7 +135,7 @@ def race_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, fa
     return Loop(f"race/{short_kind(family)}", n, run, "input grads", bare_input_grads(model, batch_of(images, n)))
 
 
-def refine_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: RaceFamily,
+def refine_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily,
                 cfg: IdentifyConfig) -> Loop:
     """The refinement detectors: one targeted UAP, one class at a time (refine.py)."""
     n = min(cfg.batch_size, len(images))

@@ -20,11 +20,11 @@ from torch import Tensor
 from toolbox import precision
 from toolbox.api import ClipModel
 
-from .attacks.triggers import add_signal
-from .data import frozen
+from toolbox.primitives.triggers import add_signal
+from toolbox.primitives.tensors import frozen
 from .identify import targeted_loss
 from .invert import InvertedTrigger
-from .zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 
 
 class Adversary:

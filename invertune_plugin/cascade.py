@@ -4,14 +4,13 @@ stage 3 tunes against.
 Stage 1 ranks the classes (:mod:`invertune_plugin.identify`). Then each detector named in
 ``InverTuneConfig.cascade``, in order, searches for a trigger toward the suspected classes; the
 first finding that passes its detector's gate is the trigger, and the cascade stops. A detector is
-one class in one module of :mod:`invertune_plugin.detectors`, found there by its ``name``, plus an
-entry in the cascade list; it owns its whole config (search budget, gate, tuning rule).
+one class in one module of :mod:`invertune_plugin.detectors`, registered through the host's
+``register_detectors`` hook (a third party's from its own plugin the same way) and named in the
+cascade list; it owns its whole config (search budget, gate, tuning rule).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,11 +19,12 @@ from typing import Any, Callable, ClassVar
 from torch import Tensor
 
 from toolbox.api import ClipModel
+from toolbox.lookup import registered
 
 from .adversary import Adversary
 from .identify import IdentifyConfig, Identification
 from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger  # noqa: F401 (patch_trigger: for detectors)
-from .zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 
 
 class Verdict(str, Enum):
@@ -117,26 +117,9 @@ class Detector:
         return None
 
 
-DETECTORS: dict[str, type[Detector]] = {}
-
-
-def register(cls: type[Detector]) -> type[Detector]:
-    """Class decorator: make a detector known by its ``name`` (another package may register its own)."""
-    DETECTORS[cls.name] = cls
-    return cls
-
-
-def registered() -> dict[str, type[Detector]]:
-    """Every known detector; the modules of :mod:`invertune_plugin.detectors` are imported first."""
-    from . import detectors
-
-    for mod in pkgutil.iter_modules(detectors.__path__):
-        importlib.import_module(f"{detectors.__name__}.{mod.name}")
-    return DETECTORS
-
-
 def detector_class(name: str) -> type[Detector]:
-    known = registered()
+    """A detector registered through the ``register_detectors`` hook (ours and any plugin's)."""
+    known = registered("detector")
     if name not in known:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(sorted(known))}")
     return known[name]

@@ -26,11 +26,11 @@ from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 
 from . import seeds
 from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade
-from .data import as_float, seeded_subset
+from toolbox.primitives.tensors import as_float, seeded_subset
 from .identify import IdentifyConfig, Identification, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
-from .zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 
 DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
 SCORE_DEFINITION = ("largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
@@ -216,7 +216,7 @@ def detection_record(ident: Identification | None, result: CascadeResult) -> dic
 def write_artifacts(workdir: Path, ident: Identification | None, trigger: InvertedTrigger,
                     images: torch.Tensor) -> dict[str, str]:
     """target_ranking.csv, a bar chart of the top shifts, the inverted mask/pattern/example as PNG."""
-    from .plots import save_image_grid, save_shift_chart
+    from toolbox.primitives.plots import save_image_grid, save_shift_chart
 
     workdir.mkdir(parents=True, exist_ok=True)
     sample = as_float(images[:8].cpu())

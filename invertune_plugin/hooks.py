@@ -12,3 +12,11 @@ def register_defenses(register) -> None:
     from .defense import InverTune
 
     register(InverTune)
+
+
+@hookimpl
+def register_detectors(register) -> None:
+    from .detectors import DETECTORS
+
+    for cls in DETECTORS:
+        register(cls)

@@ -42,9 +42,11 @@ from toolbox.api import ClipModel
 from toolbox.progress import progress
 
 from . import seeds
-from .attacks.triggers import add_signal, check_location, paste_patch, patch_pixels
-from .data import as_float, frozen, split_indices
-from .zeroshot import ZeroShotHead
+from toolbox.primitives.perturbations import (RACE_GLOBAL_EPS, RACE_PATCH_FRACTION, RACE_PATCH_LOCATIONS,
+                                              PerturbationFamily, linf_family, no_projection, patch_uap)
+from toolbox.primitives.triggers import check_location, paste_patch, patch_pixels
+from toolbox.primitives.tensors import as_float, frozen, split_indices
+from toolbox.zeroshot import ZeroShotHead
 
 @dataclass(frozen=True)
 class IdentifyConfig:
@@ -52,9 +54,9 @@ class IdentifyConfig:
 
     method: str = "targeted"  # "targeted" (race, ours) or "untargeted" (paper eq. 1)
     # targeted race: families of perturbations, each optimised toward every candidate class
-    race_patch_fraction: float = 0.125  # 4 px at 32 px: trigger-sized (the paper's 16/224 = 0.071)
-    race_patch_locations: tuple[str, ...] = ("bottom-right", "top-left", "center")
-    race_global_eps: tuple[float, ...] = (32 / 255,)  # 16/255 reached at most 0.33 on non-Blended models
+    race_patch_fraction: float = RACE_PATCH_FRACTION
+    race_patch_locations: tuple[str, ...] = RACE_PATCH_LOCATIONS
+    race_global_eps: tuple[float, ...] = (RACE_GLOBAL_EPS,)
     race_steps: int = 20  # per (class, family)
     # Early stops (ours; see race_family), off by default: they save a fifth of the race but move the
     # family medians the scores subtract, and with them the classes ranked 2-3 (docs/invertune.md).
@@ -177,11 +179,6 @@ def fooling_loss(logits: Tensor, clean_pred: Tensor, margin: float) -> Tensor:
     return (own - others).clamp(min=-margin).mean()
 
 
-def patch_uap(size: int, location: str) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
-    param = torch.zeros(3, size, size)
-    return param, lambda x, p: paste_patch(x, torch.sigmoid(p), location)
-
-
 def global_uap(image_size: int, eps: float) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
     """The untargeted global UAP: a zero parameter (optimise_uap draws its start) and :func:`linf_family`'s apply."""
     return torch.zeros(3, image_size, image_size), linf_family(image_size, eps).apply
@@ -221,79 +218,25 @@ def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: Identif
     return _race(model, images, head, cfg, seed, candidates)
 
 
-@dataclass(frozen=True)
-class RaceFamily:
-    """One perturbation family of the race: how its parameter starts, acts and stays valid."""
-
-    kind: str
-    init: Callable[[torch.Generator], Tensor]
-    apply: Callable[[Tensor, Tensor], Tensor]
-    project: Callable[[Tensor], None]  # in place, after each optimiser step
-    location: str | None = None  # patch families: where the patch sits
-    pixels: Callable[[Tensor], Tensor] | None = None  # patch families: the parameter as a [3, s, s] patch in [0, 1]
-    delta: Callable[[Tensor], Tensor] | None = None  # additive families: the parameter as a [1 or 3, H, W] perturbation
-
-
-def _no_projection(_: Tensor) -> None:
-    return None
-
-
 RACE_GLOBAL = "race:global"  # kind prefix of the race's global L-inf families (global_ranking reads it)
 
 
-def race_families(image_size: int, cfg: IdentifyConfig) -> list[RaceFamily]:
+def race_families(image_size: int, cfg: IdentifyConfig) -> list[PerturbationFamily]:
     size = patch_pixels(image_size, cfg.race_patch_fraction)
-    fams: list[RaceFamily] = []
+    fams: list[PerturbationFamily] = []
     for loc in cfg.race_patch_locations:
         if cfg.race_patch_param == "pixel":
-            fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.rand(3, size, size, generator=g),
+            fams.append(PerturbationFamily(f"race:patch@{loc}", lambda g: torch.rand(3, size, size, generator=g),
                                    (lambda x, p, loc=loc: paste_patch(x, p, loc)), lambda p: p.clamp_(0, 1),
                                    location=loc, pixels=lambda p: p))
         else:  # the untargeted patch UAP's parameterisation
-            fams.append(RaceFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
-                                   patch_uap(size, loc)[1], _no_projection, location=loc, pixels=torch.sigmoid))
+            fams.append(PerturbationFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
+                                   patch_uap(size, loc)[1], no_projection, location=loc, pixels=torch.sigmoid))
     fams += [linf_family(image_size, eps, RACE_GLOBAL) for eps in cfg.race_global_eps]
     return fams
 
 
-def linf_family(image_size: int, eps: float, name: str = "linf") -> RaceFamily:
-    """Full-colour L-inf perturbations x + eps * tanh(p), p of the image's shape, clamped: the race's
-    global family, and the L-inf detector's."""
-    def delta(p: Tensor) -> Tensor:
-        return eps * torch.tanh(p)
-
-    return RaceFamily(f"{name}@{eps * 255:.0f}/255", lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, delta(p)), _no_projection, delta=delta)
-
-
-def profile_family(name: str, image_size: int, eps: float,
-                   delta: Callable[[Tensor, Tensor, float], Tensor]) -> RaceFamily:
-    """A grayscale global family of two length-``image_size`` profiles (rows u, columns v):
-    x + delta(u, v, eps) on every channel, clamped; ``delta`` maps them to [H, W] in [-eps, eps]."""
-    def scaled(p: Tensor) -> Tensor:  # [..., 2H] -> [..., 1, H, W]: leading dims are a batch of parameters
-        return delta(p[..., :image_size], p[..., image_size:], eps).unsqueeze(-3)
-
-    return RaceFamily(f"{name}@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, scaled(p)), _no_projection, delta=scaled)
-
-
-def separable_family(image_size: int, eps: float) -> RaceFamily:
-    """Grayscale separable global perturbations: x + eps * tanh(u) tanh(v)^T on every channel, clamped."""
-    return profile_family("separable", image_size, eps,
-                          lambda u, v, e: e * torch.tanh(u)[..., :, None] * torch.tanh(v)[..., None, :])
-
-
-def stripe_family(image_size: int, eps: float) -> RaceFamily:
-    """Grayscale stripe perturbations: x + eps * tanh(r_i + c_j) on every channel, clamped. A column
-    profile alone (r = 0) is vertical stripes, a row profile alone horizontal ones."""
-    return profile_family("stripes", image_size, eps, lambda r, c, e: e * torch.tanh(r[..., :, None] + c[..., None, :]))
-
-
-GLOBAL_FAMILIES: dict[str, Callable[[int, float], RaceFamily]] = {"stripes": stripe_family,
-                                                                    "separable": separable_family}
-
-
-def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily, target: int,
+def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily, target: int,
                  cfg: IdentifyConfig, steps: int, gen: torch.Generator) -> Tensor:
     """A targeted UAP of ``family`` toward class ``target``: ``steps`` Adam steps from a random init."""
     return targeted_uaps(model, head, fit_images, family, [target], cfg, steps, [gen])[0]
@@ -324,7 +267,7 @@ class TargetedUAPs:
     batches (its own generator) and its own Adam state, so advancing them together, ``group`` classes
     a forward pass, gives what each would alone (up to float rounding); a class can stop at any step."""
 
-    def __init__(self, model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily,
+    def __init__(self, model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily,
                  targets: list[int], cfg: IdentifyConfig, gens: list[torch.Generator], track: bool = False) -> None:
         self.model, self.head, self.fit_images, self.family, self.targets, self.gens, self.track = (
             model, head, fit_images, family, targets, gens, track)
@@ -365,7 +308,7 @@ class TargetedUAPs:
         return self.params[i].detach()
 
 
-def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: RaceFamily,
+def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily,
                   targets: list[int], cfg: IdentifyConfig, steps: int, gens: list[torch.Generator]) -> Tensor:
     """:func:`targeted_uap` toward each of ``targets`` (generator ``gens[i]`` for ``targets[i]``), all
     in one pass per step: [len(targets), *param shape]."""
@@ -376,7 +319,7 @@ def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, fami
 
 
 def race_family(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor,
-                family: RaceFamily, targets: list[int], cfg: IdentifyConfig,
+                family: PerturbationFamily, targets: list[int], cfg: IdentifyConfig,
                 gens: list[torch.Generator]) -> tuple[list[tuple[float, float]], list[int]]:
     """Held-out (success rate, margin) of short targeted UAPs of ``family`` toward each of ``targets``,
     and the step at which each stopped. Two early stops, each off at 0:

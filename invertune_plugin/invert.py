@@ -29,9 +29,9 @@ from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .attacks.triggers import add_signal, paste_patch
-from .data import as_float, frozen, image_embeddings, split_indices
-from .zeroshot import ZeroShotHead
+from toolbox.primitives.triggers import add_signal, paste_patch
+from toolbox.primitives.tensors import as_float, frozen, image_embeddings, split_indices
+from toolbox.zeroshot import ZeroShotHead
 
 
 @dataclass(frozen=True)

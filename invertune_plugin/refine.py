@@ -19,12 +19,14 @@ from toolbox.api import ClipModel
 from toolbox.progress import progress
 
 from . import seeds
-from .attacks.triggers import add_signal
+from toolbox.primitives.triggers import add_signal
 from .cascade import DetectorConfig
-from .data import as_float, frozen
-from .identify import (RACE_GLOBAL, IdentifyConfig, Identification, RaceFamily, fit_and_holdout, race_families, success_rate,
+from toolbox.primitives.tensors import as_float, frozen
+from toolbox.primitives.perturbations import PerturbationFamily
+
+from .identify import (RACE_GLOBAL, IdentifyConfig, Identification, fit_and_holdout, race_families, success_rate,
                        targeted_loss, targeted_uap)
-from .zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 
 Rated = TypeVar("Rated")  # what a refinement's rating of one parameter gives (a rate, a RefinedGlobal)
 
@@ -86,7 +88,7 @@ class RefinedGlobal:
                 "flipped_rate": round(self.flipped_rate, 4), "restarts": self.restarts}
 
 
-def patch_families(image_size: int, cfg: IdentifyConfig) -> dict[str, RaceFamily]:
+def patch_families(image_size: int, cfg: IdentifyConfig) -> dict[str, PerturbationFamily]:
     """The race's patch families by location."""
     return {str(f.location): f for f in race_families(image_size, cfg) if f.pixels is not None}
 
@@ -115,7 +117,7 @@ def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
     return refined
 
 
-def best_location(patch_uaps: list[Any], fams: dict[str, RaceFamily], c: int, mask: Tensor | None) -> Any:
+def best_location(patch_uaps: list[Any], fams: dict[str, PerturbationFamily], c: int, mask: Tensor | None) -> Any:
     """The race's patch UAP that scored class ``c`` highest; with a stage-2 ``mask``, the location
     whose box holds the most of it among those whose raw race rate for ``c`` is at least as high
     (a saturated race cannot tell the trigger's corner from the others)."""
@@ -149,7 +151,7 @@ def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: s
 
 
 def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor, head: ZeroShotHead,
-                c: int, family: RaceFamily, cfg: IdentifyConfig, budget: RefineConfig, seed: int,
+                c: int, family: PerturbationFamily, cfg: IdentifyConfig, budget: RefineConfig, seed: int,
                 accept: Callable[[RefinedPatch], bool] | None = None) -> RefinedPatch:
     def rated(param: Tensor) -> RefinedPatch:
         rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
@@ -162,7 +164,7 @@ def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_
 
 
 def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification, cfg: IdentifyConfig,
-                   budget: RefineConfig, family: RaceFamily, eps: float, stream: int, seed: int = 0,
+                   budget: RefineConfig, family: PerturbationFamily, eps: float, stream: int, seed: int = 0,
                    accept: Callable[[RefinedGlobal], bool] | None = None) -> list[RefinedGlobal]:
     """Longer global UAPs of ``family`` for the top ``budget.classes`` of :func:`global_ranking`, in
     that order, each rated held out as found and sign-flipped; the first that ``accept`` accepts ends
@@ -184,7 +186,7 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
     return refined
 
 
-def _rated_global(model: ClipModel, head: ZeroShotHead, family: RaceFamily, hold_images: Tensor, hold_pred: Tensor,
+def _rated_global(model: ClipModel, head: ZeroShotHead, family: PerturbationFamily, hold_images: Tensor, hold_pred: Tensor,
                   c: int, param: Tensor, eps: float) -> RefinedGlobal:
     assert family.delta is not None
     delta = family.delta(param).detach()
@@ -203,7 +205,7 @@ def global_ranking(ident: Identification) -> list[str]:
     return [ident.classnames[i] for i in score.argsort(descending=True, stable=True).tolist()]
 
 
-def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
+def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroShotHead, c: int, family: PerturbationFamily,
               cfg: IdentifyConfig, budget: RefineConfig, base_seed: int, which: range) -> list[tuple[float, Tensor]]:
     """(loss on ``judge``, parameter) of the targeted UAPs of ``budget.steps`` numbered ``which``."""
     out = []
@@ -215,7 +217,7 @@ def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroSho
     return out
 
 
-def screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: RaceFamily,
+def screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: PerturbationFamily,
                       cfg: IdentifyConfig, budget: RefineConfig, base_seed: int, rate: Callable[[Tensor], Rated],
                       accept: Callable[[Rated], bool] | None) -> tuple[Tensor, int, Rated]:
     """The restart with the lowest loss on a fixed judge batch, how many restarts ran, and its ``rate``.

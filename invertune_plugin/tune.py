@@ -41,8 +41,8 @@ from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.progress import progress
 
-from .data import as_float, frozen, image_embeddings, seeded_subset
-from .zeroshot import ZeroShotHead
+from toolbox.primitives.tensors import as_float, frozen, image_embeddings, seeded_subset
+from toolbox.zeroshot import ZeroShotHead
 
 if TYPE_CHECKING:
     from .adversary import Adversary

@@ -66,6 +66,6 @@ def fake_distribution(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def smoke_world():
     """The smoke preset's world and tiny CLIP (built once per machine, then cached)."""
-    from adapters.toyworld.build import ensure_embedded
+    from toolbox_plugins.world.build import ensure_embedded
 
     return ensure_embedded("smoke")

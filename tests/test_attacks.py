@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from invertune_plugin.attacks import triggers as T
-from invertune_plugin.attacks.adaptive import Decoys, Evasive
-from invertune_plugin.attacks.catalog import ATTACKS, BadCLIP, BadNet, Blended, SIG, WaNet
-from invertune_plugin.attacks.families import FAMILIES
-from invertune_plugin.attacks.poisoning import PoisonSettings, choose_poison, poison_dataset
+from toolbox_plugins.attacks import triggers as T
+from toolbox_plugins.attacks.adaptive import Decoys, Evasive
+from toolbox_plugins.attacks.catalog import ATTACKS, BadCLIP, BadNet, Blended, SIG, WaNet
+from toolbox_plugins.attacks.families import FAMILIES
+from toolbox_plugins.attacks.poisoning import PoisonSettings, choose_poison, poison_dataset
 from toolbox.api import ImageData
 from toolbox.cli import main
 

@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from invertune_plugin.baselines.augment import (ImageAugConfig, attribute_swap, augment_images, eda,
+from toolbox_plugins.baselines.augment import (ImageAugConfig, attribute_swap, augment_images, eda,
                                                 noise_and_erase, sub_caption)
-from invertune_plugin.baselines.defenses import thresholded
+from toolbox_plugins.baselines.defenses import thresholded
 from toolbox.runner import RunRequest, Sources, run
 
 

@@ -167,7 +167,7 @@ class PatchNet(torch.nn.Module):
 
 def test_flare_flags_the_poisoned_samples_of_a_planted_set():
     from toolbox.api import DataScanContext, ImageData, InMemoryImages
-    from invertune_plugin.flare.flare import Flare, FlareConfig
+    from toolbox_plugins.flare.flare import Flare, FlareConfig
 
     g = torch.Generator().manual_seed(0)
     images = (0.3 + 0.4 * torch.rand(1200, 3, 32, 32, generator=g))

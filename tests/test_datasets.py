@@ -12,7 +12,7 @@ from PIL import Image
 from adapters.datasets import (CaptionCsvAdapter, CocoCaptionsAdapter, ImageDirAdapter, ImageFolderAdapter,
                                LabelsCsvAdapter)
 from adapters.images import UnreadableImageError, load_image
-from adapters.toyworld.world import WorldConfig, write_world
+from toolbox_plugins.world.world import WorldConfig, write_world
 
 
 @pytest.fixture(scope="module")

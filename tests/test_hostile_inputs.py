@@ -557,7 +557,7 @@ def test_out_on_another_filesystem_stages_inside_it(host, smoke_world, tmp_path,
 
 def test_a_signed_setting_may_be_negative():
     from toolbox.api import build_config
-    from invertune_plugin.attacks.families import Stripes
+    from toolbox_plugins.attacks.families import Stripes
 
     assert build_config(Stripes, {"angle": "-45"}).angle == -45.0
     with pytest.raises(ValueError, match="must be >= 0"):

@@ -10,14 +10,14 @@ from torch import Tensor
 
 from invertune_plugin.cascade import SearchContext
 from invertune_plugin.detectors.linf import LinfConfig, LinfSearch
-from invertune_plugin.detectors.patch import PatchConfig, RefinedPatchSearch
-from invertune_plugin.detectors.stripes import StripeSearch, StripesConfig
+from invertune_plugin.detectors.patch import PatchSearchConfig, RefinedPatchSearch
+from invertune_plugin.detectors.stripes import StripeSearch, StripeSearchConfig
 from invertune_plugin.refine import RefineConfig, refine_patches
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
 from invertune_plugin.invert import InvertConfig, invert
 from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, select_layers, tune,
                                    writer_rows)
-from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 
 from planted import CLASSES, PATCH, STRIPES, TARGET, PlantedClip, colour_images
 
@@ -108,7 +108,7 @@ def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
     model = PlantedClip()
     head = head_for(model)
     images = colour_images(96)
-    cfg, budget = IdentifyConfig(race_steps=10, batch_size=32), PatchConfig(classes=2, steps=30, restarts=2)
+    cfg, budget = IdentifyConfig(race_steps=10, batch_size=32), PatchSearchConfig(classes=2, steps=30, restarts=2)
     ident = identify(model, images, head, cfg)
     refined = refine_patches(model, images, head, ident, cfg, budget)
     assert [p.target for p in refined] == [c for c, _ in ident.ranking[:2]]
@@ -135,12 +135,12 @@ def _refinement_case(model: PlantedClip, refine_steps: int):
 def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturbation():
     model = PlantedClip(backdoor=False)
     ctx, budget = _refinement_case(model, refine_steps=40)
-    for detector, config in ((RefinedPatchSearch, PatchConfig), (StripeSearch, StripesConfig),
+    for detector, config in ((RefinedPatchSearch, PatchSearchConfig), (StripeSearch, StripeSearchConfig),
                              (LinfSearch, LinfConfig)):
         found = detector(config(**budget)).search(ctx)
         assert len(found) == 2 and not any(f.passed for f in found), detector.name  # every class tried, none passed
         assert all(f.gate_ratio < 1 for f in found)
-    assert StripeSearch(StripesConfig(**budget, eps=0.0)).search(ctx) == []
+    assert StripeSearch(StripeSearchConfig(**budget, eps=0.0)).search(ctx) == []
     assert LinfSearch(LinfConfig(**budget, eps=0.0)).search(ctx) == []
 
 
@@ -151,8 +151,8 @@ def test_refined_global_perturbation_finds_a_planted_stripe_backdoor():
     for sign in (1, -1):  # the planted trigger itself works, either sign ...
         stripes = (x + sign * 0.25 * STRIPES).clamp(0, 1)
         assert (ctx.head.predict(model, stripes) == CLASSES.index(TARGET)).float().mean() > 0.9
-    assert not any(f.passed for f in RefinedPatchSearch(PatchConfig(**budget)).search(ctx))  # ... no patch does
-    cfg = StripesConfig(**budget)
+    assert not any(f.passed for f in RefinedPatchSearch(PatchSearchConfig(**budget)).search(ctx))  # ... no patch does
+    cfg = StripeSearchConfig(**budget)
     found = StripeSearch(cfg).search(ctx)
     winner = found[-1]  # the search stops at the first trigger
     assert winner.passed and winner.target == TARGET and not any(f.passed for f in found[:-1])
@@ -172,8 +172,8 @@ def test_refined_linf_perturbation_finds_a_planted_noise_backdoor_that_no_other_
     x = ctx.images[:32].float() / 255
     assert (ctx.head.predict(model, x) == target).float().mean() == 0
     assert (ctx.head.predict(model, (0.8 * x + 0.2 * NOISE).clamp(0, 1)) == target).float().mean() > 0.9  # Blended
-    assert not any(f.passed for f in RefinedPatchSearch(PatchConfig(**budget)).search(ctx))
-    assert not any(f.passed for f in StripeSearch(StripesConfig(**budget)).search(ctx))  # stripes cannot say it
+    assert not any(f.passed for f in RefinedPatchSearch(PatchSearchConfig(**budget)).search(ctx))
+    assert not any(f.passed for f in StripeSearch(StripeSearchConfig(**budget)).search(ctx))  # stripes cannot say it
     cfg = LinfConfig(**budget, tune_with_inversion=False)
     found = LinfSearch(cfg).search(ctx)
     winner = found[-1]
@@ -233,12 +233,12 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
     """On planted models: a class that is no trigger costs one restart, then the next class is
     tried; the trigger gets all three, with the pick an unscreened run makes."""
     from invertune_plugin import seeds
-    from invertune_plugin.identify import stripe_family
+    from toolbox.primitives.perturbations import stripe_family
     from invertune_plugin.refine import refine_globals
 
     planted = PlantedClip()
     ctx, budget = _refinement_case(planted, refine_steps=30)
-    patch_cfg = PatchConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
+    patch_cfg = PatchSearchConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
     stop = RefinedPatchSearch(patch_cfg).passes
     ident = ctx.ident
     other = next(c for c, _ in ident.ranking if c != TARGET)
@@ -256,7 +256,7 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
 
     textured = PlantedClip(stripes="texture")
     ctx, _ = _refinement_case(textured, refine_steps=30)
-    stripes_cfg = StripesConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
+    stripes_cfg = StripeSearchConfig(**{**budget, "restarts": 3, "screen_restarts": 1})
     found = StripeSearch(stripes_cfg).search(ctx)
     assert found[-1].target == TARGET and found[-1].evidence["restarts"] == 3
     assert all(f.evidence["restarts"] == 1 for f in found[:-1])
@@ -271,7 +271,7 @@ def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
     rejects it, as it rejects the clean ResNet-type model's 'tennis ball' (a gate fitted on the toy models)."""
     model = PlantedClip(stripes="direction")
     ctx, budget = _refinement_case(model, refine_steps=40)
-    cfg = StripesConfig(**budget)
+    cfg = StripeSearchConfig(**budget)
     found = [f for f in StripeSearch(cfg).search(ctx) if f.target == TARGET]
     assert found and found[0].evidence["holdout_rate"] >= cfg.min_rate
     assert found[0].evidence["flipped_rate"] < cfg.min_flipped_rate and not found[0].passed
@@ -280,7 +280,8 @@ def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
 
 
 def test_global_refinement_takes_its_classes_from_the_race_global_family():
-    from invertune_plugin.identify import Identification, UAPResult, stripe_family
+    from invertune_plugin.identify import Identification, UAPResult
+    from toolbox.primitives.perturbations import stripe_family
     from invertune_plugin.refine import global_ranking
 
     def uap(kind: str, shift: list[float]) -> UAPResult:
@@ -372,7 +373,7 @@ def test_kmeans_picks_the_outlying_neurons():
 
 def tiny_open_clip(preset: str):
     from adapters.clip_model import OpenClipModel, build_clip
-    from adapters.toyworld.build import get_preset
+    from toolbox_plugins.world.build import get_preset
 
     cfg = get_preset(preset).model_cfg
     torch.manual_seed(0)
@@ -547,7 +548,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
     trigger, x = outcome.triggers["inverted"], colour_images(8).float() / 255
     assert torch.equal(tuned_with[0](x), trigger(x)) and trigger.mask_l1 == PATCH ** 2
     # round 1 tunes against the refined patch for the patch detector's tune_steps (100), not tune.steps (5 here)
-    assert outcome.info["rounds"][0]["tune_steps"] == PatchConfig().tune_steps == 100
+    assert outcome.info["rounds"][0]["tune_steps"] == PatchSearchConfig().tune_steps == 100
     # detectors.patch.rounds=2: a second round on the "tuned" model (here: unchanged)
     checks = outcome.info["round_checks"]
     if round_check == "patch-gone":  # the check ran, found no patch trigger, and no round 2 followed
@@ -689,7 +690,7 @@ def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():
 @pytest.mark.parametrize("family_index", [0, 3])  # a pixel patch and the global L-inf family
 def test_classes_raced_together_match_one_at_a_time(family_index):
     """The batched race is the same optimisation: each class its own init, batches and Adam state."""
-    from invertune_plugin.data import frozen
+    from toolbox.primitives.tensors import frozen
     from invertune_plugin.identify import race_families, targeted_uap, targeted_uaps
 
     model, images = PlantedClip(), colour_images(64)
@@ -705,7 +706,7 @@ def test_classes_raced_together_match_one_at_a_time(family_index):
 
 
 def test_stripe_family_takes_a_batch_of_parameters():
-    from invertune_plugin.identify import stripe_family
+    from toolbox.primitives.perturbations import stripe_family
 
     fam = stripe_family(8, 0.2)
     p = torch.randn(3, 16)
@@ -787,7 +788,7 @@ def test_race_early_stops_leave_the_median_and_the_classes_above_it_alone():
     images reach its target stops; the median class and those above it keep their full-length rates."""
     from dataclasses import replace
 
-    from invertune_plugin.data import frozen
+    from toolbox.primitives.tensors import frozen
     from invertune_plugin.identify import fit_and_holdout, race_families, race_family
 
     model, images = PlantedClip(), colour_images(96)

@@ -153,7 +153,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
 @pytest.mark.parametrize("preset", ["smoke", "smoke-resnet"])
 def test_tiny_configs_round_trip_through_openai_format(tmp_path, preset):
-    from adapters.toyworld.build import get_preset
+    from toolbox_plugins.world.build import get_preset
 
     cfg = get_preset(preset).model_cfg
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from invertune_plugin.zeroshot import ZeroShotHead
+from toolbox.zeroshot import ZeroShotHead
 from toolbox.api import ImageData
 from toolbox.rebound import ReboundConfig, rebound
 

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from invertune_plugin.segoracle import oracle as oracle_module
-from invertune_plugin.segoracle.oracle import (ABSENT_LOGIT, EmbeddedOracleRecipe, SegmentationOracle,
+from toolbox_plugins.segoracle import oracle as oracle_module
+from toolbox_plugins.segoracle.oracle import (ABSENT_LOGIT, EmbeddedOracleRecipe, SegmentationOracle,
                                                embedded_oracle, fold_channels, read_class_map, read_logits,
                                                torchvision_oracle)
-from invertune_plugin.segoracle.segoracle import (SegOracleConfig, affected_labels, curate, localise_trigger,
+from toolbox_plugins.segoracle.segoracle import (SegOracleConfig, affected_labels, curate, localise_trigger,
                                                   oracle_labels, victims)
 from toolbox.cli import main
 
@@ -252,7 +252,7 @@ def test_curate_captions_victims_with_the_oracle_label_and_keeps_agreeing_images
 
 @pytest.mark.slow
 def test_the_embedded_oracle_is_deterministic_and_cached(tmp_path, monkeypatch):
-    from adapters.toyworld.draw import DRAWERS
+    from toolbox_plugins.world.draw import DRAWERS
 
     classes = list(DRAWERS)
     recipe = EmbeddedOracleRecipe(n_scenes=200, epochs=1, batch_size=64)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.toyworld.world import WorldConfig, write_world
+from toolbox_plugins.world.world import WorldConfig, write_world
 from toolbox.compat import import_open_clip
 
 TINY = WorldConfig(n_train=30, n_eval=28, n_retrieval=6, n_defender=5, seed=5)
@@ -78,7 +78,7 @@ def test_scenes_carry_their_object_mask_and_images_are_unchanged():
     image, and with it every cached world and model, is what it was before masks existed."""
     import random
 
-    from adapters.toyworld.draw import DRAWERS, render
+    from toolbox_plugins.world.draw import DRAWERS, render
 
     names, digest = list(DRAWERS), hashlib.sha256()
     for label in range(len(names)):

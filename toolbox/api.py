@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-Kind = Literal["defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense"]
-KINDS: tuple[Kind, ...] = ("defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense")
+Kind = Literal["defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense", "world",
+               "detector"]
+KINDS: tuple[Kind, ...] = ("defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense",
+                          "world", "detector")
 HOOK_FOR_KIND: dict[Kind, str] = {
     "defense": "register_defenses",
     "dataset_defense": "register_dataset_defenses",
@@ -28,6 +30,8 @@ HOOK_FOR_KIND: dict[Kind, str] = {
     "metric": "register_metrics",
     "model_adapter": "register_model_adapters",
     "dataset_adapter": "register_dataset_adapters",
+    "world": "register_worlds",
+    "detector": "register_detectors",
 }
 
 
@@ -267,6 +271,10 @@ class ModelAdapter(Component):
         """Write ``model`` in ``loaded``'s format under ``out_dir``; return the path."""
         raise NotImplementedError
 
+    def create(self, model_cfg: dict[str, Any], device: torch.device) -> LoadedModel:
+        """A freshly initialised model of architecture ``model_cfg`` in this format (a world trains it)."""
+        raise NotImplementedError(f"model adapter {self.name!r} cannot create a model from a config")
+
 
 # --------------------------------------------------------------------------- data
 
@@ -451,6 +459,41 @@ class DataScanOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to workdir
+
+
+@dataclass
+class BuiltWorld:
+    """A world preset, built: its clean reference model and the data it was trained and measured on."""
+
+    preset: str
+    model_source: str  # what ``--model`` takes (a model adapter recognises it)
+    data: dict[str, str]  # classes, templates, clean_data, eval_data, retrieval_data, train_data -> sources
+    info: dict[str, Any] = field(default_factory=dict)  # how it was built (recorded by callers)
+
+
+class World(Component):
+    """A world: named presets, each a clean model trained on data the world makes. The embedded
+    default is one; ``toolbox zoo build`` makes its members from one, so a user's world can build a zoo."""
+
+    presets: ClassVar[tuple[str, ...]] = ()
+
+    def build(self, preset: str, train_seed: int | None = None) -> BuiltWorld:
+        """The preset, from the cache or built now; ``train_seed`` trains its model with another seed."""
+        raise NotImplementedError
+
+    def model_key(self, preset: str, train_seed: int | None = None) -> str:
+        """Everything the preset's model depends on, hashed (a zoo member's key holds it)."""
+        raise NotImplementedError
+
+    def render_scene(self, classnames: Sequence[str], label: int, rng: Any, image_size: int,
+                     noise_std: float) -> tuple[Tensor, Tensor]:
+        """One scene of class ``label``: uint8 [3, H, W] image and bool [H, W] object mask (an oracle's
+        segmentation target); ``rng`` is a ``random.Random`` the caller owns. Optional."""
+        raise NotImplementedError(f"world {self.name!r} draws no segmentation scenes")
+
+    def can_draw(self, classnames: Sequence[str]) -> list[str]:
+        """The names among ``classnames`` this world cannot draw (empty: all drawable)."""
+        return list(classnames)
 
 
 class DatasetDefense(Component):

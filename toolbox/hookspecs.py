@@ -58,3 +58,13 @@ def register_dataset_adapters(register: Register) -> None:
 @hookspec
 def register_dataset_defenses(register: Register) -> None:
     """Register :class:`toolbox.api.DatasetDefense` subclasses (they flag poisoned training samples)."""
+
+
+@hookspec
+def register_worlds(register: Register) -> None:
+    """Register :class:`toolbox.api.World` subclasses (presets that build a clean model and its data)."""
+
+
+@hookspec
+def register_detectors(register: Register) -> None:
+    """Register trigger-search detectors for a defense's cascade (InverTune's: ``invertune_plugin.cascade.Detector``)."""

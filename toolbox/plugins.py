@@ -31,8 +31,10 @@ from .api import HOOK_FOR_KIND, KINDS, Kind, config_defaults
 ALLOW_ENV = "TOOLBOX_LOAD_PLUGINS"
 BLOCK_ENV = "TOOLBOX_BLOCK_PLUGINS"
 HOST_PLUGIN = "toolbox"
-# name -> module: the host's own plugins, registered first and never blocked.
-DEFAULT_PLUGINS = {HOST_PLUGIN: "toolbox.builtins", "adapters": "adapters.hooks"}
+# The host's own plugin, registered first and never blocked; the distribution's other always-on
+# plugins (the formats) arrive through DEFAULT_GROUP, so the host names no concrete format.
+DEFAULT_PLUGINS = {HOST_PLUGIN: "toolbox.builtins"}
+DEFAULT_GROUP = "toolbox.default_plugins"
 # What a broken plugin may raise without taking the host down: SystemExit too (sys.exit() at
 # import or in a hook); Ctrl-C still stops the run.
 PLUGIN_FAILURES = (Exception, SystemExit)
@@ -145,6 +147,12 @@ class PluginHost:
         for name, module in DEFAULT_PLUGINS.items():
             self.pm.register(importlib.import_module(module), name=name)
             self.dist_info[name] = ("invertune-toolbox", __version__)
+        for ep in importlib.metadata.entry_points(group=DEFAULT_GROUP):  # not subject to allow/block lists
+            if not self.pm.has_plugin(ep.name):
+                self.pm.register(ep.load(), name=ep.name)
+                dist = getattr(ep, "dist", None)
+                self.dist_info[ep.name] = ((dist.metadata["Name"], dist.version) if dist is not None
+                                           else ("invertune-toolbox", __version__))
 
     def load_entry_points(self, env: Mapping[str, str] | None = None) -> None:
         """Load plugins from the entry-point group, honouring allow/block lists.

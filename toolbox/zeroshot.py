@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -96,3 +96,28 @@ def caption_embeddings(model: ClipModel, captions: Sequence[Sequence[str]], devi
         tokens = model.tokenize([c for _, c in flat[start:start + batch_size]]).to(device)
         feats.append(model.encode_text(tokens).float().cpu())
     return torch.cat(feats), owner
+
+
+class ZeroShotHead:
+    """Fixed class embeddings (template-ensembled) plus the model's temperature."""
+
+    def __init__(self, model: ClipModel, classnames: Sequence[str], templates: Sequence[str],
+                 device: torch.device) -> None:
+        self.classnames = list(classnames)
+        self.weights = class_embeddings(model, classnames, templates, device).to(device)  # [C, D]
+        self.scale = model.logit_scale()
+
+    def logits(self, model: ClipModel, images: Tensor) -> Tensor:
+        return self.scale * model.encode_image(images) @ self.weights.T
+
+    def index(self, name: str) -> int:
+        return self.classnames.index(name)
+
+    @torch.no_grad()
+    def batched_logits(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Iterator[Tensor]:
+        """Logits ``batch_size`` images at a time, without gradients: memory bounded by the batch."""
+        for i in range(0, len(images), batch_size):
+            yield self.logits(model, images[i:i + batch_size])
+
+    def predict(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Tensor:
+        return torch.cat([lg.argmax(1) for lg in self.batched_logits(model, images, batch_size)])

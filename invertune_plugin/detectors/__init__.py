@@ -1,2 +1,9 @@
-"""The built-in detectors, one module each (see :mod:`invertune_plugin.cascade`). A module here is
-imported when the cascade looks its detectors up: adding one is a new module and a cascade entry."""
+"""The built-in detectors, one module each (see :mod:`invertune_plugin.cascade`), registered through
+the ``register_detectors`` hook in :mod:`invertune_plugin.hooks` like a third party's."""
+
+from .inversion import MaskInversion
+from .linf import LinfSearch
+from .patch import RefinedPatchSearch
+from .stripes import StripeSearch
+
+DETECTORS = (MaskInversion, RefinedPatchSearch, StripeSearch, LinfSearch)

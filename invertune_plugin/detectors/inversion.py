@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..adversary import masked
-from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio, register
+from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class InversionConfig(DetectorConfig):
             raise ValueError("candidates must be >= 1; min_asr and max_mask_fraction are fractions in [0, 1]")
 
 
-@register
 class MaskInversion(Detector):
     name = "inversion"
     label = "stage 2 inversion"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from .. import seeds
 from ..adversary import additive
-from ..cascade import Detector, Finding, SearchContext, ratio, register
-from ..identify import linf_family
+from ..cascade import Detector, Finding, SearchContext, ratio
+from toolbox.primitives.perturbations import linf_family
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
@@ -23,7 +23,6 @@ class LinfConfig(RefineConfig):
     tune_with_inversion: bool = True
 
 
-@register
 class LinfSearch(Detector):
     name = "linf"
     label = "stage 1 refined L-inf perturbation"

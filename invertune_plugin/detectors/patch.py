@@ -9,13 +9,13 @@ from typing import Any
 
 from .. import seeds
 from ..adversary import masked
-from ..cascade import Detector, Finding, SearchContext, ratio, register
+from ..cascade import Detector, Finding, SearchContext, ratio
 from ..invert import patch_trigger
 from ..refine import RefineConfig, RefinedPatch, refine_patch, refine_patches
 
 
 @dataclass(frozen=True)
-class PatchConfig(RefineConfig):
+class PatchSearchConfig(RefineConfig):
     min_rate: float = 0.95  # held-out success rate of a trigger; ours, fitted on the toy models
     # Round 1 against a refined patch tunes 100 steps: longer, the tuning specialises to the refined
     # pattern and the real trigger creeps back (fitted on the toy models)
@@ -33,11 +33,10 @@ class PatchConfig(RefineConfig):
                              f"and round_check_restarts >= 1 (got {self.round_check_restarts})")
 
 
-@register
 class RefinedPatchSearch(Detector):
     name = "patch"
     label = "stage 1 refined patch"
-    Config = PatchConfig
+    Config = PatchSearchConfig
 
     def passes(self, p: RefinedPatch) -> bool:
         return p.holdout_rate >= self.config.min_rate

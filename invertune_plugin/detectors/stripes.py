@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from .. import seeds
 from ..adversary import additive
-from ..cascade import Detector, Finding, SearchContext, ratio, register
-from ..identify import GLOBAL_FAMILIES
+from ..cascade import Detector, Finding, SearchContext, ratio
+from toolbox.primitives.perturbations import GLOBAL_FAMILIES
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
 
 @dataclass(frozen=True)
-class StripesConfig(RefineConfig):
+class StripeSearchConfig(RefineConfig):
     eps: float = 48 / 255  # L-inf budget, below SIG's 60/255; 0: off
     family: str = "stripes"  # "stripes" or "separable" (eps * tanh(u) tanh(v)^T, which missed the sinusoid)
     min_rate: float = 0.95  # held-out success rate as found; ours, fitted on the toy models
@@ -30,11 +30,10 @@ class StripesConfig(RefineConfig):
             raise ValueError(f"family must be one of {', '.join(GLOBAL_FAMILIES)}, got {self.family!r}")
 
 
-@register
 class StripeSearch(Detector):
     name = "stripes"
     label = "stage 1 refined global perturbation"
-    Config = StripesConfig
+    Config = StripeSearchConfig
 
     def passes(self, g: RefinedGlobal) -> bool:
         return g.holdout_rate >= self.config.min_rate and g.flipped_rate >= self.config.min_flipped_rate

@@ -37,7 +37,7 @@ MEMBER_JSON, MANIFEST = "member.json", "manifest.json"
 
 
 def world_of(preset: str, train_seed: int | None = None) -> Any:
-    from adapters.toyworld.build import ensure_embedded
+    from toolbox_plugins.world.build import ensure_embedded
 
     return ensure_embedded(preset, train_seed)
 
@@ -154,7 +154,7 @@ def member_label(record: dict[str, Any], implant_margin: float) -> str:
 def build_key(spec: MemberSpec) -> str:
     """Everything the member's weights depend on: what was drawn, the base model's own key (world,
     architecture, training recipe) and the attack's resolved settings (its defaults included)."""
-    from adapters.toyworld.build import get_preset, model_key
+    from toolbox_plugins.world.build import get_preset, model_key
 
     preset = get_preset(spec.preset)
     if spec.kind == CLEAN_SCRATCH:

@@ -14,8 +14,8 @@ from toolbox.progress import progress
 
 from toolbox.api import ClipModel
 
-from ..data import frozen
-from .triggers import paste_patch
+from toolbox.primitives.tensors import frozen
+from toolbox.primitives.triggers import paste_patch
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import triggers as T
+from toolbox.primitives import triggers as T
 from .catalog import TOY_PATCH_FRACTION, _PoisoningAttack
 from .poisoning import PoisonSettings
 

@@ -30,13 +30,12 @@ from torch import Tensor
 from toolbox.api import AttackContext, ClipModel
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
 
-from . import triggers as T
-from ..identify import IdentifyConfig
+from toolbox.primitives import triggers as T
+from toolbox.primitives.perturbations import RACE_GLOBAL_EPS, RACE_PATCH_FRACTION, RACE_PATCH_LOCATIONS
 from .catalog import _PoisoningAttack
 from .poisoning import PoisonSettings, poison_dataset
 
-RACE = IdentifyConfig()  # the stage-1 defaults the decoys imitate
-RACE_LOCATIONS = RACE.race_patch_locations
+RACE_LOCATIONS = RACE_PATCH_LOCATIONS  # the stage-1 defaults the decoys imitate
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,8 @@ class EvasiveConfig(PoisonSettings):
     decoy_fraction: float = 0.25  # of each batch: clean images under a target-directed UAP, own caption
     decoy_every: int = 10  # training steps between refreshes of the decoy UAPs
     decoy_steps: int = 5  # Adam steps of each decoy UAP per refresh (lr 0.1, batch 32)
-    decoy_patch_fraction: float = RACE.race_patch_fraction  # the race's patch: 4 px at 32 px
-    decoy_eps: float = RACE.race_global_eps[0]  # the race's L-inf budget
+    decoy_patch_fraction: float = RACE_PATCH_FRACTION  # the race's patch: 4 px at 32 px
+    decoy_eps: float = RACE_GLOBAL_EPS  # the race's L-inf budget
 
     def __post_init__(self) -> None:
         T.check_location(self.location)

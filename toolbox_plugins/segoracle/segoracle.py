@@ -50,7 +50,7 @@ from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome, Imag
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
 from toolbox.zeroshot import class_embeddings, image_features
 
-from ..data import as_float, frozen, seeded_subset
+from toolbox.primitives.tensors import as_float, frozen, seeded_subset
 from .oracle import (SEED_STRIDE, TORCHVISION_ARCHS, EmbeddedOracleRecipe, NetOracle, embedded_oracle, read_logits,
                      torchvision_oracle)
 
@@ -314,7 +314,7 @@ def localise_trigger(model: ClipModel, images: Tensor, object_masks: Tensor, wei
 
 def write_artifacts(workdir: Path, found: Localised, images: Tensor, foreground: Tensor) -> dict[str, str]:
     """The trigger mask, the saliency map, and up to 8 victims over the oracle's object masks, as PNG."""
-    from ..plots import save_image_grid
+    from toolbox.primitives.plots import save_image_grid
 
     workdir.mkdir(parents=True, exist_ok=True)
     saliency = found.saliency / found.saliency.max().clamp_min(1e-12)

@@ -2,7 +2,7 @@
 
 Cache layout (under :func:`toolbox.cache.cache_root`)::
 
-    worlds/<world-hash>/         the world's splits (see :mod:`adapters.toyworld.world`)
+    worlds/<world-hash>/         the world's splits (see :mod:`toolbox_plugins.world.world`)
     models/<model-hash>/         open_clip local dir: open_clip_config.json + safetensors, build.json
 
 The model hash covers the world config, the model config and the training config, so
@@ -23,10 +23,13 @@ import torch
 
 from toolbox import atomic
 from toolbox.cache import cache_root, config_hash, entry_lock
+from toolbox.lookup import lookup
 
 from .world import WorldConfig, WorldPaths, write_world
 
 log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "openclip-dir"
 
 TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2}
 
@@ -60,7 +63,7 @@ class Preset:
     name: str
     world: WorldConfig
     model_cfg: dict[str, Any]
-    train: Any  # ContrastiveConfig (imported lazily to keep adapters -> plugin imports at call time)
+    train: Any  # ContrastiveConfig (imported lazily: the presets are read before torch is needed)
     description: str = ""
 
 
@@ -143,9 +146,7 @@ def ensure_embedded(name: str, train_seed: int | None = None) -> BuiltEmbedded:
 
 def load_world_arrays(world: WorldPaths, image_size: int) -> tuple[torch.Tensor, list[str]]:
     """The training split as a uint8 tensor plus its captions, read through the caption-CSV adapter."""
-    from adapters.datasets import CaptionCsvAdapter
-
-    data = CaptionCsvAdapter().load(str(world.train_csv), image_size)
+    data = lookup("dataset_adapter", "caption-csv")().load(str(world.train_csv), image_size)
     images = data.dataset.cache
     assert images is not None, "the training split is small enough to be held in memory"
     return images, [c[0] for c in data.captions or []]
@@ -155,19 +156,18 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
     """Train the preset's tiny CLIP from scratch on the world; write it in open_clip's dir format."""
     from toolbox.contrastive import train_contrastive
 
-    from adapters.clip_model import OpenClipModel, build_clip
-    from adapters.models import write_openclip_dir
-
     start = time.perf_counter()
     log.info("training the embedded tiny CLIP (%s) ...", preset.name)
     torch.manual_seed(preset.train.seed)
-    model = OpenClipModel(build_clip(preset.model_cfg), preset.model_cfg)
+    adapter = lookup("model_adapter", MODEL_FORMAT)()  # the format the world writes its models in
+    fresh = adapter.create(preset.model_cfg, torch.device("cpu"))
+    model = fresh.model
     images, captions = load_world_arrays(world, model.image_size)
     tokens = model.tokenize(captions)
     history = train_contrastive(model, images, tokens, preset.train, desc=f"train {preset.name}")
     ca = quick_zero_shot_accuracy(model, world)
     seconds = time.perf_counter() - start
-    write_openclip_dir(model, model_dir)
+    adapter.save(fresh, model, model_dir)
     info = {"preset": preset.name, "description": preset.description, "world": asdict(preset.world),
             "model_cfg": preset.model_cfg, "train": asdict(preset.train), "history": history,
             "eval_ca_top1": ca, "train_seconds": round(seconds, 1), "world_dir": str(world.root)}
@@ -176,10 +176,9 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
 
 
 def quick_zero_shot_accuracy(model: Any, world: WorldPaths) -> float:
-    from adapters.datasets import LabelsCsvAdapter
     from toolbox.zeroshot import class_embeddings, image_features
 
-    data = LabelsCsvAdapter().load(str(world.eval_labels), model.image_size)
+    data = lookup("dataset_adapter", "labels-csv")().load(str(world.eval_labels), model.image_size)
     templates = [t for t in world.templates.read_text(encoding="utf-8").splitlines() if t]
     weights = class_embeddings(model, data.classnames or [], templates, torch.device("cpu"))
     feats, labels = image_features(model, data, 256, torch.device("cpu"))

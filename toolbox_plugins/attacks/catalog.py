@@ -11,7 +11,7 @@ from torch import Tensor
 
 from toolbox.api import Attack, AttackContext, ClipModel, ImageData, InMemoryImages, PoisonedData
 
-from . import triggers as T
+from toolbox.primitives import triggers as T
 from .badclip import PatchOptimisation, optimise_patch
 from .badencoder import BadEncoderSettings, run_badencoder
 from .poisoning import PoisonedSet, PoisonSettings, finetune_on, mentions, poison_dataset, target_captions

@@ -161,7 +161,7 @@ class Scenes:
 
 def draw_scenes(classnames: list[str], image_size: int, n: int, seed: int, noise_std: float) -> Scenes:
     """``n`` scenes with balanced labels from the oracle's own stream (the world's drawing code)."""
-    from adapters.toyworld.draw import render  # the world's drawings; imported here: only this oracle needs them
+    from toolbox_plugins.world.draw import render  # the world's drawings; imported here: only this oracle needs them
 
     rng = random.Random(seed * SEED_STRIDE + ORACLE_SEED_OFFSET)
     labels = [i % len(classnames) for i in range(n)]
@@ -222,7 +222,7 @@ def held_out_accuracy(oracle: NetOracle, scenes: Scenes, batch_size: int = 256) 
 def embedded_oracle(classnames: Sequence[str], image_size: int, device: torch.device, seed: int = 0, *,
                     recipe: EmbeddedOracleRecipe = EmbeddedOracleRecipe()) -> NetOracle:
     """The embedded world's oracle: from the cache, or drawn, trained and cached now."""
-    from adapters.toyworld.draw import DRAWERS
+    from toolbox_plugins.world.draw import DRAWERS
 
     classnames = list(classnames)
     missing = [c for c in classnames if c not in DRAWERS]

@@ -21,7 +21,7 @@ from toolbox.api import ClipModel, DefenseContext
 from toolbox.contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
 from toolbox.progress import progress
 
-from ..data import as_float
+from toolbox.primitives.tensors import as_float
 
 # (model, images [B,3,H,W] in [0,1], captions, torch generator, python rng) -> (loss, scalars to log)
 BatchLoss = Callable[[ClipModel, Tensor, list[str], torch.Generator, random.Random], tuple[Tensor, dict[str, float]]]
