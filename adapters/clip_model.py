@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +22,22 @@ class OpenClipModel(nn.Module):
     written back); ``quick_gelu`` is recorded with it.
     """
 
-    def __init__(self, clip: nn.Module, model_cfg: dict[str, Any], *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        clip: nn.Module,
+        model_cfg: dict[str, Any],
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         open_clip = import_open_clip()
         self.clip = clip
         self.model_cfg = copy.deepcopy(model_cfg)
         mean = mean or getattr(clip.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = std or getattr(clip.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         size = clip.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.context_length = int(getattr(clip, "context_length", 77))
@@ -61,7 +66,7 @@ class OpenClipModel(nn.Module):
         """A hash of everything but the vision tower: equal text embeddings (toolbox.zeroshot memoises on it)."""
         return state_dict_sha256(self, ("clip.visual.",))
 
-    def vision_layers(self) -> "OrderedDict[str, nn.Module]":
+    def vision_layers(self) -> OrderedDict[str, nn.Module]:
         """Blocks whose outputs InverTune inspects: ViT residual blocks or ResNet stages."""
         visual = self.clip.visual
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -79,7 +84,7 @@ class OpenClipModel(nn.Module):
         """(image embeddings, text embeddings, logit scale), as open_clip's ClipLoss expects."""
         return self.encode_image(images), self.encode_text(tokens), self.clip.logit_scale.exp()
 
-    def clone(self) -> "OpenClipModel":
+    def clone(self) -> OpenClipModel:
         return copy.deepcopy(self)
 
     @property
@@ -103,8 +108,7 @@ def describe_arch(cfg: dict[str, Any]) -> str:
     else:
         vis = f"ViT(w{v.get('width')},l{layers},p{v.get('patch_size')})"
     gelu = "/quickgelu" if cfg.get("quick_gelu") else ""
-    return (f"{vis}@{v.get('image_size')}/text(w{t.get('width')},l{t.get('layers')})"
-            f"/d{cfg.get('embed_dim')}{gelu}")
+    return f"{vis}@{v.get('image_size')}/text(w{t.get('width')},l{t.get('layers')})/d{cfg.get('embed_dim')}{gelu}"
 
 
 def build_clip(model_cfg: dict[str, Any]) -> nn.Module:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -30,8 +30,9 @@ EAGER_LIMIT_BYTES = 256 << 20  # 1,783 images at 224 px decoded once; a larger s
 class FileImages(Dataset):
     """``(image, target)`` pairs from image files; target is a label or an index."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], size: int, *,
-                 skip_unreadable: bool = False) -> None:
+    def __init__(
+        self, paths: Sequence[Path], targets: Sequence[int], size: int, *, skip_unreadable: bool = False
+    ) -> None:
         self.size = size
         self.skipped: list[str] = []
         paths, targets = list(paths), list(targets)
@@ -108,8 +109,9 @@ class ImageFolderAdapter(DatasetAdapter):
 
     def detect(self, source: str) -> bool:
         root = Path(source)
-        return root.is_dir() and any(d.is_dir() for d in root.iterdir()) and \
-            not (root / "open_clip_config.json").exists()
+        return (
+            root.is_dir() and any(d.is_dir() for d in root.iterdir()) and not (root / "open_clip_config.json").exists()
+        )
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         root = Path(source)
@@ -141,8 +143,10 @@ class ImageFolderAdapter(DatasetAdapter):
         if len(folders) == len(vocab) and not any(f in vocab for f in folders):
             return vocab, by_position  # ImageNet's wnid folders (n01440764, ...): the i-th is the i-th name
         unknown = [f for f in folders if f not in vocab]
-        raise ValueError(f"{root}: class folders {unknown[:5]} are not in the class vocabulary ({len(vocab)} "
-                         f"classes) and there is no classes.txt saying what they are")
+        raise ValueError(
+            f"{root}: class folders {unknown[:5]} are not in the class vocabulary ({len(vocab)} "
+            f"classes) and there is no classes.txt saying what they are"
+        )
 
 
 class LabelsCsvAdapter(DatasetAdapter):
@@ -171,8 +175,9 @@ class LabelsCsvAdapter(DatasetAdapter):
             if not label.isdigit() or int(label) >= len(names):
                 raise ValueError(f"{path}: line {n}: label {label!r} is not a class index in 0..{len(names) - 1}")
             targets.append(int(label))
-        ds = FileImages([_resolve(path.parent, r["image"]) for r in rows], targets, image_size,
-                        skip_unreadable=skip_unreadable)
+        ds = FileImages(
+            [_resolve(path.parent, r["image"]) for r in rows], targets, image_size, skip_unreadable=skip_unreadable
+        )
         return ImageData(ds, "labelled", str(path), classnames=names, skipped=ds.skipped)
 
 
@@ -232,8 +237,12 @@ class CocoCaptionsAdapter(DatasetAdapter):
             direct = _resolve(path.parent, name)
             return direct if direct.exists() else path.parent / "images" / name
 
-        ds = FileImages([where(im["file_name"]) for im in images], list(range(len(images))), image_size,
-                        skip_unreadable=skip_unreadable)
+        ds = FileImages(
+            [where(im["file_name"]) for im in images],
+            list(range(len(images))),
+            image_size,
+            skip_unreadable=skip_unreadable,
+        )
         kept_paths = set(map(str, ds.paths))
         captions = [by_id[im["id"]] for im in images if str(where(im["file_name"])) in kept_paths]
         ds.targets = list(range(len(ds.paths)))
@@ -271,4 +280,9 @@ class ImageDirAdapter(DatasetAdapter):
 
 
 DATASET_ADAPTERS: tuple[type[DatasetAdapter], ...] = (
-    CocoCaptionsAdapter, LabelsCsvAdapter, CaptionCsvAdapter, ImageDirAdapter, ImageFolderAdapter)
+    CocoCaptionsAdapter,
+    LabelsCsvAdapter,
+    CaptionCsvAdapter,
+    ImageDirAdapter,
+    ImageFolderAdapter,
+)

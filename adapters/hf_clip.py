@@ -13,8 +13,9 @@ import copy
 import json
 import shutil
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,14 @@ from toolbox.compat import import_open_clip
 from .clip_model import fit_to_input
 from .limits import check_budget, hf_params
 
-SIDE_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-              "special_tokens_map.json")
+SIDE_FILES = (
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
 
 
 class HFClipModel(nn.Module):
@@ -67,21 +74,25 @@ class HFClipModel(nn.Module):
         """A hash of everything but the vision tower (see OpenClipModel.text_fingerprint)."""
         return state_dict_sha256(self, ("hf.vision_model.", "hf.visual_projection."))
 
-    def vision_layers(self) -> "OrderedDict[str, nn.Module]":
-        return OrderedDict((f"hf.vision_model.encoder.layers.{i}", layer)
-                           for i, layer in enumerate(self.hf.vision_model.encoder.layers))
+    def vision_layers(self) -> OrderedDict[str, nn.Module]:
+        return OrderedDict(
+            (f"hf.vision_model.encoder.layers.{i}", layer)
+            for i, layer in enumerate(self.hf.vision_model.encoder.layers)
+        )
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode_image(images), self.encode_text(tokens), self.hf.logit_scale.exp()
 
-    def clone(self) -> "HFClipModel":
+    def clone(self) -> HFClipModel:
         return copy.deepcopy(self)
 
     @property
     def arch(self) -> str:
         v, t = self.hf.config.vision_config, self.hf.config.text_config
-        return (f"HF-CLIP ViT(w{v.hidden_size},l{v.num_hidden_layers},p{v.patch_size})@{v.image_size}"
-                f"/text(w{t.hidden_size},l{t.num_hidden_layers})/d{self.hf.config.projection_dim}")
+        return (
+            f"HF-CLIP ViT(w{v.hidden_size},l{v.num_hidden_layers},p{v.patch_size})@{v.image_size}"
+            f"/text(w{t.hidden_size},l{t.num_hidden_layers})/d{self.hf.config.projection_dim}"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -104,19 +115,28 @@ class HFClipAdapter(ModelAdapter):
     def load(self, source: str, device: torch.device) -> LoadedModel:
         path = Path(source)
         if not any(path.glob("*.safetensors")):
-            raise ValueError(f"{path}: only safetensors weights are read for Hugging Face models "
-                             f"(a pickled pytorch_model.bin is not unpickled); convert it first")
+            raise ValueError(
+                f"{path}: only safetensors weights are read for Hugging Face models "
+                f"(a pickled pytorch_model.bin is not unpickled); convert it first"
+            )
         check_budget(hf_params(_read_json(path / "config.json"), str(path)), str(path))  # before allocating
         try:
             from transformers import CLIPModel
         except ImportError as err:
-            raise RuntimeError("Hugging Face CLIP directories need transformers: pip install "
-                               "'invertune-toolbox[hf]'") from err
+            raise RuntimeError(
+                "Hugging Face CLIP directories need transformers: pip install 'invertune-toolbox[hf]'"
+            ) from err
         hf = CLIPModel.from_pretrained(str(path), use_safetensors=True).float().eval()
         pre = _read_json(path / "preprocessor_config.json")
         model = HFClipModel(hf, pre.get("image_mean"), pre.get("image_std")).to(device)
-        return LoadedModel(model=model, format=self.name, source=source, arch=model.arch,
-                           sha256=state_dict_sha256(model.hf), save_info={"source_dir": str(path)})
+        return LoadedModel(
+            model=model,
+            format=self.name,
+            source=source,
+            arch=model.arch,
+            sha256=state_dict_sha256(model.hf),
+            save_info={"source_dir": str(path)},
+        )
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         src = Path(loaded.save_info["source_dir"])

@@ -54,8 +54,14 @@ def load_image(path: Path, size: int) -> torch.Tensor:
             with Image.open(path) as img:
                 img.load()
                 rgb = resize_center_crop(to_rgb(img), size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
         raise UnreadableImageError(Path(path), f"{type(err).__name__}: {err}") from err
     arr = np.asarray(rgb, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)

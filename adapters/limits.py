@@ -10,15 +10,25 @@ open_clip's untrained ViT-e-14, 4.6e9, needs the override).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MAX_PARAMS_ENV = "TOOLBOX_MAX_MODEL_PARAMS"
 DEFAULT_MAX_PARAMS = 3_000_000_000
 # Ranges of single numbers. Width, depth and vocabulary are bounded by the parameter budget (so
 # the override reaches them); image size, context length and patch size bound activations.
-RANGES = {"width": (1, 10**6), "layers": (1, 10**6), "heads": (1, 4096), "image_size": (8, 4096),
-          "patch_size": (1, 4096), "context_length": (1, 4096), "vocab_size": (1, 10**8),
-          "embed_dim": (1, 10**6), "head_width": (1, 10**6), "mlp_ratio": (0.1, 64)}
+RANGES = {
+    "width": (1, 10**6),
+    "layers": (1, 10**6),
+    "heads": (1, 4096),
+    "image_size": (8, 4096),
+    "patch_size": (1, 4096),
+    "context_length": (1, 4096),
+    "vocab_size": (1, 10**8),
+    "embed_dim": (1, 10**6),
+    "head_width": (1, 10**6),
+    "mlp_ratio": (0.1, 64),
+}
 MAX_TOKENS = 16384  # image tokens a ViT attends over: (image_size / patch_size)^2
 
 
@@ -64,13 +74,13 @@ def openclip_params(cfg: Mapping[str, Any], where: str) -> float:
         if len(layers) != 4:
             raise ValueError(f"{where}: vision_cfg.layers {layers!r} must list 4 ResNet stages")
         blocks = [number(n, "layers", f"{where} vision_cfg") for n in layers]
-        visual = sum(n * 17 * (width * 2 ** i) ** 2 for i, n in enumerate(blocks)) + 4 * (width * 32) ** 2
+        visual = sum(n * 17 * (width * 2**i) ** 2 for i, n in enumerate(blocks)) + 4 * (width * 32) ** 2
     else:
         patch = number(vision.get("patch_size", 16), "patch_size", f"{where} vision_cfg")
         if (size / patch) ** 2 > MAX_TOKENS:
             raise ValueError(f"{where}: image_size {size} / patch_size {patch} gives more than {MAX_TOKENS} tokens")
         ratio = number(vision.get("mlp_ratio", 4.0), "mlp_ratio", f"{where} vision_cfg")
-        visual = _transformer(width, number(layers, "layers", f"{where} vision_cfg"), ratio) + 3 * patch ** 2 * width
+        visual = _transformer(width, number(layers, "layers", f"{where} vision_cfg"), ratio) + 3 * patch**2 * width
     if "head_width" in vision:
         number(vision["head_width"], "head_width", f"{where} vision_cfg")
     t_width = number(text.get("width", 512), "width", f"{where} text_cfg")
@@ -78,9 +88,14 @@ def openclip_params(cfg: Mapping[str, Any], where: str) -> float:
         if key in text:
             number(text[key], key, f"{where} text_cfg")
     vocab = number(text.get("vocab_size", 49408), "vocab_size", f"{where} text_cfg")
-    textual = (_transformer(t_width, number(text.get("layers", 12), "layers", f"{where} text_cfg"),
-                            number(text.get("mlp_ratio", 4.0), "mlp_ratio", f"{where} text_cfg"))
-               + vocab * t_width)
+    textual = (
+        _transformer(
+            t_width,
+            number(text.get("layers", 12), "layers", f"{where} text_cfg"),
+            number(text.get("mlp_ratio", 4.0), "mlp_ratio", f"{where} text_cfg"),
+        )
+        + vocab * t_width
+    )
     return visual + textual + embed * (width + t_width)
 
 
@@ -110,5 +125,7 @@ def hf_params(config: Mapping[str, Any], where: str) -> float:
 def check_budget(params: float, where: str) -> None:
     limit = max_params()
     if params > limit:
-        raise ValueError(f"{where}: the config describes a model of about {params:.3g} parameters, over the limit "
-                         f"of {limit:.3g}; if the model is genuine, raise it with {MAX_PARAMS_ENV}=N")
+        raise ValueError(
+            f"{where}: the config describes a model of about {params:.3g} parameters, over the limit "
+            f"of {limit:.3g}; if the model is genuine, raise it with {MAX_PARAMS_ENV}=N"
+        )

@@ -30,7 +30,7 @@ from toolbox import atomic
 from toolbox.api import LoadedModel, ModelAdapter, state_dict_sha256
 from toolbox.compat import import_open_clip
 
-from .clip_model import OpenClipModel, build_clip, describe_arch
+from .clip_model import OpenClipModel, build_clip
 from .limits import check_budget, openclip_params
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -55,7 +55,8 @@ def load_tensor_file(path: Path) -> Any:
         if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
             raise UnsafeCheckpointError(
                 f"{path} holds objects other than tensors and plain containers; refusing to unpickle a "
-                f"suspect checkpoint (convert it to safetensors or a plain state dict)") from err
+                f"suspect checkpoint (convert it to safetensors or a plain state dict)"
+            ) from err
         raise
 
 
@@ -77,7 +78,7 @@ def split_container(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     prefixed = bool(sd) and all(k.startswith("module.") for k in sd)
     if prefixed:
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     meta = {k: v for k, v in obj.items() if k != "state_dict" and not isinstance(v, torch.Tensor)} if wrapped else {}
     return sd, {"wrapped": wrapped, "module_prefix": prefixed, "meta": _plain(meta)}
 
@@ -109,6 +110,7 @@ ALLOWED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers", "mlp
 
 def checked_model_cfg(cfg: Any, source: str) -> dict[str, Any]:
     """A model config read from a checkpoint, limited to plain CLIP architecture numbers."""
+
     def bad(msg: str) -> ValueError:
         return ValueError(f"{source}: refusing model_cfg from the checkpoint: {msg}")
 
@@ -166,8 +168,9 @@ def load_state_into(clip: torch.nn.Module, sd: dict[str, torch.Tensor], source: 
     missing, unexpected = clip.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not fit the architecture; missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{source}: weights do not fit the architecture; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _dtypes(sd: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -181,8 +184,14 @@ def _restore_dtypes(sd: dict[str, torch.Tensor], dtypes: dict[str, str] | None) 
 
 
 def _loaded(model: OpenClipModel, fmt: str, source: str, save_info: dict[str, Any]) -> LoadedModel:
-    return LoadedModel(model=model, format=fmt, source=source, arch=model.arch,
-                       sha256=state_dict_sha256(model.clip), save_info=save_info)
+    return LoadedModel(
+        model=model,
+        format=fmt,
+        source=source,
+        arch=model.arch,
+        sha256=state_dict_sha256(model.clip),
+        save_info=save_info,
+    )
 
 
 class OpenClipDirAdapter(ModelAdapter):
@@ -219,8 +228,9 @@ def write_openclip_dir(model: OpenClipModel, out_dir: Path, preprocess_cfg: dict
     pre.setdefault("mean", model.pixel_mean.flatten().tolist())
     pre.setdefault("std", model.pixel_std.flatten().tolist())
     with atomic.atomic_dir(out_dir) as tmp:
-        (tmp / OPENCLIP_CONFIG).write_text(json.dumps({"model_cfg": model.model_cfg, "preprocess_cfg": pre},
-                                                      indent=2), encoding="utf-8")
+        (tmp / OPENCLIP_CONFIG).write_text(
+            json.dumps({"model_cfg": model.model_cfg, "preprocess_cfg": pre}, indent=2), encoding="utf-8"
+        )
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.clip.state_dict().items()}
         safetensors.torch.save_file(sd, str(tmp / OPENCLIP_WEIGHTS))
     return Path(out_dir)
@@ -249,8 +259,12 @@ class OpenClipFileAdapter(ModelAdapter):
         clip = build_clip(cfg)
         load_state_into(clip, sd, source)
         model = wrap(clip, cfg).to(device)
-        return _loaded(model, self.name, source, {"arch": m["arch"], "suffix": Path(m["path"]).suffix,
-                                                  "dtypes": _dtypes(sd), **container})
+        return _loaded(
+            model,
+            self.name,
+            source,
+            {"arch": m["arch"], "suffix": Path(m["path"]).suffix, "dtypes": _dtypes(sd), **container},
+        )
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         info = loaded.save_info
@@ -286,16 +300,20 @@ class OpenAICheckpointAdapter(ModelAdapter):
         raw = load_tensor_file(Path(source))
         sd, container = split_container(raw)
         if "token_embedding.weight" not in sd:
-            raise ValueError(f"{source}: not a full CLIP state dict (no text tower); for an image-encoder-only "
-                             f"checkpoint use VISUAL_FILE::BASE_SOURCE (format visual-only)")
+            raise ValueError(
+                f"{source}: not a full CLIP state dict (no text tower); for an image-encoder-only "
+                f"checkpoint use VISUAL_FILE::BASE_SOURCE (format visual-only)"
+            )
         meta = container["meta"]
-        cfg = (checked_model_cfg(meta["model_cfg"], source) if meta.get("model_cfg")
-               else infer_openai_cfg(sd, quick_gelu=bool(meta.get("quick_gelu", True))))
+        cfg = (
+            checked_model_cfg(meta["model_cfg"], source)
+            if meta.get("model_cfg")
+            else infer_openai_cfg(sd, quick_gelu=bool(meta.get("quick_gelu", True)))
+        )
         clip = build_clip(cfg)
         load_state_into(clip, sd, source)
         model = wrap(clip, cfg).to(device)
-        return _loaded(model, self.name, source, {"suffix": Path(source).suffix, "dtypes": _dtypes(sd),
-                                                  **container})
+        return _loaded(model, self.name, source, {"suffix": Path(source).suffix, "dtypes": _dtypes(sd), **container})
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
         info = loaded.save_info
@@ -330,15 +348,23 @@ class VisualOnlyAdapter(ModelAdapter):
         sd, container = split_container(load_tensor_file(Path(visual_path)))
         visual_prefix = bool(sd) and all(k.startswith("visual.") for k in sd)
         if visual_prefix:
-            sd = {k[len("visual."):]: v for k, v in sd.items()}
+            sd = {k[len("visual.") :]: v for k, v in sd.items()}
         missing, unexpected = model.clip.visual.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
+            {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False
+        )
         if missing or unexpected:
-            raise ValueError(f"{visual_path}: image-encoder weights do not fit the base model; "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"{visual_path}: image-encoder weights do not fit the base model; "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         model = model.to(device)
-        info = {"suffix": Path(visual_path).suffix, "visual_prefix": visual_prefix, "dtypes": _dtypes(sd),
-                "base_source": base_source, **container}
+        info = {
+            "suffix": Path(visual_path).suffix,
+            "visual_prefix": visual_prefix,
+            "dtypes": _dtypes(sd),
+            "base_source": base_source,
+            **container,
+        }
         loaded = _loaded(model, self.name, source, info)
         loaded.arch = f"{model.arch} (visual from {Path(visual_path).name})"
         loaded.data_defaults = dict(base.data_defaults)
@@ -355,8 +381,7 @@ class VisualOnlyAdapter(ModelAdapter):
 def _model_adapters() -> tuple[type[ModelAdapter], ...]:
     from .hf_clip import HFClipAdapter  # transformers itself is imported only when such a model is loaded
 
-    return (VisualOnlyAdapter, OpenClipDirAdapter, HFClipAdapter, OpenClipFileAdapter,
-            OpenAICheckpointAdapter)
+    return (VisualOnlyAdapter, OpenClipDirAdapter, HFClipAdapter, OpenClipFileAdapter, OpenAICheckpointAdapter)
 
 
 MODEL_ADAPTERS = _model_adapters()

@@ -4,7 +4,7 @@
     python benchmarks/compare.py --attacks badnet,blended --defenses none,ft,invertune
     python benchmarks/compare.py --reuse-check         # 2 attacks x 3 defenses, twice: the second call must reuse
     python benchmarks/compare.py --baseline-data-ratio 2   # baselines on 2x InverTune's data (faster)
-    python benchmarks/compare.py --rebound-steps 100 --docs docs   # + rebound ASR; writes docs/results/compare-PRESET.md
+    python benchmarks/compare.py --rebound-steps 100 --docs docs  # + rebound ASR; writes docs/results/compare-PRESET.md
     python benchmarks/compare.py --preset default-resnet -a badencoder.lambda2=3   # an attack setting for every cell
 
 Prints the paper-style table (from `toolbox compare`), then, per baseline, the attacks on
@@ -41,37 +41,58 @@ def main() -> int:
     ap.add_argument("--baseline-data-ratio", type=float, help="the baselines' data_ratio (default: theirs, 10)")
     ap.add_argument("--rebound-steps", type=int, default=0, help="rebound ASR after this many clean fine-tuning steps")
     ap.add_argument("--docs", type=Path, help="also write the tables as DOCS/results/compare-PRESET.md")
-    ap.add_argument("-a", "--attack-param", action="append", default=[], metavar="ATTACK.KEY=V",
-                    help="an attack's setting in every cell it is in (repeatable)")
+    ap.add_argument(
+        "-a",
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=V",
+        help="an attack's setting in every cell it is in (repeatable)",
+    )
     args = ap.parse_args()
     try:  # the same NAME.KEY=VALUE parsing as `toolbox compare`
         attack_params = split_params(parse_kv(args.attack_param), args.attacks.split(","), "attack")
     except (InputError, argparse.ArgumentTypeError) as err:
         ap.error(str(err))
     prov = provenance(["python", "benchmarks/compare.py", *sys.argv[1:]])
-    params = ({b: {"data_ratio": str(args.baseline_data_ratio)} for b in BASELINES}
-              if args.baseline_data_ratio is not None else {})
+    params = (
+        {b: {"data_ratio": str(args.baseline_data_ratio)} for b in BASELINES}
+        if args.baseline_data_ratio is not None
+        else {}
+    )
     if args.reuse_check:
-        req = CompareRequest(attacks=["badnet", "blended"], defenses=["none", "ft", "invertune"],
-                             out=args.out / "reuse", sources=Sources(preset=args.preset),
-                             defense_params={k: v for k, v in params.items() if k == "ft"})
+        req = CompareRequest(
+            attacks=["badnet", "blended"],
+            defenses=["none", "ft", "invertune"],
+            out=args.out / "reuse",
+            sources=Sources(preset=args.preset),
+            defense_params={k: v for k, v in params.items() if k == "ft"},
+        )
         for call in (1, 2):
             start = time.perf_counter()
             cells = compare(req)
-            print(f"call {call}: {len(cells)} cells, {sum(c.from_cache for c in cells)} reused, "
-                  f"{time.perf_counter() - start:.1f} s")
+            print(
+                f"call {call}: {len(cells)} cells, {sum(c.from_cache for c in cells)} reused, "
+                f"{time.perf_counter() - start:.1f} s"
+            )
         return 0
     defenses = args.defenses.split(",")
-    req = CompareRequest(attacks=args.attacks.split(","), defenses=defenses, out=args.out,
-                         sources=Sources(preset=args.preset, rebound_steps=args.rebound_steps),
-                         defense_params={k: v for k, v in params.items() if k in defenses},
-                         attack_params=attack_params)
+    req = CompareRequest(
+        attacks=args.attacks.split(","),
+        defenses=defenses,
+        out=args.out,
+        sources=Sources(preset=args.preset, rebound_steps=args.rebound_steps),
+        defense_params={k: v for k, v in params.items() if k in defenses},
+        attack_params=attack_params,
+    )
     start = time.perf_counter()
     cells = compare(req)
     table = markdown_table(cells)
     print(table)
-    print(f"{len(cells)} cells, {sum(c.from_cache for c in cells)} reused, {time.perf_counter() - start:.0f} s; "
-          f"tables under {args.out}\n")
+    print(
+        f"{len(cells)} cells, {sum(c.from_cache for c in cells)} reused, {time.perf_counter() - start:.0f} s; "
+        f"tables under {args.out}\n"
+    )
     notes: list[str] = []
     by = {(c.attack, c.defense): c for c in cells}
     attacks = list(dict.fromkeys(c.attack for c in cells))
@@ -79,28 +100,48 @@ def main() -> int:
     for d in defenses:
         if d == "none":
             continue
-        moved = [a for a in attacks if (a, d) in by and by[(a, d)].before.get("asr") is not None
-                 and by[(a, d)].before["asr"] - by[(a, d)].after["asr"] >= MOVED]
-        notes.append(f"{d}: lowered ASR@1 by >= {100 * MOVED:.0f} points on {len(moved)}/{len(attacks)} attacks "
-                     f"({', '.join(moved) or 'none'})")
+        moved = [
+            a
+            for a in attacks
+            if (a, d) in by
+            and by[(a, d)].before.get("asr") is not None
+            and by[(a, d)].before["asr"] - by[(a, d)].after["asr"] >= MOVED
+        ]
+        notes.append(
+            f"{d}: lowered ASR@1 by >= {100 * MOVED:.0f} points on {len(moved)}/{len(attacks)} attacks "
+            f"({', '.join(moved) or 'none'})"
+        )
     if "invertune" in defenses:
         lowest = []
         for a in attacks:
             asrs = {d: by[(a, d)].after.get("asr") for d in defenses if d != "none" and (a, d) in by}
-            if asrs and asrs.get("invertune") is not None and asrs["invertune"] <= min(v for v in asrs.values()
-                                                                                      if v is not None):
+            if (
+                asrs
+                and asrs.get("invertune") is not None
+                and asrs["invertune"] <= min(v for v in asrs.values() if v is not None)
+            ):
                 lowest.append(a)
-        notes.append(f"invertune has the lowest ASR@1 in {len(lowest)}/{len(attacks)} attack columns "
-                     f"({', '.join(lowest) or 'none'})")
+        notes.append(
+            f"invertune has the lowest ASR@1 in {len(lowest)}/{len(attacks)} attack columns "
+            f"({', '.join(lowest) or 'none'})"
+        )
     print("\n".join(notes))
     if args.docs is not None:
-        intro = ("Generated by `benchmarks/compare.py`; do not edit by hand. Each cell is one `toolbox run --attack A "
-                 "--defense D` with every parameter at its default" + (f" ({params})" if params else "")
-                 + (f" except these attack settings: {attack_params}" if attack_params else "") + "; the "
-                 "cells' result.json files are listed in compare.json beside the table.")
-        path = write_page(args.docs / "results" / f"compare-{args.preset}.md",
-                          f"Attacks x defenses on the embedded world: {args.preset}", prov, intro,
-                          [table.rstrip(), "", *[f"- {n}" for n in notes]])
+        intro = (
+            "Generated by `benchmarks/compare.py`; do not edit by hand. Each cell is one `toolbox run --attack A "
+            "--defense D` with every parameter at its default"
+            + (f" ({params})" if params else "")
+            + (f" except these attack settings: {attack_params}" if attack_params else "")
+            + "; the "
+            "cells' result.json files are listed in compare.json beside the table."
+        )
+        path = write_page(
+            args.docs / "results" / f"compare-{args.preset}.md",
+            f"Attacks x defenses on the embedded world: {args.preset}",
+            prov,
+            intro,
+            [table.rstrip(), "", *[f"- {n}" for n in notes]],
+        )
         print(f"wrote {path}")
     return 0
 

@@ -63,43 +63,85 @@ def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[tu
     n = cfg.n_images
     hold = max(1, round(n * ident.holdout_fraction))
     fit = n - hold
-    rows = [("class embeddings", "text", 2 * n_classes * n_templates,
-             "2 x classes x templates (fp32 evaluation head, and the defense's under autocast)")]
+    rows = [
+        (
+            "class embeddings",
+            "text",
+            2 * n_classes * n_templates,
+            "2 x classes x templates (fp32 evaluation head, and the defense's under autocast)",
+        )
+    ]
     screened = n_classes > ident.max_race_classes
     raced = min(n_classes, ident.max_race_classes)
     uaps = len(ident.patch_locations) + len(ident.global_eps)
     if screened or ident.method == "untargeted":
-        rows.append(("stage 1 screen", "fwd_bwd_input", uaps * ident.steps * min(ident.batch_size, fit),
-                     f"{uaps} untargeted UAPs x {ident.steps} steps x batch {ident.batch_size}"))
+        rows.append(
+            (
+                "stage 1 screen",
+                "fwd_bwd_input",
+                uaps * ident.steps * min(ident.batch_size, fit),
+                f"{uaps} untargeted UAPs x {ident.steps} steps x batch {ident.batch_size}",
+            )
+        )
         rows.append(("stage 1 screen", "fwd", fit + hold * (1 + uaps), "fit + held-out predictions per UAP"))
     if ident.method == "targeted":
         families = len(ident.race_patch_locations) + len(ident.race_global_eps)
         # the cut: after race_cut_after steps only the upper half + 1 goes on (saturation stops not counted)
         cut = ident.race_cut_after if 0 < ident.race_cut_after < ident.race_steps else ident.race_steps
         class_steps = raced * cut + (raced // 2 + 1 if cut < ident.race_steps else 0) * (ident.race_steps - cut)
-        rows.append(("stage 1 race", "fwd_bwd_input", families * class_steps * min(ident.batch_size, fit),
-                     f"{families} families x ({raced} classes x {cut} steps + {raced // 2 + 1} x "
-                     f"{ident.race_steps - cut} after the cut) x batch {ident.batch_size}"
-                     if cut < ident.race_steps else
-                     f"{raced} classes x {families} families x {ident.race_steps} steps x batch {ident.batch_size}"))
+        rows.append(
+            (
+                "stage 1 race",
+                "fwd_bwd_input",
+                families * class_steps * min(ident.batch_size, fit),
+                f"{families} families x ({raced} classes x {cut} steps + {raced // 2 + 1} x "
+                f"{ident.race_steps - cut} after the cut) x batch {ident.batch_size}"
+                if cut < ident.race_steps
+                else f"{raced} classes x {families} families x {ident.race_steps} steps x batch {ident.batch_size}",
+            )
+        )
         rows.append(("stage 1 race", "fwd", raced * families * hold + hold, "held-out rate per class and family"))
     inversion = cfg.detectors.get("inversion")
     if inversion is not None:
         k = inversion.candidates
-        rows.append(("inversion", "fwd_bwd_input", k * inv.steps * inv.batch_size,
-                     f"{k} candidate(s) x {inv.steps} steps x batch {inv.batch_size}"))
+        rows.append(
+            (
+                "inversion",
+                "fwd_bwd_input",
+                k * inv.steps * inv.batch_size,
+                f"{k} candidate(s) x {inv.steps} steps x batch {inv.batch_size}",
+            )
+        )
         rows.append(("inversion", "fwd", k * (fit + 2 * hold), "clean anchors + held-out ASR"))
     for name in ("patch", "stripes", "linf"):
         det = cfg.detectors.get(name)
         if det is None or not det.classes:
             continue
-        rows.append((f"{name} (worst case)", "fwd_bwd_input", det.classes * det.restarts * det.steps * ident.batch_size,
-                     f"{det.classes} classes x {det.restarts} restarts x {det.steps} steps x batch {ident.batch_size}"))
-        rows.append((f"{name} (worst case)", "fwd", det.classes * det.restarts * (det.judge_images + hold),
-                     "judging + held-out rate per restart"))
+        rows.append(
+            (
+                f"{name} (worst case)",
+                "fwd_bwd_input",
+                det.classes * det.restarts * det.steps * ident.batch_size,
+                f"{det.classes} classes x {det.restarts} restarts x {det.steps} steps x batch {ident.batch_size}",
+            )
+        )
+        rows.append(
+            (
+                f"{name} (worst case)",
+                "fwd",
+                det.classes * det.restarts * (det.judge_images + hold),
+                "judging + held-out rate per restart",
+            )
+        )
     steps = inversion.tune_steps if inversion is not None and inversion.tune_steps else tune.steps
-    rows.append(("stage 3 tune", "fwd_bwd_params", steps * 2 * tune.batch_size,
-                 f"{steps} steps x (clean + triggered) batch {tune.batch_size}"))
+    rows.append(
+        (
+            "stage 3 tune",
+            "fwd_bwd_params",
+            steps * 2 * tune.batch_size,
+            f"{steps} steps x (clean + triggered) batch {tune.batch_size}",
+        )
+    )
     guard = (steps // tune.guard_every) * min(tune.guard_images, n) if tune.guard_every else 0
     rows.append(("stage 3 tune", "fwd", 3 * n + guard, "activation means (2 x n_images), anchors, guard checks"))
     rows.append(("evaluation", "fwd", 4 * n_eval, "CA before and after, inverted-trigger ASR before and after"))
@@ -114,17 +156,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images", type=int, default=50_000, help="ImageNet-1K validation: 50,000")
     p.add_argument("--profile", default="default")
     p.add_argument("--peak-tflops", type=float, default=312.0, help="A100 dense bf16: 312; fp32 19.5 (tf32 156)")
-    p.add_argument("--utilisation", type=float, default=0.35,
-                   help="sustained fraction of peak (an assumption until gpu.sh measures it)")
+    p.add_argument(
+        "--utilisation",
+        type=float,
+        default=0.35,
+        help="sustained fraction of peak (an assumption until gpu.sh measures it)",
+    )
     p.add_argument("--loop-efficiency", type=float, default=0.85, help="loop img/s over bare img/s (throughput.py)")
     args = p.parse_args(argv)
     flops = flops_per_image(args.arch)
     rate = args.peak_tflops * 1e12 * args.utilisation
-    print(f"{args.arch}: GFLOPs per image forward {flops['fwd'] / 1e9:.2f}, + input gradient "
-          f"{flops['fwd_bwd_input'] / 1e9:.2f}, + parameter gradients {flops['fwd_bwd_params'] / 1e9:.2f}; "
-          f"per prompt {flops['text'] / 1e9:.2f}")
-    print(f"sustained rate {args.peak_tflops:g} TFLOP/s x {args.utilisation:g} = {rate / 1e12:.1f} TFLOP/s; "
-          f"loops at {args.loop_efficiency:.0%} of bare\n")
+    print(
+        f"{args.arch}: GFLOPs per image forward {flops['fwd'] / 1e9:.2f}, + input gradient "
+        f"{flops['fwd_bwd_input'] / 1e9:.2f}, + parameter gradients {flops['fwd_bwd_params'] / 1e9:.2f}; "
+        f"per prompt {flops['text'] / 1e9:.2f}"
+    )
+    print(
+        f"sustained rate {args.peak_tflops:g} TFLOP/s x {args.utilisation:g} = {rate / 1e12:.1f} TFLOP/s; "
+        f"loops at {args.loop_efficiency:.0%} of bare\n"
+    )
     print("| stage | pass | count | seconds | how counted |\n|---|---|---:|---:|---|")
     total = 0.0
     for stage, kind, count, how in work(args.classes, args.templates, args.eval_images, args.profile):

@@ -28,22 +28,24 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
 import toolbox
-from toolbox.primitives.triggers import add_signal
-from toolbox.primitives.tensors import as_float, frozen
-from invertune_plugin.identify import MAD_TO_SIGMA, IdentifyConfig, fit_and_holdout, identify, race_families, success_rate, targeted_uaps
-from toolbox.primitives.perturbations import GLOBAL_FAMILIES, linf_family
+from invertune_plugin.identify import MAD_TO_SIGMA, IdentifyConfig, fit_and_holdout, identify
+from invertune_plugin.race import race_families, success_rate, targeted_uaps
 from invertune_plugin.refine import global_ranking
-from toolbox.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.api import apply_overrides
+from toolbox.primitives.perturbations import GLOBAL_FAMILIES, linf_family
+from toolbox.primitives.tensors import frozen
+from toolbox.primitives.triggers import add_signal
+from toolbox.zeroshot import ZeroShotHead
 from toolbox.zoo.build import read_manifest, world_of
 
 STEPS, N_IMAGES, SEED = 100, 1024, 0
@@ -51,35 +53,59 @@ STEPS, N_IMAGES, SEED = 100, 1024, 0
 
 def load_member(zoo: Path, record: dict[str, Any], device: str = "auto") -> Any:
     """A zoo member's model with its world's vocabulary and defender images (a ``toolbox.Suspect``)."""
-    world = world_of(record["preset"]).world
-    return toolbox.load(str(zoo / "members" / record["id"] / "model"), clean_data=str(world.defender_dir),
-                        classes=str(world.classes), templates=str(world.templates), device=device)
+    world = world_of(record["preset"], world=record.get("world", "embedded")).data
+    return toolbox.load(
+        str(zoo / "members" / record["id"] / "model"),
+        clean_data=world["clean_data"],
+        classes=world["classes"],
+        templates=world["templates"],
+        device=device,
+    )
 
 
-def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int, race_only: bool = False,
-                 cfg: IdentifyConfig | None = None) -> dict[str, Any]:
+def member_stats(
+    zoo: Path,
+    record: dict[str, Any],
+    top: int,
+    references: int,
+    race_only: bool = False,
+    cfg: IdentifyConfig | None = None,
+) -> dict[str, Any]:
     suspect = load_member(zoo, record)
     model, images = suspect.model, suspect.images(N_IMAGES, seed=SEED)
     head = ZeroShotHead(model, suspect.classnames, suspect.templates, suspect.device)
     cfg = cfg or IdentifyConfig()
     start = time.perf_counter()
     ident = identify(model, images, head, cfg, SEED)
-    doc: dict[str, Any] = {"id": record["id"], "label": record["label"], "arch": record["arch"],
-                           "family": record["family"], "target": record.get("target"),
-                           "race": {u.kind: {c: float(r) for c, r in zip(ident.classnames, u.rates.tolist())
-                                             if not math.isnan(r)} for u in ident.uaps},
-                           "race_margins": {u.kind: {c: float(m) for c, m in zip(ident.classnames, u.margins.tolist())
-                                                     if not math.isnan(m)} for u in ident.uaps},
-                           "race_ranking": [c for c, _ in ident.ranking], "seconds": {}}
+    doc: dict[str, Any] = {
+        "id": record["id"],
+        "label": record["label"],
+        "arch": record["arch"],
+        "family": record["family"],
+        "target": record.get("target"),
+        "race": {
+            u.kind: {c: float(r) for c, r in zip(ident.classnames, u.rates.tolist()) if not math.isnan(r)}
+            for u in ident.uaps
+        },
+        "race_margins": {
+            u.kind: {c: float(m) for c, m in zip(ident.classnames, u.margins.tolist()) if not math.isnan(m)}
+            for u in ident.uaps
+        },
+        "race_ranking": [c for c, _ in ident.ranking],
+        "seconds": {},
+    }
     doc["seconds"]["race"] = time.perf_counter() - start
     if race_only:
         return doc
     size = images.shape[-1]
     patch_fams = {f.kind: f for f in race_families(size, cfg) if f.pixels is not None}
     searches: dict[str, tuple[list[str], Callable[[int], Any]]] = {
-        "patch": ([c for c, _ in ident.ranking],
-                  lambda c: patch_fams[max((u for u in ident.uaps if u.kind in patch_fams),
-                                           key=lambda u: float(u.shift[c])).kind]),
+        "patch": (
+            [c for c, _ in ident.ranking],
+            lambda c: patch_fams[
+                max((u for u in ident.uaps if u.kind in patch_fams), key=lambda u: float(u.shift[c])).kind
+            ],
+        ),
         "stripes@48/255": (global_ranking(ident), lambda c: GLOBAL_FAMILIES["stripes"](size, 48 / 255)),
         "linf@16/255": (global_ranking(ident), lambda c: linf_family(size, 16 / 255)),
     }
@@ -100,11 +126,14 @@ def member_stats(zoo: Path, record: dict[str, Any], top: int, references: int, r
                 gens = [torch.Generator().manual_seed(zlib.crc32(f"{SEED}:{name}:{c}".encode())) for c in members]
                 params = targeted_uaps(model, head, fit, family, members, cfg, STEPS, gens)
                 for c, param in zip(members, params):
-                    row = {"class": head.classnames[c], "searched": classes.index(c) < top, "family": family.kind,
-                           "rate": success_rate(model, head, family.apply(hold, param), hold_pred, c)}
+                    row = {
+                        "class": head.classnames[c],
+                        "searched": classes.index(c) < top,
+                        "family": family.kind,
+                        "rate": success_rate(model, head, family.apply(hold, param), hold_pred, c),
+                    }
                     if family.delta is not None:
-                        row["flipped"] = success_rate(model, head, add_signal(hold, -family.delta(param)), hold_pred,
-                                                      c)
+                        row["flipped"] = success_rate(model, head, add_signal(hold, -family.delta(param)), hold_pred, c)
                     rows[c] = row
             doc[name] = [rows[c] for c in classes]
             doc["seconds"][name] = time.perf_counter() - start
@@ -168,8 +197,10 @@ def margin_gap(doc: dict[str, Any]) -> float:
 
 def budgets(doc: dict[str, Any], kind: str) -> list[str]:
     """The race families of one kind ("global" or "patch"), smallest budget first."""
+
     def eps(name: str) -> float:
         return float(name.split("@")[1].split("/")[0]) if kind == "global" else 0.0
+
     return sorted((k for k in doc["race_margins"] if f":{kind}@" in k), key=eps)
 
 
@@ -212,8 +243,10 @@ def threshold_at(y: np.ndarray, s: np.ndarray, max_fpr: float = 0.05) -> float:
 
 
 def report(docs: list[dict[str, Any]], candidates: dict[str, Callable[[dict[str, Any]], float]]) -> str:
-    lines = ["| candidate | ROC-AUC | TPR @ FPR <= 5 % | vit -> resnet (TPR, FPR) | resnet -> vit (TPR, FPR) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| candidate | ROC-AUC | TPR @ FPR <= 5 % | vit -> resnet (TPR, FPR) | resnet -> vit (TPR, FPR) |",
+        "|---|---|---|---|---|",
+    ]
     for name, score in candidates.items():
         y = np.array([d["label"] == "backdoored" for d in docs], dtype=int)
         s = np.array([score(d) for d in docs])
@@ -238,8 +271,13 @@ def held_out(docs: list[dict[str, Any]], name: str, score: Callable[[dict[str, A
     s = np.array([score(d) for d in docs])
     auc = roc_auc_score(y, s) if 0 < y.sum() < len(y) else float("nan")
     rows = [f"{d['id']} {d['label']} {d['family']} {d['arch']}: {v:.3f}" for d, v in zip(docs, s)]
-    return "\n".join([*rows, f"{name}: ROC-AUC {auc:.3f}; at {threshold:.4g}: TPR {np.mean(s[y == 1] >= threshold):.2f}, "
-                              f"FPR {np.mean(s[y == 0] >= threshold):.2f} ({int(y.sum())} backdoored, {int(len(y) - y.sum())} clean)"])
+    return "\n".join(
+        [
+            *rows,
+            f"{name}: ROC-AUC {auc:.3f}; at {threshold:.4g}: TPR {np.mean(s[y == 1] >= threshold):.2f}, "
+            f"FPR {np.mean(s[y == 0] >= threshold):.2f} ({int(y.sum())} backdoored, {int(len(y) - y.sum())} clean)",
+        ]
+    )
 
 
 def main() -> int:
@@ -249,10 +287,19 @@ def main() -> int:
     ap.add_argument("--references", type=int, default=4)
     ap.add_argument("--members", help="comma-separated member ids (default: every clean or backdoored one)")
     ap.add_argument("--race-only", action="store_true", help="stage 1's race only (every class, every family)")
-    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a stage-1 setting (IdentifyConfig), e.g. race_global_eps=0.0314,0.0627; --race-only only")
-    ap.add_argument("--evaluate", metavar="CANDIDATE",
-                    help="held-out use: only this candidate (chosen on dev), at --threshold; any split")
+    ap.add_argument(
+        "-p",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stage-1 setting (IdentifyConfig), e.g. race_global_eps=0.0314,0.0627; --race-only only",
+    )
+    ap.add_argument(
+        "--evaluate",
+        metavar="CANDIDATE",
+        help="held-out use: only this candidate (chosen on dev), at --threshold; any split",
+    )
     ap.add_argument("--threshold", type=float, help="with --evaluate: the dev split's threshold")
     args = ap.parse_args()
     if args.overrides and not args.race_only:
@@ -278,8 +325,15 @@ def main() -> int:
     if args.members:
         records = [r for r in records if r["id"] in args.members.split(",")]
     tag = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    out = args.zoo / "stats" / ("race" + (f"-{zlib.crc32(tag.encode()):08x}" if tag else "") if args.race_only
-                                else f"top{args.top}-ref{args.references}")
+    out = (
+        args.zoo
+        / "stats"
+        / (
+            "race" + (f"-{zlib.crc32(tag.encode()):08x}" if tag else "")
+            if args.race_only
+            else f"top{args.top}-ref{args.references}"
+        )
+    )
     docs = []
     for i, record in enumerate(records):
         path = out / f"{record['id']}.json"
@@ -287,8 +341,11 @@ def main() -> int:
             start = time.perf_counter()
             doc = member_stats(args.zoo, record, args.top, args.references, args.race_only, cfg)
             atomic.write_json(path, {**doc, "identify_overrides": overrides})
-            print(f"{i + 1}/{len(records)} {record['id']} ({record['label']}, {record['arch']}): "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"{i + 1}/{len(records)} {record['id']} ({record['label']}, {record['arch']}): "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
         docs.append(json.loads(path.read_text(encoding="utf-8")))
     if args.evaluate is not None:
         print(held_out(docs, args.evaluate, candidates[args.evaluate], args.threshold))

@@ -71,9 +71,11 @@ def main() -> int:
         max_cold, min_ca = BARS.get(preset, (float("inf"), 0))
         ok = warm["ca"] >= min_ca and warm["load_s"] <= 10 and (cold is None or cold["wall_s"] <= max_cold)
         cold_s = "-" if cold is None else f"{cold['wall_s']:.0f}"
-        print(f"| {preset} | {warm['arch']} | {cold_s} | {warm['load_s']:.1f} | {100 * warm['ca']:.1f} % | "
-              f"{100 * warm['ca_top5']:.1f} % | {100 * warm['retrieval_recall@10']:.1f} % | "
-              f"{'met' if ok else 'NOT met'} (cold <= {max_cold}s, CA >= {100 * min_ca:.0f} %) |")
+        print(
+            f"| {preset} | {warm['arch']} | {cold_s} | {warm['load_s']:.1f} | {100 * warm['ca']:.1f} % | "
+            f"{100 * warm['ca_top5']:.1f} % | {100 * warm['retrieval_recall@10']:.1f} % | "
+            f"{'met' if ok else 'NOT met'} (cold <= {max_cold}s, CA >= {100 * min_ca:.0f} %) |"
+        )
     return 0
 
 

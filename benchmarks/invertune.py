@@ -44,8 +44,9 @@ def trigger_lift(metrics: dict) -> float | None:
     return metrics["asr"] - (metrics.get("asr_untriggered") or 0.0)
 
 
-def run_cell(preset: str, attack: str | None, profile: str, attack_params: list[str], params: list[str],
-             out: Path) -> dict:
+def run_cell(
+    preset: str, attack: str | None, profile: str, attack_params: list[str], params: list[str], out: Path
+) -> dict:
     argv = ["run", "--defense", "invertune", "--preset", preset, "--out", str(out), "-p", f"profile={profile}"]
     for p in params:
         argv += ["-p", p]
@@ -65,8 +66,10 @@ def pct(v: float | None) -> str:
 
 def verdict_cell(ok: bool | None, before: dict) -> str:
     if ok is None:
-        return (f"n/a (no backdoor: ASR@1 {pct(before['asr'])} % triggered, "
-                f"{pct(before.get('asr_untriggered'))} % untriggered)")
+        return (
+            f"n/a (no backdoor: ASR@1 {pct(before['asr'])} % triggered, "
+            f"{pct(before.get('asr_untriggered'))} % untriggered)"
+        )
     return "met" if ok else "NOT met"
 
 
@@ -88,14 +91,20 @@ def main() -> int:
             if c["defense"] == "invertune":
                 cells[c["attack"]] = json.loads(Path(c["result"]).read_text())
     tmp = args.out or Path(tempfile.mkdtemp(prefix="bench-invertune-"))
-    setting = (f"cells read from {args.from_compare}/compare.json (their own parameters are in each result)" if cells
-               else f"preset {args.preset}, profile {args.profile}, InverTune params {args.param or 'defaults'}, "
-                    f"attack params {args.attack_param or 'defaults'}")
-    table = ["| attack | CA before | CA after | ASR@1 before | untriggered before | ASR@1 after | ASR@10 after | "
-             "recall@10 before | recall@10 after | retr. ASR before | retr. ASR after | stage-1 rank | target | verdict | "
-             "inverted ASR | mask % | trigger from | defense s | bars |", "|" + "---|" * 19]
+    setting = (
+        f"cells read from {args.from_compare}/compare.json (their own parameters are in each result)"
+        if cells
+        else f"preset {args.preset}, profile {args.profile}, InverTune params {args.param or 'defaults'}, "
+        f"attack params {args.attack_param or 'defaults'}"
+    )
+    table = [
+        "| attack | CA before | CA after | ASR@1 before | untriggered before | ASR@1 after | ASR@10 after | "
+        "recall@10 before | recall@10 after | retr. ASR before | retr. ASR after | stage-1 rank | target | verdict | "
+        "inverted ASR | mask % | trigger from | defense s | bars |",
+        "|" + "---|" * 19,
+    ]
     print(setting + "\n\n" + "\n".join(table), flush=True)
-    for attack in (list(cells) if cells else args.attacks.split(",")):
+    for attack in list(cells) if cells else args.attacks.split(","):
         doc = cells[attack] if cells else None
         attack = None if attack == "none" else attack
         if doc is None:
@@ -114,24 +123,40 @@ def main() -> int:
         elif (lift := trigger_lift(b)) is not None and lift < NOT_IMPLANTED:
             ok = None
         else:
-            ok = (det.get("target") == true_target and det.get("backdoored") is True and a["asr"] is not None and a["asr"] <= 0.02
-                  and abs(a["ca"] - b["ca"]) <= 0.02 and secs <= TIME_BAR_S)
-        table.append(f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | "
-              f"{pct(b.get('asr_untriggered'))} | {pct(a['asr'])} | "
-              f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
-              f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
-              f"{det.get('target', '-')} | {det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | "
-              f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | {verdict_cell(ok, b)} |")
+            ok = (
+                det.get("target") == true_target
+                and det.get("backdoored") is True
+                and a["asr"] is not None
+                and a["asr"] <= 0.02
+                and abs(a["ca"] - b["ca"]) <= 0.02
+                and secs <= TIME_BAR_S
+            )
+        table.append(
+            f"| {attack or 'clean'} | {pct(b['ca'])} | {pct(a['ca'])} | {pct(b['asr'])} | "
+            f"{pct(b.get('asr_untriggered'))} | {pct(a['asr'])} | "
+            f"{pct(a.get('asr_top10'))} | {pct(b.get('retrieval_recall@10'))} | {pct(a.get('retrieval_recall@10'))} | "
+            f"{pct(b.get('retrieval_asr@10'))} | {pct(a.get('retrieval_asr@10'))} | {rank} | "
+            f"{det.get('target', '-')} | {det.get('verdict', '-')} | {pct(inv.get('holdout_asr'))} | "
+            f"{pct(inv.get('mask_fraction'))} | {inv.get('source', 'stage 2 inversion')} | {secs:.0f} | "
+            f"{verdict_cell(ok, b)} |"
+        )
         print(table[-1], flush=True)
     if args.docs is not None:
         name = f"invertune-{args.preset}" + ("" if args.profile == "default" else f"-{args.profile}")
-        intro = ("Generated by `benchmarks/invertune.py`; do not edit by hand. Each row is one `toolbox run "
-                 "--attack A --defense invertune` (" + setting + "). Percentages; \"untriggered\" is the target "
-                 "rate of images without the trigger; a cell whose trigger lifts the target rate by less than "
-                 f"{NOT_IMPLANTED:.0%} is \"n/a\" (no backdoor). Bars: the attack's target found, ASR@1 after "
-                 f"<= 2 %, CA within 2 points, defense <= {TIME_BAR_S} s; the clean model not called backdoored.")
-        write_page(args.docs / "results" / f"{name}.md",
-                   f"InverTune on the embedded world: {args.preset}, profile {args.profile}", prov, intro, table)
+        intro = (
+            "Generated by `benchmarks/invertune.py`; do not edit by hand. Each row is one `toolbox run "
+            "--attack A --defense invertune` (" + setting + '). Percentages; "untriggered" is the target '
+            "rate of images without the trigger; a cell whose trigger lifts the target rate by less than "
+            f'{NOT_IMPLANTED:.0%} is "n/a" (no backdoor). Bars: the attack\'s target found, ASR@1 after '
+            f"<= 2 %, CA within 2 points, defense <= {TIME_BAR_S} s; the clean model not called backdoored."
+        )
+        write_page(
+            args.docs / "results" / f"{name}.md",
+            f"InverTune on the embedded world: {args.preset}, profile {args.profile}",
+            prov,
+            intro,
+            table,
+        )
         print(f"wrote {args.docs / 'results' / (name + '.md')}")
     return 0
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from detector_stats import N_IMAGES, SEED, load_member  # the same member loading and image draw
-from invertune_plugin.identify import IdentifyConfig, Identification, identify
+
+from invertune_plugin.identify import Identification, IdentifyConfig, identify
 from invertune_plugin.refine import RefineConfig, global_ranking
-from toolbox.zeroshot import ZeroShotHead
 from toolbox import atomic
 from toolbox.api import apply_overrides
+from toolbox.zeroshot import ZeroShotHead
 from toolbox.zoo.build import read_manifest
 
 STOPS = {"race_cut_after": "10", "race_patience": "3"}  # the setting measured in issue 23's note
@@ -46,8 +47,12 @@ def read(ident: Identification) -> dict[str, Any]:
         best = max(patches, key=lambda u: float(u.shift[c]))
         tied = sorted(u.kind for u in patches if float(u.rates[c]) >= float(best.rates[c]) - 1e-9)
         locations[cls] = {"best": best.kind, "tied": tied}
-    return {"top": top, "locations": locations, "global_top": global_ranking(ident)[:TOP],
-            "anomaly_index": ident.anomaly_index}
+    return {
+        "top": top,
+        "locations": locations,
+        "global_top": global_ranking(ident)[:TOP],
+        "anomaly_index": ident.anomaly_index,
+    }
 
 
 def member(zoo: Path, record: dict[str, Any], stops: IdentifyConfig) -> dict[str, Any]:
@@ -58,25 +63,35 @@ def member(zoo: Path, record: dict[str, Any], stops: IdentifyConfig) -> dict[str
     for name, cfg in (("off", IdentifyConfig()), ("on", stops)):
         start = time.perf_counter()
         ident = identify(suspect.model, images, head, cfg, SEED)
-        doc[name] = {**read(ident), "seconds": round(time.perf_counter() - start, 1),
-                     "class_steps": sum(int(u.steps[u.steps >= 0].sum()) for u in ident.uaps)}
+        doc[name] = {
+            **read(ident),
+            "seconds": round(time.perf_counter() - start, 1),
+            "class_steps": sum(int(u.steps[u.steps >= 0].sum()) for u in ident.uaps),
+        }
     return doc
 
 
 def report(docs: list[dict[str, Any]]) -> str:
-    lines = ["| member | label | family, arch | target (off) | top-3 same | locations same | global top-3 same "
-             "| race s off -> on | class-steps off -> on |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| member | label | family, arch | target (off) | top-3 same | locations same | global top-3 same "
+        "| race s off -> on | class-steps off -> on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     same_all = True
     for d in docs:
         off, on = d["off"], d["on"]
         same = (off["top"] == on["top"], off["locations"] == on["locations"], off["global_top"] == on["global_top"])
         same_all &= all(same)
-        lines.append(f"| {d['id']} | {d['label']} | {d['family']}, {d['arch']} | {off['top'][0]} | "
-                     + " | ".join("yes" if s else "**no**" for s in same)
-                     + f" | {off['seconds']:.0f} -> {on['seconds']:.0f} | {off['class_steps']} -> {on['class_steps']} |")
+        lines.append(
+            f"| {d['id']} | {d['label']} | {d['family']}, {d['arch']} | {off['top'][0]} | "
+            + " | ".join("yes" if s else "**no**" for s in same)
+            + f" | {off['seconds']:.0f} -> {on['seconds']:.0f} | {off['class_steps']} -> {on['class_steps']} |"
+        )
     off_s, on_s = sum(d["off"]["seconds"] for d in docs), sum(d["on"]["seconds"] for d in docs)
-    lines.append(f"\n{len(docs)} members; race {off_s:.0f} s -> {on_s:.0f} s ({1 - on_s / max(off_s, 1e-9):.0%} less); "
-                 f"everything the detectors read is {'the same on every member' if same_all else 'NOT the same'}.")
+    lines.append(
+        f"\n{len(docs)} members; race {off_s:.0f} s -> {on_s:.0f} s ({1 - on_s / max(off_s, 1e-9):.0%} less); "
+        f"everything the detectors read is {'the same on every member' if same_all else 'NOT the same'}."
+    )
     return "\n".join(lines)
 
 
@@ -84,9 +99,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path, required=True)
     ap.add_argument("--members", help="comma-separated member ids (default: all)")
-    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a stage-1 setting (IdentifyConfig) of the 'on' run; default: "
-                         + ", ".join(f"{k}={v}" for k, v in STOPS.items()))
+    ap.add_argument(
+        "-p",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stage-1 setting (IdentifyConfig) of the 'on' run; default: "
+        + ", ".join(f"{k}={v}" for k, v in STOPS.items()),
+    )
     args = ap.parse_args()
     if any("=" not in o for o in args.overrides):
         ap.error("-p takes KEY=VALUE")

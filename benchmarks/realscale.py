@@ -73,8 +73,13 @@ def prepare(work: Path, arch: str, n_clean: int, n_eval: int, n_templates: int, 
         generated_images(partial, n_clean, size, seed)
         partial.rename(clean)
     eval_csv = eval_set(work, n_eval, size, len(classes), seed)
-    return {"model": str(model_dir), "clean_data": str(clean), "eval_data": str(eval_csv),
-            "classes": str(work / "classes.txt"), "templates": str(work / "templates.txt")}
+    return {
+        "model": str(model_dir),
+        "clean_data": str(clean),
+        "eval_data": str(eval_csv),
+        "classes": str(work / "classes.txt"),
+        "templates": str(work / "templates.txt"),
+    }
 
 
 def eval_set(work: Path, n: int, size: int, n_classes: int, seed: int) -> Path:
@@ -103,16 +108,38 @@ def run_one(args: argparse.Namespace, arch: str) -> dict:
     work = Path(args.work)
     sources = prepare(work, arch, args.images, args.eval_images, args.templates, args.seed)
     device = parse_device(args.device)
-    params = {"profile": args.profile, "precision": args.precision, "n_images": args.n_images,
-              **dict(kv.split("=", 1) for kv in args.param)}
+    params = {
+        "profile": args.profile,
+        "precision": args.precision,
+        "n_images": args.n_images,
+        **dict(kv.split("=", 1) for kv in args.param),
+    }
     start = time.perf_counter()
-    result = run("invertune", **sources, device=args.device, seed=args.seed, out=work / f"run-{arch}-{args.profile}",
-                 params=params, eval_batch_size=args.eval_batch_size)
+    result = run(
+        "invertune",
+        **sources,
+        device=args.device,
+        seed=args.seed,
+        out=work / f"run-{arch}-{args.profile}",
+        params=params,
+        eval_batch_size=args.eval_batch_size,
+    )
     wall = time.perf_counter() - start
-    return {"arch": arch, "device": str(device), "precision": args.precision, "profile": args.profile, "params": params,
-            "clean_images": args.images, "n_images": args.n_images, "eval_images": args.eval_images,
-            "classes": 1000, "templates": args.templates, "wall_s": round(wall, 1),
-            "timings_s": result.timings, **peak_memory_mb(device)}
+    return {
+        "arch": arch,
+        "device": str(device),
+        "precision": args.precision,
+        "profile": args.profile,
+        "params": params,
+        "clean_images": args.images,
+        "n_images": args.n_images,
+        "eval_images": args.eval_images,
+        "classes": 1000,
+        "templates": args.templates,
+        "wall_s": round(wall, 1),
+        "timings_s": result.timings,
+        **peak_memory_mb(device),
+    }
 
 
 def eval_only(args: argparse.Namespace, arch: str, n: int) -> dict:
@@ -126,17 +153,32 @@ def eval_only(args: argparse.Namespace, arch: str, n: int) -> dict:
     sources = prepare(work, arch, 8, n, args.templates, args.seed)
     registry = get_host().build_registry(quiet=True)
     device = parse_device(args.device)
-    suspect = load(sources["model"], clean_data=sources["clean_data"], classes=sources["classes"],
-                   templates=sources["templates"], device=args.device)
+    suspect = load(
+        sources["model"],
+        clean_data=sources["clean_data"],
+        classes=sources["classes"],
+        templates=sources["templates"],
+        device=args.device,
+    )
     from toolbox.runner import load_data
 
     data = load_data(registry, sources["eval_data"], suspect.model.image_size, suspect.classnames, False)
     before = peak_memory_mb(device)
     start = time.perf_counter()
-    evaluate(suspect.model, EvalInputs(data, suspect.classnames, read_lines(sources["templates"], "templates")),
-             MetricConfig(top_k=(1,), batch_size=args.eval_batch_size), registry, device)
-    return {"arch": arch, "eval_images": n, "eval_s": round(time.perf_counter() - start, 1),
-            "rss_before_eval_mb": before["peak_rss_mb"], **peak_memory_mb(device)}
+    evaluate(
+        suspect.model,
+        EvalInputs(data, suspect.classnames, read_lines(sources["templates"], "templates")),
+        MetricConfig(top_k=(1,), batch_size=args.eval_batch_size),
+        registry,
+        device,
+    )
+    return {
+        "arch": arch,
+        "eval_images": n,
+        "eval_s": round(time.perf_counter() - start, 1),
+        "rss_before_eval_mb": before["peak_rss_mb"],
+        **peak_memory_mb(device),
+    }
 
 
 def in_subprocess(argv: list[str]) -> dict:
@@ -146,16 +188,37 @@ def in_subprocess(argv: list[str]) -> dict:
 
 
 def common(args: argparse.Namespace) -> list[str]:
-    return ["--work", args.work, "--device", args.device, "--precision", args.precision, "--profile", args.profile,
-            "--images", str(args.images), "--n-images", str(args.n_images), "--eval-images", str(args.eval_images),
-            "--templates", str(args.templates), "--seed", str(args.seed), "--eval-batch-size", str(args.eval_batch_size),
-            *[x for kv in args.param for x in ("-p", kv)]]
+    return [
+        "--work",
+        args.work,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--profile",
+        args.profile,
+        "--images",
+        str(args.images),
+        "--n-images",
+        str(args.n_images),
+        "--eval-images",
+        str(args.eval_images),
+        "--templates",
+        str(args.templates),
+        "--seed",
+        str(args.seed),
+        "--eval-batch-size",
+        str(args.eval_batch_size),
+        *[x for kv in args.param for x in ("-p", kv)],
+    ]
 
 
 def table(rows: list[dict]) -> str:
     stages = sorted({k for r in rows for k in r["timings_s"]})
-    lines = ["| stage | " + " | ".join(f"{r['arch']} ({r['precision']}, {r['device']})" for r in rows) + " |",
-             "|---|" + "---:|" * len(rows)]
+    lines = [
+        "| stage | " + " | ".join(f"{r['arch']} ({r['precision']}, {r['device']})" for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
     for s in stages:
         lines.append(f"| {s} | " + " | ".join(f"{r['timings_s'].get(s, 0):.1f}" for r in rows) + " |")
     lines.append("| **wall (s)** | " + " | ".join(f"{r['wall_s']:.1f}" for r in rows) + " |")
@@ -216,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(table(rows))
     for g in growth:
-        print(f"\nevaluation of {g['arch']} on {g['eval_images']} images: {g['eval_s']} s, peak RSS "
-              f"{g['peak_rss_mb']:.0f} MB (before evaluating: {g['rss_before_eval_mb']:.0f} MB)"
-              + (f", peak CUDA {g['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in g else ""))
+        print(
+            f"\nevaluation of {g['arch']} on {g['eval_images']} images: {g['eval_s']} s, peak RSS "
+            f"{g['peak_rss_mb']:.0f} MB (before evaluating: {g['rss_before_eval_mb']:.0f} MB)"
+            + (f", peak CUDA {g['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in g else "")
+        )
     save()
     return 0
 

@@ -31,27 +31,28 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
 
 from adapters.clip_model import OpenClipModel, build_clip
-from toolbox_plugins.world.build import TINY_RESNET, TINY_VIT
-from toolbox.primitives.tensors import as_float, frozen, split_indices
-from invertune_plugin.identify import IdentifyConfig, race_families, targeted_uap, targeted_uaps
-from toolbox.primitives.perturbations import PerturbationFamily
+from invertune_plugin.identify import IdentifyConfig
 from invertune_plugin.invert import InvertConfig, invert
+from invertune_plugin.race import race_families, targeted_uap, targeted_uaps
 from invertune_plugin.tune import TuneConfig, tune
-from toolbox.zeroshot import ZeroShotHead
 from toolbox import precision
 from toolbox.api import ImageData
 from toolbox.compat import import_open_clip
 from toolbox.errors import InputError
+from toolbox.primitives.perturbations import PerturbationFamily
+from toolbox.primitives.tensors import as_float, frozen, split_indices
 from toolbox.runner import parse_device
-from toolbox.zeroshot import image_features
+from toolbox.zeroshot import ZeroShotHead, image_features
+from toolbox_plugins.world.build import TINY_RESNET, TINY_VIT
 
 GOAL = 0.85  # loop img/s over bare img/s, every loop
 EVAL_BATCH = 256  # toolbox.evaluation's default batch size
@@ -76,12 +77,15 @@ class Loop:
 
 # -- bare passes ---------------------------------------------------------------------------------
 
+
 def bare_input_grads(model: OpenClipModel, x: torch.Tensor) -> Callable[[int], None]:
     """Forward + backward to the input only, parameters frozen (what a UAP or trigger step needs)."""
+
     def run(steps: int) -> None:
         with frozen(model):
             for _ in range(steps):
                 model.encode_image(x.detach().requires_grad_(True)).float().sum().backward()
+
     return run
 
 
@@ -97,16 +101,19 @@ def bare_param_grads(model: OpenClipModel, x: torch.Tensor) -> Callable[[int], N
                 model.encode_image(x).float().sum().backward()
                 for p in visual:
                     p.grad = None
+
     return run
 
 
 def bare_forward(model: OpenClipModel, x: torch.Tensor, batch: int) -> Callable[[int], None]:
     """One no-grad pass over ``x`` in batches of ``batch`` per step."""
+
     def run(steps: int) -> None:
         with torch.no_grad():
             for _ in range(steps):
                 for i in range(0, len(x), batch):
-                    model.encode_image(x[i:i + batch])
+                    model.encode_image(x[i : i + batch])
+
     return run
 
 
@@ -117,12 +124,14 @@ def batch_of(images: torch.Tensor, n: int) -> torch.Tensor:
 
 # -- the loops -----------------------------------------------------------------------------------
 
+
 def short_kind(family: PerturbationFamily) -> str:
     return "patch" if family.pixels is not None else "linf"
 
 
-def race_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily,
-              cfg: IdentifyConfig) -> Loop:
+def race_loop(
+    model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily, cfg: IdentifyConfig
+) -> Loop:
     """Stage 1: one pass of the race, ``race_batch_classes`` targets optimised together."""
     # all images are fit images here (identify keeps 30 % back): only the batch they give matters
     targets = list(range(min(cfg.race_batch_classes, len(head.classnames))))
@@ -132,17 +141,20 @@ def race_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, fa
         gens = [torch.Generator().manual_seed(t) for t in targets]
         with frozen(model):  # as identify() runs it
             targeted_uaps(model, head, images, family, targets, cfg, steps, gens)
+
     return Loop(f"race/{short_kind(family)}", n, run, "input grads", bare_input_grads(model, batch_of(images, n)))
 
 
-def refine_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily,
-                cfg: IdentifyConfig) -> Loop:
+def refine_loop(
+    model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, family: PerturbationFamily, cfg: IdentifyConfig
+) -> Loop:
     """The refinement detectors: one targeted UAP, one class at a time (refine.py)."""
     n = min(cfg.batch_size, len(images))
 
     def run(steps: int) -> None:
         with frozen(model):  # as refine_patches / refine_globals run it
             targeted_uap(model, head, images, family, 0, cfg, steps, torch.Generator().manual_seed(0))
+
     return Loop(f"refine/{short_kind(family)}", n, run, "input grads", bare_input_grads(model, batch_of(images, n)))
 
 
@@ -154,6 +166,7 @@ def invert_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor) 
 
     def run(steps: int) -> None:
         invert(model, images, head, head.classnames[0], InvertConfig(steps=steps), 0)
+
     return Loop("invert", n, run, "input grads", bare_input_grads(model, batch_of(images, n)))
 
 
@@ -171,6 +184,7 @@ def tune_loop(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor) ->
 
     def run(steps: int) -> None:
         tune(model, images, corner_trigger, head, TuneConfig(steps=steps), 0)
+
     return Loop("tune", n, run, "param grads", bare_param_grads(model, batch_of(images, n)))
 
 
@@ -182,11 +196,15 @@ def eval_loop(model: OpenClipModel, images: torch.Tensor, device: torch.device) 
     def run(steps: int) -> None:
         for _ in range(steps):
             image_features(model, data, EVAL_BATCH, device)
-    return Loop("eval", len(x), run, "forward", bare_forward(model, as_float(images), EVAL_BATCH))  # bare: on the device
+
+    return Loop(
+        "eval", len(x), run, "forward", bare_forward(model, as_float(images), EVAL_BATCH)
+    )  # bare: on the device
 
 
-def make_loops(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, device: torch.device,
-               wanted: list[str]) -> list[Loop]:
+def make_loops(
+    model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, device: torch.device, wanted: list[str]
+) -> list[Loop]:
     cfg = IdentifyConfig()
     families = race_families(model.image_size, cfg)
     patch, linf = families[0], families[-1]
@@ -204,6 +222,7 @@ def make_loops(model: OpenClipModel, head: ZeroShotHead, images: torch.Tensor, d
 
 # -- timing --------------------------------------------------------------------------------------
 
+
 def sync(device: torch.device) -> None:
     """Wait for queued kernels, so a timer reads finished work."""
     if device.type == "cuda":
@@ -220,8 +239,9 @@ def timed(fn: Callable[[int], Any], steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(loop: Loop, steps: int, warmup: int, device: torch.device,
-            bare_seen: dict[tuple[str, int], float]) -> dict[str, Any]:
+def measure(
+    loop: Loop, steps: int, warmup: int, device: torch.device, bare_seen: dict[tuple[str, int], float]
+) -> dict[str, Any]:
     if warmup:
         loop.run(warmup)
     t_n = timed(loop.run, steps, device)
@@ -235,14 +255,25 @@ def measure(loop: Loop, steps: int, warmup: int, device: torch.device,
     loop_rate, bare_rate = images / t_n, images / bare_seen[key]
     # setup cancels in the difference; a noisy run can make it non-positive: then no per-step figure
     step_rate = images / (t_2n - t_n) if t_2n > t_n else math.nan
-    return {"loop": loop.name, "batch": loop.images_per_step, "bare": loop.bare_kind, "steps": steps,
-            "loop_s": t_n, "loop_2x_s": t_2n, "bare_s": bare_seen[key],
-            "loop_img_s": loop_rate, "step_img_s": step_rate, "bare_img_s": bare_rate,
-            "ratio": loop_rate / bare_rate, "step_ratio": step_rate / bare_rate}
+    return {
+        "loop": loop.name,
+        "batch": loop.images_per_step,
+        "bare": loop.bare_kind,
+        "steps": steps,
+        "loop_s": t_n,
+        "loop_2x_s": t_2n,
+        "bare_s": bare_seen[key],
+        "loop_img_s": loop_rate,
+        "step_img_s": step_rate,
+        "bare_img_s": bare_rate,
+        "ratio": loop_rate / bare_rate,
+        "step_ratio": step_rate / bare_rate,
+    }
 
 
-def bench_model(name: str, precisions: list[str], device: torch.device, args: argparse.Namespace,
-                wanted: list[str]) -> list[dict[str, Any]]:
+def bench_model(
+    name: str, precisions: list[str], device: torch.device, args: argparse.Namespace, wanted: list[str]
+) -> list[dict[str, Any]]:
     cfg = MODELS[name]()
     torch.manual_seed(0)  # random weights, the same every run
     model = OpenClipModel(build_clip(cfg), cfg).to(device)
@@ -257,15 +288,23 @@ def bench_model(name: str, precisions: list[str], device: torch.device, args: ar
         bare_seen: dict[tuple[str, int], float] = {}
         with precision.autocast(prec, device):
             for loop in loops:
-                row = {"model": name, "precision": prec, "classes": classes, **measure(loop, args.steps, args.warmup,
-                                                                                        device, bare_seen)}
+                row = {
+                    "model": name,
+                    "precision": prec,
+                    "classes": classes,
+                    **measure(loop, args.steps, args.warmup, device, bare_seen),
+                }
                 rows.append(row)
-                print(f"  {name} {prec} {loop.name}: {row['loop_img_s']:.1f} img/s, bare {row['bare_img_s']:.1f}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {name} {prec} {loop.name}: {row['loop_img_s']:.1f} img/s, bare {row['bare_img_s']:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rows
 
 
 # -- output --------------------------------------------------------------------------------------
+
 
 def pct(v: float) -> str:
     return "-" if math.isnan(v) else f"{100 * v:.0f} %"
@@ -276,20 +315,45 @@ def rate(v: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["model", "precision", "loop", "batch", "loop img/s", "per-step img/s", "bare img/s", "bare pass",
-            "ratio", "per-step ratio"]
+    head = [
+        "model",
+        "precision",
+        "loop",
+        "batch",
+        "loop img/s",
+        "per-step img/s",
+        "bare img/s",
+        "bare pass",
+        "ratio",
+        "per-step ratio",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["precision"], r["loop"], str(r["batch"]), rate(r["loop_img_s"]),
-                 rate(r["step_img_s"]), rate(r["bare_img_s"]), r["bare"], pct(r["ratio"]), pct(r["step_ratio"])]
+        cells = [
+            r["model"],
+            r["precision"],
+            r["loop"],
+            str(r["batch"]),
+            rate(r["loop_img_s"]),
+            rate(r["step_img_s"]),
+            rate(r["bare_img_s"]),
+            r["bare"],
+            pct(r["ratio"]),
+            pct(r["step_ratio"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -307,9 +371,16 @@ def cpu_name() -> str:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"torch": torch.__version__, "device": str(device), "device_name": name,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "commit": git_commit()}
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": git_commit(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,8 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     precisions = [p for p in args.precision.split(",") if p]
     if unknown := [m for m in models if m not in MODELS] + [w for w in wanted if w not in LOOPS]:
         ap.error(f"unknown model or loop: {', '.join(unknown)}")
-    if args.steps < 1 or args.warmup < 0 or args.images < 2 or any(
-            v is not None and v < 1 for v in (args.classes, args.threads)):
+    if (
+        args.steps < 1
+        or args.warmup < 0
+        or args.images < 2
+        or any(v is not None and v < 1 for v in (args.classes, args.threads))
+    ):
         ap.error("--steps >= 1, --warmup >= 0, --images >= 2, --classes >= 1, --threads >= 1")
     try:
         for p in precisions:
@@ -344,17 +419,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [row for name in models for row in bench_model(name, precisions, device, args, wanted)]
     info = machine_info(device)
-    print(f"{info['device_name']}, {info['threads']} threads, torch {info['torch']}, commit {info['commit']}; "
-          f"{args.steps} and {2 * args.steps} steps after {args.warmup} warmup, {args.images} images\n")
+    print(
+        f"{info['device_name']}, {info['threads']} threads, torch {info['torch']}, commit {info['commit']}; "
+        f"{args.steps} and {2 * args.steps} steps after {args.warmup} warmup, {args.images} images\n"
+    )
     print(table(rows))
     print()
     for what, key in (("with setup", "ratio"), ("per step", "step_ratio")):
         short = [f"{r['model']} {r['precision']} {r['loop']}" for r in rows if not r[key] >= GOAL]
         print(f"below the goal ({GOAL:.0%}) {what}: {', '.join(short) or 'none'}")
     if args.json:
-        doc = {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "rows": [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-                        for r in rows]}  # NaN is not JSON
+        doc = {
+            "machine": info,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "rows": [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows],
+        }  # NaN is not JSON
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -12,26 +12,27 @@ refreshed it applies exactly the finding's trigger.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from toolbox import precision
 from toolbox.api import ClipModel
-
-from toolbox.primitives.triggers import add_signal
 from toolbox.primitives.tensors import frozen
+from toolbox.primitives.triggers import add_signal
+from toolbox.zeroshot import ZeroShotHead
+
 from .identify import targeted_loss
 from .invert import InvertedTrigger
-from toolbox.zeroshot import ZeroShotHead
 
 
 class Adversary:
     """``x -> apply(x, param)`` toward class ``target``; ``refresh`` re-optimises ``param``."""
 
-    def __init__(self, param: Tensor, apply: Callable[[Tensor, Tensor], Tensor], project: Callable[[Tensor], None],
-                 target: int) -> None:
+    def __init__(
+        self, param: Tensor, apply: Callable[[Tensor, Tensor], Tensor], project: Callable[[Tensor], None], target: int
+    ) -> None:
         self.param = param.detach().clone().requires_grad_(True)
         self.apply, self.project, self.target = apply, project, target
         self.refreshes = 0

@@ -12,19 +12,20 @@ cascade list; it owns its whole config (search budget, gate, tuning rule).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from toolbox.api import ClipModel
 from toolbox.lookup import registered
+from toolbox.zeroshot import ZeroShotHead
 
 from .adversary import Adversary
-from .identify import IdentifyConfig, Identification
+from .identify import Identification, IdentifyConfig
 from .invert import InvertConfig, InvertedTrigger, invert, patch_trigger  # noqa: F401 (patch_trigger: for detectors)
-from toolbox.zeroshot import ZeroShotHead
 
 
 class Verdict(str, Enum):
@@ -102,6 +103,8 @@ class Detector:
 
     name: ClassVar[str]
     label: ClassVar[str]  # detection.inverted_trigger.source
+    summary: ClassVar[str] = ""  # one line for `toolbox list`
+    reference: ClassVar[str] = ""
     Config: ClassVar[type] = DetectorConfig
     needs_race: ClassVar[bool] = True  # reads stage 1's targeted race (skipped after the untargeted ranking)
 
@@ -156,4 +159,3 @@ def run_cascade(detectors: list[Detector], ctx: SearchContext) -> CascadeResult:
     if first is None:
         raise ValueError("no detector of the cascade ran; it needs one that runs without the race (inversion)")
     return CascadeResult(Verdict.NO_BACKDOOR_FOUND, first[0], first[1], steps, max(ratios, default=0.0))
-

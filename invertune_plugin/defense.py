@@ -23,18 +23,20 @@ import torch
 
 from toolbox import precision
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
+from toolbox.primitives.tensors import as_float, seeded_subset
+from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
 from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade
-from toolbox.primitives.tensors import as_float, seeded_subset
-from .identify import IdentifyConfig, Identification, identify
+from .identify import Identification, IdentifyConfig, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
-from toolbox.zeroshot import ZeroShotHead
 
 DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
-SCORE_DEFINITION = ("largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
-                    "statistic / gate ratios (a mask fraction: gate / statistic); >= 1 where every gate passed")
+SCORE_DEFINITION = (
+    "largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
+    "statistic / gate ratios (a mask fraction: gate / statistic); >= 1 where every gate passed"
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def paper_profile() -> InverTuneConfig:
         profile="paper",
         cascade=("inversion",),
         identify=IdentifyConfig(method="untargeted"),
-        invert=InvertConfig(lr=1e-2, steps=300, batch_size=64, ssim_window=11, parameterization="clamp",
-                            mask_init_logit=0.0),
+        invert=InvertConfig(
+            lr=1e-2, steps=300, batch_size=64, ssim_window=11, parameterization="clamp", mask_init_logit=0.0
+        ),
         tune=TuneConfig(layer_selection="mean+std", lr=8e-6, steps=200, normalize_losses=False, embedding_weight=0.0),
     )
 
@@ -77,9 +80,13 @@ def quick_profile() -> InverTuneConfig:
     classes; benchmarks/realscale.py), not to defend. The default's settings otherwise."""
     refine = {"classes": 1, "steps": 2, "restarts": 1, "judge_images": 8, "screen_restarts": 1, "tune_steps": 3}
     return InverTuneConfig(
-        profile="quick", n_images=64, purify_when_clean=True,
-        detectors={"inversion": detector_class("inversion").Config(candidates=1, tune_steps=3),
-                   **{name: detector_class(name).Config(**refine) for name in ("patch", "stripes", "linf")}},
+        profile="quick",
+        n_images=64,
+        purify_when_clean=True,
+        detectors={
+            "inversion": detector_class("inversion").Config(candidates=1, tune_steps=3),
+            **{name: detector_class(name).Config(**refine) for name in ("patch", "stripes", "linf")},
+        },
         identify=IdentifyConfig(race_steps=2, max_race_classes=4, race_batch_classes=4, steps=2, batch_size=4),
         invert=InvertConfig(steps=3, batch_size=4),
         tune=TuneConfig(steps=3, batch_size=4, guard_every=0),
@@ -116,8 +123,9 @@ class InverTune(Defense):
     def _defend(self, ctx: DefenseContext) -> DefenseOutcome:
         cfg: InverTuneConfig = self.config
         total = len(ctx.clean_data.dataset)  # decode only the n_images used: a defender's folder can be large
-        images = ctx.clean_data.uint8(seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images
-                                      else None).to(ctx.device)
+        images = ctx.clean_data.uint8(
+            seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images else None
+        ).to(ctx.device)
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
         if cfg.target is None:
@@ -134,13 +142,22 @@ class InverTune(Defense):
             artifacts.update(write_layer_table(ctx.workdir, report))
         info["purified"] = model is not ctx.model
         if report is not None:
-            info["tune"] = {"n_params_updated": report.n_params_updated,
-                            "layers_selected": [layer.name for layer in report.layers if layer.selected],
-                            "history": report.history}
+            info["tune"] = {
+                "n_params_updated": report.n_params_updated,
+                "layers_selected": [layer.name for layer in report.layers if layer.selected],
+                "history": report.history,
+            }
         info["invert_history"] = result.finding.trigger.history
-        return DefenseOutcome(model=model, detection=detection_record(search.ident, result), artifacts=artifacts,
-                              timings_s=search.timings, info=info, triggers={"inverted": result.finding.trigger},
-                              target=result.finding.target)
+        return DefenseOutcome(
+            model=model,
+            detection=detection_record(search.ident, result),
+            artifacts=artifacts,
+            timings_s=search.timings,
+            info=info,
+            triggers={"inverted": result.finding.trigger},
+            target=result.finding.target,
+            trigger_masks={"inverted": result.finding.trigger.mask},
+        )
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""
@@ -159,8 +176,11 @@ class InverTune(Defense):
         rounds: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
         # every round is compared with the suspect model's own predictions (tune.py, agreement guard)
-        reference = (guard_reference(search.model, search.images, search.head, cfg.tune, search.seed)
-                     if cfg.tune.guard_every else None)
+        reference = (
+            guard_reference(search.model, search.images, search.head, cfg.tune, search.seed)
+            if cfg.tune.guard_every
+            else None
+        )
         for r in range(rule.rounds):
             if r > 0:
                 start = time.perf_counter()
@@ -171,8 +191,14 @@ class InverTune(Defense):
                     if not check["passed"]:
                         break
                 start = time.perf_counter()
-                current = invert(model, search.images, search.head, finding.target, cfg.invert,
-                                 seeds.purification_round(search.seed, r))
+                current = invert(
+                    model,
+                    search.images,
+                    search.head,
+                    finding.target,
+                    cfg.invert,
+                    seeds.purification_round(search.seed, r),
+                )
                 search.timings[f"invert.round{r + 1}"] = time.perf_counter() - start
                 if current.holdout_asr < cfg.min_round_asr:
                     break
@@ -180,13 +206,28 @@ class InverTune(Defense):
             tune_cfg = replace(cfg.tune, steps=rule.tune_steps) if first and rule.tune_steps is not None else cfg.tune
             start = time.perf_counter()
             trigger = (finding.tune_with or finding.adversary or current) if first else current
-            model, report = tune(model, search.images, trigger, search.head, tune_cfg,
-                                 seeds.purification_round(search.seed, r), reference,
-                                 adversary=finding.adversary if first else None)
+            model, report = tune(
+                model,
+                search.images,
+                trigger,
+                search.head,
+                tune_cfg,
+                seeds.purification_round(search.seed, r),
+                reference,
+                adversary=finding.adversary if first else None,
+            )
             search.timings["tune" if first else f"tune.round{r + 1}"] = time.perf_counter() - start
-            rounds.append({"round": r + 1, "tune_steps": tune_cfg.steps, "inverted_asr": round(current.holdout_asr, 4),
-                           "mask_l1": round(current.mask_l1, 2), "guard": report.guard,
-                           "guard_stopped_at": report.stopped_at, "refreshes": report.refreshes})
+            rounds.append(
+                {
+                    "round": r + 1,
+                    "tune_steps": tune_cfg.steps,
+                    "inverted_asr": round(current.holdout_asr, 4),
+                    "mask_l1": round(current.mask_l1, 2),
+                    "guard": report.guard,
+                    "guard_stopped_at": report.stopped_at,
+                    "refreshes": report.refreshes,
+                }
+            )
             if report.stopped_at is not None:  # the guard stopped this round: a further one would too
                 break
         assert report is not None
@@ -213,8 +254,9 @@ def detection_record(ident: Identification | None, result: CascadeResult) -> dic
     return doc
 
 
-def write_artifacts(workdir: Path, ident: Identification | None, trigger: InvertedTrigger,
-                    images: torch.Tensor) -> dict[str, str]:
+def write_artifacts(
+    workdir: Path, ident: Identification | None, trigger: InvertedTrigger, images: torch.Tensor
+) -> dict[str, str]:
     """target_ranking.csv, a bar chart of the top shifts, the inverted mask/pattern/example as PNG."""
     from toolbox.primitives.plots import save_image_grid, save_shift_chart
 
@@ -224,12 +266,20 @@ def write_artifacts(workdir: Path, ident: Identification | None, trigger: Invert
     save_image_grid([trigger.pattern.cpu()], workdir / "inverted_pattern.png")
     save_image_grid(list(sample) + list(trigger(sample)), workdir / "inverted_example.png", columns=len(sample))
     # the trigger itself, reusable (safetensors): mask, pattern and any additive part
-    tensors = {"mask": trigger.mask, "pattern": trigger.pattern, **({"delta": trigger.delta} if trigger.delta is not None
-                                                                      else {})}
-    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                str(workdir / "inverted_trigger.safetensors"))
-    written = {"inverted_mask": "inverted_mask.png", "inverted_pattern": "inverted_pattern.png",
-               "inverted_example": "inverted_example.png", "inverted_trigger": "inverted_trigger.safetensors"}
+    tensors = {
+        "mask": trigger.mask,
+        "pattern": trigger.pattern,
+        **({"delta": trigger.delta} if trigger.delta is not None else {}),
+    }
+    safetensors.torch.save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(workdir / "inverted_trigger.safetensors")
+    )
+    written = {
+        "inverted_mask": "inverted_mask.png",
+        "inverted_pattern": "inverted_pattern.png",
+        "inverted_example": "inverted_example.png",
+        "inverted_trigger": "inverted_trigger.safetensors",
+    }
     if trigger.delta is not None:  # additive part, shown as 0.5 + delta / (2 max |delta|): grey is zero
         delta = trigger.delta.cpu().expand(3, -1, -1)
         save_image_grid([0.5 + delta / (2 * delta.abs().max().clamp(min=1e-8))], workdir / "inverted_delta.png")

@@ -19,7 +19,8 @@ methods (``IdentifyConfig.method``):
   targeted UAP is optimised; a class's score is its held-out targeted success rate minus
   the family's median over classes, the best over families (``race_aggregate``). A backdoor target is reachable
   from every family that can express its trigger, attractors mostly from one. Large
-  vocabularies race only the untargeted screen's top ``max_race_classes``.
+  vocabularies race only the untargeted screen's top ``max_race_classes``. The race's UAPs are
+  optimised in :mod:`invertune_plugin.race`; this module scores and ranks them.
   The detectors of the cascade (:mod:`invertune_plugin.cascade`) then search for a trigger
   toward the ranked classes.
 
@@ -30,8 +31,9 @@ class even on a clean model (feasibility study: 83 %), so stage 1 only ranks; th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +41,21 @@ from torch import Tensor
 
 from toolbox import precision
 from toolbox.api import ClipModel
+from toolbox.primitives.perturbations import (
+    RACE_GLOBAL_EPS,
+    RACE_PATCH_FRACTION,
+    RACE_PATCH_LOCATIONS,
+    linf_family,
+    patch_uap,
+)
+from toolbox.primitives.tensors import as_float, frozen, split_indices
+from toolbox.primitives.triggers import check_location, patch_pixels
 from toolbox.progress import progress
+from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from toolbox.primitives.perturbations import (RACE_GLOBAL_EPS, RACE_PATCH_FRACTION, RACE_PATCH_LOCATIONS,
-                                              PerturbationFamily, linf_family, no_projection, patch_uap)
-from toolbox.primitives.triggers import check_location, paste_patch, patch_pixels
-from toolbox.primitives.tensors import as_float, frozen, split_indices
-from toolbox.zeroshot import ZeroShotHead
+from .race import race_families, race_family
+
 
 @dataclass(frozen=True)
 class IdentifyConfig:
@@ -85,16 +94,26 @@ class IdentifyConfig:
 
     def __post_init__(self) -> None:
         """Refuse a bad setting when the defense is configured, not minutes into a run."""
-        choices = {"method": ("targeted", "untargeted"), "race_patch_param": ("pixel", "sigmoid"),
-                   "race_aggregate": ("max", "mean")}
+        choices = {
+            "method": ("targeted", "untargeted"),
+            "race_patch_param": ("pixel", "sigmoid"),
+            "race_aggregate": ("max", "mean"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"identify.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("race_patch_locations", "patch_locations"):
             for loc in getattr(self, name):
                 check_location(loc, f"identify.{name}")
-        counts = {"race_cut_after": 0, "race_patience": 0, "race_steps": 1, "steps": 1, "batch_size": 1,
-                  "max_race_classes": 1, "race_batch_classes": 1}
+        counts = {
+            "race_cut_after": 0,
+            "race_patience": 0,
+            "race_steps": 1,
+            "steps": 1,
+            "batch_size": 1,
+            "max_race_classes": 1,
+            "race_batch_classes": 1,
+        }
         for name, least in counts.items():
             if getattr(self, name) < least:
                 raise ValueError(f"identify.{name} must be >= {least}, got {getattr(self, name)}")
@@ -153,16 +172,22 @@ class Identification:
         return float((scores[0] - median) / mad.clamp(min=MAD_FLOOR))
 
     def _uap_evidence(self, u: UAPResult) -> dict[str, Any]:
-        doc: dict[str, Any] = {"kind": u.kind, "top": self.classnames[u.top], "top_shift": round(float(u.shift.max()), 4),
-                               "fooling_rate": round(u.fooling_rate, 4)}
+        doc: dict[str, Any] = {
+            "kind": u.kind,
+            "top": self.classnames[u.top],
+            "top_shift": round(float(u.shift.max()), 4),
+            "fooling_rate": round(u.fooling_rate, 4),
+        }
         if u.rates is not None:  # race: the target's success rate, the family's median, every raced class's
             doc["target_rate"] = round(float(u.rates[self.classnames.index(self.target)]), 4)
             doc["median_rate"] = round(float(u.rates.nanmedian()), 4)
-            doc["rates"] = {c: round(float(r), 4) for c, r in zip(self.classnames, u.rates.tolist())
-                             if not math.isnan(r)}
+            doc["rates"] = {
+                c: round(float(r), 4) for c, r in zip(self.classnames, u.rates.tolist()) if not math.isnan(r)
+            }
         if u.margins is not None:
-            doc["margins"] = {c: round(float(m), 4) for c, m in zip(self.classnames, u.margins.tolist())
-                              if not math.isnan(m)}
+            doc["margins"] = {
+                c: round(float(m), 4) for c, m in zip(self.classnames, u.margins.tolist()) if not math.isnan(m)
+            }
         if u.steps is not None:  # steps each raced class ran: fewer than race_steps where it stopped early
             doc["steps"] = {c: int(n) for c, n in zip(self.classnames, u.steps.tolist()) if n >= 0}
         return doc
@@ -184,15 +209,22 @@ def global_uap(image_size: int, eps: float) -> tuple[Tensor, Callable[[Tensor, T
     return torch.zeros(3, image_size, image_size), linf_family(image_size, eps).apply
 
 
-def optimise_uap(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, param: Tensor,
-                 apply: Callable[[Tensor, Tensor], Tensor], cfg: IdentifyConfig, gen: torch.Generator,
-                 desc: str) -> Tensor:
+def optimise_uap(
+    model: ClipModel,
+    head: ZeroShotHead,
+    images: Tensor,
+    clean_pred: Tensor,
+    param: Tensor,
+    apply: Callable[[Tensor, Tensor], Tensor],
+    cfg: IdentifyConfig,
+    gen: torch.Generator,
+    desc: str,
+) -> Tensor:
     param = param.clone().normal_(0, 0.5, generator=gen).to(images.device).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=cfg.lr)
     for _ in progress(range(cfg.steps), desc=desc):
         idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
-        loss = fooling_loss(head.logits(model, apply(as_float(images[idx]), param)), clean_pred[idx],
-                            cfg.fool_margin)
+        loss = fooling_loss(head.logits(model, apply(as_float(images[idx]), param)), clean_pred[idx], cfg.fool_margin)
         precision.step(opt, loss)
     return param.detach()
 
@@ -201,179 +233,42 @@ def histogram(pred: Tensor, n_classes: int) -> Tensor:
     return torch.bincount(pred, minlength=n_classes).float() / max(1, len(pred))
 
 
-def identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
-             seed: int = 0) -> Identification:
+def identify(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int = 0
+) -> Identification:
     """Run every UAP and rank classes by their mean prediction-frequency rise (eq. 1)."""
     with frozen(model):
         return _identify(model, images, head, cfg, seed)
 
 
 def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
-    screen = _untargeted(model, images, head, cfg, seed) if (
-        cfg.method == "untargeted" or len(head.classnames) > cfg.max_race_classes) else None
+    screen = (
+        _untargeted(model, images, head, cfg, seed)
+        if (cfg.method == "untargeted" or len(head.classnames) > cfg.max_race_classes)
+        else None
+    )
     if cfg.method == "untargeted":
         return screen  # type: ignore[return-value]
-    candidates = (list(range(len(head.classnames))) if screen is None else
-                  [head.classnames.index(c) for c, _ in screen.ranking[:cfg.max_race_classes]])
+    candidates = (
+        list(range(len(head.classnames)))
+        if screen is None
+        else [head.classnames.index(c) for c, _ in screen.ranking[: cfg.max_race_classes]]
+    )
     return _race(model, images, head, cfg, seed, candidates)
 
 
-RACE_GLOBAL = "race:global"  # kind prefix of the race's global L-inf families (global_ranking reads it)
-
-
-def race_families(image_size: int, cfg: IdentifyConfig) -> list[PerturbationFamily]:
-    size = patch_pixels(image_size, cfg.race_patch_fraction)
-    fams: list[PerturbationFamily] = []
-    for loc in cfg.race_patch_locations:
-        if cfg.race_patch_param == "pixel":
-            fams.append(PerturbationFamily(f"race:patch@{loc}", lambda g: torch.rand(3, size, size, generator=g),
-                                   (lambda x, p, loc=loc: paste_patch(x, p, loc)), lambda p: p.clamp_(0, 1),
-                                   location=loc, pixels=lambda p: p))
-        else:  # the untargeted patch UAP's parameterisation
-            fams.append(PerturbationFamily(f"race:patch@{loc}", lambda g: torch.randn(3, size, size, generator=g) * 0.5,
-                                   patch_uap(size, loc)[1], no_projection, location=loc, pixels=torch.sigmoid))
-    fams += [linf_family(image_size, eps, RACE_GLOBAL) for eps in cfg.race_global_eps]
-    return fams
-
-
-def targeted_uap(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily, target: int,
-                 cfg: IdentifyConfig, steps: int, gen: torch.Generator) -> Tensor:
-    """A targeted UAP of ``family`` toward class ``target``: ``steps`` Adam steps from a random init."""
-    return targeted_uaps(model, head, fit_images, family, [target], cfg, steps, [gen])[0]
-
-
-def success_rate(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, target: int) -> float:
-    """Fraction of ``images`` (already perturbed) not of class ``target`` before that now are."""
-    return success(model, head, images, clean_pred, target)[0]
-
-
-@torch.no_grad()
-def success(model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, target: int,
-            batch_size: int = 256) -> tuple[float, float]:
-    """(success rate, mean margin) of ``images`` (already perturbed) toward ``target``, over the images
-    not of ``target`` before. The margin is the target's logit minus the best other class's: unlike the
-    rate it does not saturate at 1, so it still ranks classes that every image reaches."""
-    others = clean_pred != target  # images already of the target class do not count
-    if not others.any():
-        return 0.0, 0.0
-    logits = torch.cat(list(head.batched_logits(model, images, batch_size)))[others].float()
-    rest = logits.clone()
-    rest[:, target] = float("-inf")
-    return float((logits.argmax(1) == target).float().mean()), float((logits[:, target] - rest.amax(1)).mean())
-
-
-class TargetedUAPs:
-    """Short targeted UAPs of one family toward several classes. Each class keeps its own init, its own
-    batches (its own generator) and its own Adam state, so advancing them together, ``group`` classes
-    a forward pass, gives what each would alone (up to float rounding); a class can stop at any step."""
-
-    def __init__(self, model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily,
-                 targets: list[int], cfg: IdentifyConfig, gens: list[torch.Generator], track: bool = False) -> None:
-        self.model, self.head, self.fit_images, self.family, self.targets, self.gens, self.track = (
-            model, head, fit_images, family, targets, gens, track)
-        self.params = [family.init(g).to(fit_images.device).requires_grad_(True) for g in gens]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)  # Adam skips a parameter with no gradient
-        self.batch = min(cfg.batch_size, len(fit_images))
-        self.active = list(range(len(targets)))
-        # with ``track`` (the early stops read them; a host sync per step otherwise not paid), per step:
-        self.hits: list[list[float]] = [[] for _ in targets]  # fraction of its batch at its target
-        self.margins: list[list[float]] = [[] for _ in targets]  # its batch's mean logit margin
-
-    def step(self, group: int) -> None:
-        """One Adam step of every active class, ``group`` classes a pass."""
-        for start in range(0, len(self.active), group):
-            chunk = self.active[start:start + group]
-            idx = torch.stack([torch.randint(len(self.fit_images), (self.batch,), generator=self.gens[i])
-                               for i in chunk])  # [G, b]
-            adv = self.family.apply(as_float(self.fit_images[idx]), torch.stack([self.params[i] for i in chunk])[:, None])
-            labels = torch.tensor([self.targets[i] for i in chunk], device=adv.device).repeat_interleave(self.batch)
-            logits = self.head.logits(self.model, adv.flatten(0, 1))
-            precision.step(self.opt, F.cross_entropy(logits, labels, reduction="sum") / self.batch)
-            with torch.no_grad():
-                for i in chunk:
-                    self.family.project(self.params[i])
-                if self.track:
-                    self._record(chunk, logits.detach().float(), labels)
-
-    def _record(self, chunk: list[int], logits: Tensor, labels: Tensor) -> None:
-        own = logits.gather(1, labels[:, None]).squeeze(1)
-        rest = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-        hit = (own > rest).float().view(len(chunk), self.batch).mean(1)
-        margin = (own - rest).view(len(chunk), self.batch).mean(1)
-        for i, h, m in zip(chunk, hit.tolist(), margin.tolist()):
-            self.hits[i].append(h)
-            self.margins[i].append(m)
-
-    def param(self, i: int) -> Tensor:
-        return self.params[i].detach()
-
-
-def targeted_uaps(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, family: PerturbationFamily,
-                  targets: list[int], cfg: IdentifyConfig, steps: int, gens: list[torch.Generator]) -> Tensor:
-    """:func:`targeted_uap` toward each of ``targets`` (generator ``gens[i]`` for ``targets[i]``), all
-    in one pass per step: [len(targets), *param shape]."""
-    uaps = TargetedUAPs(model, head, fit_images, family, targets, cfg, gens)
-    for _ in range(steps):
-        uaps.step(len(targets))
-    return torch.stack([uaps.param(i) for i in range(len(targets))])
-
-
-def race_family(model: ClipModel, head: ZeroShotHead, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor,
-                family: PerturbationFamily, targets: list[int], cfg: IdentifyConfig,
-                gens: list[torch.Generator]) -> tuple[list[tuple[float, float]], list[int]]:
-    """Held-out (success rate, margin) of short targeted UAPs of ``family`` toward each of ``targets``,
-    and the step at which each stopped. Two early stops, each off at 0:
-    - after ``race_cut_after`` steps, the lower half by training margin stops (the margin, unlike the
-      rate, moves before a trigger-shaped UAP first flips anything). The C // 2 + 1 classes ahead go
-      on, so the family median is a full-length class's only if no stopped class would have ended
-      above it: near-zero patch rates make that a coin toss, and the median moves a little;
-    - a class whose batches all reached its target for ``race_patience`` steps running, and whose
-      held-out images then all do, stops: a rate of 1 cannot rise."""
-    uaps = TargetedUAPs(model, head, fit_images, family, targets, cfg, gens,
-                        track=bool(cfg.race_cut_after or cfg.race_patience))
-    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(targets)
-    stopped = [cfg.race_steps] * len(targets)
-    checked = [-1] * len(targets)  # the step of a class's last saturation check
-
-    def held_out(i: int) -> tuple[float, float]:
-        return success(model, head, family.apply(hold_images, uaps.param(i)), hold_pred, targets[i])
-
-    def stop(i: int, at: int, rate: tuple[float, float] | None = None) -> None:
-        out[i] = held_out(i) if rate is None else rate
-        stopped[i] = at
-        uaps.active.remove(i)
-
-    for s in progress(range(cfg.race_steps), desc=f"stage 1: {family.kind} ({len(targets)} classes)"):
-        if s and s == cfg.race_cut_after:
-            recent = {i: sum(uaps.margins[i][-3:]) for i in uaps.active}
-            ahead = sorted(uaps.active, key=lambda i: -recent[i])  # stable: ties keep the candidates' order
-            saturated = len(targets) - len(uaps.active)  # stopped at a rate of 1: above the median
-            for i in ahead[max(0, len(targets) // 2 + 1 - saturated):]:
-                stop(i, s)
-        uaps.step(cfg.race_batch_classes)
-        if cfg.race_patience:
-            for i in list(uaps.active):
-                if (s - checked[i] >= cfg.race_patience and len(uaps.hits[i]) >= cfg.race_patience
-                        and min(uaps.hits[i][-cfg.race_patience:]) == 1.0):
-                    checked[i] = s
-                    rate = held_out(i)
-                    if rate[0] == 1.0:
-                        stop(i, s + 1, rate)
-    for i in list(uaps.active):
-        stop(i, cfg.race_steps)
-    return out, stopped
-
-
-def fit_and_holdout(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
-                     seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def fit_and_holdout(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Fit images (as given), held-out images (float) and the model's predictions on the held-out ones."""
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     hold_images = as_float(images[hold])
     return images[fit], hold_images, head.predict(model, hold_images)
 
 
-def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int,
-          candidates: list[int]) -> Identification:
+def _race(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int, candidates: list[int]
+) -> Identification:
     """Targeted UAP toward each candidate, per family; score = rate minus the family median."""
     fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
     n_classes = len(head.classnames)
@@ -389,8 +284,17 @@ def _race(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyCon
         raced = rates[candidates]
         score = torch.full((n_classes,), float("nan"))
         score[candidates] = raced - raced.median()
-        results.append(UAPResult(kind=family.kind, shift=score.nan_to_num(-1.0), fooling_rate=float(raced.max()),
-                                 perturb=lambda x: x, rates=rates, margins=margins, steps=steps))
+        results.append(
+            UAPResult(
+                kind=family.kind,
+                shift=score.nan_to_num(-1.0),
+                fooling_rate=float(raced.max()),
+                perturb=lambda x: x,
+                rates=rates,
+                margins=margins,
+                steps=steps,
+            )
+        )
     return _rank(results, head, "targeted", cfg.race_aggregate)
 
 
@@ -406,13 +310,19 @@ def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: 
     consensus_shift = float(consensus[top])
     margin = consensus_shift - float(consensus[order[1]]) if n_classes > 1 else consensus_shift
     ranking = [(head.classnames[i], float(consensus[i])) for i in order.tolist()]
-    return Identification(ranking=ranking, target=head.classnames[top], agreement=agreement,
-                          consensus_shift=consensus_shift, margin=margin, uaps=results,
-                          classnames=list(head.classnames), method=method)
+    return Identification(
+        ranking=ranking,
+        target=head.classnames[top],
+        agreement=agreement,
+        consensus_shift=consensus_shift,
+        margin=margin,
+        uaps=results,
+        classnames=list(head.classnames),
+        method=method,
+    )
 
 
-def _untargeted(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig,
-                seed: int) -> Identification:
+def _untargeted(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
     gen = torch.Generator().manual_seed(seed)
     fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
     fit_pred = head.predict(model, as_float(fit_images))
@@ -424,8 +334,14 @@ def _untargeted(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: Ident
     results: list[UAPResult] = []
     for kind, (param, apply) in makers:
         learned = optimise_uap(model, head, fit_images, fit_pred, param, apply, cfg, gen, f"stage 1: {kind}")
-        perturb = (lambda a, q: (lambda x: a(x, q)))(apply, learned)
+        perturb = (lambda a, q: lambda x: a(x, q))(apply, learned)
         adv_pred = head.predict(model, perturb(hold_images))
-        results.append(UAPResult(kind=kind, shift=histogram(adv_pred, n_classes) - p_clean,
-                                 fooling_rate=float((adv_pred != hold_pred).float().mean()), perturb=perturb))
+        results.append(
+            UAPResult(
+                kind=kind,
+                shift=histogram(adv_pred, n_classes) - p_clean,
+                fooling_rate=float((adv_pred != hold_pred).float().mean()),
+                perturb=perturb,
+            )
+        )
     return _rank(results, head, "untargeted")

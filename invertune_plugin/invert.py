@@ -17,8 +17,9 @@ study: mask logits initialised at -4 converge, -6 stall).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,9 @@ from torch import Tensor
 
 from toolbox import precision
 from toolbox.api import ClipModel
-from toolbox.progress import progress
-
-from toolbox.primitives.triggers import add_signal, paste_patch
 from toolbox.primitives.tensors import as_float, frozen, image_embeddings, split_indices
+from toolbox.primitives.triggers import add_signal, paste_patch
+from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
 
@@ -68,8 +68,11 @@ class InvertedTrigger:
 
     def evidence(self) -> dict[str, float]:
         """Held-out ASR and mask size (and an additive part's L-inf size), as the result records them."""
-        doc = {"holdout_asr": round(self.holdout_asr, 4), "mask_l1": round(self.mask_l1, 2),
-               "mask_fraction": round(self.mask_l1 / self.mask.numel(), 4)}
+        doc = {
+            "holdout_asr": round(self.holdout_asr, 4),
+            "mask_l1": round(self.mask_l1, 2),
+            "mask_fraction": round(self.mask_l1 / self.mask.numel(), 4),
+        }
         if self.delta is not None:
             doc["delta_linf_255"] = round(float(self.delta.abs().max()) * 255, 1)
         return doc
@@ -85,16 +88,23 @@ def patch_trigger(patch: Tensor, location: str, image_size: int, target: str, ho
     canvas = torch.zeros(1, 3, image_size, image_size)
     pattern = paste_patch(canvas, patch.detach().cpu(), location)[0]
     mask = paste_patch(torch.zeros(1, 1, image_size, image_size), torch.ones(1, *patch.shape[1:]), location)[0]
-    return InvertedTrigger(mask=mask, pattern=pattern, target=target, holdout_asr=holdout_asr,
-                           mask_l1=float(mask.sum()))
+    return InvertedTrigger(
+        mask=mask, pattern=pattern, target=target, holdout_asr=holdout_asr, mask_l1=float(mask.sum())
+    )
 
 
 def additive_trigger(delta: Tensor, target: str, holdout_asr: float) -> InvertedTrigger:
     """An additive global perturbation as an :class:`InvertedTrigger` (empty mask, x + delta clamped)."""
     delta = delta.detach().cpu()
     size = delta.shape[-2:]
-    return InvertedTrigger(mask=torch.zeros(1, *size), pattern=torch.zeros(3, *size), target=target,
-                           holdout_asr=holdout_asr, mask_l1=0.0, delta=delta)
+    return InvertedTrigger(
+        mask=torch.zeros(1, *size),
+        pattern=torch.zeros(3, *size),
+        target=target,
+        holdout_asr=holdout_asr,
+        mask_l1=0.0,
+        delta=delta,
+    )
 
 
 def alternate(triggers: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
@@ -105,14 +115,19 @@ def alternate(triggers: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tenso
     def apply(images: Tensor) -> Tensor:
         out = images.clone()
         for i, trigger in enumerate(triggers):
-            out[i::len(triggers)] = trigger(images[i::len(triggers)])
+            out[i :: len(triggers)] = trigger(images[i :: len(triggers)])
         return out
 
     return apply
 
 
-def _params(shape_mask: tuple[int, ...], shape_pattern: tuple[int, ...], cfg: InvertConfig,
-            gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+def _params(
+    shape_mask: tuple[int, ...],
+    shape_pattern: tuple[int, ...],
+    cfg: InvertConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
     if cfg.parameterization == "sigmoid":
         mask = torch.full(shape_mask, cfg.mask_init_logit)
         pattern = torch.randn(shape_pattern, generator=gen) * 0.5
@@ -139,15 +154,17 @@ def target_anchor(model: ClipModel, head: ZeroShotHead, images: Tensor, target: 
         return F.normalize(model.encode_image(chosen).mean(0), dim=-1)
 
 
-def invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig,
-           seed: int = 0) -> InvertedTrigger:
+def invert(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig, seed: int = 0
+) -> InvertedTrigger:
     """Optimise mask and pattern so that clean images carrying them are classified as ``target``."""
     with frozen(model):
         return _invert(model, images, head, target, cfg, seed)
 
 
-def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig,
-            seed: int) -> InvertedTrigger:
+def _invert(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, cfg: InvertConfig, seed: int
+) -> InvertedTrigger:
     gen = torch.Generator().manual_seed(seed)
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     fit_images, hold_images = images[fit], as_float(images[hold])
@@ -180,11 +197,18 @@ def _invert(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, c
                 mask_p.clamp_(0, 1)
                 pattern_p.clamp_(0, 1)
         if step % 50 == 0 or step == cfg.steps - 1:
-            history.append({"step": step, "loss": loss.item(), "align": align.item(), "emb": emb_term.item(),
-                            "ssim": sim_term.item(), "mask_l1": mask_term.item()})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "align": align.item(),
+                    "emb": emb_term.item(),
+                    "ssim": sim_term.item(),
+                    "mask_l1": mask_term.item(),
+                }
+            )
     mask, pattern = (v.detach() for v in _materialise(mask_p, pattern_p, cfg))
-    trigger = InvertedTrigger(mask=mask, pattern=pattern, target=target, history=history,
-                              mask_l1=float(mask.sum()))
+    trigger = InvertedTrigger(mask=mask, pattern=pattern, target=target, history=history, mask_l1=float(mask.sum()))
     with torch.no_grad():
         base = head.predict(model, hold_images)
         pred = head.predict(model, trigger(hold_images))

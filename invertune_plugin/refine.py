@@ -8,25 +8,25 @@ rates it on held-out images. What counts as a trigger is the detector's gate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel
+from toolbox.primitives.perturbations import PerturbationFamily
+from toolbox.primitives.tensors import as_float, frozen
+from toolbox.primitives.triggers import add_signal
 from toolbox.progress import progress
+from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from toolbox.primitives.triggers import add_signal
 from .cascade import DetectorConfig
-from toolbox.primitives.tensors import as_float, frozen
-from toolbox.primitives.perturbations import PerturbationFamily
-
-from .identify import (RACE_GLOBAL, IdentifyConfig, Identification, fit_and_holdout, race_families, success_rate,
-                       targeted_loss, targeted_uap)
-from toolbox.zeroshot import ZeroShotHead
+from .identify import Identification, IdentifyConfig, fit_and_holdout, targeted_loss
+from .race import RACE_GLOBAL, race_families, success_rate, targeted_uap
 
 Rated = TypeVar("Rated")  # what a refinement's rating of one parameter gives (a rate, a RefinedGlobal)
 
@@ -67,8 +67,12 @@ class RefinedPatch:
     restarts: int = 1  # how many were run (the screen's, or all of them for a confirmed trigger)
 
     def evidence(self) -> dict[str, Any]:
-        return {"class": self.target, "location": self.location, "holdout_rate": round(self.holdout_rate, 4),
-                "restarts": self.restarts}
+        return {
+            "class": self.target,
+            "location": self.location,
+            "holdout_rate": round(self.holdout_rate, 4),
+            "restarts": self.restarts,
+        }
 
 
 @dataclass
@@ -84,8 +88,13 @@ class RefinedGlobal:
     restarts: int = 1
 
     def evidence(self) -> dict[str, Any]:
-        return {"class": self.target, "family": self.family, "holdout_rate": round(self.holdout_rate, 4),
-                "flipped_rate": round(self.flipped_rate, 4), "restarts": self.restarts}
+        return {
+            "class": self.target,
+            "family": self.family,
+            "holdout_rate": round(self.holdout_rate, 4),
+            "flipped_rate": round(self.flipped_rate, 4),
+            "restarts": self.restarts,
+        }
 
 
 def patch_families(image_size: int, cfg: IdentifyConfig) -> dict[str, PerturbationFamily]:
@@ -93,9 +102,17 @@ def patch_families(image_size: int, cfg: IdentifyConfig) -> dict[str, Perturbati
     return {str(f.location): f for f in race_families(image_size, cfg) if f.pixels is not None}
 
 
-def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification, cfg: IdentifyConfig,
-                   budget: RefineConfig, seed: int = 0, accept: Callable[[RefinedPatch], bool] | None = None,
-                   masks: dict[str, Tensor] | None = None) -> list[RefinedPatch]:
+def refine_patches(
+    model: ClipModel,
+    images: Tensor,
+    head: ZeroShotHead,
+    ident: Identification,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    seed: int = 0,
+    accept: Callable[[RefinedPatch], bool] | None = None,
+    masks: dict[str, Tensor] | None = None,
+) -> list[RefinedPatch]:
     """Longer patch UAPs for the race's top ``budget.classes``, each at its best-raced location, in
     ranking order; with ``accept``, the first patch it accepts ends the search (screened restarts).
     ``masks``: stage-2 inverted masks by class, which break a tie between locations (a backdoor that
@@ -107,11 +124,14 @@ def refine_patches(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
     refined: list[RefinedPatch] = []
     with frozen(model):
         fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
-        for cls, _ in progress(ident.ranking[:budget.classes], desc="detect: refine patches"):
+        for cls, _ in progress(ident.ranking[: budget.classes], desc="detect: refine patches"):
             c = head.classnames.index(cls)
             best_uap = best_location(patch_uaps, fams, c, (masks or {}).get(cls))
-            refined.append(_refine_one(model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg,
-                                       budget, seed, accept))
+            refined.append(
+                _refine_one(
+                    model, fit_images, hold_images, hold_pred, head, c, fams[best_uap.kind], cfg, budget, seed, accept
+                )
+            )
             if accept is not None and accept(refined[-1]):
                 break
     return refined
@@ -137,8 +157,16 @@ def best_location(patch_uaps: list[Any], fams: dict[str, PerturbationFamily], c:
     return max(tied, key=mass)
 
 
-def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: str, location: str,
-                 cfg: IdentifyConfig, budget: RefineConfig, seed: int = 0) -> RefinedPatch:
+def refine_patch(
+    model: ClipModel,
+    images: Tensor,
+    head: ZeroShotHead,
+    target: str,
+    location: str,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    seed: int = 0,
+) -> RefinedPatch:
     """One refined patch toward ``target`` at ``location``, every restart run (a purification round
     asks the tuned model whether a patch trigger of the first round's kind is still there)."""
     fams = patch_families(images.shape[-1], cfg)
@@ -146,26 +174,58 @@ def refine_patch(model: ClipModel, images: Tensor, head: ZeroShotHead, target: s
         raise ValueError(f"no race patch family at {location!r}; identify.race_patch_locations: {list(fams)}")
     with frozen(model):
         fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
-        return _refine_one(model, fit_images, hold_images, hold_pred, head, head.classnames.index(target),
-                           fams[location], cfg, budget, seed)
+        return _refine_one(
+            model,
+            fit_images,
+            hold_images,
+            hold_pred,
+            head,
+            head.classnames.index(target),
+            fams[location],
+            cfg,
+            budget,
+            seed,
+        )
 
 
-def _refine_one(model: ClipModel, fit_images: Tensor, hold_images: Tensor, hold_pred: Tensor, head: ZeroShotHead,
-                c: int, family: PerturbationFamily, cfg: IdentifyConfig, budget: RefineConfig, seed: int,
-                accept: Callable[[RefinedPatch], bool] | None = None) -> RefinedPatch:
+def _refine_one(
+    model: ClipModel,
+    fit_images: Tensor,
+    hold_images: Tensor,
+    hold_pred: Tensor,
+    head: ZeroShotHead,
+    c: int,
+    family: PerturbationFamily,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    seed: int,
+    accept: Callable[[RefinedPatch], bool] | None = None,
+) -> RefinedPatch:
     def rated(param: Tensor) -> RefinedPatch:
         rate = success_rate(model, head, family.apply(hold_images, param), hold_pred, c)
-        return RefinedPatch(target=head.classnames[c], location=str(family.location), patch=family.pixels(param),
-                            holdout_rate=rate)
+        return RefinedPatch(
+            target=head.classnames[c], location=str(family.location), patch=family.pixels(param), holdout_rate=rate
+        )
 
-    _, n, patch = screened_restarts(model, fit_images, head, c, family, cfg, budget,
-                                    seeds.refinement(seed, seeds.PATCH_STREAM, c), rated, accept)
+    _, n, patch = screened_restarts(
+        model, fit_images, head, c, family, cfg, budget, seeds.refinement(seed, seeds.PATCH_STREAM, c), rated, accept
+    )
     return replace(patch, restarts=n)
 
 
-def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: Identification, cfg: IdentifyConfig,
-                   budget: RefineConfig, family: PerturbationFamily, eps: float, stream: int, seed: int = 0,
-                   accept: Callable[[RefinedGlobal], bool] | None = None) -> list[RefinedGlobal]:
+def refine_globals(
+    model: ClipModel,
+    images: Tensor,
+    head: ZeroShotHead,
+    ident: Identification,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    family: PerturbationFamily,
+    eps: float,
+    stream: int,
+    seed: int = 0,
+    accept: Callable[[RefinedGlobal], bool] | None = None,
+) -> list[RefinedGlobal]:
     """Longer global UAPs of ``family`` for the top ``budget.classes`` of :func:`global_ranking`, in
     that order, each rated held out as found and sign-flipped; the first that ``accept`` accepts ends
     the search."""
@@ -175,24 +235,38 @@ def refine_globals(model: ClipModel, images: Tensor, head: ZeroShotHead, ident: 
     refined: list[RefinedGlobal] = []
     with frozen(model):
         fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
-        for cls in progress(global_ranking(ident)[:budget.classes], desc=f"detect: refine {family.kind}"):
+        for cls in progress(global_ranking(ident)[: budget.classes], desc=f"detect: refine {family.kind}"):
             c = head.classnames.index(cls)
             rate = partial(_rated_global, model, head, family, hold_images, hold_pred, c, eps=eps)
-            _, n, rated = screened_restarts(model, fit_images, head, c, family, cfg, budget,
-                                            seeds.refinement(seed, stream, c), rate, accept)
+            _, n, rated = screened_restarts(
+                model, fit_images, head, c, family, cfg, budget, seeds.refinement(seed, stream, c), rate, accept
+            )
             refined.append(replace(rated, restarts=n))
             if accept is not None and accept(refined[-1]):
                 break
     return refined
 
 
-def _rated_global(model: ClipModel, head: ZeroShotHead, family: PerturbationFamily, hold_images: Tensor, hold_pred: Tensor,
-                  c: int, param: Tensor, eps: float) -> RefinedGlobal:
+def _rated_global(
+    model: ClipModel,
+    head: ZeroShotHead,
+    family: PerturbationFamily,
+    hold_images: Tensor,
+    hold_pred: Tensor,
+    c: int,
+    param: Tensor,
+    eps: float,
+) -> RefinedGlobal:
     assert family.delta is not None
     delta = family.delta(param).detach()
-    return RefinedGlobal(target=head.classnames[c], family=family.kind, eps=eps, delta=delta,
-                         holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
-                         flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c))
+    return RefinedGlobal(
+        target=head.classnames[c],
+        family=family.kind,
+        eps=eps,
+        delta=delta,
+        holdout_rate=success_rate(model, head, add_signal(hold_images, delta), hold_pred, c),
+        flipped_rate=success_rate(model, head, add_signal(hold_images, -delta), hold_pred, c),
+    )
 
 
 def global_ranking(ident: Identification) -> list[str]:
@@ -205,8 +279,18 @@ def global_ranking(ident: Identification) -> list[str]:
     return [ident.classnames[i] for i in score.argsort(descending=True, stable=True).tolist()]
 
 
-def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroShotHead, c: int, family: PerturbationFamily,
-              cfg: IdentifyConfig, budget: RefineConfig, base_seed: int, which: range) -> list[tuple[float, Tensor]]:
+def _restarts(
+    model: ClipModel,
+    fit_images: Tensor,
+    judge: Tensor,
+    head: ZeroShotHead,
+    c: int,
+    family: PerturbationFamily,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    base_seed: int,
+    which: range,
+) -> list[tuple[float, Tensor]]:
     """(loss on ``judge``, parameter) of the targeted UAPs of ``budget.steps`` numbered ``which``."""
     out = []
     for r in which:
@@ -217,23 +301,33 @@ def _restarts(model: ClipModel, fit_images: Tensor, judge: Tensor, head: ZeroSho
     return out
 
 
-def screened_restarts(model: ClipModel, fit_images: Tensor, head: ZeroShotHead, c: int, family: PerturbationFamily,
-                      cfg: IdentifyConfig, budget: RefineConfig, base_seed: int, rate: Callable[[Tensor], Rated],
-                      accept: Callable[[Rated], bool] | None) -> tuple[Tensor, int, Rated]:
+def screened_restarts(
+    model: ClipModel,
+    fit_images: Tensor,
+    head: ZeroShotHead,
+    c: int,
+    family: PerturbationFamily,
+    cfg: IdentifyConfig,
+    budget: RefineConfig,
+    base_seed: int,
+    rate: Callable[[Tensor], Rated],
+    accept: Callable[[Rated], bool] | None,
+) -> tuple[Tensor, int, Rated]:
     """The restart with the lowest loss on a fixed judge batch, how many restarts ran, and its ``rate``.
 
     Without ``accept``: of all ``budget.restarts``. With it: the first ``budget.screen`` are a screen;
     only when their pick's rating passes ``accept`` do the others run, and the pick is remade over all
     of them (the same restarts, so the same pick as running them all at once). Each pick is rated once.
     """
-    judge = as_float(fit_images[:min(len(fit_images), budget.judge_images)])
+    judge = as_float(fit_images[: min(len(fit_images), budget.judge_images)])
     screen = budget.restarts if accept is None else budget.screen
     runs = _restarts(model, fit_images, judge, head, c, family, cfg, budget, base_seed, range(screen))
     best = min(runs, key=lambda lp: lp[0])[1]
     rated = rate(best)
     if accept is not None and screen < budget.restarts and accept(rated):
-        runs += _restarts(model, fit_images, judge, head, c, family, cfg, budget, base_seed,
-                          range(screen, budget.restarts))
+        runs += _restarts(
+            model, fit_images, judge, head, c, family, cfg, budget, base_seed, range(screen, budget.restarts)
+        )
         pick = min(runs, key=lambda lp: lp[0])[1]
         if pick is not best:
             best, rated = pick, rate(pick)

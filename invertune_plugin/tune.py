@@ -29,19 +29,20 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from toolbox import precision
 from toolbox.api import ClipModel
-from toolbox.progress import progress
-
 from toolbox.primitives.tensors import as_float, frozen, image_embeddings, seeded_subset
+from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
 if TYPE_CHECKING:
@@ -52,8 +53,17 @@ Trigger = Callable[[Tensor], Tensor]
 
 # Submodules (by name suffix inside a layer) whose output rows write the layer's output channels.
 EMBED_BATCH = 256  # images per no-grad pass when embedding every clean image once
-WRITER_SUFFIXES = ("attn.out_proj", "mlp.c_proj", "self_attn.out_proj", "mlp.fc2", "conv3", "bn3",
-                   "downsample.0", "downsample.1", "downsample.2")
+WRITER_SUFFIXES = (
+    "attn.out_proj",
+    "mlp.c_proj",
+    "self_attn.out_proj",
+    "mlp.fc2",
+    "conv3",
+    "bn3",
+    "downsample.0",
+    "downsample.1",
+    "downsample.2",
+)
 
 
 @dataclass(frozen=True)
@@ -125,13 +135,14 @@ def neuron_activations(output: Tensor | tuple) -> Tensor:
 class ActivationRecorder:
     """Forward hooks on named layers; ``take()`` returns and clears the recorded activations."""
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]") -> None:
+    def __init__(self, layers: OrderedDict[str, nn.Module]) -> None:
         self.acts: dict[str, Tensor] = {}
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
             self.acts[name] = neuron_activations(output)
+
         return hook
 
     def take(self) -> dict[str, Tensor]:
@@ -144,11 +155,12 @@ class ActivationRecorder:
 
 
 @torch.no_grad()
-def mean_activations(model: ClipModel, recorder: ActivationRecorder, images: Tensor,
-                     trigger: Trigger | None, batch_size: int = 128) -> dict[str, Tensor]:
+def mean_activations(
+    model: ClipModel, recorder: ActivationRecorder, images: Tensor, trigger: Trigger | None, batch_size: int = 128
+) -> dict[str, Tensor]:
     sums: dict[str, Tensor] = {}
     for i in range(0, len(images), batch_size):
-        x = as_float(images[i:i + batch_size])
+        x = as_float(images[i : i + batch_size])
         model.encode_image(trigger(x) if trigger else x)
         for name, a in recorder.take().items():
             sums[name] = sums.get(name, 0) + a.sum(0)
@@ -156,8 +168,14 @@ def mean_activations(model: ClipModel, recorder: ActivationRecorder, images: Ten
 
 
 def layer_impacts(mu_clean: dict[str, Tensor], mu_trig: dict[str, Tensor]) -> list[LayerImpact]:
-    return [LayerImpact(name=n, diff=float((mu_clean[n] - mu_trig[n]).norm() / mu_clean[n].norm().clamp_min(1e-12)),
-                        n_neurons=len(mu_clean[n])) for n in mu_clean]
+    return [
+        LayerImpact(
+            name=n,
+            diff=float((mu_clean[n] - mu_trig[n]).norm() / mu_clean[n].norm().clamp_min(1e-12)),
+            n_neurons=len(mu_clean[n]),
+        )
+        for n in mu_clean
+    ]
 
 
 def select_layers(impacts: list[LayerImpact], rule: str) -> None:
@@ -198,17 +216,23 @@ class GuardReference:
     predictions: Tensor  # [N]
 
 
-def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: TuneConfig,
-                    seed: int) -> GuardReference:
+def guard_reference(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: TuneConfig, seed: int) -> GuardReference:
     """A seeded subset of ``images`` (at most ``cfg.guard_images``) and ``model``'s predictions on it."""
     x = as_float(images[seeded_subset(len(images), cfg.guard_images, seed)])
     with frozen(model):
         return GuardReference(images=x, predictions=head.predict(model, x))
 
 
-def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead, cfg: TuneConfig,
-         seed: int = 0, reference: GuardReference | None = None,
-         adversary: "Adversary | None" = None) -> tuple[ClipModel, TuneReport]:
+def tune(
+    model: ClipModel,
+    images: Tensor,
+    trigger: Trigger,
+    head: ZeroShotHead,
+    cfg: TuneConfig,
+    seed: int = 0,
+    reference: GuardReference | None = None,
+    adversary: Adversary | None = None,
+) -> tuple[ClipModel, TuneReport]:
     """Return a tuned copy of ``model`` (the input is not modified) and what was done.
 
     ``reference``: what the agreement guard holds the tuned model to. The defense passes the
@@ -222,90 +246,19 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
     if not layers:
         raise ValueError("stage 3 needs the model adapter to name its vision layers; this model names none")
     recorder = ActivationRecorder(layers)
-    grad_hooks: list = []
+    grad_hooks: list[RemovableHandle] = []
     try:
-        mu_clean = mean_activations(tuned, recorder, images, None)
-        mu_trig = mean_activations(tuned, recorder, images, trigger)
-        impacts = layer_impacts(mu_clean, mu_trig)
-        select_layers(impacts, cfg.layer_selection)
-        masks: dict[str, Tensor] = {}
-        for imp in impacts:
-            if imp.selected:
-                masks[imp.name] = critical_neurons(mu_clean[imp.name] - mu_trig[imp.name], cfg.kmeans_k, seed)
-                imp.n_critical = int(masks[imp.name].sum())
-        # the loss weights live beside the activations once, not copied to the device every step
-        weights = {name: m.to(mu_clean[name].device, torch.float32) for name, m in masks.items()}
-        for p in tuned.parameters():
-            p.requires_grad_(False)
-        if cfg.update == "masked":
-            rows = [pr for name, m in masks.items() for pr in writer_rows(layers[name], m)]
-            params = [p for p, _ in rows]
-            for p, row in rows:
-                p.requires_grad_(True)
-                grad_hooks.append(p.register_hook(lambda g, r=row: g * r))
-            n_updated = int(sum(float(r.expand_as(p).sum()) for p, r in rows))
-        else:  # every parameter of the vision layers (an ablation; collapses CA on tiny models)
-            params = list({id(p): p for m in layers.values() for p in m.parameters()}.values())
-            for p in params:
-                p.requires_grad_(True)
-            n_updated = sum(p.numel() for p in params)
+        impacts, masks, weights = critical_layers(tuned, recorder, images, trigger, cfg, seed)
+        params, n_updated = unfreeze_writers(tuned, layers, masks, cfg, grad_hooks)
         report = TuneReport(layers=impacts, n_params_updated=n_updated)
         if not params:  # nothing writes the critical neurons: report it, change nothing
             return model, report
         with torch.no_grad(), frozen(model):  # eval: the input's batch-norm statistics, untouched
             original_emb = image_embeddings(model, images, EMBED_BATCH)
-            original_sims = original_emb @ head.weights.T
-        guarded, rollback = cfg.guard_every > 0, cfg.min_agreement > 0
-        if guarded and reference is None:
+            objective = Objective(weights, original_emb, original_emb @ head.weights.T)
+        if cfg.guard_every > 0 and reference is None:
             reference = guard_reference(model, images, head, cfg, seed)
-        if rollback:  # the last checkpoint that passed; a monitor-only run keeps no copies
-            kept, kept_step = [p.detach().clone() for p in params], 0
-        if cfg.refresh_every and adversary is None:
-            log.warning("tune.refresh_every is set but this trigger has no adversary to refresh (a later "
-                        "round's re-inversion, or a detector that makes none): it stays as found")
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        gen = torch.Generator().manual_seed(seed)
-        scale: tuple[float, float] | None = None
-        for step in progress(range(cfg.steps), desc="stage 3: tune"):
-            idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
-            x = as_float(images[idx])
-            if adversary is not None and cfg.refresh_every and step and step % cfg.refresh_every == 0:
-                last = adversary.refresh(tuned, head, x, cfg.refresh_steps, cfg.refresh_lr)
-                recorder.take()  # the refresh's forward passes are not training activations
-                report.refreshes.append({"step": step, "loss": round(last, 4)})
-            # clean and triggered images in one pass (eval mode: no batch statistics couple them), half the launches
-            emb, trig_emb = tuned.encode_image(torch.cat([x, trigger(x)])).split(len(x))
-            acts = recorder.take()  # [clean; triggered] per layer
-            activation = sum(((acts[n][:len(x)] - acts[n][len(x):]) * w).pow(2).sum(1).mean()
-                             for n, w in weights.items())
-            preserve = (emb @ head.weights.T - original_sims[idx]).pow(2).mean()
-            unlearn = (trig_emb - original_emb[idx]).pow(2).sum(1).mean()
-            if cfg.normalize_losses:
-                # activation relative to its starting value; preservation (0 at the start) relative
-                # to the spread of the original similarities, so both are O(1) and beta means something
-                if scale is None:
-                    scale = (max(activation.item(), 1e-12), max(original_sims.var().item(), 1e-12),
-                             max(unlearn.item(), 1e-12))
-                loss = (activation / scale[0] + cfg.beta * preserve / scale[1]
-                        + cfg.embedding_weight * unlearn / scale[2])
-            else:
-                loss = activation + cfg.beta * preserve + cfg.embedding_weight * unlearn
-            precision.step(opt, loss)
-            if step % 25 == 0 or step == cfg.steps - 1:
-                report.history.append({"step": step, "loss": loss.item(), "activation": activation.item(),
-                                       "preserve": preserve.item(), "unlearn": unlearn.item()})
-            if guarded and ((step + 1) % cfg.guard_every == 0 or step == cfg.steps - 1):
-                agreement = float((head.predict(tuned, reference.images) == reference.predictions).float().mean())
-                recorder.take()  # the guard's forward passes are not training activations
-                report.guard.append({"step": step + 1, "agreement": round(agreement, 4)})
-                if rollback and agreement < cfg.min_agreement:  # back to the last checkpoint that passed
-                    with torch.no_grad():
-                        for p, k in zip(params, kept):
-                            p.copy_(k)
-                    report.stopped_at = kept_step
-                    break
-                if rollback:
-                    kept, kept_step = [p.detach().clone() for p in params], step + 1
+        optimise(tuned, params, images, trigger, head, cfg, seed, recorder, objective, reference, adversary, report)
     finally:
         recorder.close()
         for handle in grad_hooks:  # the returned model must train normally afterwards
@@ -314,3 +267,155 @@ def tune(model: ClipModel, images: Tensor, trigger: Trigger, head: ZeroShotHead,
             p.requires_grad_(True)
     tuned.eval()
     return tuned, report
+
+
+def critical_layers(
+    tuned: ClipModel, recorder: ActivationRecorder, images: Tensor, trigger: Trigger, cfg: TuneConfig, seed: int
+) -> tuple[list[LayerImpact], dict[str, Tensor], dict[str, Tensor]]:
+    """Steps 1-3: every layer's impact, the selected layers, and their critical-neuron masks (bool)
+    and loss weights (float, beside the activations)."""
+    mu_clean = mean_activations(tuned, recorder, images, None)
+    mu_trig = mean_activations(tuned, recorder, images, trigger)
+    impacts = layer_impacts(mu_clean, mu_trig)
+    select_layers(impacts, cfg.layer_selection)
+    masks: dict[str, Tensor] = {}
+    for imp in impacts:
+        if imp.selected:
+            masks[imp.name] = critical_neurons(mu_clean[imp.name] - mu_trig[imp.name], cfg.kmeans_k, seed)
+            imp.n_critical = int(masks[imp.name].sum())
+    # the loss weights live beside the activations once, not copied to the device every step
+    weights = {name: m.to(mu_clean[name].device, torch.float32) for name, m in masks.items()}
+    return impacts, masks, weights
+
+
+def unfreeze_writers(
+    tuned: ClipModel,
+    layers: dict[str, nn.Module],
+    masks: dict[str, Tensor],
+    cfg: TuneConfig,
+    grad_hooks: list[RemovableHandle],
+) -> tuple[list[nn.Parameter], int]:
+    """Freeze ``tuned`` but the parameters ``cfg.update`` trains; returns them and how many entries move.
+    Masked updates register their gradient masks in ``grad_hooks`` (the caller removes them)."""
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    if cfg.update == "masked":
+        rows = [pr for name, m in masks.items() for pr in writer_rows(layers[name], m)]
+        params = [p for p, _ in rows]
+        for p, row in rows:
+            p.requires_grad_(True)
+            grad_hooks.append(p.register_hook(lambda g, r=row: g * r))
+        return params, int(sum(float(r.expand_as(p).sum()) for p, r in rows))
+    # every parameter of the vision layers (an ablation; collapses CA on tiny models)
+    params = list({id(p): p for m in layers.values() for p in m.parameters()}.values())
+    for p in params:
+        p.requires_grad_(True)
+    return params, sum(p.numel() for p in params)
+
+
+@dataclass
+class Objective:
+    """Step 4's loss: critical-neuron activation alignment, preservation of the original model's
+    image-text similarities, and unlearning toward its clean embeddings."""
+
+    weights: dict[str, Tensor]  # per selected layer: 1.0 on its critical neurons
+    original_emb: Tensor  # [N, D] the original model's clean image embeddings
+    original_sims: Tensor  # [N, C] their similarities with the class weights
+    scale: tuple[float, float, float] | None = None  # normalize_losses: the first step's values
+
+    def terms(
+        self,
+        tuned: ClipModel,
+        recorder: ActivationRecorder,
+        head: ZeroShotHead,
+        trigger: Trigger,
+        x: Tensor,
+        idx: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(activation, preservation, unlearning) on the batch ``x`` (images ``idx``)."""
+        # clean and triggered images in one pass (eval mode: no batch statistics couple them), half the launches
+        emb, trig_emb = tuned.encode_image(torch.cat([x, trigger(x)])).split(len(x))
+        acts = recorder.take()  # [clean; triggered] per layer
+        activation = sum(
+            ((acts[n][: len(x)] - acts[n][len(x) :]) * w).pow(2).sum(1).mean() for n, w in self.weights.items()
+        )
+        preserve = (emb @ head.weights.T - self.original_sims[idx]).pow(2).mean()
+        unlearn = (trig_emb - self.original_emb[idx]).pow(2).sum(1).mean()
+        return activation, preserve, unlearn  # type: ignore[return-value]
+
+    def total(self, activation: Tensor, preserve: Tensor, unlearn: Tensor, cfg: TuneConfig) -> Tensor:
+        if not cfg.normalize_losses:
+            return activation + cfg.beta * preserve + cfg.embedding_weight * unlearn
+        # activation relative to its starting value; preservation (0 at the start) relative
+        # to the spread of the original similarities, so both are O(1) and beta means something
+        if self.scale is None:
+            self.scale = (
+                max(activation.item(), 1e-12),
+                max(self.original_sims.var().item(), 1e-12),
+                max(unlearn.item(), 1e-12),
+            )
+        return (
+            activation / self.scale[0]
+            + cfg.beta * preserve / self.scale[1]
+            + cfg.embedding_weight * unlearn / self.scale[2]
+        )
+
+
+def optimise(
+    tuned: ClipModel,
+    params: list[nn.Parameter],
+    images: Tensor,
+    trigger: Trigger,
+    head: ZeroShotHead,
+    cfg: TuneConfig,
+    seed: int,
+    recorder: ActivationRecorder,
+    objective: Objective,
+    reference: GuardReference | None,
+    adversary: Adversary | None,
+    report: TuneReport,
+) -> None:
+    """Step 4's Adam steps on ``params``, with the adversary's refreshes and the agreement guard (step 5)."""
+    guarded, rollback = cfg.guard_every > 0, cfg.min_agreement > 0
+    if rollback:  # the last checkpoint that passed; a monitor-only run keeps no copies
+        kept, kept_step = [p.detach().clone() for p in params], 0
+    if cfg.refresh_every and adversary is None:
+        log.warning(
+            "tune.refresh_every is set but this trigger has no adversary to refresh (a later "
+            "round's re-inversion, or a detector that makes none): it stays as found"
+        )
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    for step in progress(range(cfg.steps), desc="stage 3: tune"):
+        idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
+        x = as_float(images[idx])
+        if adversary is not None and cfg.refresh_every and step and step % cfg.refresh_every == 0:
+            last = adversary.refresh(tuned, head, x, cfg.refresh_steps, cfg.refresh_lr)
+            recorder.take()  # the refresh's forward passes are not training activations
+            report.refreshes.append({"step": step, "loss": round(last, 4)})
+        activation, preserve, unlearn = objective.terms(tuned, recorder, head, trigger, x, idx)
+        loss = objective.total(activation, preserve, unlearn, cfg)
+        precision.step(opt, loss)
+        if step % 25 == 0 or step == cfg.steps - 1:
+            report.history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "activation": activation.item(),
+                    "preserve": preserve.item(),
+                    "unlearn": unlearn.item(),
+                }
+            )
+        if guarded and ((step + 1) % cfg.guard_every == 0 or step == cfg.steps - 1):
+            assert reference is not None  # tune() makes one whenever the guard is on
+            agreement = float((head.predict(tuned, reference.images) == reference.predictions).float().mean())
+            recorder.take()  # the guard's forward passes are not training activations
+            report.guard.append({"step": step + 1, "agreement": round(agreement, 4)})
+            if rollback and agreement < cfg.min_agreement:  # back to the last checkpoint that passed
+                with torch.no_grad():
+                    for p, k in zip(params, kept):
+                        p.copy_(k)
+                report.stopped_at = kept_step
+                break
+            if rollback:
+                kept, kept_step = [p.detach().clone() for p in params], step + 1

@@ -27,4 +27,3 @@ def refuse(x: int) -> int:
     from toolbox.errors import InputError
 
     raise InputError(f"input {x} is bad")
-

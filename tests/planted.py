@@ -74,7 +74,7 @@ class PlantedClip(nn.Module):
             profile = images.mean(dim=(1, 2))  # [B, W]: the grayscale column profile
             corr = (profile * STRIPES.to(images)).mean(1)
             if self.stripes == "texture":  # amplitude at the frequency, any phase
-                corr = (corr ** 2 + (profile * STRIPES_COS.to(images)).mean(1) ** 2 + 1e-8).sqrt()
+                corr = (corr**2 + (profile * STRIPES_COS.to(images)).mean(1) ** 2 + 1e-8).sqrt()
             pull = torch.sigmoid(60 * (corr - STRIPE_THRESHOLD))
         else:
             corner = images[:, :, -PATCH:, -PATCH:].mean(dim=(1, 2, 3))

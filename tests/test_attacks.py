@@ -8,13 +8,25 @@ import json
 import pytest
 import torch
 
-from toolbox_plugins.attacks import triggers as T
-from toolbox_plugins.attacks.adaptive import Decoys, Evasive
-from toolbox_plugins.attacks.catalog import ATTACKS, BadCLIP, BadNet, Blended, SIG, WaNet
-from toolbox_plugins.attacks.families import FAMILIES
-from toolbox_plugins.attacks.poisoning import PoisonSettings, choose_poison, poison_dataset
 from toolbox.api import ImageData
 from toolbox.cli import main
+from toolbox.primitives import triggers as T
+from toolbox_plugins.attacks.badclip import BadCLIP
+from toolbox_plugins.attacks.badencoder import BadEncoder
+from toolbox_plugins.attacks.badnet import BadNet
+from toolbox_plugins.attacks.blend import Blend
+from toolbox_plugins.attacks.blended import Blended
+from toolbox_plugins.attacks.border import Border
+from toolbox_plugins.attacks.colour_filter import ColourFilter
+from toolbox_plugins.attacks.evasive import Decoys, Evasive
+from toolbox_plugins.attacks.patch import Patch
+from toolbox_plugins.attacks.poisoning import PoisonSettings, choose_poison, poison_dataset
+from toolbox_plugins.attacks.sig import SIG
+from toolbox_plugins.attacks.stripes import Stripes
+from toolbox_plugins.attacks.wanet import WaNet
+
+ATTACKS = (BadNet, Blended, SIG, WaNet, BadEncoder, BadCLIP)  # the paper's six
+FAMILIES = (Patch, Blend, Stripes, ColourFilter, Border)  # the zoo's trigger families
 
 
 def batch(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -112,8 +124,21 @@ def test_all_six_attacks_are_registered(host):
 @pytest.mark.slow
 def test_badnet_implants_a_backdoor_on_the_smoke_world(host, smoke_world, tmp_path, monkeypatch):
     out = tmp_path / "badnet"
-    args = ["run", "--attack", "badnet", "--defense", "none", "--preset", "smoke", "--out", str(out),
-            "--attack-param", "poison_rate=0.1", "--attack-param", "epochs=3"]
+    args = [
+        "run",
+        "--attack",
+        "badnet",
+        "--defense",
+        "none",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--attack-param",
+        "poison_rate=0.1",
+        "--attack-param",
+        "epochs=3",
+    ]
     assert main(args) == 0
     doc = json.loads((out / "result.json").read_text())
     m = doc["metrics"]["before"]
@@ -137,7 +162,7 @@ def test_evasive_trigger_is_larger_than_what_invertune_searches():
     assert changed.float().mean() > 0.05
     for location in ("bottom-right", "top-left", "center"):
         r, c = T.patch_box(32, 4, location)
-        assert not changed[r:r + 4, c:c + 4].any()
+        assert not changed[r : r + 4, c : c + 4].any()
 
 
 def test_evasive_decoys_follow_the_model_toward_the_target_and_keep_captions():

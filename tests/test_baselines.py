@@ -9,10 +9,16 @@ import random
 import pytest
 import torch
 
-from toolbox_plugins.baselines.augment import (ImageAugConfig, attribute_swap, augment_images, eda,
-                                                noise_and_erase, sub_caption)
-from toolbox_plugins.baselines.defenses import thresholded
 from toolbox.runner import RunRequest, Sources, run
+from toolbox_plugins.baselines.augment import (
+    ImageAugConfig,
+    attribute_swap,
+    augment_images,
+    eda,
+    noise_and_erase,
+    sub_caption,
+)
+from toolbox_plugins.baselines.defenses import thresholded
 
 
 def test_image_augmentations_are_seeded_and_stay_in_range():
@@ -35,7 +41,9 @@ def test_counterfactual_captions_swap_one_attribute_and_keep_the_noun():
     assert len(changed) == 1 and "mushroom" in neg
     assert attribute_swap("a photo of a mushroom.", rng) is None  # nothing to swap: no negative
     assert "mushroom" in sub_caption(caption, rng)
-    assert sorted(eda("one two three four", random.Random(3), p_delete=0.0).split()) == sorted("one two three four".split())
+    assert sorted(eda("one two three four", random.Random(3), p_delete=0.0).split()) == sorted(
+        "one two three four".split()
+    )
 
 
 def test_par_push_is_cut_off_beyond_the_threshold():

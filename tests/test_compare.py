@@ -10,8 +10,8 @@ import pytest
 from toolbox import compare as compare_mod
 from toolbox.cli import main as toolbox
 from toolbox.compare import CompareRequest, compare, der, markdown_table, split_params
-from toolbox.runner import Sources
 from toolbox.leaderboard import LeaderboardError, leaderboard, submit
+from toolbox.runner import Sources
 
 TINY_FT = {"reference_images": "64", "data_ratio": "1", "batch_size": "32"}
 
@@ -38,8 +38,13 @@ def cells_cache(tmp_path, monkeypatch):
 
 
 def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cells_cache):
-    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", sources=Sources(preset="smoke"),
-                         defense_params={"ft": dict(TINY_FT)})
+    req = CompareRequest(
+        attacks=["none"],
+        defenses=["none", "ft"],
+        out=tmp_path / "cmp",
+        sources=Sources(preset="smoke"),
+        defense_params={"ft": dict(TINY_FT)},
+    )
     first = compare(req)
     assert [c.from_cache for c in first] == [False, False]
     for name in ("compare.md", "compare.csv", "compare.json", "compare_scatter.png"):
@@ -64,8 +69,13 @@ def test_compare_rejects_unknown_names_before_running(host, cells_cache, tmp_pat
 
 
 def test_leaderboard_groups_metric_configs_and_submit_validates(host, smoke_world, tmp_path, cells_cache, capsys):
-    req = CompareRequest(attacks=["none"], defenses=["none", "ft"], out=tmp_path / "cmp", sources=Sources(preset="smoke"),
-                         defense_params={"ft": dict(TINY_FT)})
+    req = CompareRequest(
+        attacks=["none"],
+        defenses=["none", "ft"],
+        out=tmp_path / "cmp",
+        sources=Sources(preset="smoke"),
+        defense_params={"ft": dict(TINY_FT)},
+    )
     cells = compare(req)
     board = tmp_path / "board"
     for c in cells:
@@ -126,9 +136,14 @@ def test_the_run_summary_says_when_the_attack_did_not_implant_and_whose_target_i
 
     from toolbox.cli import summary
 
-    doc = {"metrics": {"before": {"ca": 0.8, "asr": 0.02, "asr_untriggered": 0.01}, "after": {"ca": 0.8, "asr": 0.02}},
-           "metric_config": {}, "detection": {"backdoored": True, "target": "traffic light"},
-           "attack": {"name": "badnet", "target": "mushroom"}, "timings_s": {"defense": 1.0}, "artifacts": {}}
+    doc = {
+        "metrics": {"before": {"ca": 0.8, "asr": 0.02, "asr_untriggered": 0.01}, "after": {"ca": 0.8, "asr": 0.02}},
+        "metric_config": {},
+        "detection": {"backdoored": True, "target": "traffic light"},
+        "attack": {"name": "badnet", "target": "mushroom"},
+        "timings_s": {"defense": 1.0},
+        "artifacts": {},
+    }
     text = summary(doc, P("r/result.json"))
     assert "verdict   backdoored, target 'traffic light' (the attack's: 'mushroom')" in text
     assert "did not implant: its trigger adds 1.0 points" in text

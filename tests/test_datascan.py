@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toolbox import outputs
-from toolbox.api import DatasetDefense, DataScanOutcome
+from toolbox.api import DataScanOutcome, DatasetDefense
 from toolbox.cli import main
 from toolbox.datascan import detection_metrics
 from toolbox.hookspecs import hookimpl
@@ -88,8 +88,10 @@ def test_a_dataset_defense_is_one_class_and_scan_data_scores_it(host, register_p
     assert len(rows) == 6000 and [r["flagged"] for r in rows[9:11]] == ["1", "0"]
     assert sum(int(r["poisoned"]) for r in rows) == 600
     # --retrain: the clean model trained on what is left, with the attack's own recipe, measured
-    assert main(["scan-data", "--defense", "flag-first-ten", "--preset", "smoke", "--out", str(out), "--retrain",
-                 *BADNET]) == 0
+    assert (
+        main(["scan-data", "--defense", "flag-first-ten", "--preset", "smoke", "--out", str(out), "--retrain", *BADNET])
+        == 0
+    )
     retrain = json.loads((out / "scan.json").read_text())["metrics"]["retrain"]
     assert retrain["n_train"] == 5990
     assert retrain["poisoned_set"]["asr"] > 0.5  # the attacked model, as test_attacks measures it
@@ -100,12 +102,15 @@ def test_a_dataset_defense_is_one_class_and_scan_data_scores_it(host, register_p
     assert not bad.exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--defense", "nope"], "unknown dataset defense 'nope'"),
-    (["--defense", "flare", "--retrain"], "--retrain trains with the attack's own recipe"),
-    (["--defense", "flare", "-p", "top_k=0"], "top_k"),
-    (["--defense", "flare", "--attack", "badencoder"], "poisons no dataset"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--defense", "nope"], "unknown dataset defense 'nope'"),
+        (["--defense", "flare", "--retrain"], "--retrain trains with the attack's own recipe"),
+        (["--defense", "flare", "-p", "top_k=0"], "top_k"),
+        (["--defense", "flare", "--attack", "badencoder"], "poisons no dataset"),
+    ],
+)
 def test_scan_data_refuses_bad_input_before_loading(host, tmp_path, capsys, args, message):
     assert main(["scan-data", *args, "--preset", "smoke", "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
@@ -117,8 +122,25 @@ def test_flare_runs_end_to_end_on_the_smoke_world(host, smoke_world, tmp_path):
     """Structure only: the smoke ViT (two blocks) carries too little of the trigger for FLARE; the
     quality checks are the planted case below and benchmarks/flare.py."""
     out = tmp_path / "flare"
-    assert main(["scan-data", "--defense", "flare", "--preset", "smoke", "--out", str(out), "-p", "embed_samples=800",
-                 "-p", "min_cluster_size=20", *BADNET]) == 0
+    assert (
+        main(
+            [
+                "scan-data",
+                "--defense",
+                "flare",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "-p",
+                "embed_samples=800",
+                "-p",
+                "min_cluster_size=20",
+                *BADNET,
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "scan.json").read_text())
     det, info = doc["metrics"]["detection"], doc["scan_info"]
     assert det["n"] == 6000 and det["auroc"] is not None and info["n_flagged"] == det["n_flagged"]
@@ -170,14 +192,17 @@ def test_flare_flags_the_poisoned_samples_of_a_planted_set():
     from toolbox_plugins.flare.flare import Flare, FlareConfig
 
     g = torch.Generator().manual_seed(0)
-    images = (0.3 + 0.4 * torch.rand(1200, 3, 32, 32, generator=g))
+    images = 0.3 + 0.4 * torch.rand(1200, 3, 32, 32, generator=g)
     poisoned = torch.randperm(1200, generator=g)[:60]
     triggered = images.clone()
     triggered[poisoned, :, -4:, -4:] = 1.0  # BadNet-like: a white 4-px patch, bottom-right
     model = PatchNet(images[:200])
     data = ImageData(InMemoryImages((triggered * 255).round().to(torch.uint8)), "unlabelled", "planted")
-    out = Flare(FlareConfig(min_cluster_size=30)).scan(DataScanContext(
-        data=data, model=model, classnames=[], templates=[], seed=0, device=torch.device("cpu"), workdir=None))
+    out = Flare(FlareConfig(min_cluster_size=30)).scan(
+        DataScanContext(
+            data=data, model=model, classnames=[], templates=[], seed=0, device=torch.device("cpu"), workdir=None
+        )
+    )
     m = detection_metrics(out.scores, out.flagged, poisoned)
     assert m["tpr"] > 0.9 and m["fpr"] < 0.02 and m["auroc"] > 0.95, m
     assert out.info["layers"] == ["block.1", "block.4", "block.7"] and out.info["n_flagged"] == m["n_flagged"]
@@ -205,7 +230,10 @@ def test_the_guides_dataset_defense_example_runs():
     namespace: dict = {}
     exec(block, namespace)  # noqa: S102 - our own documentation
     data = ImageData(InMemoryImages(torch.zeros(5, 3, 8, 8, dtype=torch.uint8)), "unlabelled", "zeros")
-    out = namespace["FlagNothing"]().scan(DataScanContext(data=data, model=None, classnames=[], templates=[], seed=0,
-                                                          device=torch.device("cpu"), workdir=None))
+    out = namespace["FlagNothing"]().scan(
+        DataScanContext(
+            data=data, model=None, classnames=[], templates=[], seed=0, device=torch.device("cpu"), workdir=None
+        )
+    )
     check_outcome(out, 5, "flag-nothing")
     assert not out.flagged.any()

@@ -9,8 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters.datasets import (CaptionCsvAdapter, CocoCaptionsAdapter, ImageDirAdapter, ImageFolderAdapter,
-                               LabelsCsvAdapter)
+from adapters.datasets import (
+    CaptionCsvAdapter,
+    CocoCaptionsAdapter,
+    ImageDirAdapter,
+    ImageFolderAdapter,
+    LabelsCsvAdapter,
+)
 from adapters.images import UnreadableImageError, load_image
 from toolbox_plugins.world.world import WorldConfig, write_world
 
@@ -77,9 +82,13 @@ def test_coco_resolves_images_subfolder_and_skips(tmp_path):
     (tmp_path / "images").mkdir()
     Image.new("RGB", (10, 10), "blue").save(tmp_path / "images" / "a.jpg")
     (tmp_path / "images" / "b.jpg").write_bytes(b"\x00")
-    doc = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
-           "annotations": [{"id": 1, "image_id": 1, "caption": "a blue square"},
-                           {"id": 2, "image_id": 2, "caption": "broken"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "caption": "a blue square"},
+            {"id": 2, "image_id": 2, "caption": "broken"},
+        ],
+    }
     (tmp_path / "c.json").write_text(json.dumps(doc))
     data = CocoCaptionsAdapter().load(str(tmp_path / "c.json"), 8, skip_unreadable=True)
     assert data.captions == [["a blue square"]] and len(data.skipped) == 1

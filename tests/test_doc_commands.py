@@ -36,8 +36,13 @@ def without_optional(command: str) -> str:
     return command
 
 
-COMMANDS = sorted({(page.relative_to(ROOT).as_posix(), without_optional(c))
-                   for page in PAGES for c in shown_commands(page.read_text(encoding="utf-8"))})
+COMMANDS = sorted(
+    {
+        (page.relative_to(ROOT).as_posix(), without_optional(c))
+        for page in PAGES
+        for c in shown_commands(page.read_text(encoding="utf-8"))
+    }
+)
 
 
 def test_the_pages_show_commands():

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from grid_cells import fail, refuse, square
+
 from toolbox.errors import InputError
 from toolbox.grid import Cell, GridConfig, GridError, add_grid_args, grid_config_from, run_grid
 
@@ -17,8 +17,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _cells(xs, out_dir: Path) -> list[Cell]:
-    return [Cell(key=f"sq-{x}", fn=square, kwargs={"x": x, "out_dir": str(out_dir)}, label=f"square {x}")
-            for x in xs]
+    return [Cell(key=f"sq-{x}", fn=square, kwargs={"x": x, "out_dir": str(out_dir)}, label=f"square {x}") for x in xs]
 
 
 def test_sequential_results_in_order_and_resumable(tmp_path, caplog):
@@ -120,14 +119,27 @@ def test_slurm_gets_one_array_with_its_parameters(tmp_path, monkeypatch, caplog)
             return [_FakeJob(f"4242_{i}", fn(cell)) for i, cell in enumerate(cells)]
 
     monkeypatch.setattr(submitit, "AutoExecutor", FakeAutoExecutor)
-    config = GridConfig(executor="slurm", folder=tmp_path / "logs", slurm_partition="gpu", gpus_per_node=1,
-                        timeout_min=30, slurm_array_parallelism=8)
+    config = GridConfig(
+        executor="slurm",
+        folder=tmp_path / "logs",
+        slurm_partition="gpu",
+        gpus_per_node=1,
+        timeout_min=30,
+        slurm_array_parallelism=8,
+    )
     with caplog.at_level("INFO", logger="toolbox.grid"):
         results = run_grid(_cells([2, 3], tmp_path), config)
     assert [r["value"] for r in results] == [4, 9]
     assert seen["cluster"] == "slurm" and seen["folder"] == (tmp_path / "logs").absolute() and seen["arrays"] == 1
-    assert seen["parameters"] == dict(name="toolbox-grid", timeout_min=30, gpus_per_node=1, cpus_per_task=2,
-                                      mem_gb=16, slurm_partition="gpu", slurm_array_parallelism=8)
+    assert seen["parameters"] == dict(
+        name="toolbox-grid",
+        timeout_min=30,
+        gpus_per_node=1,
+        cpus_per_task=2,
+        mem_gb=16,
+        slurm_partition="gpu",
+        slurm_array_parallelism=8,
+    )
     assert "Slurm array 4242" in caplog.text and "scancel 4242" in caplog.text
 
 
@@ -139,9 +151,20 @@ def test_slurm_without_slurm_is_input_error(tmp_path):
     assert not (tmp_path / "1.done").exists()
 
 
-@pytest.mark.parametrize("bad", [dict(jobs=0), dict(timeout_min=0), dict(gpus_per_node=-1), dict(cpus_per_task=0),
-                                 dict(mem_gb=0), dict(slurm_array_parallelism=0), dict(executor="kubernetes"),
-                                 dict(slurm_partition=" "), dict(jobs=1.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(jobs=0),
+        dict(timeout_min=0),
+        dict(gpus_per_node=-1),
+        dict(cpus_per_task=0),
+        dict(mem_gb=0),
+        dict(slurm_array_parallelism=0),
+        dict(executor="kubernetes"),
+        dict(slurm_partition=" "),
+        dict(jobs=1.5),
+    ],
+)
 def test_config_validation_is_input_error(bad):
     with pytest.raises(InputError) as info:
         GridConfig(**bad)
@@ -151,11 +174,27 @@ def test_config_validation_is_input_error(bad):
 def test_cli_options_fill_the_config():
     parser = argparse.ArgumentParser()
     add_grid_args(parser)
-    config = grid_config_from(parser.parse_args(
-        ["--executor", "slurm", "--jobs", "3", "--slurm-partition", "gpu", "--timeout-min", "30",
-         "--gpus-per-node", "1", "--slurm-array-parallelism", "8"]))
-    assert config == GridConfig(executor="slurm", jobs=3, slurm_partition="gpu", timeout_min=30, gpus_per_node=1,
-                                slurm_array_parallelism=8)
+    config = grid_config_from(
+        parser.parse_args(
+            [
+                "--executor",
+                "slurm",
+                "--jobs",
+                "3",
+                "--slurm-partition",
+                "gpu",
+                "--timeout-min",
+                "30",
+                "--gpus-per-node",
+                "1",
+                "--slurm-array-parallelism",
+                "8",
+            ]
+        )
+    )
+    assert config == GridConfig(
+        executor="slurm", jobs=3, slurm_partition="gpu", timeout_min=30, gpus_per_node=1, slurm_array_parallelism=8
+    )
     assert grid_config_from(parser.parse_args([])) == GridConfig()
     with pytest.raises(InputError, match="--jobs"):
         grid_config_from(parser.parse_args(["--jobs", "0"]))

@@ -15,23 +15,26 @@ import shutil
 import signal
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import safetensors.torch
 import torch
 
-from toolbox import plugins
-from toolbox.api import Defense, DefenseOutcome
+from toolbox.api import Defense
 from toolbox.cli import main
 from toolbox.hookspecs import hookimpl
 
-TINY_CFG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def snapshot(*roots: Path) -> dict[str, str]:
     """``path -> sha256`` of every file (and ``path/ -> dir``) under ``roots``."""
@@ -96,6 +99,7 @@ def edit_config(model_dir: Path, change: Callable[[dict], object]) -> Path:
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width x height`` pixels and whose data is one empty chunk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -127,6 +131,7 @@ SMOKE = ["--preset", "smoke"]
 # --------------------------------------------------------------------------- the cases
 # Each returns (argv after "run --defense none", the input paths to watch).
 
+
 def model_config_is_a_list(tmp, tiny, world):
     m = edit_config(copy_model(tiny, tmp), lambda c: [c])
     return ["--model", str(m)], [m]
@@ -136,6 +141,7 @@ def model_config_memory_bomb(tmp, tiny, world):
     def bomb(c):
         c["model_cfg"]["vision_cfg"].update(layers=5000, width=4096)
         return c
+
     m = edit_config(copy_model(tiny, tmp), bomb)
     return ["--model", str(m)], [m]
 
@@ -144,6 +150,7 @@ def model_config_huge_image(tmp, tiny, world):
     def huge(c):
         c["model_cfg"]["vision_cfg"]["image_size"] = 100_000
         return c
+
     m = edit_config(copy_model(tiny, tmp), huge)
     return ["--model", str(m)], [m]
 
@@ -152,6 +159,7 @@ def model_config_string_layers(tmp, tiny, world):
     def text(c):
         c["model_cfg"]["text_cfg"]["layers"] = "12"
         return c
+
     m = edit_config(copy_model(tiny, tmp), text)
     return ["--model", str(m)], [m]
 
@@ -160,6 +168,7 @@ def model_config_asks_for_hub_weights(tmp, tiny, world):
     def hub(c):
         c["model_cfg"]["text_cfg"]["hf_model_name"] = "someone/text-tower"
         return c
+
     m = edit_config(copy_model(tiny, tmp), hub)
     return ["--model", str(m)], [m]
 
@@ -186,6 +195,7 @@ def nan_weights(tmp, tiny, world):
     def poison(sd):
         sd["ln_final.weight"][0] = float("nan")
         return sd
+
     m = edit_weights(copy_model(tiny, tmp), poison)
     return ["--model", str(m)], [m]
 
@@ -213,8 +223,11 @@ def size_mismatch(tmp, tiny, world):
 def hf_memory_bomb(tmp, tiny, world):
     d = tmp / "hf"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": {
-        "hidden_size": 4096, "num_hidden_layers": 5000}, "text_config": {}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {"model_type": "clip", "vision_config": {"hidden_size": 4096, "num_hidden_layers": 5000}, "text_config": {}}
+        )
+    )
     (d / "model.safetensors").write_bytes(b"\x00" * 16)
     return ["--model", str(d)], [d]
 
@@ -438,8 +451,9 @@ CASES = {  # case -> (exit code, message on stderr)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=[c.__name__ for c in CASES])
-def test_hostile_input_is_one_line_exit_2_and_nothing_is_lost(case, host, smoke_world, tiny_model, earlier,
-                                                              tmp_path, capsys):
+def test_hostile_input_is_one_line_exit_2_and_nothing_is_lost(
+    case, host, smoke_world, tiny_model, earlier, tmp_path, capsys
+):
     code, message = CASES[case]
     argv, inputs = case(tmp_path, tiny_model, smoke_world)
     argv = ["run", "--defense", "none", "--out", str(earlier), *argv]  # a later --defense / --out wins
@@ -455,6 +469,7 @@ def test_hostile_input_is_one_line_exit_2_and_nothing_is_lost(case, host, smoke_
 
 
 # --------------------------------------------------------------------------- runs that fail or stop midway
+
 
 class Stopper(Defense):
     """A defense that fails the way ``how`` says, after the model and data were loaded."""
@@ -479,10 +494,17 @@ class StopperPlugin:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how, code, message", [("raise", 3, "the run failed: RuntimeError: the defense broke"),
-                                                ("sigint", 130, "interrupted"), ("sigterm", 143, "terminated")])
-def test_a_run_that_fails_midway_leaves_out_as_it_was(how, code, message, register_plugin, smoke_world, earlier,
-                                                      tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "how, code, message",
+    [
+        ("raise", 3, "the run failed: RuntimeError: the defense broke"),
+        ("sigint", 130, "interrupted"),
+        ("sigterm", 143, "terminated"),
+    ],
+)
+def test_a_run_that_fails_midway_leaves_out_as_it_was(
+    how, code, message, register_plugin, smoke_world, earlier, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(Stopper, "how", how)
     register_plugin(StopperPlugin(), "stopper-plugin")
     before = snapshot(earlier)
@@ -524,11 +546,14 @@ def test_staging_folders_of_killed_runs_are_swept_and_nothing_else(tmp_path):
 
     from toolbox import outputs
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    tags = {"killed": {"pid": int(dead), "host": __import__("socket").gethostname()},
-            "running": {"pid": os.getpid(), "host": __import__("socket").gethostname()},
-            "elsewhere": {"pid": int(dead), "host": "another-host"}}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    tags = {
+        "killed": {"pid": int(dead), "host": __import__("socket").gethostname()},
+        "running": {"pid": os.getpid(), "host": __import__("socket").gethostname()},
+        "elsewhere": {"pid": int(dead), "host": "another-host"},
+    }
     for name, tag in tags.items():
         d = tmp_path / f".out{outputs.STAGING_MARK}{name}"
         d.mkdir()
@@ -557,7 +582,7 @@ def test_out_on_another_filesystem_stages_inside_it(host, smoke_world, tmp_path,
 
 def test_a_signed_setting_may_be_negative():
     from toolbox.api import build_config
-    from toolbox_plugins.attacks.families import Stripes
+    from toolbox_plugins.attacks.stripes import Stripes
 
     assert build_config(Stripes, {"angle": "-45"}).angle == -45.0
     with pytest.raises(ValueError, match="must be >= 0"):
@@ -565,6 +590,7 @@ def test_a_signed_setting_may_be_negative():
 
 
 # --------------------------------------------------------------------------- plugins that exit
+
 
 def test_plugin_calling_sys_exit_at_import_is_skipped_and_said_so(fake_distribution, smoke_world, tmp_path, capsys):
     fake_distribution("quitter", "quitter_plugin", "import sys\nsys.exit(4)\n")
@@ -578,14 +604,18 @@ def test_plugin_calling_sys_exit_at_import_is_skipped_and_said_so(fake_distribut
 
 
 def test_plugin_calling_sys_exit_in_a_hook_is_skipped_and_said_so(fake_distribution, capsys):
-    fake_distribution("hookquit", "hookquit_plugin", """
+    fake_distribution(
+        "hookquit",
+        "hookquit_plugin",
+        """
         import sys
         from toolbox.hookspecs import hookimpl
 
         @hookimpl
         def register_attacks(register):
             sys.exit(3)
-    """)
+    """,
+    )
     assert main(["plugins"]) == 0
     doc = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert doc["hookquit"]["status"] == "skipped" and "SystemExit" in doc["hookquit"]["problem"]
@@ -594,6 +624,7 @@ def test_plugin_calling_sys_exit_in_a_hook_is_skipped_and_said_so(fake_distribut
 
 
 # --------------------------------------------------------------------------- adapters, directly
+
 
 def test_imagefolder_named_by_class_is_labelled_by_name_not_position(tmp_path):
     from adapters.datasets import ImageFolderAdapter

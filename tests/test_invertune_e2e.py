@@ -16,9 +16,24 @@ pytestmark = pytest.mark.slow
 ATTACK = ["--attack", "badnet", "--attack-param", "poison_rate=0.1", "--attack-param", "epochs=3"]
 # Fewer steps for CI; purify_when_clean so the test exercises the pipeline whatever the verdict
 # heuristic (calibrated on the default preset) says about the smaller smoke model.
-FAST = ["-p", "identify.race_steps=15", "-p", "invert.steps=200", "-p", "tune.steps=100", "-p", "n_images=256",
-        "-p", "purify_when_clean=true", "-p", "detectors.inversion.candidates=2",
-        "-p", "detectors.patch.steps=20", "-p", "detectors.patch.restarts=1"]
+FAST = [
+    "-p",
+    "identify.race_steps=15",
+    "-p",
+    "invert.steps=200",
+    "-p",
+    "tune.steps=100",
+    "-p",
+    "n_images=256",
+    "-p",
+    "purify_when_clean=true",
+    "-p",
+    "detectors.inversion.candidates=2",
+    "-p",
+    "detectors.patch.steps=20",
+    "-p",
+    "detectors.patch.restarts=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,24 @@ def test_bf16_finds_the_same_target_and_a_trigger_that_works_as_well(purified, t
     """bf16 autocast runs on the CPU too: the same run in bf16 agrees with fp32 on what matters."""
     _, fp32 = purified
     out = tmp_path / "bf16"
-    assert main(["run", "--defense", "invertune", "--preset", "smoke", "--out", str(out), *ATTACK, *FAST,
-                 "-p", "precision=bf16"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--defense",
+                "invertune",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                *ATTACK,
+                *FAST,
+                "-p",
+                "precision=bf16",
+            ]
+        )
+        == 0
+    )
     bf16 = json.loads((out / "result.json").read_text())
     assert bf16["defense"]["params"]["precision"] == "bf16"
     assert bf16["detection"]["target"] == fp32["detection"]["target"] == "mushroom"
@@ -68,8 +99,16 @@ def test_result_records_profile_stages_and_artifacts(purified):
     assert doc["defense"]["params"]["profile"] == "default"
     assert doc["defense"]["params"]["invert"]["steps"] == 200
     assert {"defense.identify", "defense.invert", "defense.tune"} <= set(doc["timings_s"])
-    for name in ("target_ranking", "target_shift_chart", "inverted_mask", "inverted_pattern", "inverted_example", "inverted_trigger",
-                 "layer_impact", "model"):
+    for name in (
+        "target_ranking",
+        "target_shift_chart",
+        "inverted_mask",
+        "inverted_pattern",
+        "inverted_example",
+        "inverted_trigger",
+        "layer_impact",
+        "model",
+    ):
         assert (out / doc["artifacts"][name]).exists(), name
     rows = list(csv.DictReader((out / doc["artifacts"]["target_ranking"]).open()))
     assert rows[0]["class"] == doc["detection"]["ranking_top5"][0]["class"]
@@ -79,8 +118,24 @@ def test_result_records_profile_stages_and_artifacts(purified):
 
 def test_known_target_skips_identification(host, smoke_world, tmp_path):
     out = tmp_path / "given"
-    argv = ["run", "--defense", "invertune", "--preset", "smoke", "--out", str(out), *ATTACK,
-            "-p", "target=mushroom", "-p", "invert.steps=100", "-p", "tune.steps=20", "-p", "n_images=128"]
+    argv = [
+        "run",
+        "--defense",
+        "invertune",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        *ATTACK,
+        "-p",
+        "target=mushroom",
+        "-p",
+        "invert.steps=100",
+        "-p",
+        "tune.steps=20",
+        "-p",
+        "n_images=128",
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["detection"]["target_given"] is True and doc["detection"]["backdoored"] is None

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
+from planted import CLASSES, PATCH, STRIPES, TARGET, PlantedClip, colour_images
 from torch import Tensor
 
 from invertune_plugin.cascade import SearchContext
 from invertune_plugin.detectors.linf import LinfConfig, LinfSearch
 from invertune_plugin.detectors.patch import PatchSearchConfig, RefinedPatchSearch
 from invertune_plugin.detectors.stripes import StripeSearch, StripeSearchConfig
-from invertune_plugin.refine import RefineConfig, refine_patches
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
 from invertune_plugin.invert import InvertConfig, invert
-from invertune_plugin.tune import (TuneConfig, critical_neurons, layer_impacts, select_layers, tune,
-                                   writer_rows)
+from invertune_plugin.refine import RefineConfig, refine_patches
+from invertune_plugin.tune import TuneConfig, critical_neurons, layer_impacts, select_layers, tune, writer_rows
+from toolbox.hookspecs import hookimpl
 from toolbox.zeroshot import ZeroShotHead
-
-from planted import CLASSES, PATCH, STRIPES, TARGET, PlantedClip, colour_images
 
 CPU = torch.device("cpu")
 TEMPLATES = ["a photo of a {}."]
@@ -46,8 +46,12 @@ def test_fooling_loss_stops_at_the_margin():
 
 def test_untargeted_identification_ranks_the_planted_target_first():
     model = PlantedClip()
-    ident = identify(model, colour_images(96), head_for(model),
-                     IdentifyConfig(method="untargeted", steps=60, batch_size=32, global_eps=(16 / 255,)))
+    ident = identify(
+        model,
+        colour_images(96),
+        head_for(model),
+        IdentifyConfig(method="untargeted", steps=60, batch_size=32, global_eps=(16 / 255,)),
+    )
     assert ident.target == TARGET and ident.ranking[0][0] == TARGET and ident.method == "untargeted"
     assert len(ident.uaps) == 4
     corner = next(u for u in ident.uaps if u.kind == "patch@bottom-right")
@@ -58,15 +62,22 @@ def test_anomaly_index_is_a_robust_z_score_of_the_top_class():
     from invertune_plugin.identify import Identification
 
     scores = [0.47, 0.3, 0.29, 0.2, 0.0, -0.1]  # median 0.245, MAD 0.14
-    ident = Identification(ranking=list(zip("abcdef", scores)), target="a", agreement=1.0, consensus_shift=0.47,
-                           margin=0.17, uaps=[], classnames=list("abcdef"))
+    ident = Identification(
+        ranking=list(zip("abcdef", scores)),
+        target="a",
+        agreement=1.0,
+        consensus_shift=0.47,
+        margin=0.17,
+        uaps=[],
+        classnames=list("abcdef"),
+    )
     assert ident.anomaly_index == pytest.approx((0.47 - 0.245) / (1.4826 * 0.14))
     flat = dataclasses.replace(ident, ranking=[(c, 0.2) for c in "abcdef"])
     assert flat.anomaly_index == 0.0 and ident.evidence()["anomaly_index"] == round(ident.anomaly_index, 4)
 
 
 def test_success_counts_only_images_not_already_of_the_target_and_gives_their_mean_margin():
-    from invertune_plugin.identify import success
+    from invertune_plugin.race import success
 
     class Fixed(ZeroShotHead):  # a head whose logits are given: the margin is exact
         def __init__(self, logits: Tensor) -> None:  # no super().__init__: nothing to embed
@@ -118,8 +129,9 @@ def test_refined_patch_on_the_planted_corner_is_an_effective_small_trigger():
     trigger = patch_trigger(winner.patch, winner.location, size, winner.target, winner.holdout_rate)
     assert trigger.mask.shape == (1, size, size) and trigger.mask_l1 == winner.patch.shape[-1] ** 2
     x = images[:8].float() / 255
-    assert torch.equal(trigger(x)[..., -winner.patch.shape[-1]:, -winner.patch.shape[-1]:],
-                       winner.patch.expand(8, -1, -1, -1))
+    assert torch.equal(
+        trigger(x)[..., -winner.patch.shape[-1] :, -winner.patch.shape[-1] :], winner.patch.expand(8, -1, -1, -1)
+    )
     assert (head.predict(model, trigger(x)) == CLASSES.index(TARGET)).float().mean() > 0.9
 
 
@@ -128,15 +140,21 @@ def _refinement_case(model: PlantedClip, refine_steps: int):
     head = head_for(model)
     images = colour_images(96)
     cfg = IdentifyConfig(race_steps=10, batch_size=32)
-    return search_context(model, images, head, cfg, identify(model, images, head, cfg)), \
-        {"classes": 2, "steps": refine_steps, "restarts": 2}
+    return search_context(model, images, head, cfg, identify(model, images, head, cfg)), {
+        "classes": 2,
+        "steps": refine_steps,
+        "restarts": 2,
+    }
 
 
 def test_refinement_on_a_clean_model_finds_no_effective_patch_or_global_perturbation():
     model = PlantedClip(backdoor=False)
     ctx, budget = _refinement_case(model, refine_steps=40)
-    for detector, config in ((RefinedPatchSearch, PatchSearchConfig), (StripeSearch, StripeSearchConfig),
-                             (LinfSearch, LinfConfig)):
+    for detector, config in (
+        (RefinedPatchSearch, PatchSearchConfig),
+        (StripeSearch, StripeSearchConfig),
+        (LinfSearch, LinfConfig),
+    ):
         found = detector(config(**budget)).search(ctx)
         assert len(found) == 2 and not any(f.passed for f in found), detector.name  # every class tried, none passed
         assert all(f.gate_ratio < 1 for f in found)
@@ -207,8 +225,9 @@ def test_screened_restarts_run_the_rest_only_for_a_passing_screen_and_repick_ove
     def run(confirm, config=budget):
         ran.clear()
         rated.clear()
-        best, n, rating = refine_mod.screened_restarts(None, images, None, 0, None, IdentifyConfig(), config, 0,
-                                                       lambda p: rated.append(p) or p, confirm)
+        best, n, rating = refine_mod.screened_restarts(
+            None, images, None, 0, None, IdentifyConfig(), config, 0, lambda p: rated.append(p) or p, confirm
+        )
         assert rating is best  # the rating returned is the pick's
         return (best, n), list(ran)
 
@@ -233,8 +252,8 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
     """On planted models: a class that is no trigger costs one restart, then the next class is
     tried; the trigger gets all three, with the pick an unscreened run makes."""
     from invertune_plugin import seeds
-    from toolbox.primitives.perturbations import stripe_family
     from invertune_plugin.refine import refine_globals
+    from toolbox.primitives.perturbations import stripe_family
 
     planted = PlantedClip()
     ctx, budget = _refinement_case(planted, refine_steps=30)
@@ -242,16 +261,24 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
     stop = RefinedPatchSearch(patch_cfg).passes
     ident = ctx.ident
     other = next(c for c, _ in ident.ranking if c != TARGET)
-    target_second = dataclasses.replace(ident, ranking=[r for r in ident.ranking if r[0] == other]
-                                        + [r for r in ident.ranking if r[0] != other])
+    target_second = dataclasses.replace(
+        ident, ranking=[r for r in ident.ranking if r[0] == other] + [r for r in ident.ranking if r[0] != other]
+    )
     assert [c for c, _ in target_second.ranking[:2]] == [other, TARGET]
     refined = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify, patch_cfg, accept=stop)
     assert [(p.target, p.restarts) for p in refined] == [(other, 1), (TARGET, 3)]
     assert refined[0].holdout_rate < patch_cfg.min_rate <= refined[1].holdout_rate
     unscreened = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify, patch_cfg)
     assert [p.restarts for p in unscreened] == [3, 3] and torch.equal(refined[1].patch, unscreened[1].patch)
-    no_screen = refine_patches(planted, ctx.images, ctx.head, target_second, ctx.identify,
-                               dataclasses.replace(patch_cfg, screen_restarts=3), accept=stop)
+    no_screen = refine_patches(
+        planted,
+        ctx.images,
+        ctx.head,
+        target_second,
+        ctx.identify,
+        dataclasses.replace(patch_cfg, screen_restarts=3),
+        accept=stop,
+    )
     assert [p.restarts for p in no_screen] == [3, 3]
 
     textured = PlantedClip(stripes="texture")
@@ -261,8 +288,17 @@ def test_refinement_screens_each_class_and_confirms_a_trigger_with_every_restart
     assert found[-1].target == TARGET and found[-1].evidence["restarts"] == 3
     assert all(f.evidence["restarts"] == 1 for f in found[:-1])
     family = stripe_family(32, stripes_cfg.eps)
-    unscreened_globals = refine_globals(textured, ctx.images, ctx.head, ctx.ident, ctx.identify, stripes_cfg, family,
-                                        stripes_cfg.eps, seeds.STRIPES_STREAM)
+    unscreened_globals = refine_globals(
+        textured,
+        ctx.images,
+        ctx.head,
+        ctx.ident,
+        ctx.identify,
+        stripes_cfg,
+        family,
+        stripes_cfg.eps,
+        seeds.STRIPES_STREAM,
+    )
     assert torch.equal(found[-1].trigger.delta, next(g for g in unscreened_globals if g.target == TARGET).delta)
 
 
@@ -281,15 +317,23 @@ def test_a_global_perturbation_that_fails_sign_flipped_is_not_a_trigger():
 
 def test_global_refinement_takes_its_classes_from_the_race_global_family():
     from invertune_plugin.identify import Identification, UAPResult
-    from toolbox.primitives.perturbations import stripe_family
     from invertune_plugin.refine import global_ranking
+    from toolbox.primitives.perturbations import stripe_family
 
     def uap(kind: str, shift: list[float]) -> UAPResult:
         return UAPResult(kind=kind, shift=torch.tensor(shift), fooling_rate=1.0, perturb=lambda x: x)
 
     patch, glob = uap("race:patch@center", [0.9, 0.1, 0.0, 0.0]), uap("race:global@32/255", [0.2, 0.0, 0.5, 0.3])
-    ident = Identification(ranking=[(CLASSES[i], 0.0) for i in (0, 2, 3, 1)], target=CLASSES[0], agreement=0.5,
-                           consensus_shift=0.9, margin=0.4, uaps=[patch, glob], classnames=CLASSES, method="targeted")
+    ident = Identification(
+        ranking=[(CLASSES[i], 0.0) for i in (0, 2, 3, 1)],
+        target=CLASSES[0],
+        agreement=0.5,
+        consensus_shift=0.9,
+        margin=0.4,
+        uaps=[patch, glob],
+        classnames=CLASSES,
+        method="targeted",
+    )
     assert global_ranking(ident) == [CLASSES[2], CLASSES[3], CLASSES[0], CLASSES[1]]
     assert global_ranking(dataclasses.replace(ident, uaps=[patch])) == [c for c, _ in ident.ranking]
     fam = stripe_family(32, 0.2)  # a column profile alone is vertical stripes, the same in every row and channel
@@ -299,19 +343,26 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
     assert float(delta.abs().max()) <= 0.2
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("detectors.stripes.family", "checkers", "family must be one of stripes, separable"),
-    ("identify.method", "race", "method must be one of targeted, untargeted"),
-    ("identify.race_patch_param", "logit", "race_patch_param"),
-    ("identify.race_aggregate", "median", "race_aggregate"),
-    ("identify.race_patch_locations", "bottom-right,middle", "race_patch_locations: unknown trigger location 'middle'"),
-    ("detectors.patch.restarts", "0", "restarts must be >= 1"),
-    ("detectors.linf.screen_restarts", "0", "screen_restarts must be >= 1"),
-    ("detectors.patch.round_check", "never", "round_check must be"),
-    ("detectors.inversion.rounds", "0", "rounds must be >= 1"),
-    ("cascade", "inversion,nonesuch", "unknown detector 'nonesuch'"),
-    ("identify.holdout_fraction", "1.0", "holdout_fraction"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("detectors.stripes.family", "checkers", "family must be one of stripes, separable"),
+        ("identify.method", "race", "method must be one of targeted, untargeted"),
+        ("identify.race_patch_param", "logit", "race_patch_param"),
+        ("identify.race_aggregate", "median", "race_aggregate"),
+        (
+            "identify.race_patch_locations",
+            "bottom-right,middle",
+            "race_patch_locations: unknown trigger location 'middle'",
+        ),
+        ("detectors.patch.restarts", "0", "restarts must be >= 1"),
+        ("detectors.linf.screen_restarts", "0", "screen_restarts must be >= 1"),
+        ("detectors.patch.round_check", "never", "round_check must be"),
+        ("detectors.inversion.rounds", "0", "rounds must be >= 1"),
+        ("cascade", "inversion,nonesuch", "unknown detector 'nonesuch'"),
+        ("identify.holdout_fraction", "1.0", "holdout_fraction"),
+    ],
+)
 def test_bad_stage_settings_are_refused_when_configured(key, value, message):
     """A bad stage-1 or detector setting fails when the defense is configured, before any model is loaded."""
     from invertune_plugin.defense import InverTune
@@ -334,8 +385,7 @@ def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
 
 def test_inversion_recovers_the_planted_patch_location():
     model = PlantedClip()
-    trigger = invert(model, colour_images(96), head_for(model), TARGET,
-                     InvertConfig(steps=200, batch_size=32))
+    trigger = invert(model, colour_images(96), head_for(model), TARGET, InvertConfig(steps=200, batch_size=32))
     assert trigger.holdout_asr > 0.9
     mask = trigger.mask.mean(0)  # [H, W]
     corner = mask[-PATCH:, -PATCH:].sum()
@@ -434,7 +484,9 @@ def test_tuning_leaves_the_suspect_models_batch_norm_statistics_alone():
     images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
     head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
     cfg = TuneConfig(steps=2, batch_size=16, guard_every=1, guard_images=16)
-    tuned, report = tune(model, images, lambda x: x.flip(-1), head, cfg, reference=guard_reference(model, images, head, cfg, 0))
+    tuned, report = tune(
+        model, images, lambda x: x.flip(-1), head, cfg, reference=guard_reference(model, images, head, cfg, 0)
+    )
     assert report.history[0]["preserve"] == pytest.approx(0.0, abs=1e-10), "reference embeddings in eval mode"
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before.items())
@@ -481,9 +533,16 @@ def test_agreement_guard_rolls_back_to_the_last_checkpoint_that_kept_predictions
 
 # a planted-model defense run: small settings, and no inverted mask can pass (max_mask_fraction=0),
 # so the refinement detectors must decide
-PLANTED_DEFENSE = {"n_images": "96", "identify.race_steps": "10", "identify.batch_size": "32", "invert.steps": "20",
-                   "detectors.inversion.max_mask_fraction": "0.0", "tune.steps": "5", "tune.batch_size": "16",
-                   **{f"detectors.{d}.{k}": "2" for d in ("patch", "stripes", "linf") for k in ("classes", "restarts")}}
+PLANTED_DEFENSE = {
+    "n_images": "96",
+    "identify.race_steps": "10",
+    "identify.batch_size": "32",
+    "invert.steps": "20",
+    "detectors.inversion.max_mask_fraction": "0.0",
+    "tune.steps": "5",
+    "tune.batch_size": "16",
+    **{f"detectors.{d}.{k}": "2" for d in ("patch", "stripes", "linf") for k in ("classes", "restarts")},
+}
 
 
 def refine_steps(n: int) -> dict[str, str]:
@@ -495,8 +554,9 @@ def findings(det: dict, detector: str) -> list[dict] | None:
     return next((step.get("findings") for step in det["cascade"] if step["detector"] == detector), None)
 
 
-def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[str, str],
-                     base: dict[str, str] = PLANTED_DEFENSE):
+def _planted_defense(
+    monkeypatch, tmp_path, model: PlantedClip, overrides: dict[str, str], base: dict[str, str] = PLANTED_DEFENSE
+):
     """Configure InverTune for a planted model with stage 3 recorded, not run (the planted model
     has no layers to tune). Returns the defense, its context and the list of triggers stage 3 got."""
     from torch.utils.data import TensorDataset
@@ -507,13 +567,19 @@ def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[
     from toolbox.api import DefenseContext, ImageData
 
     tuned_with: list = []
-    monkeypatch.setattr(defense_mod, "tune", lambda m, i, trig, h, c, s, ref=None, adversary=None: tuned_with.append(trig) or (m, TuneReport([])))
+    monkeypatch.setattr(
+        defense_mod,
+        "tune",
+        lambda m, i, trig, h, c, s, ref=None, adversary=None: tuned_with.append(trig) or (m, TuneReport([])),
+    )
     images = colour_images(96)
-    data = ImageData(dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled",
-                     source="planted")
+    data = ImageData(
+        dataset=TensorDataset(images.float() / 255, torch.arange(len(images))), kind="unlabelled", source="planted"
+    )
     defense = InverTune(InverTune.configure({**base, **overrides}))
-    ctx = DefenseContext(model=model, clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0,
-                         device=CPU, workdir=tmp_path)
+    ctx = DefenseContext(
+        model=model, clean_data=data, classnames=CLASSES, templates=TEMPLATES, seed=0, device=CPU, workdir=tmp_path
+    )
     return defense, ctx, tuned_with
 
 
@@ -521,32 +587,41 @@ def _planted_defense(monkeypatch, tmp_path, model: PlantedClip, overrides: dict[
 def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_path, monkeypatch, round_check):
     import invertune_plugin.detectors.patch as patch_mod
 
-    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), {
-        **refine_steps(30),
-        # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
-        "min_round_asr": "0.0", "detectors.patch.round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
-        "detectors.patch.round_check": round_check.split("-")[0], "detectors.patch.rounds": "2"})
+    defense, ctx, tuned_with = _planted_defense(
+        monkeypatch,
+        tmp_path,
+        PlantedClip(),
+        {
+            **refine_steps(30),
+            # round 2 runs whatever 20 inversion steps reach, unless the patch check (faked to 0.5) stops it
+            "min_round_asr": "0.0",
+            "detectors.patch.round_check_rate": "0.6" if round_check == "patch-gone" else "0.0",
+            "detectors.patch.round_check": round_check.split("-")[0],
+            "detectors.patch.rounds": "2",
+        },
+    )
     images = colour_images(96)
     if round_check == "patch-gone":  # the tuned model has no patch trigger left: no second round
         real = patch_mod.refine_patch
-        monkeypatch.setattr(patch_mod, "refine_patch",
-                            lambda *a, **k: dataclasses.replace(real(*a, **k), holdout_rate=0.5))
+        monkeypatch.setattr(
+            patch_mod, "refine_patch", lambda *a, **k: dataclasses.replace(real(*a, **k), holdout_rate=0.5)
+        )
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
     assert det["inverted_trigger"]["source"] == "stage 1 refined patch"
-    assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH ** 2 / images.shape[-1] ** 2, abs=1e-3)
+    assert det["inverted_trigger"]["mask_fraction"] == pytest.approx(PATCH**2 / images.shape[-1] ** 2, abs=1e-3)
     # the cascade: the inversion ran and failed its mask gate, then the patch search followed stage 1's
     # order and stopped at the first effective patch; the later detectors never ran
     assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch"]
     assert not findings(det, "inversion")[0]["passed"] and det["score"] >= 1
     patches = findings(det, "patch")
-    assert [p["class"] for p in patches] == [r["class"] for r in det["ranking_top5"][:len(patches)]]
+    assert [p["class"] for p in patches] == [r["class"] for r in det["ranking_top5"][: len(patches)]]
     assert patches[-1]["class"] == TARGET and patches[-1]["holdout_rate"] >= 0.95 and patches[-1]["passed"]
     assert all(p["holdout_rate"] < 0.95 and not p["passed"] for p in patches[:-1])
     assert "detect.patch" in outcome.timings_s and "detect.stripes" not in outcome.timings_s
     trigger, x = outcome.triggers["inverted"], colour_images(8).float() / 255
-    assert torch.equal(tuned_with[0](x), trigger(x)) and trigger.mask_l1 == PATCH ** 2
+    assert torch.equal(tuned_with[0](x), trigger(x)) and trigger.mask_l1 == PATCH**2
     # round 1 tunes against the refined patch for the patch detector's tune_steps (100), not tune.steps (5 here)
     assert outcome.info["rounds"][0]["tune_steps"] == PatchSearchConfig().tune_steps == 100
     # detectors.patch.rounds=2: a second round on the "tuned" model (here: unchanged)
@@ -566,8 +641,7 @@ def test_defense_takes_a_refined_patch_when_inversion_finds_no_small_mask(tmp_pa
 
 
 def test_defense_takes_a_refined_global_perturbation_when_no_mask_or_patch_works(tmp_path, monkeypatch):
-    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(stripes="texture"),
-                                                refine_steps(40))
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(stripes="texture"), refine_steps(40))
     images = colour_images(96)
     outcome = defense.defend(ctx)
     det = outcome.detection
@@ -595,9 +669,12 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
     import invertune_plugin.defense as defense_mod
 
     with_inversion = case != "without-inversion"
-    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(noise=True),
-                                                {**refine_steps(40),
-                                                 "detectors.linf.tune_with_inversion": str(with_inversion).lower()})
+    defense, ctx, tuned_with = _planted_defense(
+        monkeypatch,
+        tmp_path,
+        PlantedClip(noise=True),
+        {**refine_steps(40), "detectors.linf.tune_with_inversion": str(with_inversion).lower()},
+    )
     if case == "target-second":  # stage 1 ranks another class first: stage 2 inverts toward that one
         real_identify = defense_mod.identify
 
@@ -609,7 +686,9 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
         monkeypatch.setattr(defense_mod, "identify", other_first)
     inversions: list = []
     real_invert = cascade_mod.invert  # stage 2's inversions, run for the detectors
-    monkeypatch.setattr(cascade_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1])
+    monkeypatch.setattr(
+        cascade_mod, "invert", lambda *a, **k: inversions.append(real_invert(*a, **k)) or inversions[-1]
+    )
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["target"] == TARGET == outcome.target
@@ -636,7 +715,7 @@ def test_defense_takes_a_refined_linf_perturbation_when_nothing_else_works(tmp_p
     assert torch.equal(tuned_with[0](x)[1::2], inversions[-1](x[1::2]))
 
 
-def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch):
+def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch, register_plugin):
     """A toy detector, registered like the built-ins, joins the cascade by name: its config is set
     with -p detectors.NAME.KEY, its passing finding is the trigger, its tuning rule applies."""
     from invertune_plugin import cascade
@@ -652,12 +731,23 @@ def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch):
         def search(self, ctx):
             patch = torch.full((3, PATCH, PATCH), self.config.colour)
             trigger = patch_trigger(patch, "bottom-right", ctx.images.shape[-1], TARGET, 1.0)
-            return [cascade.Finding(self.name, TARGET, trigger, True, 2.5, {"class": TARGET, "colour": self.config.colour})]
+            return [
+                cascade.Finding(self.name, TARGET, trigger, True, 2.5, {"class": TARGET, "colour": self.config.colour})
+            ]
 
-    monkeypatch.setitem(cascade.DETECTORS, "corner", Corner)  # what @cascade.register does, undone afterwards
+    @hookimpl
+    def register_detectors(register):
+        register(Corner)
+
+    register_plugin(types.SimpleNamespace(register_detectors=register_detectors), "corner-plugin")
     base = {k: v for k, v in PLANTED_DEFENSE.items() if not k.startswith("detectors.") or ".inversion." in k}
-    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), {
-        "cascade": "inversion,corner", "detectors.corner.colour": "1.0", "detectors.corner.tune_steps": "7"}, base)
+    defense, ctx, tuned_with = _planted_defense(
+        monkeypatch,
+        tmp_path,
+        PlantedClip(),
+        {"cascade": "inversion,corner", "detectors.corner.colour": "1.0", "detectors.corner.tune_steps": "7"},
+        base,
+    )
     outcome = defense.defend(ctx)
     det = outcome.detection
     assert det["backdoored"] is True and det["verdict"] == "backdoored" and det["target"] == TARGET
@@ -665,7 +755,9 @@ def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch):
     assert [step["detector"] for step in det["cascade"]] == ["inversion", "corner"]
     assert findings(det, "corner") == [{"class": TARGET, "colour": 1.0, "passed": True, "gate_ratio": 2.5}]
     assert tuned_with[0] is outcome.triggers["inverted"] and outcome.info["rounds"][0]["tune_steps"] == 7
-    monkeypatch.undo()
+    from toolbox import plugins
+
+    plugins.pm.unregister(name="corner-plugin")
     with pytest.raises(ValueError, match="unknown detector 'corner'"):  # gone with its registration
         type(defense).configure({"cascade": "inversion,corner"})
 
@@ -690,18 +782,23 @@ def test_alternate_gives_each_image_its_trigger_and_both_signs_is_one():
 @pytest.mark.parametrize("family_index", [0, 3])  # a pixel patch and the global L-inf family
 def test_classes_raced_together_match_one_at_a_time(family_index):
     """The batched race is the same optimisation: each class its own init, batches and Adam state."""
+    from invertune_plugin.race import race_families, targeted_uap, targeted_uaps
     from toolbox.primitives.tensors import frozen
-    from invertune_plugin.identify import race_families, targeted_uap, targeted_uaps
 
     model, images = PlantedClip(), colour_images(64)
     head, cfg = head_for(model), IdentifyConfig(batch_size=16)
     family = race_families(images.shape[-1], cfg)[family_index]
     targets, seeds_ = [0, 2, 3], [11, 12, 13]
     with frozen(model):
-        together = targeted_uaps(model, head, images, family, targets, cfg, 6,
-                                 [torch.Generator().manual_seed(s) for s in seeds_])
-        alone = torch.stack([targeted_uap(model, head, images, family, c, cfg, 6, torch.Generator().manual_seed(s))
-                             for c, s in zip(targets, seeds_)])
+        together = targeted_uaps(
+            model, head, images, family, targets, cfg, 6, [torch.Generator().manual_seed(s) for s in seeds_]
+        )
+        alone = torch.stack(
+            [
+                targeted_uap(model, head, images, family, c, cfg, 6, torch.Generator().manual_seed(s))
+                for c, s in zip(targets, seeds_)
+            ]
+        )
     assert together.shape == alone.shape and torch.allclose(together, alone, atol=1e-5)
 
 
@@ -742,8 +839,9 @@ def test_an_adversary_applies_the_trigger_until_refreshed_then_moves_only_itself
     assert torch.equal(adversary(x)[:, outside], x[:, outside]), "only the box moves"
     assert 0 <= float(adversary.param.detach().min()) and float(adversary.param.detach().max()) <= 1
 
-    delta = additive(additive_trigger(0.01 * torch.ones(3, *x.shape[-2:]), TARGET, 1.0), eps=0.05,
-                     target=head.index(TARGET))
+    delta = additive(
+        additive_trigger(0.01 * torch.ones(3, *x.shape[-2:]), TARGET, 1.0), eps=0.05, target=head.index(TARGET)
+    )
     delta.refresh(model, head, x, steps=20, lr=0.05)
     assert float(delta.param.abs().max()) <= 0.05 + 1e-7
     with pytest.raises(ValueError):
@@ -788,8 +886,9 @@ def test_race_early_stops_leave_the_median_and_the_classes_above_it_alone():
     images reach its target stops; the median class and those above it keep their full-length rates."""
     from dataclasses import replace
 
+    from invertune_plugin.identify import fit_and_holdout
+    from invertune_plugin.race import race_families, race_family
     from toolbox.primitives.tensors import frozen
-    from invertune_plugin.identify import fit_and_holdout, race_families, race_family
 
     model, images = PlantedClip(), colour_images(96)
     head = head_for(model)

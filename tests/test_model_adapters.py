@@ -15,8 +15,15 @@ import safetensors.torch
 import torch
 
 from adapters.clip_model import OpenClipModel, build_clip
-from adapters.models import (OpenAICheckpointAdapter, OpenClipDirAdapter, OpenClipFileAdapter,
-                             UnsafeCheckpointError, VisualOnlyAdapter, infer_openai_cfg, write_openclip_dir)
+from adapters.models import (
+    OpenAICheckpointAdapter,
+    OpenClipDirAdapter,
+    OpenClipFileAdapter,
+    UnsafeCheckpointError,
+    VisualOnlyAdapter,
+    infer_openai_cfg,
+    write_openclip_dir,
+)
 from toolbox.compat import import_open_clip
 
 pytestmark = pytest.mark.slow
@@ -78,8 +85,7 @@ def test_openclip_name_plus_weights_round_trip(real_model, tmp_path, suffix):
 def test_openai_style_checkpoint_round_trip(real_model, tmp_path, wrapped, prefix):
     _, cfg, model = real_model
     sd = {("module." if prefix else "") + k: v for k, v in model.clip.state_dict().items() if k != "attn_mask"}
-    ckpt = {"epoch": 3, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5}]}} \
-        if wrapped else sd
+    ckpt = {"epoch": 3, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5}]}} if wrapped else sd
     path = tmp_path / "epoch_3.pt"
     torch.save(ckpt, path)
     adapter = OpenAICheckpointAdapter()
@@ -99,8 +105,7 @@ def test_openai_style_checkpoint_round_trip(real_model, tmp_path, wrapped, prefi
 
 def test_openai_checkpoint_in_half_precision_keeps_its_dtype(real_model, tmp_path):
     _, _, model = real_model
-    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.clip.state_dict().items()
-          if k != "attn_mask"}
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.clip.state_dict().items() if k != "attn_mask"}
     torch.save({"state_dict": sd}, tmp_path / "half.pt")
     adapter = OpenAICheckpointAdapter()
     loaded = adapter.load(str(tmp_path / "half.pt"), CPU)
@@ -158,8 +163,9 @@ def test_tiny_configs_round_trip_through_openai_format(tmp_path, preset):
     cfg = get_preset(preset).model_cfg
     torch.manual_seed(0)
     model = OpenClipModel(build_clip(cfg), cfg)
-    torch.save({"state_dict": {k: v for k, v in model.clip.state_dict().items() if k != "attn_mask"}},
-               tmp_path / "t.pt")
+    torch.save(
+        {"state_dict": {k: v for k, v in model.clip.state_dict().items() if k != "attn_mask"}}, tmp_path / "t.pt"
+    )
     loaded = OpenAICheckpointAdapter().load(str(tmp_path / "t.pt"), CPU)
     # No model_cfg in the file and GELU vs QuickGELU cannot be read from shapes: with the
     # OpenAI convention (QuickGELU) the shapes fit and text heads follow width // 64.
@@ -172,11 +178,24 @@ def test_hugging_face_clip_directory_round_trip(tmp_path):
     from adapters.hf_clip import HFClipAdapter, HFClipModel
 
     cfg = transformers.CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=32, vocab_size=49408),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=32)
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            vocab_size=49408,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=32,
+    )
     torch.manual_seed(0)
     hf = transformers.CLIPModel(cfg).eval()
     hf.save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
@@ -190,9 +209,14 @@ def test_hugging_face_clip_directory_round_trip(tmp_path):
     assert_same(original, adapter.load(str(back), CPU).model)
 
 
-@pytest.mark.parametrize("bad", [{"embed_dim": 8, "text_cfg": {"hf_model_name": "someone/weights"}},
-                                 {"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}},
-                                 {"embed_dim": 8, "vision_cfg": {"width": 10 ** 7}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"embed_dim": 8, "text_cfg": {"hf_model_name": "someone/weights"}},
+        {"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}},
+        {"embed_dim": 8, "vision_cfg": {"width": 10**7}},
+    ],
+)
 def test_checkpoint_metadata_cannot_ask_for_foreign_weights_or_huge_models(tmp_path, bad):
     torch.save({"state_dict": {"token_embedding.weight": torch.zeros(2, 2)}, "model_cfg": bad}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="refusing model_cfg"):

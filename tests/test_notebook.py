@@ -25,15 +25,26 @@ def test_the_recorded_command_is_the_cli_line_of_the_call():
     from toolbox.notebook import equivalent_command
     from toolbox.runner import RunRequest, Sources
 
-    req = RunRequest(defense="invertune", attack="badnet",
-                     sources=Sources(preset="smoke", seed=3, classes="c.txt", asr_include_target=True),
-                     out=Path("runs/x"), defense_params={"n_images": "256"}, attack_params={"epochs": "3"},
-                     skip_unreadable=True, metrics=("worst", "other"))
+    req = RunRequest(
+        defense="invertune",
+        attack="badnet",
+        sources=Sources(preset="smoke", seed=3, classes="c.txt", asr_include_target=True),
+        out=Path("runs/x"),
+        defense_params={"n_images": "256"},
+        attack_params={"epochs": "3"},
+        skip_unreadable=True,
+        metrics=("worst", "other"),
+    )
     cmd = equivalent_command(req)
     assert cmd[:2] == ["toolbox", "run"]
     args = build_parser().parse_args(cmd[1:])
-    assert (args.defense, args.attack, args.preset, args.seed, args.out) == ("invertune", "badnet", "smoke", 3,
-                                                                             Path("runs/x"))
+    assert (args.defense, args.attack, args.preset, args.seed, args.out) == (
+        "invertune",
+        "badnet",
+        "smoke",
+        3,
+        Path("runs/x"),
+    )
     assert args.param == ["n_images=256"] and args.attack_param == ["epochs=3"]
     assert args.skip_unreadable and args.metric == ["worst", "other"]
     assert sources_from(args) == req.sources, "every source field round-trips through the command line"

@@ -25,13 +25,10 @@ def blocks(lang: str) -> list[str]:
 @pytest.fixture
 def guide(register_plugin, monkeypatch):
     """The guide's Python blocks, executed as one module and registered like an installed plugin."""
-    from invertune_plugin import cascade
-
     module = types.ModuleType("guide_plugin")
     monkeypatch.setitem(sys.modules, "guide_plugin", module)  # dataclasses look their module up there
     for block in blocks("python"):
         exec(compile(block, str(DOC), "exec"), module.__dict__)  # noqa: S102  (our own documentation)
-    monkeypatch.setitem(cascade.DETECTORS, "corner", module.Corner)  # @cascade.register's entry, undone after
     register_plugin(module, "guide-plugin")
     return module
 
@@ -68,8 +65,12 @@ def test_the_guides_detector_joins_the_cascade_by_name(guide):
     assert isinstance(corner, guide.Corner) and corner.config.colour == 0.5
     ctx = types.SimpleNamespace(ident=types.SimpleNamespace(target="cat"), images=torch.zeros(2, 3, 32, 32))
     (finding,) = corner.search(ctx)
-    assert finding.target == "cat" and finding.record() == {"class": "cat", "colour": 0.5, "passed": False,
-                                                            "gate_ratio": 0.0}
+    assert finding.target == "cat" and finding.record() == {
+        "class": "cat",
+        "colour": 0.5,
+        "passed": False,
+        "gate_ratio": 0.0,
+    }
     x = torch.zeros(1, 3, 32, 32)
     assert float(finding.trigger(x)[0, :, -4:, -4:].min()) == 0.5 and float(finding.trigger(x)[0, :, :-4].max()) == 0
 
@@ -104,8 +105,13 @@ def test_the_guides_metric_computes_the_worst_class(guide):
 
 def test_every_run_line_of_the_guide_is_one_a_test_runs():
     lines = [ln for b in blocks("bash") for ln in b.splitlines() if ln.startswith("toolbox run")]
-    markers = ["--defense unchanged", ATTACK_LINE, "--metric worst_class_accuracy", "--eval-data smoke-eval.safetensors"]
-    assert sorted(" ".join(documented(m)) for m in markers) == sorted(ln[len("toolbox "):] for ln in lines)
+    markers = [
+        "--defense unchanged",
+        ATTACK_LINE,
+        "--metric worst_class_accuracy",
+        "--eval-data smoke-eval.safetensors",
+    ]
+    assert sorted(" ".join(documented(m)) for m in markers) == sorted(ln[len("toolbox ") :] for ln in lines)
 
 
 def test_the_guides_imports_are_the_public_contract():
@@ -121,8 +127,10 @@ def test_a_builtin_unknown_reserved_or_repeated_metric_is_refused(guide, host, t
     import toolbox
     from toolbox.errors import InputError
 
-    assert main(["run", "--defense", "none", "--preset", "smoke", "--metric", "nonsense", "--out",
-                 str(tmp_path / "a")]) == 2
+    assert (
+        main(["run", "--defense", "none", "--preset", "smoke", "--metric", "nonsense", "--out", str(tmp_path / "a")])
+        == 2
+    )
     assert "unknown metric 'nonsense'" in capsys.readouterr().err
     for names, message in ((["attack_success_rate"], "built-in metric"), (["worst_class_accuracy"] * 2, "twice")):
         with pytest.raises(InputError, match=message):
@@ -180,8 +188,11 @@ def test_the_schema_holds_builtin_keys_to_fractions_and_lets_a_metric_be_any_num
 def write_tensor_file(path: Path, images: torch.Tensor, labels: torch.Tensor, names: list[str]) -> None:
     from safetensors.torch import save_file
 
-    save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(path),
-              metadata={"classnames": "\n".join(names)})
+    save_file(
+        {"images": images.contiguous(), "labels": labels.contiguous()},
+        str(path),
+        metadata={"classnames": "\n".join(names)},
+    )
 
 
 @pytest.mark.slow
@@ -206,8 +217,12 @@ def test_the_guides_adapter_refuses_a_bad_file_in_one_line(guide, smoke_world, t
     write_tensor_file(path, torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 5]), ["a", "b"])
     adapter = guide.TensorFileAdapter()
     assert adapter.detect(str(path))
-    assert main(["run", "--defense", "none", "--preset", "smoke", "--eval-data", str(path), "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            ["run", "--defense", "none", "--preset", "smoke", "--eval-data", str(path), "--out", str(tmp_path / "out")]
+        )
+        == 2
+    )
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]  # one line, no traceback
     assert str(path) in line and "labels must index the class names" in line and not (tmp_path / "out").exists()
     write_tensor_file(path, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), ["a", "b"])

@@ -9,7 +9,7 @@ from toolbox.api import Defense, DefenseOutcome
 from toolbox.cli import main
 from toolbox.hookspecs import hookimpl
 
-DUMMY_PLUGIN = '''
+DUMMY_PLUGIN = """
 from toolbox.api import Defense, DefenseOutcome
 from toolbox.hookspecs import hookimpl
 
@@ -23,7 +23,7 @@ class AcmeDefense(Defense):
 @hookimpl
 def register_defenses(register):
     register(AcmeDefense)
-'''
+"""
 
 
 class RaisingPlugin:
@@ -54,13 +54,15 @@ def test_builtin_and_distribution_plugins_are_loaded(host):
     assert reg.get("defense", "ft").plugin == "baselines" and reg.get("attack", "badnet").plugin == "attacks"
 
 
-@pytest.mark.parametrize("blocked, gone, kept", [
-    ("invertune", ("defense", "invertune"), [("attack", "badnet"), ("defense", "ft")]),
-    ("attacks", ("attack", "badnet"), [("defense", "invertune"), ("defense", "ft")]),
-    ("baselines", ("defense", "ft"), [("defense", "invertune"), ("attack", "badnet")]),
-])
-def test_each_plugin_of_the_distribution_can_be_blocked_alone(blocked, gone, kept, monkeypatch, smoke_world,
-                                                              tmp_path):
+@pytest.mark.parametrize(
+    "blocked, gone, kept",
+    [
+        ("invertune", ("defense", "invertune"), [("attack", "badnet"), ("defense", "ft")]),
+        ("attacks", ("attack", "badnet"), [("defense", "invertune"), ("defense", "ft")]),
+        ("baselines", ("defense", "ft"), [("defense", "invertune"), ("attack", "badnet")]),
+    ],
+)
+def test_each_plugin_of_the_distribution_can_be_blocked_alone(blocked, gone, kept, monkeypatch, smoke_world, tmp_path):
     monkeypatch.setenv(plugins.BLOCK_ENV, blocked)
     plugins.reset_host()
     try:
@@ -144,7 +146,7 @@ def test_allow_list_loads_only_named_plugins(fake_distribution, monkeypatch):
     plugins.reset_host()
     monkeypatch.setenv(plugins.ALLOW_ENV, "")
     names = {p.name for p in plugins.get_host().plugins()}
-    assert names == set(plugins.DEFAULT_PLUGINS)
+    assert names == set(plugins.DEFAULT_PLUGINS) | {"adapters"}  # adapters: the toolbox.default_plugins group
 
 
 def test_plugin_that_fails_to_import_is_skipped(fake_distribution, monkeypatch, caplog):
@@ -158,13 +160,17 @@ def test_plugin_that_fails_to_import_is_skipped(fake_distribution, monkeypatch, 
 
 
 def test_plugin_with_unknown_hook_is_skipped(fake_distribution, caplog):
-    fake_distribution("typo", "typo_plugin", '''
+    fake_distribution(
+        "typo",
+        "typo_plugin",
+        """
         from toolbox.hookspecs import hookimpl
 
         @hookimpl
         def register_defences(register):
             pass
-    ''')
+    """,
+    )
     host = plugins.get_host()
     typo = next(p for p in host.plugins() if p.name == "typo")
     assert typo.status == "skipped" and typo.hooks == []
@@ -194,5 +200,11 @@ def test_plugins_command_prints_json(host, capsys):
     assert main(["plugins"]) == 0
     doc = json.loads(capsys.readouterr().out)
     inv = next(p for p in doc if p["name"] == "invertune")
-    assert inv["version"] and inv["hooks"] == ["register_defenses"] and inv["status"] == "loaded"
-    assert inv["provides"] == ["defense:invertune"]
+    assert inv["version"] and inv["hooks"] == ["register_defenses", "register_detectors"] and inv["status"] == "loaded"
+    assert inv["provides"] == [
+        "defense:invertune",
+        "detector:inversion",
+        "detector:linf",
+        "detector:patch",
+        "detector:stripes",
+    ]

@@ -60,7 +60,10 @@ def test_readme_results_are_numbers_of_the_generated_pages():
     assert len(counts) >= 6
 
     def given(n: int, m: int) -> bool:  # a rate "(n/m)", or a confusion line: n found of m, or n of m clean called
-        return (f"({n}/{m})" in zoo or re.search(rf"TP {n} · FP \d+ · TN \d+ · FN {m - n} ", zoo) is not None
-                or re.search(rf"FP {n} · TN {m - n} ", zoo) is not None)
+        return (
+            f"({n}/{m})" in zoo
+            or re.search(rf"TP {n} · FP \d+ · TN \d+ · FN {m - n} ", zoo) is not None
+            or re.search(rf"FP {n} · TN {m - n} ", zoo) is not None
+        )
 
     assert not [c for c in counts if not given(int(c[0]), int(c[1]))], "an 'N of M' the zoo page does not give"

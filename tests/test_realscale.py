@@ -19,8 +19,18 @@ def test_vit_b_32_at_224_px_with_1000_classes_runs_every_stage(tmp_path):
     realscale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(realscale)
     args = realscale.main.__globals__["argparse"].Namespace(
-        work=str(tmp_path), device="cpu", precision="fp32", profile="quick", images=12, n_images=12,
-        eval_images=8, templates=1, seed=0, eval_batch_size=8, param=[])
+        work=str(tmp_path),
+        device="cpu",
+        precision="fp32",
+        profile="quick",
+        images=12,
+        n_images=12,
+        eval_images=8,
+        templates=1,
+        seed=0,
+        eval_batch_size=8,
+        param=[],
+    )
     record = realscale.run_one(args, "ViT-B-32-quickgelu")
     assert record["classes"] == 1000
     doc = json.loads((tmp_path / "run-ViT-B-32-quickgelu-quick" / "result.json").read_text())

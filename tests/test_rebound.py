@@ -8,14 +8,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from planted import CLASSES, COLORS, PATCH, TARGET
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from toolbox.zeroshot import ZeroShotHead
 from toolbox.api import ImageData
 from toolbox.rebound import ReboundConfig, rebound
-
-from planted import CLASSES, COLORS, PATCH, TARGET
+from toolbox.zeroshot import ZeroShotHead
 
 CPU = torch.device("cpu")
 
@@ -66,10 +65,15 @@ class CounterweightedClip(nn.Module):
 def clean_pairs(n: int = 256) -> ImageData:
     g = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 1, 3])[torch.randint(3, (n,), generator=g)]  # the non-target colours
-    images = (COLORS[labels][:, :, None, None].expand(n, 3, 32, 32)
-              + 0.05 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 0.8)
-    return ImageData(dataset=TensorDataset(images, torch.arange(n)), kind="captioned", source="planted pairs",
-                     captions=[[f"a photo of a {CLASSES[int(y)]}."] for y in labels])
+    images = (
+        COLORS[labels][:, :, None, None].expand(n, 3, 32, 32) + 0.05 * torch.randn(n, 3, 32, 32, generator=g)
+    ).clamp(0, 0.8)
+    return ImageData(
+        dataset=TensorDataset(images, torch.arange(n)),
+        kind="captioned",
+        source="planted pairs",
+        captions=[[f"a photo of a {CLASSES[int(y)]}."] for y in labels],
+    )
 
 
 def asr(model) -> float:
@@ -84,8 +88,11 @@ REBOUND = ReboundConfig(steps=24, lr=1.0, batch_size=32)  # lr x weight decay = 
 
 
 def test_a_silenced_backdoor_comes_back_and_a_removed_one_does_not():
-    backdoored, silenced, removed = (CounterweightedClip(6.0, 0.0), CounterweightedClip(6.0, -6.0),
-                                     CounterweightedClip(0.0, 0.0))
+    backdoored, silenced, removed = (
+        CounterweightedClip(6.0, 0.0),
+        CounterweightedClip(6.0, -6.0),
+        CounterweightedClip(0.0, 0.0),
+    )
     assert asr(backdoored) == 1.0 and asr(silenced) == 0.0 and asr(removed) == 0.0
     pairs = clean_pairs()
     came_back, record = rebound(silenced, pairs, REBOUND, seed=0, device=CPU)
@@ -103,8 +110,13 @@ def test_rebound_draws_the_same_pairs_for_the_same_seed():
     assert torch.equal(a[0], b[0]) and a[1] == b[1] and not torch.equal(a[0], c[0])
 
 
-@pytest.mark.parametrize("args,message", [(["--rebound-steps", "-1"], "rebound steps must be >= 0"),
-                                          (["--rebound-steps", "2", "--rebound-lr", "0"], "lr > 0")])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rebound-steps", "-1"], "rebound steps must be >= 0"),
+        (["--rebound-steps", "2", "--rebound-lr", "0"], "lr > 0"),
+    ],
+)
 def test_bad_rebound_settings_are_refused(host, capsys, args, message):
     from toolbox.cli import main
 
@@ -119,8 +131,25 @@ def test_a_run_records_rebound_metrics_and_compare_shows_them(host, smoke_world,
 
     out = tmp_path / "compare"
     attack = ["--attack-param", "badnet.poison_rate=0.1", "--attack-param", "badnet.epochs=3"]
-    assert main(["compare", "--attacks", "badnet", "--defenses", "none", "--preset", "smoke", "--out", str(out),
-                 "--rebound-steps", "3", *attack]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--attacks",
+                "badnet",
+                "--defenses",
+                "none",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--rebound-steps",
+                "3",
+                *attack,
+            ]
+        )
+        == 0
+    )
     table = (out / "compare.md").read_text()
     assert "badnet ASR rebound" in table and "3 steps of clean fine-tuning" in table
     cell = json.loads((out / "compare.json").read_text())["cells"][0]

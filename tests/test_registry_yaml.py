@@ -15,8 +15,9 @@ def test_registry_yaml_matches_the_hooks(host):
     assert {e["kind"] for e in committed["entries"]} >= {"defense", "attack", "dataset_defense"}
     live = [e for e in catalogue(host.build_registry())["entries"] if e["plugin"] in committed["plugins"]]
     key = lambda e: (e["kind"], e["name"], e["plugin"])  # noqa: E731
-    assert sorted(map(key, committed["entries"])) == sorted(map(key, live)), \
+    assert sorted(map(key, committed["entries"])) == sorted(map(key, live)), (
         "names differ: regenerate with `toolbox list --format yaml > registry.yaml`"
+    )
     live_by_key = {key(e): e for e in live}
     for entry in committed["entries"]:
         current = live_by_key[key(entry)]

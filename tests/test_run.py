@@ -28,8 +28,9 @@ class ShiftDefense(Defense):
         with torch.no_grad():
             model.clip.logit_scale.add_(0.01)
         (ctx.workdir / "note.txt").write_text("hello")
-        return DefenseOutcome(model=model, detection={"backdoored": False},
-                              artifacts={"note": "note.txt"}, timings_s={"shift": 0.0})
+        return DefenseOutcome(
+            model=model, detection={"backdoored": False}, artifacts={"note": "note.txt"}, timings_s={"shift": 0.0}
+        )
 
 
 class ShiftPlugin:
@@ -82,12 +83,20 @@ def test_same_seed_same_numbers(host, smoke_world, tmp_path):
 
 def test_schema_rejects_out_of_range_and_missing_fields():
     good = {
-        "schema": "toolbox.result/1", "created": "x", "versions": {"tool": "0", "plugins": {}, "torch": "x",
-                                                                   "open_clip": "x"},
-        "model": {"id": "m", "arch": "a", "sha256": "0" * 64}, "attack": None,
-        "defense": {"name": "none", "params": {}}, "metric_config": {"ca": {}, "asr": {}},
+        "schema": "toolbox.result/1",
+        "created": "x",
+        "versions": {"tool": "0", "plugins": {}, "torch": "x", "open_clip": "x"},
+        "model": {"id": "m", "arch": "a", "sha256": "0" * 64},
+        "attack": None,
+        "defense": {"name": "none", "params": {}},
+        "metric_config": {"ca": {}, "asr": {}},
         "metrics": {"before": {"ca": 0.5, "asr": None}, "after": {"ca": 0.5, "asr": 0.1}},
-        "detection": None, "timings_s": {}, "seed": 0, "device": "cpu", "artifacts": {}, "data": {},
+        "detection": None,
+        "timings_s": {},
+        "seed": 0,
+        "device": "cpu",
+        "artifacts": {},
+        "data": {},
     }
     results.validate(good)
     bad = json.loads(json.dumps(good))
@@ -114,8 +123,17 @@ def test_interrupted_write_leaves_no_file(tmp_path):
 
 def test_unlabelled_eval_data_is_refused(host, smoke_world, tmp_path, capsys):
     out = tmp_path / "x"
-    argv = ["run", "--defense", "none", "--preset", "smoke", "--out", str(out),
-            "--eval-data", str(smoke_world.world.defender_dir)]
+    argv = [
+        "run",
+        "--defense",
+        "none",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--eval-data",
+        str(smoke_world.world.defender_dir),
+    ]
     assert main(argv) == 2
     assert "must be labelled" in capsys.readouterr().err
 

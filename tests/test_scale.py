@@ -14,8 +14,14 @@ from toolbox.runner import Sources, check_measurement, parse_device
 from toolbox.zeroshot import image_features, loader_workers
 
 
-@pytest.mark.parametrize("have,expected", [({"cuda": True, "mps": True}, "cuda"), ({"cuda": False, "mps": True}, "mps"),
-                                           ({"cuda": False, "mps": False}, "cpu")])
+@pytest.mark.parametrize(
+    "have,expected",
+    [
+        ({"cuda": True, "mps": True}, "cuda"),
+        ({"cuda": False, "mps": True}, "mps"),
+        ({"cuda": False, "mps": False}, "cpu"),
+    ],
+)
 def test_auto_takes_cuda_then_mps_then_cpu(monkeypatch, have, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: have["cuda"])
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: have["mps"])
@@ -44,8 +50,9 @@ def test_auto_is_the_default_everywhere():
     assert args.device == "auto"
 
 
-@pytest.mark.parametrize("field,value,message", [("eval_batch_size", 0, "--eval-batch-size"),
-                                                 ("workers", -1, "--workers")])
+@pytest.mark.parametrize(
+    "field,value,message", [("eval_batch_size", 0, "--eval-batch-size"), ("workers", -1, "--workers")]
+)
 def test_bad_evaluation_settings_are_refused(field, value, message):
     with pytest.raises(InputError, match=message):
         check_measurement(Sources(**{field: value}))
@@ -119,8 +126,11 @@ def test_class_embeddings_are_encoded_once_per_text_tower(monkeypatch):
     from toolbox import zeroshot
     from toolbox.compat import import_open_clip
 
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     torch.manual_seed(0)
     model = OpenClipModel(build_clip(cfg), cfg)
     open_clip = import_open_clip()

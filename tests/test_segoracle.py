@@ -10,13 +10,20 @@ import math
 import pytest
 import torch
 
-from toolbox_plugins.segoracle import oracle as oracle_module
-from toolbox_plugins.segoracle.oracle import (ABSENT_LOGIT, EmbeddedOracleRecipe, SegmentationOracle,
-                                               embedded_oracle, fold_channels, read_class_map, read_logits,
-                                               torchvision_oracle)
-from toolbox_plugins.segoracle.segoracle import (SegOracleConfig, affected_labels, curate, localise_trigger,
-                                                  oracle_labels, victims)
 from toolbox.cli import main
+from toolbox_plugins.segoracle import embedded as embedded_module
+from toolbox_plugins.segoracle.disagreements import affected_labels, oracle_labels, victims
+from toolbox_plugins.segoracle.embedded import EmbeddedOracleRecipe, embedded_oracle
+from toolbox_plugins.segoracle.localise import localise_trigger
+from toolbox_plugins.segoracle.oracle import (
+    ABSENT_LOGIT,
+    SegmentationOracle,
+    fold_channels,
+    read_class_map,
+    read_logits,
+    torchvision_oracle,
+)
+from toolbox_plugins.segoracle.segoracle import SegOracleConfig, curate
 
 VOCAB = ["banana", "lemon", "mushroom"]
 CPU = torch.device("cpu")
@@ -27,14 +34,17 @@ BADNET = ["--attack", "badnet", "--attack-param", "poison_rate=0.1", "--attack-p
 # --------------------------------------------------------------------------- the class-mapping file
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "not found"),
-    ("banana\nlemon\n", "first line must be 'background'"),
-    ("background\n", "first line must be 'background' and at least one class"),
-    ("background\nbanana\npizza\n", "'pizza'"),
-    ("background\nbanana\nbackground\n", "may only be the first line"),
-    ("background\n-\n-\n", "names no vocabulary class"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "not found"),
+        ("banana\nlemon\n", "first line must be 'background'"),
+        ("background\n", "first line must be 'background' and at least one class"),
+        ("background\nbanana\npizza\n", "'pizza'"),
+        ("background\nbanana\nbackground\n", "may only be the first line"),
+        ("background\n-\n-\n", "names no vocabulary class"),
+    ],
+)
 def test_a_bad_class_mapping_file_is_refused_with_a_clear_message(tmp_path, text, message):
     path = tmp_path / "classes.txt"
     if text is not None:
@@ -73,8 +83,9 @@ def lraspp_checkpoint(tmp_path_factory):
     from toolbox.compat import import_torchvision
 
     torch.manual_seed(0)
-    net = import_torchvision().models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                                                             num_classes=4)
+    net = import_torchvision().models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=4
+    )
     path = tmp_path_factory.mktemp("oracle") / "seg.safetensors"
     safetensors.torch.save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(path))
     return path
@@ -87,8 +98,9 @@ def test_a_torchvision_oracle_returns_logits_over_background_and_its_classes(lra
     assert isinstance(oracle, SegmentationOracle) and oracle.classnames == ["banana", "lemon"]
     logits = oracle.segment(torch.rand(2, 3, 64, 64))
     assert logits.shape == (2, 3, 64, 64) and torch.isfinite(logits).all()
-    resized = torchvision_oracle(str(lraspp_checkpoint), "lraspp_mobilenet_v3_large", str(classes), VOCAB, CPU,
-                                 input_size=96)
+    resized = torchvision_oracle(
+        str(lraspp_checkpoint), "lraspp_mobilenet_v3_large", str(classes), VOCAB, CPU, input_size=96
+    )
     assert resized.segment(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)  # read back at the image's size
 
 
@@ -142,7 +154,7 @@ class FixedOracle:
         self.logits = logits
 
     def segment(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits[:len(images)]
+        return self.logits[: len(images)]
 
 
 def test_oracle_labels_are_vocabulary_indices_and_doubt_makes_them_unknown():
@@ -152,8 +164,14 @@ def test_oracle_labels_are_vocabulary_indices_and_doubt_makes_them_unknown():
     logits[1, 1, :8, :4] = 10.0  # half lemon, half banana: confidence 0.5
     logits[1, 2, :8, 4:8] = 10.0
     logits[2, 2, 0, 0] = 10.0  # one banana pixel: too little foreground
-    out = oracle_labels(FixedOracle(logits), torch.zeros(3, 3, 16, 16, dtype=torch.uint8), VOCAB,
-                        min_confidence=0.6, min_foreground=0.02, batch_size=8)
+    out = oracle_labels(
+        FixedOracle(logits),
+        torch.zeros(3, 3, 16, 16, dtype=torch.uint8),
+        VOCAB,
+        min_confidence=0.6,
+        min_foreground=0.02,
+        batch_size=8,
+    )
     assert out.label.tolist() == [VOCAB.index("lemon"), -1, -1]
     assert out.confidence[1].item() == pytest.approx(0.5, abs=1e-3)
     assert out.foreground.shape == (3, 16, 16)
@@ -222,8 +240,9 @@ def test_the_trigger_is_where_the_target_score_is_sensitive_outside_the_object()
     objects = torch.zeros(6, 32, 32, dtype=torch.bool)
     objects[:, 10:22, 10:22] = True  # the oracle's object covers the centre the model also reads
     weights = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    found = localise_trigger(CornerModel(), images, objects, weights, target=1, fraction=16 / 1024, batch_size=4,
-                             device=CPU)
+    found = localise_trigger(
+        CornerModel(), images, objects, weights, target=1, fraction=16 / 1024, batch_size=4, device=CPU
+    )
     assert found.mask.sum() == 16 and found.mask[-4:, -4:].all()
     evidence = found.evidence()
     assert evidence["trigger_bbox"] == {"top": 28, "left": 28, "bottom": 32, "right": 32}
@@ -238,8 +257,9 @@ def test_curate_captions_victims_with_the_oracle_label_and_keeps_agreeing_images
     images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 3, 2, 2).contiguous()
     hit = victims(clip, oracle, [0])
     assert hit.tolist() == [1]  # image 4 disagrees too, but CLIP calls it 2, not an affected label
-    out = curate(images, clip, oracle, hit, ["a", "b", "c"], ["a photo of a {}."], n_clean_keep=2, keep_seed=0,
-                 caption_seed=0)
+    out = curate(
+        images, clip, oracle, hit, ["a", "b", "c"], ["a photo of a {}."], n_clean_keep=2, keep_seed=0, caption_seed=0
+    )
     assert (out.n_victims, out.n_clean, len(out.captions)) == (1, 2, 3)
     rows = [int(img[0, 0, 0]) for img in out.images]
     assert rows[0] == 1 and out.captions[0] == "a photo of a b."  # the oracle's label, not CLIP's
@@ -268,7 +288,7 @@ def test_the_embedded_oracle_is_deterministic_and_cached(tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the cached oracle was built again")
 
-    monkeypatch.setattr(oracle_module, "build_embedded", no_build)
+    monkeypatch.setattr(embedded_module, "build_embedded", no_build)
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
@@ -298,8 +318,18 @@ def test_segoracle_is_a_plugin_of_its_own_and_blockable_alone(host, monkeypatch)
 def test_segoracle_finds_and_removes_a_planted_badnet_on_the_smoke_world(host, smoke_world, tmp_path):
     """A smaller oracle and fine-tuning than the defaults keep it near a minute."""
     out = tmp_path / "segoracle"
-    small = ["-p", "oracle_scenes=2000", "-p", "oracle_epochs=8", "-p", "n_inspect=1500", "-p", "n_clean_keep=300",
-             "-p", "epochs=4"]
+    small = [
+        "-p",
+        "oracle_scenes=2000",
+        "-p",
+        "oracle_epochs=8",
+        "-p",
+        "n_inspect=1500",
+        "-p",
+        "n_clean_keep=300",
+        "-p",
+        "epochs=4",
+    ]
     assert main(["run", "--defense", "segoracle", "--preset", "smoke", "--out", str(out), *BADNET, *small]) == 0
     doc = json.loads((out / "result.json").read_text())
     det, before, after = doc["detection"], doc["metrics"]["before"], doc["metrics"]["after"]

@@ -26,8 +26,22 @@ def test_every_loop_reports_a_rate_and_a_ratio(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     # two classes and eight images keep the race's batch (classes x images) small: seconds, not minutes;
     # one thread, so a busy machine slows it down instead of stalling it
-    argv = ["--models", "tiny-vit", "--steps", "2", "--warmup", "1", "--images", "8", "--classes", "2",
-            "--threads", "1", "--json", str(out)]
+    argv = [
+        "--models",
+        "tiny-vit",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--images",
+        "8",
+        "--classes",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    ]
     threads = torch.get_num_threads()
     try:
         assert script.main(argv) == 0

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from toolbox_plugins.world.world import WorldConfig, write_world
 from toolbox.compat import import_open_clip
+from toolbox_plugins.world.world import WorldConfig, write_world
 
 TINY = WorldConfig(n_train=30, n_eval=28, n_retrieval=6, n_defender=5, seed=5)
 

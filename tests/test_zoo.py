@@ -70,7 +70,10 @@ def test_the_test_split_has_families_dev_lacks_and_another_seed():
 
 def test_a_larger_zoo_is_the_same_spec_at_another_scale():
     big = members(ROOT / "zoo" / "dev.yaml", 600)
-    assert len(big) == 600 and sum(m.kind != "backdoored" for m in big) == load_spec(ROOT / "zoo" / "dev.yaml", 600).n_clean
+    assert (
+        len(big) == 600
+        and sum(m.kind != "backdoored" for m in big) == load_spec(ROOT / "zoo" / "dev.yaml", 600).n_clean
+    )
 
 
 def test_a_members_training_subset_is_seeded_and_keeps_its_captions():
@@ -80,8 +83,9 @@ def test_a_members_training_subset_is_seeded_and_keeps_its_captions():
     from toolbox.zoo.build import HeldPairs, train_subset
 
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
-    data = ImageData(dataset=HeldPairs(images), kind="captioned", source="pairs.csv",
-                     captions=[[f"caption {i}"] for i in range(10)])
+    data = ImageData(
+        dataset=HeldPairs(images), kind="captioned", source="pairs.csv", captions=[[f"caption {i}"] for i in range(10)]
+    )
     a, b, c = train_subset(data, 4, seed=1), train_subset(data, 4, seed=1), train_subset(data, 4, seed=2)
     assert torch.equal(a.dataset.cache, b.dataset.cache) and not torch.equal(a.dataset.cache, c.dataset.cache)
     for i in range(4):  # item i's caption is the one its image had
@@ -97,11 +101,25 @@ def test_localisation_is_the_inverted_masks_share_inside_a_small_real_trigger(ho
     from toolbox.zoo.build import member_trigger
     from toolbox.zoo.evaluate import localisation
 
-    patch = {"id": "z-000", "label": "backdoored", "attack": "patch", "params": {
-        "target": "banana", "poison_rate": 0.05, "content": "solid", "patch_fraction": 0.19, "row": 1.0, "col": 1.0,
-        "trigger_seed": 3}}
-    blend = {**patch, "attack": "blend", "params": {"target": "banana", "poison_rate": 0.05, "pattern": "noise",
-                                                     "alpha": 0.1, "trigger_seed": 3}}
+    patch = {
+        "id": "z-000",
+        "label": "backdoored",
+        "attack": "patch",
+        "params": {
+            "target": "banana",
+            "poison_rate": 0.05,
+            "content": "solid",
+            "patch_fraction": 0.19,
+            "row": 1.0,
+            "col": 1.0,
+            "trigger_seed": 3,
+        },
+    }
+    blend = {
+        **patch,
+        "attack": "blend",
+        "params": {"target": "banana", "poison_rate": 0.05, "pattern": "noise", "alpha": 0.1, "trigger_seed": 3},
+    }
     x = torch.rand(2, 3, 32, 32)
     area = (member_trigger(tmp_path, patch)(x) - x).abs().amax(dim=(0, 1)) > 0
     assert 0 < area.float().mean() < 0.25
@@ -109,23 +127,29 @@ def test_localisation_is_the_inverted_masks_share_inside_a_small_real_trigger(ho
     mask[:, area] = 1.0
     mask[:, ~area] = area.sum() / (~area).sum()  # as much mass outside the patch as inside
     (tmp_path / "run" / "artifacts").mkdir(parents=True)
-    safetensors.torch.save_file({"mask": mask, "pattern": torch.zeros(3, 32, 32)},
-                                str(tmp_path / "run" / "artifacts" / "inverted_trigger.safetensors"))
-    assert localisation(tmp_path, patch, tmp_path / "run") == pytest.approx(0.5, abs=1e-4)
-    assert localisation(tmp_path, blend, tmp_path / "run") is None  # a blend changes every pixel
-    assert localisation(tmp_path, {**patch, "label": "clean"}, tmp_path / "run") is None
-    assert localisation(tmp_path, patch, tmp_path / "elsewhere") is None  # no trigger written
+    safetensors.torch.save_file({"inverted": mask}, str(tmp_path / "run" / "artifacts" / "trigger_masks.safetensors"))
+    doc = {"artifacts": {"trigger_masks": "artifacts/trigger_masks.safetensors"}}  # as the runner records them
+    assert localisation(tmp_path, patch, tmp_path / "run", doc) == pytest.approx(0.5, abs=1e-4)
+    assert localisation(tmp_path, blend, tmp_path / "run", doc) is None  # a blend changes every pixel
+    assert localisation(tmp_path, {**patch, "label": "clean"}, tmp_path / "run", doc) is None
+    assert localisation(tmp_path, patch, tmp_path / "elsewhere", doc) is None  # no masks written
+    assert localisation(tmp_path, patch, tmp_path / "run", {"artifacts": {}}) is None  # the defense gave none
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\nsurprise: 1\n", "unknown keys"),
-    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {alpha: {gauss: [0, 1]}}}\n",
-     "unknown distribution"),
-    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {a: {uniform: [2, 1]}}}\n", "low <= high"),
-    ("name: x\nseed: 1\nmembers: 0\npresets: [smoke]\nfamilies: {badnet: {}}\n", "members >= 1"),
-    ("- just\n- a list\n", "not a mapping"),
-    ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\ntrain_pairs: 0\n", "train_pairs"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\nsurprise: 1\n", "unknown keys"),
+        (
+            "name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {alpha: {gauss: [0, 1]}}}\n",
+            "unknown distribution",
+        ),
+        ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {a: {uniform: [2, 1]}}}\n", "low <= high"),
+        ("name: x\nseed: 1\nmembers: 0\npresets: [smoke]\nfamilies: {badnet: {}}\n", "members >= 1"),
+        ("- just\n- a list\n", "not a mapping"),
+        ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\ntrain_pairs: 0\n", "train_pairs"),
+    ],
+)
 def test_bad_specs_are_input_errors(tmp_path, text, message):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
@@ -174,8 +198,24 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
 
     backdoored = [m["id"] for m in manifest if m["label"] == "backdoored"]  # rebound ASR, scored by the scorer
     rebound = tmp_path / "rebound"
-    assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(rebound), "--rebound-steps", "2",
-                 "--only", ",".join(backdoored)]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "eval",
+                str(zoo),
+                "--defense",
+                "none",
+                "--out",
+                str(rebound),
+                "--rebound-steps",
+                "2",
+                "--only",
+                ",".join(backdoored),
+            ]
+        )
+        == 0
+    )
     [subset] = rebound.glob("only-*/zoo_summary.json")
     rows = json.loads(subset.read_text())["rows"]
     assert rows and all(r["asr_rebound"] is not None and 0 <= r["asr_rebound"] <= 1 for r in rows)

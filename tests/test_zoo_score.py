@@ -8,44 +8,130 @@ import math
 
 import pytest
 
-from toolbox.zoo.score import (MemberOutcome, PurificationBar, markdown_members, markdown_summary, score_population,
-                               write_report)
+from toolbox.zoo.score import (
+    MemberOutcome,
+    PurificationBar,
+    markdown_members,
+    markdown_summary,
+    score_population,
+    write_report,
+)
 
 
-def member(member_id: str, label: str = "backdoored", family: str = "badnet", arch: str = "vit", *,
-           score: float | None = None, verdict: bool | None = None, true_target: str | None = None,
-           predicted_target: str | None = None, ca: tuple[float, float] | None = None,
-           asr: tuple[float, float] | None = None, seconds: float = 1.0,
-           localisation: float | None = None) -> MemberOutcome:
+def member(
+    member_id: str,
+    label: str = "backdoored",
+    family: str = "badnet",
+    arch: str = "vit",
+    *,
+    score: float | None = None,
+    verdict: bool | None = None,
+    true_target: str | None = None,
+    predicted_target: str | None = None,
+    ca: tuple[float, float] | None = None,
+    asr: tuple[float, float] | None = None,
+    seconds: float = 1.0,
+    localisation: float | None = None,
+) -> MemberOutcome:
     ca_before, ca_after = ca if ca else (None, None)
     asr_before, asr_after = asr if asr else (None, None)
-    return MemberOutcome(member_id=member_id, label=label, family=family, arch=arch, true_target=true_target,
-                         score=score, verdict=verdict, predicted_target=predicted_target, ca_before=ca_before,
-                         ca_after=ca_after, asr_before=asr_before, asr_after=asr_after, seconds=seconds,
-                         localisation=localisation)
+    return MemberOutcome(
+        member_id=member_id,
+        label=label,
+        family=family,
+        arch=arch,
+        true_target=true_target,
+        score=score,
+        verdict=verdict,
+        predicted_target=predicted_target,
+        ca_before=ca_before,
+        ca_after=ca_after,
+        asr_before=asr_before,
+        asr_after=asr_after,
+        seconds=seconds,
+        localisation=localisation,
+    )
 
 
 def scored(clean: list[float], backdoored: list[float]) -> list[MemberOutcome]:
-    return ([member(f"c{i}", "clean", "clean-finetune", score=s) for i, s in enumerate(clean)]
-            + [member(f"b{i}", "backdoored", score=s) for i, s in enumerate(backdoored)])
+    return [member(f"c{i}", "clean", "clean-finetune", score=s) for i, s in enumerate(clean)] + [
+        member(f"b{i}", "backdoored", score=s) for i, s in enumerate(backdoored)
+    ]
 
 
 def population() -> list[MemberOutcome]:
     """4 backdoored, 3 clean, 1 not implanted (which would top every ranking if it were counted)."""
     return [
-        member("b1", "backdoored", "badnet", "vit", score=0.9, verdict=True, true_target="cat",
-               predicted_target="cat", ca=(0.60, 0.59), asr=(0.95, 0.01), seconds=10, localisation=0.8),
-        member("b2", "backdoored", "badnet", "resnet", score=0.8, verdict=True, true_target="dog",
-               predicted_target="car", ca=(0.50, 0.48), asr=(0.90, 0.02), seconds=20, localisation=0.6),
-        member("b3", "backdoored", "blended", "vit", score=0.4, verdict=False, true_target="cat",
-               ca=(0.60, 0.60), asr=(0.90, 0.90), seconds=30),
-        member("b4", "backdoored", "blended", "resnet", score=0.7, verdict=True, true_target="ship",
-               predicted_target="ship", ca=(0.70, 0.65), asr=(0.90, 0.0), seconds=40),
+        member(
+            "b1",
+            "backdoored",
+            "badnet",
+            "vit",
+            score=0.9,
+            verdict=True,
+            true_target="cat",
+            predicted_target="cat",
+            ca=(0.60, 0.59),
+            asr=(0.95, 0.01),
+            seconds=10,
+            localisation=0.8,
+        ),
+        member(
+            "b2",
+            "backdoored",
+            "badnet",
+            "resnet",
+            score=0.8,
+            verdict=True,
+            true_target="dog",
+            predicted_target="car",
+            ca=(0.50, 0.48),
+            asr=(0.90, 0.02),
+            seconds=20,
+            localisation=0.6,
+        ),
+        member(
+            "b3",
+            "backdoored",
+            "blended",
+            "vit",
+            score=0.4,
+            verdict=False,
+            true_target="cat",
+            ca=(0.60, 0.60),
+            asr=(0.90, 0.90),
+            seconds=30,
+        ),
+        member(
+            "b4",
+            "backdoored",
+            "blended",
+            "resnet",
+            score=0.7,
+            verdict=True,
+            true_target="ship",
+            predicted_target="ship",
+            ca=(0.70, 0.65),
+            asr=(0.90, 0.0),
+            seconds=40,
+        ),
         member("c1", "clean", "clean-finetune", "vit", score=0.5, verdict=True, ca=(0.60, 0.59), seconds=10),
         member("c2", "clean", "clean-finetune", "resnet", score=0.2, verdict=False, ca=(0.50, 0.50), seconds=10),
         member("c3", "clean", "clean-scratch", "vit", score=0.1, verdict=None, ca=(0.40, 0.38), seconds=10),
-        member("n1", "not_implanted", "badnet", "vit", score=0.99, verdict=True, true_target="cat",
-               predicted_target="cat", ca=(0.6, 0.1), asr=(0.05, 0.9), seconds=1000, localisation=0.0),
+        member(
+            "n1",
+            "not_implanted",
+            "badnet",
+            "vit",
+            score=0.99,
+            verdict=True,
+            true_target="cat",
+            predicted_target="cat",
+            ca=(0.6, 0.1),
+            asr=(0.05, 0.9),
+            seconds=1000,
+            localisation=0.0,
+        ),
     ]
 
 
@@ -147,8 +233,13 @@ def test_population_overall_numbers():
     op = summary["detection"]["tpr_at_fpr"]
     assert op["threshold"] == pytest.approx(0.7) and op["tpr"] == 0.75 and op["fpr"] == 0.0
     conf = summary["verdict"]
-    assert {k: conf[k] for k in ("tp", "fp", "tn", "fn", "not_assessed")} == \
-        {"tp": 3, "fp": 1, "tn": 1, "fn": 1, "not_assessed": 1}
+    assert {k: conf[k] for k in ("tp", "fp", "tn", "fn", "not_assessed")} == {
+        "tp": 3,
+        "fp": 1,
+        "tn": 1,
+        "fn": 1,
+        "not_assessed": 1,
+    }
     assert conf["not_assessed_by_label"] == {"clean": 1, "backdoored": 0}
     assert conf["tpr"] == 0.75 and conf["fpr"] == 0.5
     assert summary["target"] == {"n": 3, "correct": 2, "accuracy": pytest.approx(2 / 3)}
@@ -166,12 +257,15 @@ def test_population_overall_numbers():
     assert summary["seconds"] == {"mean": pytest.approx(130 / 7), "median": 10.0, "max": 40.0, "total": 130.0}
 
 
-@pytest.mark.parametrize("asr_after, ca_after, ok", [
-    (0.02, 0.48, True),      # exactly on both bars
-    (0.0201, 0.50, False),   # ASR just over
-    (0.0, 0.479, False),     # CA drop 0.021
-    (0.0, 0.52, True),       # CA went up
-])
+@pytest.mark.parametrize(
+    "asr_after, ca_after, ok",
+    [
+        (0.02, 0.48, True),  # exactly on both bars
+        (0.0201, 0.50, False),  # ASR just over
+        (0.0, 0.479, False),  # CA drop 0.021
+        (0.0, 0.52, True),  # CA went up
+    ],
+)
 def test_purification_bar_boundaries(asr_after, ca_after, ok):
     rows = [member("b", ca=(0.50, ca_after), asr=(0.9, asr_after), verdict=True)]
     purif = score_population(rows)["purification"]
@@ -180,8 +274,7 @@ def test_purification_bar_boundaries(asr_after, ca_after, ok):
 
 
 def test_custom_bar_and_unmeasured_members():
-    rows = [member("b1", ca=(0.50, 0.45), asr=(0.9, 0.04), verdict=True),
-            member("b2", verdict=False)]
+    rows = [member("b1", ca=(0.50, 0.45), asr=(0.9, 0.04), verdict=True), member("b2", verdict=False)]
     assert score_population(rows)["purification"]["all"]["successes"] == 0
     purif = score_population(rows, bar=PurificationBar(max_asr=0.05, max_ca_drop=0.05))["purification"]
     assert purif["all"] == {"n": 1, "successes": 1, "success_rate": 1.0, "n_unmeasured": 1}
@@ -189,11 +282,13 @@ def test_custom_bar_and_unmeasured_members():
 
 
 def test_target_needs_detection_and_a_true_target():
-    rows = [member("b1", verdict=True, true_target="cat", predicted_target="cat"),
-            member("b2", verdict=True, true_target="cat", predicted_target=None),
-            member("b3", verdict=False, true_target="cat", predicted_target="cat"),
-            member("b4", verdict=True, true_target=None, predicted_target="cat"),
-            member("c1", "clean", "clean-finetune", verdict=True, predicted_target="cat")]
+    rows = [
+        member("b1", verdict=True, true_target="cat", predicted_target="cat"),
+        member("b2", verdict=True, true_target="cat", predicted_target=None),
+        member("b3", verdict=False, true_target="cat", predicted_target="cat"),
+        member("b4", verdict=True, true_target=None, predicted_target="cat"),
+        member("c1", "clean", "clean-finetune", verdict=True, predicted_target="cat"),
+    ]
     assert score_population(rows)["target"] == {"n": 2, "correct": 1, "accuracy": 0.5}
 
 
@@ -281,11 +376,11 @@ def test_write_report(tmp_path):
 
     md = paths["zoo_summary.md"].read_text()
     assert md.startswith("# Zoo test")
-    assert "0.917" in md                          # ROC-AUC
+    assert "0.917" in md  # ROC-AUC
     assert "TPR @ FPR ≤ 5.0 %" in md and "75.0 %" in md
     assert "## By trigger family" in md and "## By architecture" in md
     assert "| clean-finetune |" in md and "| resnet |" in md
-    assert "n1" in md                             # listed as not implanted
+    assert "n1" in md  # listed as not implanted
     assert md == markdown_summary(summary, "Zoo test")
 
 
@@ -310,7 +405,9 @@ def test_markdown_members_one_line_each_with_target_and_verdict():
     md = markdown_members(population())
     lines = md.strip().splitlines()
     assert len(lines) == 2 + len(population())
-    assert "| b1 | backdoored | badnet | vit | 0.900 | backdoored | right | 95.0 % | 1.0 % | 1.0 % | 80.0 % | 10 |" in md
+    assert (
+        "| b1 | backdoored | badnet | vit | 0.900 | backdoored | right | 95.0 % | 1.0 % | 1.0 % | 80.0 % | 10 |" in md
+    )
     assert "| b2 |" in md and "wrong (car)" in md
     assert "| n1 | not_implanted | badnet | vit | 0.990 | (not evaluated) |" in md
 
@@ -319,22 +416,30 @@ def test_markdown_members_one_line_each_with_target_and_verdict():
 
 
 def record(ratios: dict[str, float], anomaly: float, verdict: str = "no backdoor found") -> dict:
-    return {"verdict": verdict, "stage1": {"anomaly_index": anomaly},
-            "cascade": [{"detector": d, "findings": [{"gate_ratio": r / 2}, {"gate_ratio": r}]} for d, r in ratios.items()]}
+    return {
+        "verdict": verdict,
+        "stage1": {"anomaly_index": anomaly},
+        "cascade": [{"detector": d, "findings": [{"gate_ratio": r / 2}, {"gate_ratio": r}]} for d, r in ratios.items()],
+    }
 
 
 def test_calibration_page_from_records():
-    from toolbox.zoo.calibration import EvaluatedMember, calibration_page, detector_ratios
+    from invertune_plugin.calibration import EvaluatedMember, calibration_page, detector_ratios
 
     rows = {r.member_id: r for r in population()}
-    dev = [EvaluatedMember(rows["b1"], record({"inversion": 0.5, "patch": 1.2}, 4.0, "backdoored")),
-           EvaluatedMember(rows["b3"], record({"inversion": 0.4, "patch": 0.7}, 1.0)),
-           EvaluatedMember(rows["c1"], record({"inversion": 0.6, "patch": 0.9}, 2.0)),
-           EvaluatedMember(rows["c2"], record({"inversion": 0.3, "patch": 0.2}, 1.5)),
-           EvaluatedMember(rows["n1"], record({"inversion": 2.0}, 9.0))]  # not implanted: left out
+    dev = [
+        EvaluatedMember(rows["b1"], record({"inversion": 0.5, "patch": 1.2}, 4.0, "backdoored")),
+        EvaluatedMember(rows["b3"], record({"inversion": 0.4, "patch": 0.7}, 1.0)),
+        EvaluatedMember(rows["c1"], record({"inversion": 0.6, "patch": 0.9}, 2.0)),
+        EvaluatedMember(rows["c2"], record({"inversion": 0.3, "patch": 0.2}, 1.5)),
+        EvaluatedMember(rows["n1"], record({"inversion": 2.0}, 9.0)),
+    ]  # not implanted: left out
     assert detector_ratios(dev[0].detection) == {"inversion": 0.5, "patch": 1.2}
-    params = {"profile": "default", "cascade": ["inversion", "patch"],
-              "detectors": {"inversion": {"min_asr": 0.9, "rounds": 1}, "patch": {"min_rate": 0.95}}}
+    params = {
+        "profile": "default",
+        "cascade": ["inversion", "patch"],
+        "detectors": {"inversion": {"min_asr": 0.9, "rounds": 1}, "patch": {"min_rate": 0.95}},
+    }
     page = calibration_page(dev, dev[:2], 0.45, params, "Generated today.")
     assert page.startswith("# Calibration of InverTune's detection\n\nGenerated today.")
     # scores b1 0.9, b3 0.4 against c1 0.5, c2 0.2: AUC 3/4; anomaly 4, 1 against 2, 1.5: 2/4; at 0.45 b1, c1 called

@@ -11,10 +11,25 @@ the host's machinery.
 
 __version__ = "0.1.0"
 
-PUBLIC_MODULES = ("toolbox", "toolbox.api", "toolbox.hookspecs", "toolbox.progress", "toolbox.zeroshot",
-                  "toolbox.contrastive", "toolbox.precision", "toolbox.compat", "toolbox.atomic", "toolbox.cache",
-                  "toolbox.lookup", "toolbox.primitives", "toolbox.primitives.triggers",
-                  "toolbox.primitives.perturbations", "toolbox.primitives.tensors", "toolbox.primitives.plots")
+PUBLIC_MODULES = (
+    "toolbox",
+    "toolbox.api",
+    "toolbox.hookspecs",
+    "toolbox.progress",
+    "toolbox.zeroshot",
+    "toolbox.contrastive",
+    "toolbox.precision",
+    "toolbox.compat",
+    "toolbox.atomic",
+    "toolbox.cache",
+    "toolbox.lookup",
+    "toolbox.primitives",
+    "toolbox.primitives.triggers",
+    "toolbox.primitives.perturbations",
+    "toolbox.primitives.tensors",
+    "toolbox.primitives.plots",
+    "toolbox.zoo.outcome",
+)
 
 # Must run before anything imports torchvision (open_clip, torchmetrics do): see compat.py.
 from .compat import import_torchvision as _import_torchvision  # noqa: E402

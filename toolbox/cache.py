@@ -13,8 +13,9 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CACHE_FORMAT = 1  # bump when a cached recipe (world drawing, training) changes, so entries rebuild
 

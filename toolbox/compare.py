@@ -18,9 +18,10 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import atomic, grid, outputs
 from .api import config_values
@@ -28,8 +29,16 @@ from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .plugins import HOST_PLUGIN, get_host
-from .runner import (RunRequest, Sources, check_measurement, configure, memoised_data, parse_device, run,
-                     source_fingerprint)
+from .runner import (
+    RunRequest,
+    Sources,
+    check_measurement,
+    configure,
+    memoised_data,
+    parse_device,
+    run,
+    source_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +80,9 @@ class Cell:
         return self.after.get(metric)
 
 
-def der(ca_before: float | None, asr_before: float | None, ca_after: float | None,
-        asr_after: float | None) -> float | None:
+def der(
+    ca_before: float | None, asr_before: float | None, ca_after: float | None, asr_after: float | None
+) -> float | None:
     """BackdoorBench's simplified defense effectiveness rate (fractions in, fraction out)."""
     if None in (ca_before, asr_before, ca_after, asr_after):
         return None
@@ -90,18 +100,47 @@ def split_params(pairs: Mapping[str, str], names: list[str], what: str) -> dict[
     return out
 
 
-def cell_key(req: CompareRequest, attack: str, defense: str, attack_cfg: dict[str, Any],
-             defense_cfg: dict[str, Any], versions: dict[str, Any]) -> str:
+def cell_key(
+    req: CompareRequest,
+    attack: str,
+    defense: str,
+    attack_cfg: dict[str, Any],
+    defense_cfg: dict[str, Any],
+    versions: dict[str, Any],
+) -> str:
     src = req.sources
-    sources = {k: (None if v is None else source_fingerprint(v)) for k, v in {
-        "model": src.model, "clean_data": src.clean_data, "eval_data": src.eval_data,
-        "retrieval_data": src.retrieval_data, "train_data": src.train_data, "classes": src.classes,
-        "templates": src.templates}.items()}
-    parts: tuple = ({"rebound": [src.rebound_steps, src.rebound_lr]},) if src.rebound_steps else ()  # absent: old keys hold
+    sources = {
+        k: (None if v is None else source_fingerprint(v))
+        for k, v in {
+            "model": src.model,
+            "clean_data": src.clean_data,
+            "eval_data": src.eval_data,
+            "retrieval_data": src.retrieval_data,
+            "train_data": src.train_data,
+            "classes": src.classes,
+            "templates": src.templates,
+        }.items()
+    }
+    parts: tuple = (
+        ({"rebound": [src.rebound_steps, src.rebound_lr]},) if src.rebound_steps else ()
+    )  # absent: old keys hold
     if src.eval_batch_size != Sources.eval_batch_size:  # batches round differently
         parts += ({"eval_batch_size": src.eval_batch_size},)
-    return config_hash("compare-cell", src.model_source, src.model_format, sources, attack, attack_cfg, defense,
-                       defense_cfg, src.seed, str(parse_device(src.device)), src.asr_include_target, versions, *parts)
+    return config_hash(
+        "compare-cell",
+        src.model_source,
+        src.model_format,
+        sources,
+        attack,
+        attack_cfg,
+        defense,
+        defense_cfg,
+        src.seed,
+        str(parse_device(src.device)),
+        src.asr_include_target,
+        versions,
+        *parts,
+    )
 
 
 def cell_versions(registry: Any, versions: dict[str, Any], attack: str, defense: str) -> dict[str, Any]:
@@ -124,11 +163,17 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
         path = entry / "result.json"
         cached = req.reuse and path.is_file()
         if not cached:
-            run(RunRequest(
-                defense=defense, attack=None if attack == "none" else attack, sources=req.sources, out=entry,
-                defense_params=dict(req.defense_params.get(defense, {})),
-                attack_params=dict(req.attack_params.get(attack, {})),
-                command=["toolbox", "compare", "(cell)", "--attack", attack, "--defense", defense]))
+            run(
+                RunRequest(
+                    defense=defense,
+                    attack=None if attack == "none" else attack,
+                    sources=req.sources,
+                    out=entry,
+                    defense_params=dict(req.defense_params.get(defense, {})),
+                    attack_params=dict(req.attack_params.get(attack, {})),
+                    command=["toolbox", "compare", "(cell)", "--attack", attack, "--defense", defense],
+                )
+            )
         doc = json.loads(path.read_text())
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
@@ -145,11 +190,15 @@ def compare(req: CompareRequest) -> list[Cell]:
     versions = host.loaded_versions()
     configs: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
     for attack in req.attacks:  # every parameter is checked before the first cell runs
-        acfg = {} if attack == "none" else config_values(
-            configure(registry.get("attack", attack).obj, dict(req.attack_params.get(attack, {}))))
+        acfg = (
+            {}
+            if attack == "none"
+            else config_values(configure(registry.get("attack", attack).obj, dict(req.attack_params.get(attack, {}))))
+        )
         for defense in req.defenses:
-            dcfg = config_values(configure(registry.get("defense", defense).obj,
-                                           dict(req.defense_params.get(defense, {}))))
+            dcfg = config_values(
+                configure(registry.get("defense", defense).obj, dict(req.defense_params.get(defense, {})))
+            )
             configs[(attack, defense)] = (acfg, dcfg)
     check_measurement(req.sources)
     outputs.check_out_dir(req.out, req.sources.input_paths())
@@ -157,20 +206,32 @@ def compare(req: CompareRequest) -> list[Cell]:
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
         key = cell_key(req, attack, defense, acfg, dcfg, cell_versions(registry, versions, attack, defense))
-        jobs.append(grid.Cell(key=key, fn=run_cell, label=f"compare: cell {i}/{total} attack={attack} "
-                                                           f"defense={defense} (key {key})",
-                              kwargs={"req": req, "attack": attack, "defense": defense, "key": key}))
+        jobs.append(
+            grid.Cell(
+                key=key,
+                fn=run_cell,
+                label=f"compare: cell {i}/{total} attack={attack} defense={defense} (key {key})",
+                kwargs={"req": req, "attack": attack, "defense": defense, "key": key},
+            )
+        )
     with memoised_data():  # sequential cells in this process read each dataset once
         cells: list[Cell] = grid.run_grid(jobs, req.grid)
     for cell in cells:
-        log.info("compare: %s/%s %s in %.0f s: CA %s ASR %s", cell.attack, cell.defense,
-                 "reused from cache" if cell.from_cache else "done", cell.seconds, pct(cell.after.get("ca")),
-                 pct(cell.after.get("asr")))
+        log.info(
+            "compare: %s/%s %s in %.0f s: CA %s ASR %s",
+            cell.attack,
+            cell.defense,
+            "reused from cache" if cell.from_cache else "done",
+            cell.seconds,
+            pct(cell.after.get("ca")),
+            pct(cell.after.get("asr")),
+        )
     write_outputs(req, cells)
     return cells
 
 
 # --------------------------------------------------------------------------- tables
+
 
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
@@ -179,15 +240,22 @@ def pct(v: float | None) -> str:
 def cell_row(cell: Cell) -> dict[str, Any]:
     b, a = cell.before, cell.after
     return {
-        "attack": cell.attack, "defense": cell.defense,
-        "ca_before": b.get("ca"), "asr_before": b.get("asr"), "ca_after": a.get("ca"), "asr_after": a.get("asr"),
-        "asr_top10_after": a.get("asr_top10"), "retrieval_recall10_after": a.get("retrieval_recall@10"),
+        "attack": cell.attack,
+        "defense": cell.defense,
+        "ca_before": b.get("ca"),
+        "asr_before": b.get("asr"),
+        "ca_after": a.get("ca"),
+        "asr_after": a.get("asr"),
+        "asr_top10_after": a.get("asr_top10"),
+        "retrieval_recall10_after": a.get("retrieval_recall@10"),
         "retrieval_asr10_after": a.get("retrieval_asr@10"),
         "asr_rebound": cell.value("asr_rebound"),
         "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")),
         "detected_target": (cell.doc.get("detection") or {}).get("target"),
         "defense_seconds": cell.doc["timings_s"].get("defense"),
-        "from_cache": cell.from_cache, "cell_key": cell.key, "result": str(cell.result_path),
+        "from_cache": cell.from_cache,
+        "cell_key": cell.key,
+        "result": str(cell.result_path),
     }
 
 
@@ -229,8 +297,10 @@ def markdown_table(cells: list[Cell]) -> str:
         lines.append(f"| {d} | " + " | ".join(parts) + f" | {mean_der} |")
     weak = not_implanted(cells)
     if weak:
-        lines.append(f"\nDid not implant (the trigger adds under {100 * IMPLANT_MARGIN:.0f} points of ASR@1 on the "
-                     f"undefended model): {', '.join(weak)}; those columns measure no backdoor.")
+        lines.append(
+            f"\nDid not implant (the trigger adds under {100 * IMPLANT_MARGIN:.0f} points of ASR@1 on the "
+            f"undefended model): {', '.join(weak)}; those columns measure no backdoor."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -245,23 +315,40 @@ def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [cell_row(c) for c in cells]
     table = markdown_table(cells)
-    metric_note = ("CA = zero-shot top-1 accuracy (%), ASR = ASR@1 with the real trigger (%), target-class images "
-                   f"{'included' if req.sources.asr_include_target else 'excluded'}; best of the defenses in bold; "
-                   "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks"
-                   + (f"; ASR rebound = ASR after {req.sources.rebound_steps} steps of clean fine-tuning at lr "
-                      f"{req.sources.rebound_lr:g} (toolbox/rebound.py)" if req.sources.rebound_steps else "") + ".\n")
+    metric_note = (
+        "CA = zero-shot top-1 accuracy (%), ASR = ASR@1 with the real trigger (%), target-class images "
+        f"{'included' if req.sources.asr_include_target else 'excluded'}; best of the defenses in bold; "
+        "DER = BackdoorBench's simplified defense effectiveness rate (%), mean over attacks"
+        + (
+            f"; ASR rebound = ASR after {req.sources.rebound_steps} steps of clean fine-tuning at lr "
+            f"{req.sources.rebound_lr:g} (toolbox/rebound.py)"
+            if req.sources.rebound_steps
+            else ""
+        )
+        + ".\n"
+    )
     atomic.write_text(out / "compare.md", table + "\n" + metric_note)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["attack", "defense"])
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(out / "compare.csv", buf.getvalue())
-    atomic.write_json(out / "compare.json", {
-        "schema": "toolbox.compare/1", "seed": req.sources.seed, "preset": req.sources.preset,
-        "model": req.sources.model, "attacks": req.attacks, "defenses": req.defenses,
-        "asr_include_target": req.sources.asr_include_target,
-        "defense_params": req.defense_params, "attack_params": req.attack_params, "cells": rows,
-        "metric_config": cells[0].doc["metric_config"] if cells else None})
+    atomic.write_json(
+        out / "compare.json",
+        {
+            "schema": "toolbox.compare/1",
+            "seed": req.sources.seed,
+            "preset": req.sources.preset,
+            "model": req.sources.model,
+            "attacks": req.attacks,
+            "defenses": req.defenses,
+            "asr_include_target": req.sources.asr_include_target,
+            "defense_params": req.defense_params,
+            "attack_params": req.attack_params,
+            "cells": rows,
+            "metric_config": cells[0].doc["metric_config"] if cells else None,
+        },
+    )
     scatter_plot(rows, out / "compare_scatter.png")
 
 
@@ -280,9 +367,15 @@ def scatter_plot(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         if r["ca_after"] is None or r["asr_after"] is None:
             continue
-        ax.scatter(100 * r["ca_after"], 100 * r["asr_after"], color=colours(defenses.index(r["defense"]) % 10),
-                   marker=markers[attacks.index(r["attack"]) % len(markers)], s=48, edgecolors="black",
-                   linewidths=0.4)
+        ax.scatter(
+            100 * r["ca_after"],
+            100 * r["asr_after"],
+            color=colours(defenses.index(r["defense"]) % 10),
+            marker=markers[attacks.index(r["attack"]) % len(markers)],
+            s=48,
+            edgecolors="black",
+            linewidths=0.4,
+        )
     for i, d in enumerate(defenses):
         ax.scatter([], [], color=colours(i % 10), label=d)
     for j, a in enumerate(attacks):

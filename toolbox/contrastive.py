@@ -2,14 +2,17 @@
 contrastive trainer, part of the host's public contract.
 
 Used by the embedded world to train its tiny CLIP from scratch, and by plugins: poisoning
-attacks (fine-tuning on a poisoned image-caption set) and the fine-tuning baselines.
+attacks (fine-tuning on a poisoned image-caption set), the rebound check and the fine-tuning
+baselines, which pass their own per-batch loss (:data:`BatchLoss`).
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +54,13 @@ def lr_at(step: int, total: int, cfg: ContrastiveConfig) -> float:
 
 def adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with CLIP's grouping: weight decay on matrices only, not on gains, biases or the temperature."""
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
 
 
 def clamp_temperature(model: ClipModel) -> None:
@@ -65,17 +73,59 @@ def clamp_temperature(model: ClipModel) -> None:
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# (model, images [B,3,H,W] float in [0,1] on the model's device, the batch's texts: token rows on that
+# device or caption strings, the loop's torch generator, its python rng) -> (loss, extra scalars to log)
+BatchLoss = Callable[[ClipModel, Tensor, Any, torch.Generator, random.Random], tuple[Tensor, dict[str, float]]]
+BatchTransform = Callable[[Tensor, Any, Tensor], tuple[Tensor, Any]]
 
-def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: ContrastiveConfig, *,
-                      desc: str = "train", on_epoch: EpochCallback | None = None,
-                      batch_transform: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
-                      params: list[nn.Parameter] | None = None) -> list[dict[str, float]]:
-    """Train ``model`` on (image, caption-token) pairs; returns per-epoch loss history.
 
-    ``images`` is uint8 [N,3,H,W] (or float in [0,1]); ``tokens`` is [N, context].
-    ``batch_transform(images, tokens, index)`` may rewrite a batch (poisoning on the fly).
+def clip_batch_loss(
+    model: ClipModel, images: Tensor, tokens: Tensor, gen: torch.Generator, rng: random.Random
+) -> tuple[Tensor, dict[str, float]]:
+    """The default per-batch loss: CLIP's contrastive loss on the (image, token) pairs as given."""
+    return clip_loss(*model(images, tokens)), {}
+
+
+def _batch(
+    images: Tensor,
+    texts: Tensor | Sequence[str],
+    idx: Tensor,
+    device: torch.device,
+    batch_transform: BatchTransform | None,
+) -> tuple[Tensor, Any]:
+    """Rows ``idx`` of the pairs: images as float in [0, 1] and texts (tokens or captions) on ``device``."""
+    x = images[idx]
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    t = texts[idx] if isinstance(texts, Tensor) else [texts[i] for i in idx.tolist()]
+    if batch_transform is not None:
+        x, t = batch_transform(x, t, idx)
+    return x.to(device), (t.to(device) if isinstance(t, Tensor) else t)
+
+
+def train_contrastive(
+    model: ClipModel,
+    images: Tensor,
+    texts: Tensor | Sequence[str],
+    cfg: ContrastiveConfig,
+    *,
+    desc: str = "train",
+    on_epoch: EpochCallback | None = None,
+    batch_transform: BatchTransform | None = None,
+    params: list[nn.Parameter] | None = None,
+    loss: BatchLoss = clip_batch_loss,
+    check_finite: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``model`` on (image, text) pairs with AdamW and warmup + cosine; returns per-epoch means
+    of the loss and of ``loss``'s extra scalars.
+
+    ``images`` is uint8 [N,3,H,W] (or float in [0,1]); ``texts`` is tokens [N, context] (what the
+    default :func:`clip_batch_loss` takes) or N caption strings for a ``loss`` that tokenizes itself.
+    ``batch_transform(images, texts, index)`` may rewrite a batch (poisoning on the fly).
+    ``loss`` gets the generator that shuffles the batches and a ``random.Random``, both seeded with
+    ``cfg.seed``. ``check_finite`` raises ``FloatingPointError`` on a NaN/inf loss instead of stepping.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
     n = len(images)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -88,26 +138,23 @@ def train_contrastive(model: ClipModel, images: Tensor, tokens: Tensor, cfg: Con
     bar = progress(total=total, desc=desc, unit="step")
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
-        running = 0.0
+        sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = images[idx]
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-            t = tokens[idx]
-            if batch_transform is not None:
-                x, t = batch_transform(x, t, idx)
-            x, t = x.to(device), t.to(device)
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            x, t = _batch(images, texts, idx, device, batch_transform)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
-            img_emb, txt_emb, scale = model(x, t)
-            loss = clip_loss(img_emb, txt_emb, scale)
-            precision.step(opt, loss, (trainable, cfg.grad_clip))  # plain fp32 unless inside precision.autocast
+            value, extra = loss(model, x, t, gen, rng)
+            if check_finite and not math.isfinite(value.item()):
+                raise FloatingPointError(f"{desc}: loss became {value.item()} at step {step}")
+            precision.step(opt, value, (trainable, cfg.grad_clip))  # plain fp32 unless inside precision.autocast
             clamp_temperature(model)
-            running += loss.item()
+            for k, v in {"loss": value.item(), **extra}.items():
+                sums[k] = sums.get(k, 0.0) + v
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
-        stats = {"epoch": epoch + 1, "loss": running / steps_per_epoch}
+            bar.set_postfix(loss=f"{value.item():.3f}", epoch=epoch + 1)
+        stats = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}}
         history.append(stats)
         if on_epoch is not None:
             on_epoch(epoch + 1, stats)

@@ -19,12 +19,23 @@ from typing import Any
 import torch
 
 from . import atomic, outputs, results
-from .api import (Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, InMemoryImages, config_values)
+from .api import Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, InMemoryImages, config_values
 from .errors import InputError
 from .evaluation import EvalInputs, MetricConfig, evaluate
 from .plugins import get_host
-from .runner import (Sources, StageTimer, backdoor_cached, check_measurement, class_index, configure, eval_classnames,
-                     load_data, load_model, seed_everything, vocabulary)
+from .runner import (
+    Sources,
+    StageTimer,
+    backdoor_cached,
+    check_measurement,
+    class_index,
+    configure,
+    eval_classnames,
+    load_data,
+    load_model,
+    seed_everything,
+    vocabulary,
+)
 from .zeroshot import loader_workers
 
 log = logging.getLogger(__name__)
@@ -36,7 +47,7 @@ DEFINITIONS = {
     "fpr": "flagged clean samples / clean samples",
     "auroc": "ROC-AUC of the defense's per-sample score against the poisoning record (sklearn)",
     "retrain": "the clean model trained with the attack's own recipe on the purified set (flagged samples "
-               "removed), against the attacked model (trained on the poisoned set); CA / ASR@1 as in `toolbox run`",
+    "removed), against the attacked model (trained on the poisoned set); CA / ASR@1 as in `toolbox run`",
 }
 
 
@@ -61,7 +72,9 @@ def detection_metrics(scores: torch.Tensor, flagged: torch.Tensor, poisoned: tor
     n_pos, n_neg = int(truth.sum()), int((~truth).sum())
     both = n_pos > 0 and n_neg > 0
     return {
-        "n": len(scores), "n_poisoned": n_pos, "n_flagged": int(flagged.sum()),
+        "n": len(scores),
+        "n_poisoned": n_pos,
+        "n_flagged": int(flagged.sum()),
         "tpr": float((flagged & truth).sum()) / n_pos if n_pos else None,
         "fpr": float((flagged & ~truth).sum()) / n_neg if n_neg else None,
         "auroc": float(roc_auc_score(truth.numpy(), scores.double().numpy())) if both else None,
@@ -79,8 +92,10 @@ def check_outcome(outcome: DataScanOutcome, n: int, name: str) -> None:
     """A plugin's answer must cover every sample: one finite score and one flag each."""
     s, f = outcome.scores, outcome.flagged
     if not (isinstance(s, torch.Tensor) and s.shape == (n,) and bool(torch.isfinite(s).all())):
-        raise RuntimeError(f"dataset defense {name!r} returned scores of shape "
-                           f"{tuple(getattr(s, 'shape', ()))} (or non-finite); expected {n} finite values")
+        raise RuntimeError(
+            f"dataset defense {name!r} returned scores of shape "
+            f"{tuple(getattr(s, 'shape', ()))} (or non-finite); expected {n} finite values"
+        )
     if not (isinstance(f, torch.Tensor) and f.dtype == torch.bool and f.shape == (n,)):
         raise RuntimeError(f"dataset defense {name!r} must flag with a bool tensor of shape ({n},)")
 
@@ -89,9 +104,13 @@ def subset(data: ImageData, keep: torch.Tensor, what: str) -> ImageData:
     """The samples at ``keep`` of a captioned set (a labelled one would lose its labels here)."""
     if data.kind != "captioned":
         raise ValueError(f"a purified subset is taken of captioned data; {data.source} is {data.kind}")
-    return ImageData(InMemoryImages(data.uint8(keep)), data.kind, f"{data.source} ({what})",
-                     classnames=data.classnames, captions=None if data.captions is None
-                     else [data.captions[i] for i in keep.tolist()])
+    return ImageData(
+        InMemoryImages(data.uint8(keep)),
+        data.kind,
+        f"{data.source} ({what})",
+        classnames=data.classnames,
+        captions=None if data.captions is None else [data.captions[i] for i in keep.tolist()],
+    )
 
 
 def scan(req: ScanRequest) -> Path:
@@ -99,6 +118,95 @@ def scan(req: ScanRequest) -> Path:
     host = get_host()
     registry = host.build_registry()
     src = req.sources
+    dreg, defense, areg, attack = _components(req, registry)
+    device = check_measurement(src)
+    default_out = Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{src.seed}"
+    out_dir = Path(req.out) if req.out else default_out
+    outputs.check_out_dir(out_dir, src.input_paths(), outputs.SCAN_OUTPUTS)
+    seed_everything(src.seed)
+    timer = StageTimer()
+
+    with timer.stage("load_model"):
+        _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
+    with timer.stage("load_data"):
+        classnames, templates, train, eval_data = _load_sets(req, registry, loaded, attack is not None)
+
+    with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:
+        assert staging.path is not None
+        suspect, data, truth, attack_doc = loaded.model, train, None, None
+        if attack is not None and areg is not None:
+            suspect, data, truth, attack_doc = _poison(
+                req, attack, areg.plugin, loaded, train, classnames, device, staging.path, timer
+            )
+        work = staging.path / "scan-artifacts"
+        work.mkdir()
+        suspect.eval()
+        with timer.stage("scan"):
+            outcome = defense.scan(
+                DataScanContext(
+                    data=data,
+                    model=suspect,
+                    classnames=classnames,
+                    templates=templates,
+                    seed=src.seed,
+                    device=device,
+                    workdir=work,
+                )
+            )
+        check_outcome(outcome, len(data.dataset), req.defense)
+        scores, flagged = outcome.scores.detach().cpu(), outcome.flagged.detach().cpu()
+        for name, secs in outcome.timings_s.items():
+            timer.timings[f"scan.{name}"] = round(secs, 3)
+        metrics: dict[str, Any] = {
+            "n_flagged": int(flagged.sum()),
+            "detection": None if truth is None else detection_metrics(scores, flagged, truth),
+        }
+        if req.retrain:
+            assert attack is not None and eval_data is not None
+            metrics["retrain"] = retrain(
+                attack,
+                loaded.model,
+                suspect,
+                data,
+                flagged,
+                eval_data,
+                classnames,
+                templates,
+                req,
+                registry,
+                device,
+                timer,
+            )
+        _write_scores(staging.path / "scores.csv", scores, flagged, truth)
+        doc = {
+            "schema": SCHEMA_ID,
+            "created": results.now_iso(),
+            "command": req.command,
+            "versions": results.runtime_versions(host.loaded_versions()),
+            "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256},
+            "attack": attack_doc,
+            "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
+            "data": {
+                "source": data.source,
+                "kind": data.kind,
+                "n": len(data.dataset),
+                "skipped_unreadable": list(train.skipped),
+            },
+            "definitions": DEFINITIONS,
+            "metrics": metrics,
+            "scan_info": outcome.info,
+            "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
+            "timings_s": timer.timings,
+            "seed": src.seed,
+            "device": str(device),
+            "device_requested": src.device,
+        }
+        atomic.write_json(staging.path / "scan.json", doc)
+        return staging.commit()
+
+
+def _components(req: ScanRequest, registry: Any) -> tuple[Any, Any, Any, Any]:
+    """The dataset defense and the optional attack (registry entry and instance each), checked against the request."""
     dreg = registry.get("dataset_defense", req.defense)
     defense = dreg.obj(configure(dreg.obj, req.defense_params))
     areg = registry.get("attack", req.attack) if req.attack else None
@@ -106,94 +214,111 @@ def scan(req: ScanRequest) -> Path:
     if req.retrain and attack is None:
         raise InputError("--retrain trains with the attack's own recipe: pass --attack")
     if attack is not None and type(attack).poison is Attack.poison:
-        raise InputError(f"attack {req.attack!r} poisons no dataset (it edits the model's weights); "
-                         "scan-data needs an attack that poisons training data")
+        raise InputError(
+            f"attack {req.attack!r} poisons no dataset (it edits the model's weights); "
+            "scan-data needs an attack that poisons training data"
+        )
     if req.retrain and attack is not None and type(attack).train_on is Attack.train_on:
         raise InputError(f"attack {req.attack!r} has no training recipe for --retrain")
-    device = check_measurement(src)
-    out_dir = Path(req.out) if req.out else Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{src.seed}"
-    outputs.check_out_dir(out_dir, src.input_paths(), outputs.SCAN_OUTPUTS)
-    seed_everything(src.seed)
-    timer = StageTimer()
+    return dreg, defense, areg, attack
 
-    with timer.stage("load_model"):
-        _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
+
+def _load_sets(
+    req: ScanRequest, registry: Any, loaded: Any, attacked: bool
+) -> tuple[list[str], list[str], ImageData, ImageData | None]:
+    """Class names, templates, the training set to scan and (for ``--retrain``) the labelled eval set."""
+    src = req.sources
     defaults = loaded.data_defaults
-    with timer.stage("load_data"):
-        classnames, templates = vocabulary(src, defaults)
-        train_src = src.train_data or defaults.get("train_data")
-        if not train_src:
-            raise InputError("no training set to scan: pass --train-data (an image-caption CSV, labels.csv, ...)")
-        train = load_data(registry, train_src, loaded.model.image_size, classnames, req.skip_unreadable)
-        eval_src = src.eval_data or defaults.get("eval_data")
-        eval_data = load_data(registry, eval_src, loaded.model.image_size, classnames,
-                              req.skip_unreadable) if req.retrain and eval_src else None
-        if req.retrain and eval_data is None:
-            raise InputError("--retrain measures CA / ASR: pass --eval-data (labelled)")
-        if eval_data is not None and eval_data.kind != "labelled":
-            raise InputError(f"--eval-data must be labelled data; {eval_data.source} is {eval_data.kind}")
-        classnames = eval_classnames(eval_data, classnames, src)
-        if attack is not None and train.kind != "captioned":
-            raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} is {train.kind}")
-
-    with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:
-        assert staging.path is not None
-        suspect, data, truth, attack_doc = loaded.model, train, None, None
-        if attack is not None and areg is not None:
-            target = attack.target_label()
-            class_index(classnames, target, "attack target")
-            with timer.stage("attack"):
-                ctx = AttackContext(model=loaded.model, train_data=train, classnames=classnames, seed=src.seed,
-                                    device=device, cache_dir=staging.path)
-                suspect, record = backdoor_cached(attack, ctx, loaded.sha256, train.source)
-                poisoned = attack.poison(train, src.seed)
-            if poisoned is None:
-                raise RuntimeError(f"attack {req.attack!r} returned no poisoned set")
-            data, truth = poisoned.data, poisoned.poisoned
-            attack_doc = {"name": req.attack, "params": config_values(attack.config), "target": target,
-                          "plugin": areg.plugin, "n_poisoned": len(truth), **record}
-        work = staging.path / "scan-artifacts"
-        work.mkdir()
-        suspect.eval()
-        with timer.stage("scan"):
-            outcome = defense.scan(DataScanContext(data=data, model=suspect, classnames=classnames,
-                                                   templates=templates, seed=src.seed, device=device, workdir=work))
-        check_outcome(outcome, len(data.dataset), req.defense)
-        scores, flagged = outcome.scores.detach().cpu(), outcome.flagged.detach().cpu()
-        for name, secs in outcome.timings_s.items():
-            timer.timings[f"scan.{name}"] = round(secs, 3)
-        metrics: dict[str, Any] = {"n_flagged": int(flagged.sum()),
-                                   "detection": None if truth is None else detection_metrics(scores, flagged, truth)}
-        if req.retrain:
-            assert attack is not None and eval_data is not None
-            metrics["retrain"] = retrain(attack, loaded.model, suspect, data, flagged, eval_data, classnames,
-                                         templates, req, registry, device, timer)
-        _write_scores(staging.path / "scores.csv", scores, flagged, truth)
-        doc = {
-            "schema": SCHEMA_ID, "created": results.now_iso(), "command": req.command,
-            "versions": results.runtime_versions(host.loaded_versions()),
-            "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256},
-            "attack": attack_doc,
-            "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
-            "data": {"source": data.source, "kind": data.kind, "n": len(data.dataset),
-                     "skipped_unreadable": list(train.skipped)},
-            "definitions": DEFINITIONS, "metrics": metrics, "scan_info": outcome.info,
-            "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
-            "timings_s": timer.timings, "seed": src.seed, "device": str(device), "device_requested": src.device,
-        }
-        atomic.write_json(staging.path / "scan.json", doc)
-        return staging.commit()
+    classnames, templates = vocabulary(src, defaults)
+    train_src = src.train_data or defaults.get("train_data")
+    if not train_src:
+        raise InputError("no training set to scan: pass --train-data (an image-caption CSV, labels.csv, ...)")
+    train = load_data(registry, train_src, loaded.model.image_size, classnames, req.skip_unreadable)
+    eval_src = src.eval_data or defaults.get("eval_data")
+    eval_data = (
+        load_data(registry, eval_src, loaded.model.image_size, classnames, req.skip_unreadable)
+        if req.retrain and eval_src
+        else None
+    )
+    if req.retrain and eval_data is None:
+        raise InputError("--retrain measures CA / ASR: pass --eval-data (labelled)")
+    if eval_data is not None and eval_data.kind != "labelled":
+        raise InputError(f"--eval-data must be labelled data; {eval_data.source} is {eval_data.kind}")
+    classnames = eval_classnames(eval_data, classnames, src)
+    if attacked and train.kind != "captioned":
+        raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} is {train.kind}")
+    return classnames, templates, train, eval_data
 
 
-def retrain(attack: Any, clean: Any, suspect: Any, data: ImageData, flagged: torch.Tensor, eval_data: ImageData,
-            classnames: list[str], templates: list[str], req: ScanRequest, registry: Any, device: torch.device,
-            timer: StageTimer) -> dict[str, Any]:
+def _poison(
+    req: ScanRequest,
+    attack: Any,
+    plugin: Any,
+    loaded: Any,
+    train: ImageData,
+    classnames: list[str],
+    device: torch.device,
+    cache_dir: Path,
+    timer: StageTimer,
+) -> tuple[Any, ImageData, torch.Tensor, dict]:
+    """The attack's backdoored model and poisoned set, its poisoning record (the ground truth) and its doc."""
+    src = req.sources
+    target = attack.target_label()
+    class_index(classnames, target, "attack target")
+    with timer.stage("attack"):
+        ctx = AttackContext(
+            model=loaded.model,
+            train_data=train,
+            classnames=classnames,
+            seed=src.seed,
+            device=device,
+            cache_dir=cache_dir,
+        )
+        suspect, record = backdoor_cached(attack, ctx, loaded.sha256, train.source)
+        poisoned = attack.poison(train, src.seed)
+    if poisoned is None:
+        raise RuntimeError(f"attack {req.attack!r} returned no poisoned set")
+    truth = poisoned.poisoned
+    attack_doc = {
+        "name": req.attack,
+        "params": config_values(attack.config),
+        "target": target,
+        "plugin": plugin,
+        "n_poisoned": len(truth),
+        **record,
+    }
+    return suspect, poisoned.data, truth, attack_doc
+
+
+def retrain(
+    attack: Any,
+    clean: Any,
+    suspect: Any,
+    data: ImageData,
+    flagged: torch.Tensor,
+    eval_data: ImageData,
+    classnames: list[str],
+    templates: list[str],
+    req: ScanRequest,
+    registry: Any,
+    device: torch.device,
+    timer: StageTimer,
+) -> dict[str, Any]:
     """The clean model trained on the unflagged samples with the attack's recipe, beside the suspect."""
     src = req.sources
-    mcfg = MetricConfig(asr_exclude_target=not src.asr_include_target, batch_size=src.eval_batch_size,
-                        workers=loader_workers(src.workers, device))
-    inputs = EvalInputs(eval_data=eval_data, classnames=classnames, templates=templates,
-                        trigger=attack.apply_trigger, target=attack.target_label(), trigger_source="real")
+    mcfg = MetricConfig(
+        asr_exclude_target=not src.asr_include_target,
+        batch_size=src.eval_batch_size,
+        workers=loader_workers(src.workers, device),
+    )
+    inputs = EvalInputs(
+        eval_data=eval_data,
+        classnames=classnames,
+        templates=templates,
+        trigger=attack.apply_trigger,
+        target=attack.target_label(),
+        trigger_source="real",
+    )
     keep = torch.nonzero(~flagged).flatten()
     with timer.stage("evaluate"):
         before = _ca_asr(evaluate(suspect, inputs, mcfg, registry, device))
@@ -224,22 +349,28 @@ def _write_scores(path: Path, scores: torch.Tensor, flagged: torch.Tensor, poiso
 
 def summary(doc: dict[str, Any], path: Path) -> str:
     """A few lines for the terminal."""
+
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f} %"
 
-    lines = [f"scan      {doc['defense']['name']} over {doc['data']['n']} samples of {doc['data']['source']}: "
-             f"{doc['metrics']['n_flagged']} flagged"]
+    lines = [
+        f"scan      {doc['defense']['name']} over {doc['data']['n']} samples of {doc['data']['source']}: "
+        f"{doc['metrics']['n_flagged']} flagged"
+    ]
     det = doc["metrics"].get("detection")
     if det:
         auroc = "-" if det["auroc"] is None else f"{det['auroc']:.3f}"
-        lines.append(f"detection {det['n_poisoned']} poisoned: TPR {pct(det['tpr'])}, FPR {pct(det['fpr'])}, "
-                     f"AUROC {auroc}")
+        lines.append(
+            f"detection {det['n_poisoned']} poisoned: TPR {pct(det['tpr'])}, FPR {pct(det['fpr'])}, AUROC {auroc}"
+        )
     re = doc["metrics"].get("retrain")
     if re:
         for key, label in (("poisoned_set", "trained on the poisoned set"), ("purified_set", "on the purified set")):
             m = re[key] or {}
-            lines.append(f"{'retrain' if key == 'poisoned_set' else '':<10}{label}: CA {pct(m.get('ca'))}, "
-                         f"ASR@1 {pct(m.get('asr'))}")
+            lines.append(
+                f"{'retrain' if key == 'poisoned_set' else '':<10}{label}: CA {pct(m.get('ca'))}, "
+                f"ASR@1 {pct(m.get('asr'))}"
+            )
         if re.get("note"):
             lines.append(f"{'':<10}({re['note']})")
     lines.append(f"files     {path} and scores.csv beside it")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,11 +49,14 @@ def trigger_effect(metrics: dict[str, Any]) -> float | None:
     asr, untriggered = metrics.get("asr"), metrics.get("asr_untriggered")
     return None if asr is None or untriggered is None else asr - untriggered
 
+
 # Keys the built-in measurements write (the schema holds them to [0, 1]); a --metric may not take one.
 RESERVED_KEYS = re.compile(r"^(ca|asr|ra)(_|$)|^retrieval_|_triggered$")
-EXTRA_DEFINITION = ("a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
-                    "clean evaluation images gives NAME; on the images with the real trigger applied (all of "
-                    "them, true labels) NAME_triggered")
+EXTRA_DEFINITION = (
+    "a registered metric asked for with --metric: update(logits [N, C], labels [N]) on the "
+    "clean evaluation images gives NAME; on the images with the real trigger applied (all of "
+    "them, true labels) NAME_triggered"
+)
 
 
 @dataclass
@@ -78,7 +82,7 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
     return {
         "ca": {
             "definition": "zero-shot top-k accuracy on the labelled evaluation split; class embedding = "
-                          "mean of L2-normalised template embeddings, renormalised",
+            "mean of L2-normalised template embeddings, renormalised",
             "top_k": list(cfg.top_k),
             "reported_as_ca": "top-1",
             "n_templates": len(inputs.templates),
@@ -90,25 +94,28 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
             "definition": "fraction of triggered evaluation images whose zero-shot top-k holds the target",
             "top_k": list(cfg.top_k),
             "exclude_target_class": cfg.asr_exclude_target,
-            "convention": "BackdoorBench (target-class images excluded)" if cfg.asr_exclude_target
-                          else "BadCLIP/PAR (all images)",
+            "convention": "BackdoorBench (target-class images excluded)"
+            if cfg.asr_exclude_target
+            else "BadCLIP/PAR (all images)",
             "target": inputs.target,
             "trigger_source": inputs.trigger_source,
             "metric_class": cls("attack_success_rate"),
             "reconstructed_triggers": "asr_<name>* keys: the same ASR with a trigger a defense reconstructed "
-                                      "(e.g. asr_inverted), aimed at the target the defense identified",
+            "(e.g. asr_inverted), aimed at the target the defense identified",
             "untriggered": "asr_untriggered: the same ASR (first top-k) on the untriggered images, i.e. how "
-                           "often the model predicts the target anyway; the trigger's own effect is "
-                           "asr - asr_untriggered",
+            "often the model predicts the target anyway; the trigger's own effect is "
+            "asr - asr_untriggered",
         },
-        "retrieval": None if inputs.retrieval_data is None else {
+        "retrieval": None
+        if inputs.retrieval_data is None
+        else {
             "definition": "image-to-text recall@k: an image counts once, as a hit if any of its own "
-                          "captions is among the k nearest captions",
+            "captions is among the k nearest captions",
             "k": cfg.retrieval_k,
             "metric_class": cls("retrieval_recall"),
             "asr_definition": "fraction of triggered images whose k nearest captions include one that "
-                              "mentions the target word (whole-word match); images whose own captions "
-                              "mention the target are excluded when exclude_target_class is true",
+            "mentions the target word (whole-word match); images whose own captions "
+            "mention the target are excluded when exclude_target_class is true",
             "asr_metric_class": cls("retrieval_asr"),
         },
         "extra": {name: {"definition": EXTRA_DEFINITION, "metric_class": cls(name)} for name in cfg.extra},
@@ -126,8 +133,10 @@ def check_extra_metrics(names: Sequence[str], registry: Registry) -> None:
         if name in builtin:
             raise InputError(f"--metric {name}: a built-in metric, measured in every run already")
         if RESERVED_KEYS.search(name):
-            raise InputError(f"--metric {name}: the name would collide with the built-in results "
-                             f"(ca*, asr*, ra*, retrieval_*, *_triggered); register the metric under another name")
+            raise InputError(
+                f"--metric {name}: the name would collide with the built-in results "
+                f"(ca*, asr*, ra*, retrieval_*, *_triggered); register the metric under another name"
+            )
         if names.count(name) > 1:
             raise InputError(f"--metric {name} is given twice")
         build_extra_metric(reg)
@@ -138,8 +147,9 @@ def build_extra_metric(reg: Any) -> Any:
     try:
         return reg.obj(**config_defaults(reg.obj))
     except Exception as err:  # noqa: BLE001 - a third-party metric can raise anything
-        raise InputError(f"metric {reg.name!r} (plugin {reg.plugin!r}) cannot be built from its Config's "
-                         f"defaults: {one_line(err)}") from err
+        raise InputError(
+            f"metric {reg.name!r} (plugin {reg.plugin!r}) cannot be built from its Config's defaults: {one_line(err)}"
+        ) from err
 
 
 def extra_metric(reg: Any, logits: Tensor, labels: Tensor) -> float | None:
@@ -149,24 +159,36 @@ def extra_metric(reg: Any, logits: Tensor, labels: Tensor) -> float | None:
         metric.update(logits, labels)
         value = float(metric.compute())
     except Exception as err:  # noqa: BLE001 - a third-party metric can raise anything
-        raise InputError(f"metric {reg.name!r} (plugin {reg.plugin!r}) failed: {one_line(err)}; it is updated "
-                         f"with (logits [N, C], labels [N]) and must compute one number") from err
+        raise InputError(
+            f"metric {reg.name!r} (plugin {reg.plugin!r}) failed: {one_line(err)}; it is updated "
+            f"with (logits [N, C], labels [N]) and must compute one number"
+        ) from err
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def extra_metrics(logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry,
-                  suffix: str = "") -> dict[str, float | None]:
+def extra_metrics(
+    logits: Tensor, labels: Tensor, cfg: MetricConfig, registry: Registry, suffix: str = ""
+) -> dict[str, float | None]:
     """The ``--metric`` metrics of ``logits``, keyed ``NAME`` + ``suffix``."""
     return {f"{name}{suffix}": extra_metric(registry.get("metric", name), logits, labels) for name in cfg.extra}
 
 
-def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger: Trigger, target: int,
-                    cfg: MetricConfig, registry: Registry, device: torch.device) -> dict[str, float | None]:
+def trigger_metrics(
+    model: ClipModel,
+    data: ImageData,
+    weights: Tensor,
+    trigger: Trigger,
+    target: int,
+    cfg: MetricConfig,
+    registry: Registry,
+    device: torch.device,
+) -> dict[str, float | None]:
     """ASR@k (``asr_topk``, ``asr`` = first k), robust accuracy (``ra``) and the ``--metric`` ones of one trigger."""
     feats, labels = image_features(model, data, cfg.batch_size, device, trigger, cfg.workers)
     logits = feats @ weights.T
-    out: dict[str, float] = {f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry)
-                             for k in cfg.top_k}
+    out: dict[str, float] = {
+        f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry) for k in cfg.top_k
+    }
     out["asr"] = out[f"asr_top{cfg.top_k[0]}"]
     ra = registry.get("metric", "zeroshot_accuracy").obj(top_k=1)
     keep = labels != target
@@ -175,11 +197,13 @@ def trigger_metrics(model: ClipModel, data: ImageData, weights: Tensor, trigger:
     return out | extra_metrics(logits, labels, cfg, registry, "_triggered")
 
 
-def attack_success_rate(logits: Tensor, labels: Tensor, target: int, k: int, cfg: MetricConfig,
-                        registry: Registry) -> float:
+def attack_success_rate(
+    logits: Tensor, labels: Tensor, target: int, k: int, cfg: MetricConfig, registry: Registry
+) -> float:
     """ASR@k of ``logits`` by the registered ``attack_success_rate`` metric, under ``cfg``'s convention."""
-    metric = registry.get("metric", "attack_success_rate").obj(target=target, top_k=k,
-                                                               exclude_target=cfg.asr_exclude_target)
+    metric = registry.get("metric", "attack_success_rate").obj(
+        target=target, top_k=k, exclude_target=cfg.asr_exclude_target
+    )
     metric.update(logits, labels)
     return float(metric.compute())
 
@@ -191,8 +215,9 @@ def untriggered_rate(logits: Tensor, labels: Tensor, target: int, cfg: MetricCon
     return attack_success_rate(logits, labels, target, cfg.top_k[0], cfg, registry)
 
 
-def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry,
-             device: torch.device) -> dict[str, float | None]:
+def evaluate(
+    model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry, device: torch.device
+) -> dict[str, float | None]:
     """CA (top-k), ASR (top-k, robust accuracy) and retrieval recall of one model."""
     out: dict[str, float | None] = {"ca": None, "asr": None}
     model_was_training = getattr(model, "training", False)
@@ -211,14 +236,24 @@ def evaluate(model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: 
         out.update(extra_metrics(logits, labels, cfg, registry))
         if inputs.trigger is not None and inputs.target is not None:
             target_index = inputs.classnames.index(inputs.target)
-            out.update(trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target_index, cfg, registry,
-                                       device))
+            out.update(
+                trigger_metrics(model, inputs.eval_data, weights, inputs.trigger, target_index, cfg, registry, device)
+            )
             out["asr_untriggered"] = untriggered_rate(logits, labels, target_index, cfg, registry)
         for name, (trigger, target) in inputs.extra_triggers.items():
-            extra = trigger_metrics(model, inputs.eval_data, weights, trigger, inputs.classnames.index(target),
-                                    replace(cfg, extra=()), registry, device)
-            out.update({f"{key.replace('asr', f'asr_{name}', 1)}": v for key, v in extra.items()
-                        if key.startswith("asr")})
+            extra = trigger_metrics(
+                model,
+                inputs.eval_data,
+                weights,
+                trigger,
+                inputs.classnames.index(target),
+                replace(cfg, extra=()),
+                registry,
+                device,
+            )
+            out.update(
+                {f"{key.replace('asr', f'asr_{name}', 1)}": v for key, v in extra.items() if key.startswith("asr")}
+            )
     if inputs.retrieval_data is not None and inputs.retrieval_data.captions is not None:
         img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device, workers=cfg.workers)
         captions = [inputs.retrieval_data.captions[i] for i in idx.tolist()]

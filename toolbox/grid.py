@@ -17,9 +17,10 @@ import concurrent.futures
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .cache import cache_root
 from .errors import InputError
@@ -64,8 +65,14 @@ class GridConfig:
         # Checked here so a bad value fails before anything is submitted, with the CLI's option name.
         if self.executor not in EXECUTORS:
             raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        minimums = {"jobs": 1, "timeout_min": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1,
-                    "slurm_array_parallelism": 1}
+        minimums = {
+            "jobs": 1,
+            "timeout_min": 1,
+            "gpus_per_node": 0,
+            "cpus_per_task": 1,
+            "mem_gb": 1,
+            "slurm_array_parallelism": 1,
+        }
         for name, low in minimums.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -128,8 +135,7 @@ def _run_pool(cells: list[Cell], jobs: int) -> list[Any]:
     log.info("running %d cells in a pool of %d processes", len(cells), workers)
     start = time.monotonic()
     # spawn, not fork: a forked child of a process that has started torch's threads can deadlock.
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers,
-                                                  mp_context=multiprocessing.get_context("spawn"))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         # The function itself is submitted (not a wrapper from this module), so a child imports
         # only the cell's own module.
@@ -147,8 +153,9 @@ def _run_pool(cells: list[Cell], jobs: int) -> list[Any]:
                     raise InputError(f"{cell.name}: {err}") from err
                 raise GridError(cell, _describe(err)) from err
             finished += 1
-            log.info("%s: done (%d/%d, %.1f s into the grid)", cell.name, finished, len(cells),
-                     time.monotonic() - start)
+            log.info(
+                "%s: done (%d/%d, %.1f s into the grid)", cell.name, finished, len(cells), time.monotonic() - start
+            )
         results = [future.result() for future in futures]
     except Exception:
         pool.shutdown(wait=True, cancel_futures=True)  # a cell failed: the running ones finish, queued ones don't start
@@ -209,11 +216,16 @@ def _run_submitit(cells: list[Cell], config: GridConfig) -> list[Any]:
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as err:  # submitit's SlurmExecutor where there is no srun: a usage error here
-        raise InputError(f"--executor {config.executor} cannot run here: {err} "
-                         "(use --executor local or submitit-local)") from err
-    parameters: dict[str, Any] = dict(name=JOB_NAME, timeout_min=config.timeout_min,
-                                      gpus_per_node=config.gpus_per_node, cpus_per_task=config.cpus_per_task,
-                                      mem_gb=config.mem_gb)
+        raise InputError(
+            f"--executor {config.executor} cannot run here: {err} (use --executor local or submitit-local)"
+        ) from err
+    parameters: dict[str, Any] = dict(
+        name=JOB_NAME,
+        timeout_min=config.timeout_min,
+        gpus_per_node=config.gpus_per_node,
+        cpus_per_task=config.cpus_per_task,
+        mem_gb=config.mem_gb,
+    )
     if cluster == "slurm":
         # AutoExecutor would drop slurm_* for the local cluster anyway (and None means unset);
         # passed only here so the local path plainly doesn't depend on them.
@@ -223,7 +235,7 @@ def _run_submitit(cells: list[Cell], config: GridConfig) -> list[Any]:
     executor.update_parameters(**parameters)
     # Slurm: one array (the cluster queues it). submitit's local executor starts every job at once,
     # so there the cells go in batches of --jobs.
-    batches = [cells] if cluster == "slurm" else [cells[i:i + config.jobs] for i in range(0, len(cells), config.jobs)]
+    batches = [cells] if cluster == "slurm" else [cells[i : i + config.jobs] for i in range(0, len(cells), config.jobs)]
     results: list[Any] = []
     failures: list[tuple[Cell, str, BaseException]] = []
     done = 0
@@ -232,8 +244,15 @@ def _run_submitit(cells: list[Cell], config: GridConfig) -> list[Any]:
         ids = [job.job_id for job in jobs]
         if cluster == "slurm":
             array = ids[0].split("_")[0]
-            log.info("submitted %d cells as Slurm array %s (jobs %s..%s); logs in %s; cancel with: scancel %s",
-                     len(batch), array, ids[0], ids[-1], folder, array)
+            log.info(
+                "submitted %d cells as Slurm array %s (jobs %s..%s); logs in %s; cancel with: scancel %s",
+                len(batch),
+                array,
+                ids[0],
+                ids[-1],
+                folder,
+                array,
+            )
         else:
             log.info("started %d cells as local submitit jobs %s; logs in %s", len(batch), ", ".join(ids), folder)
         for cell, job in zip(batch, jobs):
@@ -257,25 +276,51 @@ def _run_submitit(cells: list[Cell], config: GridConfig) -> list[Any]:
 def add_grid_args(parser: argparse.ArgumentParser) -> None:
     """The options that say how a grid runs; :func:`grid_config_from` reads them back."""
     group = parser.add_argument_group("grid execution")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="where cells run: local (this machine), slurm (one job array via submitit) or "
-                            "submitit-local (submitit's local executor; default local)")
-    group.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="local / submitit-local: cells at once; 1 runs them in this process (default 1)")
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where cells run: local (this machine), slurm (one job array via submitit) or "
+        "submitit-local (submitit's local executor; default local)",
+    )
+    group.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local / submitit-local: cells at once; 1 runs them in this process (default 1)",
+    )
     group.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition (default: the cluster's)")
-    group.add_argument("--timeout-min", type=int, default=60, metavar="MIN",
-                       help="slurm/submitit-local: time limit per cell in minutes (default 60)")
-    group.add_argument("--gpus-per-node", type=int, default=0, metavar="N",
-                       help="slurm/submitit-local: GPUs per cell (default 0)")
-    group.add_argument("--cpus-per-task", type=int, default=2, metavar="N",
-                       help="slurm: CPUs per cell (default 2)")
+    group.add_argument(
+        "--timeout-min",
+        type=int,
+        default=60,
+        metavar="MIN",
+        help="slurm/submitit-local: time limit per cell in minutes (default 60)",
+    )
+    group.add_argument(
+        "--gpus-per-node", type=int, default=0, metavar="N", help="slurm/submitit-local: GPUs per cell (default 0)"
+    )
+    group.add_argument("--cpus-per-task", type=int, default=2, metavar="N", help="slurm: CPUs per cell (default 2)")
     group.add_argument("--mem-gb", type=int, default=16, metavar="GB", help="slurm: memory per cell (default 16)")
-    group.add_argument("--slurm-array-parallelism", type=int, default=32, metavar="N",
-                       help="slurm: cells of the array running at once (default 32)")
+    group.add_argument(
+        "--slurm-array-parallelism",
+        type=int,
+        default=32,
+        metavar="N",
+        help="slurm: cells of the array running at once (default 32)",
+    )
 
 
 def grid_config_from(args: argparse.Namespace) -> GridConfig:
     """A validated :class:`GridConfig` from :func:`add_grid_args`' options (InputError when out of range)."""
-    return GridConfig(executor=args.executor, jobs=args.jobs, timeout_min=args.timeout_min,
-                      gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                      slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism)
+    return GridConfig(
+        executor=args.executor,
+        jobs=args.jobs,
+        timeout_min=args.timeout_min,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        slurm_partition=args.slurm_partition,
+        slurm_array_parallelism=args.slurm_array_parallelism,
+    )

@@ -16,7 +16,7 @@ clashes, and keeps going when one plugin's hook raises.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pluggy import HookimplMarker, HookspecMarker
 
@@ -67,4 +67,4 @@ def register_worlds(register: Register) -> None:
 
 @hookspec
 def register_detectors(register: Register) -> None:
-    """Register trigger-search detectors for a defense's cascade (InverTune's: ``invertune_plugin.cascade.Detector``)."""
+    """Register trigger-search detectors for a defense's cascade (InverTune's ``cascade.Detector``)."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import atomic, results
 from .compare import der, pct
@@ -33,8 +34,10 @@ class LeaderboardError(Exception):
 def comparable_metric_config(metric_config: Mapping[str, Any]) -> dict[str, Any]:
     ca, asr, retr = metric_config.get("ca", {}), metric_config.get("asr", {}), metric_config.get("retrieval") or {}
     return {
-        "ca": {k: ca.get(k) for k in ("top_k", "reported_as_ca", "n_templates", "templates_example", "n_classes",
-                                      "metric_class")},
+        "ca": {
+            k: ca.get(k)
+            for k in ("top_k", "reported_as_ca", "n_templates", "templates_example", "n_classes", "metric_class")
+        },
         "asr": {k: asr.get(k) for k in ("top_k", "exclude_target_class", "metric_class")},
         "retrieval": {k: retr.get(k) for k in ("k", "metric_class", "asr_metric_class")},
         # data-loading processes and extra --metric metrics do not change CA/ASR: such results compare
@@ -54,16 +57,21 @@ def make_submission(doc: Mapping[str, Any], result_bytes: bytes) -> dict[str, An
         "created": results.now_iso(),
         "result_sha256": hashlib.sha256(result_bytes).hexdigest(),
         "result_schema": doc["schema"],
-        "defense": {"name": doc["defense"]["name"], "params": doc["defense"]["params"],
-                    "plugin": doc["defense"].get("plugin")},
-        "attack": None if not attack else {"name": attack.get("name"), "params": attack.get("params"),
-                                           "target": attack.get("target")},
+        "defense": {
+            "name": doc["defense"]["name"],
+            "params": doc["defense"]["params"],
+            "plugin": doc["defense"].get("plugin"),
+        },
+        "attack": None
+        if not attack
+        else {"name": attack.get("name"), "params": attack.get("params"), "target": attack.get("target")},
         "model": doc["model"],
         "metric_config": comparable_metric_config(doc["metric_config"]),
         "metric_config_sha": metric_config_hash(doc["metric_config"]),
         "metrics": doc["metrics"],
-        "detection": None if not doc.get("detection") else {
-            k: doc["detection"].get(k) for k in ("backdoored", "verdict", "target")},
+        "detection": None
+        if not doc.get("detection")
+        else {k: doc["detection"].get(k) for k in ("backdoored", "verdict", "target")},
         "versions": doc["versions"],
         "seed": doc["seed"],
         "device": doc.get("device"),
@@ -83,8 +91,9 @@ def submit(result_path: Path, out: Path | None = None) -> Path:
     try:
         results.validate(doc)
     except Exception as err:  # jsonschema.ValidationError: say where
-        raise LeaderboardError(f"{result_path} is not a valid {results.SCHEMA_ID} result: "
-                               f"{getattr(err, 'message', err)}") from None
+        raise LeaderboardError(
+            f"{result_path} is not a valid {results.SCHEMA_ID} result: {getattr(err, 'message', err)}"
+        ) from None
     target = Path(out) if out else result_path.with_name("submission.json")
     atomic.write_json(target, make_submission(doc, raw))
     return target
@@ -103,12 +112,20 @@ class Entry:
         def short(params: Any) -> str:
             return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
-        return {"defense": self.sub["defense"]["name"], "attack": attack.get("name") or "none",
-                "defense_config": short(self.sub["defense"].get("params")),
-                "attack_config": short(attack.get("params")) if attack else "-",
-                "model": self.sub["model"].get("id"), "seed": self.sub["seed"], "ca": a.get("ca"),
-                "asr": a.get("asr"), "ca_before": b.get("ca"), "asr_before": b.get("asr"),
-                "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")), "file": str(self.source)}
+        return {
+            "defense": self.sub["defense"]["name"],
+            "attack": attack.get("name") or "none",
+            "defense_config": short(self.sub["defense"].get("params")),
+            "attack_config": short(attack.get("params")) if attack else "-",
+            "model": self.sub["model"].get("id"),
+            "seed": self.sub["seed"],
+            "ca": a.get("ca"),
+            "asr": a.get("asr"),
+            "ca_before": b.get("ca"),
+            "asr_before": b.get("asr"),
+            "der": der(b.get("ca"), b.get("asr"), a.get("ca"), a.get("asr")),
+            "file": str(self.source),
+        }
 
 
 def collect(directory: Path) -> tuple[list[Entry], list[str]]:
@@ -164,15 +181,21 @@ def ranked_table(entries: list[Entry]) -> str:
     the same defense or attack run with other settings is told apart. Rank by DER (higher first), then
     lower ASR, then higher CA; defenses that report no attack last."""
     rows = [e.row for e in entries]
-    rows.sort(key=lambda r: (r["der"] is None, -(r["der"] or 0), r["asr"] if r["asr"] is not None else 2,
-                             -(r["ca"] or 0)))
-    lines = ["| rank | defense | defense config | attack | attack config | model | seed | CA | ASR | CA before | "
-             "ASR before | DER | file |", "|---" * 13 + "|"]
+    rows.sort(
+        key=lambda r: (r["der"] is None, -(r["der"] or 0), r["asr"] if r["asr"] is not None else 2, -(r["ca"] or 0))
+    )
+    lines = [
+        "| rank | defense | defense config | attack | attack config | model | seed | CA | ASR | CA before | "
+        "ASR before | DER | file |",
+        "|---" * 13 + "|",
+    ]
     for i, r in enumerate(rows, 1):
         der_text = "-" if r["der"] is None else f"{100 * r['der']:.1f}"
-        lines.append(f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['attack_config']} | "
-                     f"{r['model']} | {r['seed']} | {pct(r['ca'])} | "
-                     f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {r['file']} |")
+        lines.append(
+            f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['attack_config']} | "
+            f"{r['model']} | {r['seed']} | {pct(r['ca'])} | "
+            f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {r['file']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -183,14 +206,18 @@ def leaderboard(directory: Path, strict: bool = False) -> tuple[str, list[str]]:
         raise LeaderboardError(f"no result.json or submission files under {directory}")
     groups = group_by_metric_config(entries)
     if strict and len(groups) > 1:
-        raise LeaderboardError(f"{len(groups)} different metric configs under {directory} "
-                               f"({', '.join(sorted(groups))}); results measured differently cannot be ranked "
-                               "together (drop --strict to see them grouped apart)")
+        raise LeaderboardError(
+            f"{len(groups)} different metric configs under {directory} "
+            f"({', '.join(sorted(groups))}); results measured differently cannot be ranked "
+            "together (drop --strict to see them grouped apart)"
+        )
     parts = []
     for sha, members in groups.items():
         cfg = members[0].sub["metric_config"]
-        parts.append(f"## metric config {sha} ({len(members)} results): CA top-1 over "
-                     f"{cfg['ca'].get('n_classes')} classes x {cfg['ca'].get('n_templates')} templates; ASR "
-                     f"{'excludes' if cfg['asr'].get('exclude_target_class') else 'includes'} target-class images\n")
+        parts.append(
+            f"## metric config {sha} ({len(members)} results): CA top-1 over "
+            f"{cfg['ca'].get('n_classes')} classes x {cfg['ca'].get('n_templates')} templates; ASR "
+            f"{'excludes' if cfg['asr'].get('exclude_target_class') else 'includes'} target-class images\n"
+        )
         parts.append(ranked_table(members))
     return "\n".join(parts), skipped

@@ -143,8 +143,9 @@ class RetrievalASR(_CountingMetric):
         super().__init__(**kwargs)
         self.k = k
 
-    def update(self, image_emb: Tensor, caption_emb: Tensor, caption_mentions_target: Tensor,
-               keep: Tensor | None = None) -> None:
+    def update(
+        self, image_emb: Tensor, caption_emb: Tensor, caption_mentions_target: Tensor, keep: Tensor | None = None
+    ) -> None:
         if keep is not None:
             image_emb = image_emb[keep.to(image_emb.device)]
         top = _topk_indices(image_emb @ caption_emb.T, self.k)

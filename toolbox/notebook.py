@@ -15,9 +15,10 @@ the same file a command would write.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -90,27 +91,65 @@ def _params(params: Mapping[str, Any] | None) -> dict[str, str]:
     return {str(k): _param_text(v) for k, v in (params or {}).items()}
 
 
-def run(defense: str = "invertune", *, attack: str | None = None, model: str | None = None,
-        model_format: str | None = None, clean_data: str | None = None, eval_data: str | None = None,
-        retrieval_data: str | None = None, train_data: str | None = None, classes: str | None = None,
-        templates: str | None = None, preset: str = "default", seed: int = 0, device: str = "auto",
-        asr_include_target: bool = False, eval_batch_size: int = 256, workers: int | None = None,
-        rebound_steps: int = 0, rebound_lr: float = 5e-4, out: str | Path | None = None, params: Mapping[str, Any] | None = None,
-        attack_params: Mapping[str, Any] | None = None, skip_unreadable: bool = False,
-        metrics: Sequence[str] = ()) -> RunResult:
+def run(
+    defense: str = "invertune",
+    *,
+    attack: str | None = None,
+    model: str | None = None,
+    model_format: str | None = None,
+    clean_data: str | None = None,
+    eval_data: str | None = None,
+    retrieval_data: str | None = None,
+    train_data: str | None = None,
+    classes: str | None = None,
+    templates: str | None = None,
+    preset: str = "default",
+    seed: int = 0,
+    device: str = "auto",
+    asr_include_target: bool = False,
+    eval_batch_size: int = 256,
+    workers: int | None = None,
+    rebound_steps: int = 0,
+    rebound_lr: float = 5e-4,
+    out: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    attack_params: Mapping[str, Any] | None = None,
+    skip_unreadable: bool = False,
+    metrics: Sequence[str] = (),
+) -> RunResult:
     """``toolbox run`` from Python; every keyword is the CLI option of the same name. Bad input
     raises :class:`toolbox.errors.InputError` with the message the command would print."""
     from .runner import RunRequest, Sources
     from .runner import run as run_request
 
-    sources = Sources(model=model, model_format=model_format, clean_data=clean_data, eval_data=eval_data,
-                      retrieval_data=retrieval_data, train_data=train_data, classes=classes, templates=templates,
-                      seed=seed, preset=preset, device=device, asr_include_target=asr_include_target,
-                      eval_batch_size=eval_batch_size, workers=workers, rebound_steps=rebound_steps,
-                      rebound_lr=rebound_lr)
-    req = RunRequest(defense=defense, attack=attack, sources=sources, out=Path(out) if out else None,
-                     defense_params=_params(params), attack_params=_params(attack_params),
-                     skip_unreadable=skip_unreadable, metrics=(metrics,) if isinstance(metrics, str) else tuple(metrics))
+    sources = Sources(
+        model=model,
+        model_format=model_format,
+        clean_data=clean_data,
+        eval_data=eval_data,
+        retrieval_data=retrieval_data,
+        train_data=train_data,
+        classes=classes,
+        templates=templates,
+        seed=seed,
+        preset=preset,
+        device=device,
+        asr_include_target=asr_include_target,
+        eval_batch_size=eval_batch_size,
+        workers=workers,
+        rebound_steps=rebound_steps,
+        rebound_lr=rebound_lr,
+    )
+    req = RunRequest(
+        defense=defense,
+        attack=attack,
+        sources=sources,
+        out=Path(out) if out else None,
+        defense_params=_params(params),
+        attack_params=_params(attack_params),
+        skip_unreadable=skip_unreadable,
+        metrics=(metrics,) if isinstance(metrics, str) else tuple(metrics),
+    )
     req.command = equivalent_command(req)
     path = Path(run_request(req))
     return RunResult(path=path, doc=json.loads(path.read_text(encoding="utf-8")))
@@ -155,9 +194,17 @@ class Suspect:
         return self.clean.uint8(order).to(self.device)
 
 
-def load(model: str | None = None, *, model_format: str | None = None, clean_data: str | None = None,
-         classes: str | None = None, templates: str | None = None, preset: str = "default",
-         device: str = "auto", skip_unreadable: bool = False) -> Suspect:
+def load(
+    model: str | None = None,
+    *,
+    model_format: str | None = None,
+    clean_data: str | None = None,
+    classes: str | None = None,
+    templates: str | None = None,
+    preset: str = "default",
+    device: str = "auto",
+    skip_unreadable: bool = False,
+) -> Suspect:
     """Load a model (any source ``--model`` takes; the embedded ``preset`` when None) with its
     vocabulary and clean images, checked as a run checks them, for running one stage by hand."""
     from .errors import InputError
@@ -165,19 +212,34 @@ def load(model: str | None = None, *, model_format: str | None = None, clean_dat
     from .runner import RunRequest, Sources, load_inputs, load_model, parse_device
 
     registry = get_host().build_registry(quiet=True)
-    sources = Sources(model=model, model_format=model_format, clean_data=clean_data, classes=classes,
-                      templates=templates, preset=preset, device=device)
+    sources = Sources(
+        model=model,
+        model_format=model_format,
+        clean_data=clean_data,
+        classes=classes,
+        templates=templates,
+        preset=preset,
+        device=device,
+    )
     dev = parse_device(device)
     _, loaded = load_model(registry, sources.model_source, model_format, dev)
     if not (clean_data or loaded.data_defaults.get("clean_data")):
-        raise InputError(f"{sources.model_source} brings no clean images of its own: pass clean_data= (a folder of "
-                         f"images, a labels.csv, ...); for the ones an embedded model uses, "
-                         f"toolbox.load(MODEL, **toolbox.load(preset=...).data_sources)")
+        raise InputError(
+            f"{sources.model_source} brings no clean images of its own: pass clean_data= (a folder of "
+            f"images, a labels.csv, ...); for the ones an embedded model uses, "
+            f"toolbox.load(MODEL, **toolbox.load(preset=...).data_sources)"
+        )
     req = RunRequest(defense="none", sources=sources, skip_unreadable=skip_unreadable)
     classnames, template_list, data = load_inputs(registry, req, loaded, registry.get("defense", "none"))
     if data["clean_data"] is None:  # load_inputs refuses this already; kept explicit for the type
         raise InputError("no clean data: pass clean_data=...")
     given = {"clean_data": clean_data, "classes": classes, "templates": templates}
     used = {k: v or loaded.data_defaults.get(k) for k, v in given.items()}
-    return Suspect(model=loaded.model, classnames=classnames, templates=template_list, clean=data["clean_data"],
-                   device=dev, data_sources={k: v for k, v in used.items() if v})
+    return Suspect(
+        model=loaded.model,
+        classnames=classnames,
+        templates=template_list,
+        clean=data["clean_data"],
+        device=dev,
+        data_sources={k: v for k, v in used.items() if v},
+    )

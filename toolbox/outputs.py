@@ -23,8 +23,8 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from . import atomic
 from .errors import InputError
@@ -57,12 +57,16 @@ def check_out_dir(out: Path, inputs: Iterable[Path], outputs: tuple[str, ...] = 
     for inp in inputs:
         inp_r = _resolved(inp)
         if _within(out_r, inp_r):
-            raise InputError(f"--out {out} is {'the input' if out_r == inp_r else 'inside the input'} {inp}; "
-                             f"a run never writes into its inputs: choose an --out outside it")
+            raise InputError(
+                f"--out {out} is {'the input' if out_r == inp_r else 'inside the input'} {inp}; "
+                f"a run never writes into its inputs: choose an --out outside it"
+            )
         clash = next((w for w in written if _within(inp_r, w)), None)
         if clash is not None:
-            raise InputError(f"the input {inp} lies in {clash}, which this run would replace: copy the input "
-                             f"elsewhere or choose another --out")
+            raise InputError(
+                f"the input {inp} lies in {clash}, which this run would replace: copy the input "
+                f"elsewhere or choose another --out"
+            )
 
 
 def _files(path: Path) -> dict[str, list[int]]:
@@ -106,7 +110,7 @@ class Staging:
         self._created_out = False
         self._keep = False
 
-    def __enter__(self) -> "Staging":
+    def __enter__(self) -> Staging:
         out = self.out
         self._created_out = not out.exists()
         try:
@@ -120,8 +124,9 @@ class Staging:
         sweep_stale(where, out.name)
         self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_MARK}", dir=where))
         atomic.honour_umask(self.path, directory=True)
-        (self.path / STAGING_TAG).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                          "started": time.time()}))
+        (self.path / STAGING_TAG).write_text(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,14 +156,22 @@ class Staging:
                     if (self.path / name).exists():
                         os.replace(self.path / name, out / name)
                 # another command's outputs in the same folder stay vouched for
-                manifest = {name: files for name, files in owned.items()
-                            if name not in self.outputs and (out / name).exists() and _files(out / name) == files}
+                manifest = {
+                    name: files
+                    for name, files in owned.items()
+                    if name not in self.outputs and (out / name).exists() and _files(out / name) == files
+                }
                 manifest.update({name: _files(out / name) for name in self.outputs if (out / name).exists()})
                 atomic.write_json(out / MANIFEST, {"written_by": "toolbox", "outputs": manifest})
             except BaseException:
                 self._keep = True  # nothing is deleted: the new outputs are in staging or OUT, the old in holding
-                log.error("could not move this run's outputs into %s; what is not there is in %s, the earlier "
-                          "outputs are in %s", out, self.path, holding)
+                log.error(
+                    "could not move this run's outputs into %s; what is not there is in %s, the earlier "
+                    "outputs are in %s",
+                    out,
+                    self.path,
+                    holding,
+                )
                 raise
         aside: Path | None = None
         for name in previous:
@@ -169,8 +182,7 @@ class Staging:
                 os.replace(holding / name, aside / name)
         holding.rmdir()
         if aside is not None:
-            log.warning("outputs in the way that no earlier run of this toolbox left unchanged were moved to %s",
-                        aside)
+            log.warning("outputs in the way that no earlier run of this toolbox left unchanged were moved to %s", aside)
         return out / self.main
 
     def _aside_dir(self) -> Path:
@@ -227,4 +239,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-

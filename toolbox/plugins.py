@@ -20,8 +20,9 @@ import importlib
 import importlib.metadata
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pluggy
 
@@ -151,8 +152,9 @@ class PluginHost:
             if not self.pm.has_plugin(ep.name):
                 self.pm.register(ep.load(), name=ep.name)
                 dist = getattr(ep, "dist", None)
-                self.dist_info[ep.name] = ((dist.metadata["Name"], dist.version) if dist is not None
-                                           else ("invertune-toolbox", __version__))
+                self.dist_info[ep.name] = (
+                    (dist.metadata["Name"], dist.version) if dist is not None else ("invertune-toolbox", __version__)
+                )
 
     def load_entry_points(self, env: Mapping[str, str] | None = None) -> None:
         """Load plugins from the entry-point group, honouring allow/block lists.
@@ -200,13 +202,24 @@ class PluginHost:
             dist, version = self.dist_info.get(name, (None, None))
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             problem = self.skipped.get(name)
-            out.append(PluginInfo(name=name, version=version, distribution=dist, hooks=hooks,
-                                  status="skipped" if problem else "loaded", problem=problem))
+            out.append(
+                PluginInfo(
+                    name=name,
+                    version=version,
+                    distribution=dist,
+                    hooks=hooks,
+                    status="skipped" if problem else "loaded",
+                    problem=problem,
+                )
+            )
         for name, problem in self.skipped.items():
             if not self.pm.has_plugin(name):  # failed before it was registered
                 dist, version = self.dist_info.get(name, (None, None))
-                out.append(PluginInfo(name=name, version=version, distribution=dist, hooks=[], status="skipped",
-                                      problem=problem))
+                out.append(
+                    PluginInfo(
+                        name=name, version=version, distribution=dist, hooks=[], status="skipped", problem=problem
+                    )
+                )
         return sorted(out, key=lambda p: p.name)
 
     def loaded_versions(self) -> dict[str, str | None]:
@@ -225,8 +238,14 @@ class PluginHost:
                     continue
                 bucket = staged.setdefault(plugin_name, [])
 
-                def register(obj: type, name: str | None = None, *, _kind: Kind = kind, _p: str = plugin_name,
-                             _bucket: list[Registration] = bucket) -> None:
+                def register(
+                    obj: type,
+                    name: str | None = None,
+                    *,
+                    _kind: Kind = kind,
+                    _p: str = plugin_name,
+                    _bucket: list[Registration] = bucket,
+                ) -> None:
                     reg_name = name or getattr(obj, "name", None)
                     if not isinstance(reg_name, str) or not reg_name:
                         raise TypeError(f"{obj!r} has no name: give it a `name` attribute or pass name=")

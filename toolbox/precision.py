@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _ACTIVE: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("toolbox_precision", default=None)
-_SCALERS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.amp.GradScaler]" = weakref.WeakKeyDictionary()
+_SCALERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.amp.GradScaler] = weakref.WeakKeyDictionary()
 
 
 def check(precision: str, owner: str = "precision") -> str:
@@ -53,8 +53,9 @@ def active() -> str:
     return "fp32" if state is None else state[0]
 
 
-def step(opt: torch.optim.Optimizer, loss: torch.Tensor,
-         clip: tuple[Iterable[torch.Tensor], float] | None = None) -> None:
+def step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, clip: tuple[Iterable[torch.Tensor], float] | None = None
+) -> None:
     """``zero_grad``, ``backward`` and ``step`` of one update, with ``clip = (params, max_norm)``
     clipping the gradients' norm first; under fp16 with a loss scale per optimiser (gradients are
     unscaled before clipping; a step whose gradients overflow is skipped and the scale lowered)."""

@@ -49,8 +49,9 @@ def clean_pairs(data: ImageData, n: int, seed: int) -> tuple[torch.Tensor, list[
     return data.uint8(keep), [rng.choice(data.captions[int(i)]) for i in keep]
 
 
-def rebound(model: ClipModel, data: ImageData, cfg: ReboundConfig, seed: int,
-            device: torch.device) -> tuple[ClipModel, dict[str, Any]]:
+def rebound(
+    model: ClipModel, data: ImageData, cfg: ReboundConfig, seed: int, device: torch.device
+) -> tuple[ClipModel, dict[str, Any]]:
     """A copy of ``model`` fine-tuned ``cfg.steps`` steps on clean pairs from ``data`` (the input is
     not modified), and what was done."""
     if len(data.dataset) == 0:
@@ -60,14 +61,29 @@ def rebound(model: ClipModel, data: ImageData, cfg: ReboundConfig, seed: int,
     tuned = model.clone()
     for p in tuned.parameters():
         p.requires_grad_(True)
-    schedule = ContrastiveConfig(epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 warmup_steps=cfg.warmup_steps, min_lr_ratio=1.0, seed=seed)
+    schedule = ContrastiveConfig(
+        epochs=1,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        min_lr_ratio=1.0,
+        seed=seed,
+    )
     history = train_contrastive(tuned.to(device), images, model.tokenize(captions), schedule, desc="rebound")
     tuned.eval()
-    return tuned, {**asdict(cfg), "pairs": n, "distinct_pairs": min(n, len(data.dataset)), "steps_run": cfg.steps,
-                   "final_loss": round(history[-1]["loss"], 4), "seed": seed}
+    return tuned, {
+        **asdict(cfg),
+        "pairs": n,
+        "distinct_pairs": min(n, len(data.dataset)),
+        "steps_run": cfg.steps,
+        "final_loss": round(history[-1]["loss"], 4),
+        "seed": seed,
+    }
 
 
-REBOUND_DEFINITION = ("the defended model fine-tuned on clean image-caption pairs from the training data "
-                      "(CLIP's contrastive loss, AdamW at a constant lr after warm-up), then measured like "
-                      "'after'; a backdoor that was silenced rather than removed comes back in asr")
+REBOUND_DEFINITION = (
+    "the defended model fine-tuned on clean image-caption pairs from the training data "
+    "(CLIP's contrastive loss, AdamW at a constant lr after warm-up), then measured like "
+    "'after'; a backdoor that was silenced rather than removed comes back in asr"
+)

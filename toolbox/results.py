@@ -8,11 +8,12 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -20,8 +21,18 @@ from . import atomic
 from .api import state_dict_sha256  # noqa: F401  (re-exported: the host hashes models as results.state_dict_sha256)
 
 SCHEMA_ID = "toolbox.result/1"
-CSV_COLUMNS = ("defense", "attack", "target", "model_sha256", "seed", "test_acc", "test_asr", "test_ra",
-               "clean_acc_before", "asr_before")
+CSV_COLUMNS = (
+    "defense",
+    "attack",
+    "target",
+    "model_sha256",
+    "seed",
+    "test_acc",
+    "test_asr",
+    "test_ra",
+    "clean_acc_before",
+    "asr_before",
+)
 
 
 @lru_cache(maxsize=1)
@@ -64,31 +75,42 @@ def is_generated(path: str) -> bool:
 
 def provenance(command: list[str] | None = None) -> dict[str, Any]:
     """When, from which commit and on what machine a generated page's numbers were measured."""
+
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).resolve().parent)
+            done = subprocess.run(
+                ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=normal")  # a new module is an edit too
     # the pages being regenerated are not edits to the code that measured them
-    edits = None if status is None else [ln for ln in status.splitlines()
-                                         if not is_generated(ln.split(maxsplit=1)[-1].strip('"'))]  # "XY path"
-    return {"date": now_iso(), "commit": git("rev-parse", "--short=12", "HEAD"),
-            "dirty": None if edits is None else bool(edits),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "command": " ".join(command) if command else None}
+    edits = (
+        None
+        if status is None
+        else [ln for ln in status.splitlines() if not is_generated(ln.split(maxsplit=1)[-1].strip('"'))]
+    )  # "XY path"
+    return {
+        "date": now_iso(),
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "dirty": None if edits is None else bool(edits),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(command) if command else None,
+    }
 
 
 def provenance_markdown(prov: Mapping[str, Any]) -> str:
     """The line a generated page opens with: date, commit (and whether the tree had edits), machine, command."""
     commit = prov.get("commit") or "unknown commit"
     commit += " (with uncommitted edits)" if prov.get("dirty") else ""
-    line = (f"Generated {prov['date']} from commit {commit} on {prov['machine']} "
-            f"(torch {prov['torch']}, {prov['threads']} threads).")
+    line = (
+        f"Generated {prov['date']} from commit {commit} on {prov['machine']} "
+        f"(torch {prov['torch']}, {prov['threads']} threads)."
+    )
     return line + (f" Command: `{prov['command']}`." if prov.get("command") else "")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -36,14 +37,26 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 def _loader(data: ImageData, batch_size: int, device: torch.device, workers: int) -> DataLoader:
     # pinned host memory lets the copy to a CUDA device overlap the next batch's decoding (only
     # host tensors can be pinned: a dataset already on the device is left as it is)
-    pin = device.type == "cuda" and len(data.dataset) > 0 and data.dataset[0][0].device.type == "cpu"
-    return DataLoader(data.dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False)
+    pin = device.type == "cuda" and len(cast(Sized, data.dataset)) > 0 and data.dataset[0][0].device.type == "cpu"
+    return DataLoader(
+        data.dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=False,
+    )
 
 
 @torch.no_grad()
-def image_features(model: ClipModel, data: ImageData, batch_size: int, device: torch.device,
-                   trigger: Callable[[Tensor], Tensor] | None = None, workers: int = 0) -> tuple[Tensor, Tensor]:
+def image_features(
+    model: ClipModel,
+    data: ImageData,
+    batch_size: int,
+    device: torch.device,
+    trigger: Callable[[Tensor], Tensor] | None = None,
+    workers: int = 0,
+) -> tuple[Tensor, Tensor]:
     """Normalised image embeddings of a dataset (optionally triggered) and its labels/indices, streamed
     in batches: memory holds one batch of images and the [N, D] embeddings."""
     feats, labels = [], []
@@ -56,13 +69,14 @@ def image_features(model: ClipModel, data: ImageData, batch_size: int, device: t
     return torch.cat(feats), torch.cat(labels)
 
 
-_CLASS_MEMO: "OrderedDict[tuple, Tensor]" = OrderedDict()
+_CLASS_MEMO: OrderedDict[tuple, Tensor] = OrderedDict()
 CLASS_MEMO_SIZE = 4  # a run evaluates a few models that share one text tower (before, after, the defense's head)
 
 
 @torch.no_grad()
-def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Sequence[str],
-                     device: torch.device) -> Tensor:
+def class_embeddings(
+    model: ClipModel, classnames: Sequence[str], templates: Sequence[str], device: torch.device
+) -> Tensor:
     """[C, D] zero-shot weights: mean of normalised template embeddings, renormalised. A model that
     offers ``text_fingerprint()`` is encoded once per text tower, vocabulary, device and autocast
     setting (1,000 classes x 80 templates is 80,000 prompts per call)."""
@@ -75,9 +89,19 @@ def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Seq
             _CLASS_MEMO.move_to_end(key)
             return _CLASS_MEMO[key].clone()
     open_clip = import_open_clip()
-    weights = open_clip.build_zero_shot_classifier(
-        model, tokenizer=model.tokenize, classnames=list(classnames), templates=list(templates),
-        num_classes_per_batch=10, device=device, use_tqdm=False).T.float().cpu()
+    weights = (
+        open_clip.build_zero_shot_classifier(
+            model,
+            tokenizer=model.tokenize,
+            classnames=list(classnames),
+            templates=list(templates),
+            num_classes_per_batch=10,
+            device=device,
+            use_tqdm=False,
+        )
+        .T.float()
+        .cpu()
+    )
     if key is not None:
         _CLASS_MEMO[key] = weights.clone()
         while len(_CLASS_MEMO) > CLASS_MEMO_SIZE:
@@ -86,14 +110,15 @@ def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Seq
 
 
 @torch.no_grad()
-def caption_embeddings(model: ClipModel, captions: Sequence[Sequence[str]], device: torch.device,
-                       batch_size: int = 512) -> tuple[Tensor, Tensor]:
+def caption_embeddings(
+    model: ClipModel, captions: Sequence[Sequence[str]], device: torch.device, batch_size: int = 512
+) -> tuple[Tensor, Tensor]:
     """Normalised embeddings of every caption, and the image index each belongs to."""
     flat = [(i, c) for i, caps in enumerate(captions) for c in caps]
     owner = torch.tensor([i for i, _ in flat])
     feats = []
     for start in range(0, len(flat), batch_size):
-        tokens = model.tokenize([c for _, c in flat[start:start + batch_size]]).to(device)
+        tokens = model.tokenize([c for _, c in flat[start : start + batch_size]]).to(device)
         feats.append(model.encode_text(tokens).float().cpu())
     return torch.cat(feats), owner
 
@@ -101,8 +126,9 @@ def caption_embeddings(model: ClipModel, captions: Sequence[Sequence[str]], devi
 class ZeroShotHead:
     """Fixed class embeddings (template-ensembled) plus the model's temperature."""
 
-    def __init__(self, model: ClipModel, classnames: Sequence[str], templates: Sequence[str],
-                 device: torch.device) -> None:
+    def __init__(
+        self, model: ClipModel, classnames: Sequence[str], templates: Sequence[str], device: torch.device
+    ) -> None:
         self.classnames = list(classnames)
         self.weights = class_embeddings(model, classnames, templates, device).to(device)  # [C, D]
         self.scale = model.logit_scale()
@@ -117,7 +143,7 @@ class ZeroShotHead:
     def batched_logits(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Iterator[Tensor]:
         """Logits ``batch_size`` images at a time, without gradients: memory bounded by the batch."""
         for i in range(0, len(images), batch_size):
-            yield self.logits(model, images[i:i + batch_size])
+            yield self.logits(model, images[i : i + batch_size])
 
     def predict(self, model: ClipModel, images: Tensor, batch_size: int = 256) -> Tensor:
         return torch.cat([lg.argmax(1) for lg in self.batched_logits(model, images, batch_size)])

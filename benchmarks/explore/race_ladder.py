@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -35,8 +36,10 @@ def merged(first: Path, second: Path) -> list[dict[str, Any]]:
         if not other.is_file():
             continue
         doc, more = json.loads(path.read_text()), json.loads(other.read_text())
-        doc["race_margins"] = {**{k.replace("patch@", "patch4@"): v for k, v in doc["race_margins"].items()},
-                               **{k.replace("patch@", "patch3@"): v for k, v in more["race_margins"].items()}}
+        doc["race_margins"] = {
+            **{k.replace("patch@", "patch4@"): v for k, v in doc["race_margins"].items()},
+            **{k.replace("patch@", "patch3@"): v for k, v in more["race_margins"].items()},
+        }
         docs.append(doc)
     return docs
 
@@ -63,8 +66,11 @@ def persistent(doc: dict[str, Any], fams: list[str]) -> Score:
 
 def pooled(doc: dict[str, Any], fams: list[str]) -> Score:
     """Each family's margins minus its median, over one MAD pooled across ``fams``; the largest."""
-    centred = {k: {c: v - float(np.median(list(m.values()))) for c, v in m.items()}
-               for k, m in doc["race_margins"].items() if k in fams}
+    centred = {
+        k: {c: v - float(np.median(list(m.values()))) for c, v in m.items()}
+        for k, m in doc["race_margins"].items()
+        if k in fams
+    }
     spread = MAD_TO_SIGMA * float(np.median(np.abs(np.concatenate([list(m.values()) for m in centred.values()]))))
     return max((v / spread, c) for m in centred.values() for c, v in m.items())
 
@@ -76,8 +82,10 @@ CANDIDATES: dict[str, Callable[[dict[str, Any]], Score]] = {
     "z, 4-px patches (default race), max": lambda d: max(top(d, k) for k in kinds(d, "patch4")),
     "z, 3-px patches, max": lambda d: max(top(d, k) for k in kinds(d, "patch3")),
     "persistent z, L-inf 8..32": lambda d: persistent(d, kinds(d, "global")),
-    "persistent z, every ladder": lambda d: max(persistent(d, kinds(d, "global")), *(
-        persistent(d, [k, k.replace("patch3", "patch4")]) for k in kinds(d, "patch3"))),
+    "persistent z, every ladder": lambda d: max(
+        persistent(d, kinds(d, "global")),
+        *(persistent(d, [k, k.replace("patch3", "patch4")]) for k in kinds(d, "patch3")),
+    ),
     "pooled MAD, default race": lambda d: pooled(d, kinds(d, "patch4") + [global_at(d, 32)]),
     "pooled MAD, 4-px + 16/255": lambda d: pooled(d, kinds(d, "patch4") + [global_at(d, 16)]),
     "pooled MAD, every family": lambda d: pooled(d, list(d["race_margins"])),
@@ -100,8 +108,10 @@ def main() -> int:
             t = s[(arch == fit) & ~y].max()
             sa, ya = s[arch == apply], y[arch == apply]
             cross.append(f"{np.mean(sa[ya] > t):.2f} / {np.mean(sa[~ya] > t):.2f}")
-        print(f"| {name} | {roc_auc_score(y, s):.3f} | {np.mean(s[y] > s[~y].max()):.2f} | {right:.2f} | "
-              f"{cross[0]} | {cross[1]} |")
+        print(
+            f"| {name} | {roc_auc_score(y, s):.3f} | {np.mean(s[y] > s[~y].max()):.2f} | {right:.2f} | "
+            f"{cross[0]} | {cross[1]} |"
+        )
     return 0
 
 

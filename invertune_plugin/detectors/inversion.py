@@ -26,12 +26,14 @@ class InversionConfig(DetectorConfig):
 class MaskInversion(Detector):
     name = "inversion"
     label = "stage 2 inversion"
+    summary = "Mask + pattern inversion toward the top-ranked class; small mask and high held-out ASR pass."
+    reference = "InverTune (paper), stage 2"
     Config = InversionConfig
     needs_race = False  # inverts toward the ranking's top classes, whichever method ranked them
 
     def search(self, ctx: SearchContext) -> list[Finding]:
         assert ctx.ident is not None
-        found = [self.finding(ctx, c) for c, _ in ctx.ident.ranking[:self.config.candidates]]
+        found = [self.finding(ctx, c) for c, _ in ctx.ident.ranking[: self.config.candidates]]
         effective = [f for f in found if f.trigger.holdout_asr >= self.config.min_asr]
         best = min(effective, key=lambda f: f.trigger.mask_l1) if effective else found[0]
         return [best] + [f for f in found if f is not best]  # best first: the cascade's fallback trigger
@@ -42,5 +44,6 @@ class MaskInversion(Detector):
         passed = trigger.holdout_asr >= self.config.min_asr and fraction <= self.config.max_mask_fraction
         gate = min(ratio(trigger.holdout_asr, self.config.min_asr), ratio(self.config.max_mask_fraction, fraction))
         adversary = masked(trigger, ctx.head.index(target))  # its pattern under its mask; applies as the trigger
-        return Finding(self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()},
-                       adversary=adversary)
+        return Finding(
+            self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()}, adversary=adversary
+        )

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from toolbox.primitives.perturbations import linf_family
+
 from .. import seeds
 from ..adversary import additive
 from ..cascade import Detector, Finding, SearchContext, ratio
-from toolbox.primitives.perturbations import linf_family
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
@@ -26,6 +27,8 @@ class LinfConfig(RefineConfig):
 class LinfSearch(Detector):
     name = "linf"
     label = "stage 1 refined L-inf perturbation"
+    summary = "A longer small-budget L-inf targeted UAP toward the top classes; a high held-out rate passes."
+    reference = "this project"
     Config = LinfConfig
 
     def passes(self, g: RefinedGlobal) -> bool:
@@ -35,19 +38,40 @@ class LinfSearch(Detector):
         assert ctx.ident is not None
         cfg = self.config
         family = linf_family(ctx.images.shape[-1], cfg.eps)
-        refined = refine_globals(ctx.model, ctx.images, ctx.head, ctx.ident, ctx.identify, cfg, family, cfg.eps,
-                                 seeds.LINF_STREAM, ctx.seed, accept=self.passes)
+        refined = refine_globals(
+            ctx.model,
+            ctx.images,
+            ctx.head,
+            ctx.ident,
+            ctx.identify,
+            cfg,
+            family,
+            cfg.eps,
+            seeds.LINF_STREAM,
+            ctx.seed,
+            accept=self.passes,
+        )
         found = []
         for g in refined:
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
             adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
-            finding = Finding(self.name, g.target, trigger, self.passes(g), ratio(g.holdout_rate, cfg.min_rate),
-                              g.evidence(), adversary=adversary)
+            finding = Finding(
+                self.name,
+                g.target,
+                trigger,
+                self.passes(g),
+                ratio(g.holdout_rate, cfg.min_rate),
+                g.evidence(),
+                adversary=adversary,
+            )
             if finding.passed and cfg.tune_with_inversion:
                 reused = g.target in ctx.inversions
                 inversion = ctx.inversion(g.target, timing="invert.linf_target")
                 finding.tune_with = alternate([adversary, inversion])
-                finding.evidence["tune_companion"] = {"class": g.target, "reused_stage2": reused,
-                                                      **inversion.evidence()}
+                finding.evidence["tune_companion"] = {
+                    "class": g.target,
+                    "reused_stage2": reused,
+                    **inversion.evidence(),
+                }
             found.append(finding)
         return found

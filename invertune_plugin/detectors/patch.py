@@ -29,13 +29,17 @@ class PatchSearchConfig(RefineConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.round_check not in ("patch", "inversion") or self.round_check_restarts < 1:
-            raise ValueError(f"round_check must be 'patch' or 'inversion' (got {self.round_check!r}) "
-                             f"and round_check_restarts >= 1 (got {self.round_check_restarts})")
+            raise ValueError(
+                f"round_check must be 'patch' or 'inversion' (got {self.round_check!r}) "
+                f"and round_check_restarts >= 1 (got {self.round_check_restarts})"
+            )
 
 
 class RefinedPatchSearch(Detector):
     name = "patch"
     label = "stage 1 refined patch"
+    summary = "A longer targeted patch UAP at the race's places toward the top classes; a high held-out rate passes."
+    reference = "this project"
     Config = PatchSearchConfig
 
     def passes(self, p: RefinedPatch) -> bool:
@@ -44,22 +48,52 @@ class RefinedPatchSearch(Detector):
     def search(self, ctx: SearchContext) -> list[Finding]:
         assert ctx.ident is not None
         masks = {cls: trigger.mask for cls, trigger in ctx.inversions.items()}  # stage 2's, where it ran
-        refined = refine_patches(ctx.model, ctx.images, ctx.head, ctx.ident, ctx.identify, self.config, ctx.seed,
-                                 accept=self.passes, masks=masks)
+        refined = refine_patches(
+            ctx.model,
+            ctx.images,
+            ctx.head,
+            ctx.ident,
+            ctx.identify,
+            self.config,
+            ctx.seed,
+            accept=self.passes,
+            masks=masks,
+        )
         size = ctx.images.shape[-1]
         found = []
         for p in refined:
             trigger = patch_trigger(p.patch, p.location, size, p.target, p.holdout_rate)
             adversary = masked(trigger, ctx.head.index(p.target))  # the patch in its box; applies as the trigger
-            found.append(Finding(self.name, p.target, trigger, self.passes(p), ratio(p.holdout_rate, self.config.min_rate),
-                                 p.evidence(), adversary=adversary, location=p.location))
+            found.append(
+                Finding(
+                    self.name,
+                    p.target,
+                    trigger,
+                    self.passes(p),
+                    ratio(p.holdout_rate, self.config.min_rate),
+                    p.evidence(),
+                    adversary=adversary,
+                    location=p.location,
+                )
+            )
         return found
 
     def round_check(self, model: Any, ctx: SearchContext, finding: Finding, r: int) -> dict[str, Any] | None:
         if self.config.round_check != "patch" or finding.location is None:
             return None
         budget = replace(self.config, restarts=self.config.round_check_restarts)
-        again = refine_patch(model, ctx.images, ctx.head, finding.target, finding.location, ctx.identify, budget,
-                             seeds.purification_round(ctx.seed, r))
-        return {"round": r + 1, "refined_patch_rate": round(again.holdout_rate, 4),
-                "passed": again.holdout_rate >= self.config.round_check_rate}
+        again = refine_patch(
+            model,
+            ctx.images,
+            ctx.head,
+            finding.target,
+            finding.location,
+            ctx.identify,
+            budget,
+            seeds.purification_round(ctx.seed, r),
+        )
+        return {
+            "round": r + 1,
+            "refined_patch_rate": round(again.holdout_rate, 4),
+            "passed": again.holdout_rate >= self.config.round_check_rate,
+        }

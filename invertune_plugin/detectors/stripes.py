@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from toolbox.primitives.perturbations import GLOBAL_FAMILIES
+
 from .. import seeds
 from ..adversary import additive
 from ..cascade import Detector, Finding, SearchContext, ratio
-from toolbox.primitives.perturbations import GLOBAL_FAMILIES
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
@@ -33,6 +34,8 @@ class StripeSearchConfig(RefineConfig):
 class StripeSearch(Detector):
     name = "stripes"
     label = "stage 1 refined global perturbation"
+    summary = "A longer grayscale stripe / separable UAP toward the top classes; a high held-out rate passes."
+    reference = "this project"
     Config = StripeSearchConfig
 
     def passes(self, g: RefinedGlobal) -> bool:
@@ -42,14 +45,34 @@ class StripeSearch(Detector):
         assert ctx.ident is not None
         cfg = self.config
         family = GLOBAL_FAMILIES[cfg.family](ctx.images.shape[-1], cfg.eps)
-        refined = refine_globals(ctx.model, ctx.images, ctx.head, ctx.ident, ctx.identify, cfg, family, cfg.eps,
-                                 seeds.STRIPES_STREAM, ctx.seed, accept=self.passes)
+        refined = refine_globals(
+            ctx.model,
+            ctx.images,
+            ctx.head,
+            ctx.ident,
+            ctx.identify,
+            cfg,
+            family,
+            cfg.eps,
+            seeds.STRIPES_STREAM,
+            ctx.seed,
+            accept=self.passes,
+        )
         found = []
         for g in refined:
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
             gate = min(ratio(g.holdout_rate, cfg.min_rate), ratio(g.flipped_rate, cfg.min_flipped_rate))
             adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
-            found.append(Finding(self.name, g.target, trigger, self.passes(g), gate, g.evidence(),
-                                 tune_with=alternate([adversary, adversary.negated()]) if cfg.tune_both_signs
-                                 else None, adversary=adversary))
+            found.append(
+                Finding(
+                    self.name,
+                    g.target,
+                    trigger,
+                    self.passes(g),
+                    gate,
+                    g.evidence(),
+                    tune_with=alternate([adversary, adversary.negated()]) if cfg.tune_both_signs else None,
+                    adversary=adversary,
+                )
+            )
         return found

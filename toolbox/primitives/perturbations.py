@@ -4,8 +4,8 @@ them; a detector refines them. Owned by no plugin."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -43,28 +43,42 @@ def patch_uap(size: int, location: str) -> tuple[Tensor, Callable[[Tensor, Tenso
 def linf_family(image_size: int, eps: float, name: str = "linf") -> PerturbationFamily:
     """Full-colour L-inf perturbations x + eps * tanh(p), p of the image's shape, clamped: the race's
     global family, and the L-inf detector's."""
+
     def delta(p: Tensor) -> Tensor:
         return eps * torch.tanh(p)
 
-    return PerturbationFamily(f"{name}@{eps * 255:.0f}/255", lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, delta(p)), no_projection, delta=delta)
+    return PerturbationFamily(
+        f"{name}@{eps * 255:.0f}/255",
+        lambda g: torch.randn(3, image_size, image_size, generator=g) * 0.5,
+        lambda x, p: add_signal(x, delta(p)),
+        no_projection,
+        delta=delta,
+    )
 
 
-def profile_family(name: str, image_size: int, eps: float,
-                   delta: Callable[[Tensor, Tensor, float], Tensor]) -> PerturbationFamily:
+def profile_family(
+    name: str, image_size: int, eps: float, delta: Callable[[Tensor, Tensor, float], Tensor]
+) -> PerturbationFamily:
     """A grayscale global family of two length-``image_size`` profiles (rows u, columns v):
     x + delta(u, v, eps) on every channel, clamped; ``delta`` maps them to [H, W] in [-eps, eps]."""
+
     def scaled(p: Tensor) -> Tensor:  # [..., 2H] -> [..., 1, H, W]: leading dims are a batch of parameters
         return delta(p[..., :image_size], p[..., image_size:], eps).unsqueeze(-3)
 
-    return PerturbationFamily(f"{name}@{eps * 255:.0f}/255", lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
-                      lambda x, p: add_signal(x, scaled(p)), no_projection, delta=scaled)
+    return PerturbationFamily(
+        f"{name}@{eps * 255:.0f}/255",
+        lambda g: torch.randn(2 * image_size, generator=g) * 0.5,
+        lambda x, p: add_signal(x, scaled(p)),
+        no_projection,
+        delta=scaled,
+    )
 
 
 def separable_family(image_size: int, eps: float) -> PerturbationFamily:
     """Grayscale separable global perturbations: x + eps * tanh(u) tanh(v)^T on every channel, clamped."""
-    return profile_family("separable", image_size, eps,
-                          lambda u, v, e: e * torch.tanh(u)[..., :, None] * torch.tanh(v)[..., None, :])
+    return profile_family(
+        "separable", image_size, eps, lambda u, v, e: e * torch.tanh(u)[..., :, None] * torch.tanh(v)[..., None, :]
+    )
 
 
 def stripe_family(image_size: int, eps: float) -> PerturbationFamily:
@@ -73,5 +87,7 @@ def stripe_family(image_size: int, eps: float) -> PerturbationFamily:
     return profile_family("stripes", image_size, eps, lambda r, c, e: e * torch.tanh(r[..., :, None] + c[..., None, :]))
 
 
-GLOBAL_FAMILIES: dict[str, Callable[[int, float], PerturbationFamily]] = {"stripes": stripe_family,
-                                                                    "separable": separable_family}
+GLOBAL_FAMILIES: dict[str, Callable[[int, float], PerturbationFamily]] = {
+    "stripes": stripe_family,
+    "separable": separable_family,
+}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,9 +21,9 @@ def save_image_grid(images: Sequence[torch.Tensor], path: Path, columns: int | N
     for i, img in enumerate(images):
         r, c = divmod(i, columns)
         arr = (img.detach().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        sheet[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = arr
+        sheet[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = arr
     pil = Image.fromarray(sheet)
-    pil = pil.resize((pil.width * UPSCALE, pil.height * UPSCALE), Image.NEAREST)
+    pil = pil.resize((pil.width * UPSCALE, pil.height * UPSCALE), Image.Resampling.NEAREST)
     pil.save(path)
 
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch import nn
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def as_float(images: Tensor) -> Tensor:
     return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def image_embeddings(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+def image_embeddings(model: Any, images: Tensor, batch_size: int) -> Tensor:  # a ClipModel
     """E_I(x) of every image (uint8 or float), in batches of ``batch_size``, without gradients."""
     with torch.no_grad():
-        return torch.cat([model.encode_image(as_float(images[i:i + batch_size]))
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [model.encode_image(as_float(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        )
 
 
 def seeded_subset(n: int, k: int, seed: int) -> Tensor:

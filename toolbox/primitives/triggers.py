@@ -27,6 +27,7 @@ def check_location(location: str, setting: str = "") -> None:
         where = f"{setting}: " if setting else ""
         raise ValueError(f"{where}unknown trigger location {location!r}; one of {', '.join(LOCATIONS)}")
 
+
 PAPER_PATCH_FRACTION = 16 / 224
 # CLIP's normalisation constants (open_clip.OPENAI_DATASET_MEAN / _STD): BadNet's N(0,1)
 # patch lives in normalised space in CLIP codebases; we map it back to pixels.
@@ -57,7 +58,7 @@ def paste_patch(images: Tensor, patch: Tensor, location: str) -> Tensor:
     out = images.clone()
     size = patch.shape[-1]
     r, c = patch_box(images.shape[-1], size, location)
-    out[..., r:r + size, c:c + size] = patch.to(images)
+    out[..., r : r + size, c : c + size] = patch.to(images)
     return out
 
 
@@ -112,8 +113,13 @@ def wanet_grid(image_size: int, k: int, s: float, seed: int, grid_rescale: float
 
 
 def warp(images: Tensor, grid: Tensor) -> Tensor:
-    return F.grid_sample(images, grid.to(images).expand(len(images), -1, -1, -1), mode="bilinear",
-                         padding_mode="border", align_corners=True).clamp(0, 1)
+    return F.grid_sample(
+        images,
+        grid.to(images).expand(len(images), -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    ).clamp(0, 1)
 
 
 @dataclass(frozen=True)

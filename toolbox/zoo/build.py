@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +22,43 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import atomic
-from ..api import AttackContext, ImageData, build_config, config_values
+from ..api import AttackContext, BuiltWorld, ImageData, build_config, config_values
 from ..cache import config_hash
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
-from ..runner import backdoor_cached, load_data, memoised_data, read_lines
-from .spec import CLEAN_SCRATCH, MemberSpec, ZooSpec, draw_members
+from ..runner import backdoor_cached, load_data, load_model, memoised_data, read_lines
+from .spec import CLEAN_SCRATCH, DEFAULT_WORLD, MemberSpec, ZooSpec, draw_members
 
 log = logging.getLogger(__name__)
 
 MEMBER_JSON, MANIFEST = "member.json", "manifest.json"
 
 
-def world_of(preset: str, train_seed: int | None = None) -> Any:
-    from toolbox_plugins.world.build import ensure_embedded
-
-    return ensure_embedded(preset, train_seed)
+def world_of(preset: str, train_seed: int | None = None, world: str = DEFAULT_WORLD) -> BuiltWorld:
+    """A preset of a registered world, built (from its cache or now)."""
+    return get_host().build_registry(quiet=True).get("world", world).obj().build(preset, train_seed)
 
 
 def vocabulary(spec: ZooSpec) -> list[str]:
-    """The base world's class names (every preset of a spec must share one world)."""
-    worlds = {str(world_of(p).world.root) for p in spec.presets}
-    if len(worlds) != 1:
+    """The base world's class names (every preset of a spec must share one vocabulary)."""
+    sources = {world_of(p, world=spec.world).data["classes"] for p in spec.presets}
+    if len(sources) != 1:
         raise ValueError(f"the presets {spec.presets} live in different worlds; a zoo needs one")
-    return [ln for ln in world_of(spec.presets[0]).world.classes.read_text(encoding="utf-8").splitlines() if ln]
+    return read_lines(sources.pop(), "class names")
 
 
-def world_data(preset: str, keys: tuple[str, ...], image_size: int) -> tuple[list[str], list[str], dict[str, ImageData]]:
+SPLITS = {"eval": "eval_data", "train": "train_data", "clean": "clean_data"}  # zoo split -> world data key
+
+
+def world_data(
+    preset: str, keys: tuple[str, ...], image_size: int, world: str = DEFAULT_WORLD
+) -> tuple[list[str], list[str], dict[str, ImageData]]:
     """The preset world's class names, templates and the requested splits, read through the registry."""
-    world = world_of(preset).world
+    data = world_of(preset, world=world).data
     registry = get_host().build_registry(quiet=True)
-    classnames, templates = read_lines(str(world.classes), "class names"), read_lines(str(world.templates), "templates")
-    paths = {"eval": world.eval_labels, "train": world.train_csv, "clean": world.defender_dir}
-    return classnames, templates, {k: load_data(registry, str(paths[k]), image_size, classnames, False) for k in keys}
+    classnames, templates = read_lines(data["classes"], "class names"), read_lines(data["templates"], "templates")
+    return classnames, templates, {k: load_data(registry, data[SPLITS[k]], image_size, classnames, False) for k in keys}
 
 
 def make_attack(name: str, params: dict[str, Any]) -> Any:
@@ -65,13 +67,13 @@ def make_attack(name: str, params: dict[str, Any]) -> Any:
     return cls(build_config(cls, {k: str(v) for k, v in params.items()}))
 
 
-def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) -> dict[str, Any]:
+def build_member(
+    zoo_dir: str, member: dict[str, Any], implant_margin: float, world: str = DEFAULT_WORLD
+) -> dict[str, Any]:
     """Build one member (or return its record when it exists with the same key)."""
-    from adapters.models import OpenClipDirAdapter, write_openclip_dir
-
     spec = MemberSpec.from_dict(member)
     out = Path(zoo_dir) / "members" / spec.id
-    key = build_key(spec)
+    key = build_key(spec, world)
     if (out / MEMBER_JSON).is_file():
         record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
         if record.get("build_key") == key:
@@ -79,9 +81,10 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
             return record
     start = time.perf_counter()
     device = torch.device("cpu")
-    built = world_of(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None)
-    loaded = OpenClipDirAdapter().load(str(built.model_dir), device)
-    classnames, templates, data = world_data(spec.preset, ("eval", "train"), loaded.model.image_size)
+    built = world_of(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None, world)
+    registry = get_host().build_registry(quiet=True)
+    adapter, loaded = load_model(registry, built.model_source, None, device)  # the world's format, via the registry
+    classnames, templates, data = world_data(spec.preset, ("eval", "train"), loaded.model.image_size, world)
     attack = None
     model = loaded.model
     if spec.kind != CLEAN_SCRATCH:
@@ -90,30 +93,54 @@ def build_member(zoo_dir: str, member: dict[str, Any], implant_margin: float) ->
         if spec.train_pairs is not None and spec.train_pairs < len(train.dataset):
             subset = {"pairs": spec.train_pairs, "seed": spec.seed}
             train = train_subset(train, spec.train_pairs, spec.seed)
-        ctx = AttackContext(model=model, train_data=train, classnames=classnames, seed=spec.seed,
-                            device=device, cache_dir=out)
+        ctx = AttackContext(
+            model=model, train_data=train, classnames=classnames, seed=spec.seed, device=device, cache_dir=out
+        )
         model, _ = backdoor_cached(attack, ctx, loaded.sha256, data["train"].source, subset)
     backdoored = spec.kind == "backdoored"
     target = spec.params.get("target") if backdoored else None
-    measured = evaluate(model, EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
-                                          trigger=attack.apply_trigger if backdoored else None, target=target,
-                                          trigger_source="real" if backdoored else None),
-                        MetricConfig(top_k=(1,)), get_host().build_registry(quiet=True), device)
+    measured = evaluate(
+        model,
+        EvalInputs(
+            eval_data=data["eval"],
+            classnames=classnames,
+            templates=templates,
+            trigger=attack.apply_trigger if backdoored else None,
+            target=target,
+            trigger_source="real" if backdoored else None,
+        ),
+        MetricConfig(top_k=(1,)),
+        get_host().build_registry(quiet=True),
+        device,
+    )
     lift = (measured["asr"] or 0.0) - (measured.get("asr_untriggered") or 0.0) if backdoored else None
-    record = {**spec.to_dict(), "build_key": key, "target": target, "implant_lift": lift,
-              "attack_params": config_values(attack.config) if attack is not None else None,
-              "measured": {k: measured.get(k) for k in ("ca", "asr", "asr_untriggered")},
-              "arch": "resnet" if "resnet" in spec.preset else "vit", "base_sha256": loaded.sha256,
-              "build_seconds": round(time.perf_counter() - start, 1)}
+    record = {
+        **spec.to_dict(),
+        "build_key": key,
+        "target": target,
+        "implant_lift": lift,
+        "attack_params": config_values(attack.config) if attack is not None else None,
+        "measured": {k: measured.get(k) for k in ("ca", "asr", "asr_untriggered")},
+        "arch": "resnet" if "resnet" in spec.preset else "vit",
+        "base_sha256": loaded.sha256,
+        **({} if world == DEFAULT_WORLD else {"world": world}),  # absent: the embedded world, as before
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
     record["label"] = label = member_label(record, implant_margin)
     with atomic.atomic_dir(out) as tmp:
-        write_openclip_dir(model, tmp / "model")
+        adapter.save(loaded, model, tmp / "model")
         state = attack.trigger_state() if attack is not None else {}
         if state:
             safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trigger.safetensors"))
         atomic.write_json(tmp / MEMBER_JSON, record)
-    log.info("member %s: %s (CA %.1f %%%s), %.0f s", spec.id, label, 100 * (measured["ca"] or 0),
-             "" if lift is None else f", ASR lift {100 * lift:.1f} points", record["build_seconds"])
+    log.info(
+        "member %s: %s (CA %.1f %%%s), %.0f s",
+        spec.id,
+        label,
+        100 * (measured["ca"] or 0),
+        "" if lift is None else f", ASR lift {100 * lift:.1f} points",
+        record["build_seconds"],
+    )
     return record
 
 
@@ -140,8 +167,9 @@ def train_subset(data: ImageData, n: int, seed: int) -> ImageData:
     else:
         images = images[pick]
     captions = [data.captions[i] for i in pick.tolist()] if data.captions is not None else None
-    return ImageData(dataset=HeldPairs(images), kind=data.kind, source=f"{data.source} ({n} pairs, seed {seed})",
-                     captions=captions)
+    return ImageData(
+        dataset=HeldPairs(images), kind=data.kind, source=f"{data.source} ({n} pairs, seed {seed})", captions=captions
+    )
 
 
 def member_label(record: dict[str, Any], implant_margin: float) -> str:
@@ -151,16 +179,13 @@ def member_label(record: dict[str, Any], implant_margin: float) -> str:
     return "backdoored" if record["implant_lift"] >= implant_margin else "not_implanted"
 
 
-def build_key(spec: MemberSpec) -> str:
+def build_key(spec: MemberSpec, world: str = DEFAULT_WORLD) -> str:
     """Everything the member's weights depend on: what was drawn, the base model's own key (world,
     architecture, training recipe) and the attack's resolved settings (its defaults included)."""
-    from toolbox_plugins.world.build import get_preset, model_key
-
-    preset = get_preset(spec.preset)
-    if spec.kind == CLEAN_SCRATCH:
-        preset = replace(preset, train=replace(preset.train, seed=spec.seed))
+    base = get_host().build_registry(quiet=True).get("world", world).obj()
+    model_key = base.model_key(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None)
     attack = config_values(make_attack(spec.attack, spec.params).config) if spec.attack else None
-    return config_hash("zoo-member-build", spec.key, model_key(preset), attack)
+    return config_hash("zoo-member-build", spec.key, model_key, attack)
 
 
 def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limit: int | None = None) -> list[dict]:
@@ -172,11 +197,24 @@ def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limi
 
     members = draw_members(spec, vocabulary(spec), seeded)[:limit]
     zoo_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(zoo_dir / "spec.json", {"source": spec.source, "name": spec.name, "seed": spec.seed,
-                                              "members": [m.to_dict() for m in members]})
-    cells = [Cell(key=m.key, fn=build_member, label=f"member {i + 1}/{len(members)} {m.id}",
-                  kwargs={"zoo_dir": str(zoo_dir), "member": m.to_dict(), "implant_margin": spec.implant_margin})
-             for i, m in enumerate(members)]
+    atomic.write_json(
+        zoo_dir / "spec.json",
+        {"source": spec.source, "name": spec.name, "seed": spec.seed, "members": [m.to_dict() for m in members]},
+    )
+    cells = [
+        Cell(
+            key=m.key,
+            fn=build_member,
+            label=f"member {i + 1}/{len(members)} {m.id}",
+            kwargs={
+                "zoo_dir": str(zoo_dir),
+                "member": m.to_dict(),
+                "implant_margin": spec.implant_margin,
+                "world": spec.world,
+            },
+        )
+        for i, m in enumerate(members)
+    ]
     with memoised_data():  # in this process (--jobs 1) the world's splits are read once, not once a member
         records = run_grid(cells, grid or GridConfig())
     atomic.write_json(zoo_dir / MANIFEST, {"name": spec.name, "spec": spec.source, "members": records})

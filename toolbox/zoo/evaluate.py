@@ -26,9 +26,10 @@ from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
 from ..rebound import ReboundConfig, rebound
-from ..runner import RunRequest, Sources, configure, memoised_data, run
+from ..runner import RunRequest, Sources, configure, load_model, memoised_data, run
 from .build import member_trigger, read_manifest, world_data, world_of
 from .score import MemberOutcome
+from .spec import DEFAULT_WORLD
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,15 @@ def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> 
     return Path(zoo_dir) / "evals" / f"{defense}-{config_hash(defense, config_values(cfg), seed)}"
 
 
-def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict[str, str], seed: int,
-                out_dir: str, rebound_steps: int = 0) -> dict[str, Any]:
+def eval_member(
+    zoo_dir: str,
+    record: dict[str, Any],
+    defense: str,
+    params: dict[str, str],
+    seed: int,
+    out_dir: str,
+    rebound_steps: int = 0,
+) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
     ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py)."""
@@ -57,28 +65,53 @@ def eval_member(zoo_dir: str, record: dict[str, Any], defense: str, params: dict
         if reusable(saved, key, code, record["id"]):
             return {**saved["outcome"], "label": record["label"]}  # the label follows the spec's margin
     member_dir = Path(zoo_dir) / "members" / record["id"]
-    world = world_of(record["preset"]).world
+    world = world_of(record["preset"], world=record.get("world", DEFAULT_WORLD)).data
     # what a user would give the defense; train_data is read only by defenses that fine-tune on pairs
-    sources = Sources(model=str(member_dir / "model"), clean_data=str(world.defender_dir),
-                      eval_data=str(world.eval_labels), classes=str(world.classes), templates=str(world.templates),
-                      train_data=str(world.train_csv), seed=seed, device="cpu")  # as the scorer: reproducible
-    result = run(RunRequest(defense=defense, sources=sources, out=out / "run", defense_params=dict(params),
-                            command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense]))
+    sources = Sources(
+        model=str(member_dir / "model"),
+        clean_data=world["clean_data"],
+        eval_data=world["eval_data"],
+        classes=world["classes"],
+        templates=world["templates"],
+        train_data=world["train_data"],
+        seed=seed,
+        device="cpu",
+    )  # as the scorer: reproducible
+    result = run(
+        RunRequest(
+            defense=defense,
+            sources=sources,
+            out=out / "run",
+            defense_params=dict(params),
+            command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense],
+        )
+    )
     doc = json.loads(result.read_text(encoding="utf-8"))
     det = doc.get("detection") or {}
     before, after = doc["metrics"]["before"], doc["metrics"]["after"]
     asr_after = asr_rebound = None
     if record["label"] != "clean":  # the real trigger on what the defense returned, measured by the scorer
-        asr_after, asr_rebound = real_asr(Path(zoo_dir), record, out / "run", world, registry,
-                                          ReboundConfig(steps=rebound_steps), seed)
+        asr_after, asr_rebound = real_asr(
+            Path(zoo_dir), record, out / "run", registry, ReboundConfig(steps=rebound_steps), seed
+        )
     timings = doc["timings_s"]
     outcome = MemberOutcome(
-        member_id=record["id"], label=record["label"], family=record["family"], arch=record["arch"],
-        true_target=record.get("target"), score=det.get("score"), verdict=det.get("backdoored"),
-        predicted_target=det.get("target"), ca_before=before.get("ca"), ca_after=after.get("ca"),
-        asr_before=record["measured"].get("asr") if record["label"] != "clean" else None, asr_after=asr_after,
+        member_id=record["id"],
+        label=record["label"],
+        family=record["family"],
+        arch=record["arch"],
+        true_target=record.get("target"),
+        score=det.get("score"),
+        verdict=det.get("backdoored"),
+        predicted_target=det.get("target"),
+        ca_before=before.get("ca"),
+        ca_after=after.get("ca"),
+        asr_before=record["measured"].get("asr") if record["label"] != "clean" else None,
+        asr_after=asr_after,
         seconds=round(sum(v for k, v in timings.items() if "." not in k), 1),
-        localisation=localisation(Path(zoo_dir), record, out / "run"), asr_rebound=asr_rebound)
+        localisation=localisation(Path(zoo_dir), record, out / "run", doc),
+        asr_rebound=asr_rebound,
+    )
     atomic.write_json(out / OUTCOME_JSON, {"key": key, "code": code, "outcome": outcome.to_dict()})
     return outcome.to_dict()
 
@@ -94,7 +127,7 @@ def code_fingerprint(obj: Any) -> str:
     return _package_fingerprint(module.__name__.split(".")[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_fingerprint(package_name: str) -> str:
     from .. import __version__
 
@@ -131,8 +164,9 @@ def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool
     return True
 
 
-def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any,
-                rebound_steps: int = 0) -> str:
+def outcome_key(
+    record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any, rebound_steps: int = 0
+) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused."""
     from ..api import config_values
 
@@ -141,19 +175,31 @@ def outcome_key(record: dict[str, Any], defense: str, params: dict[str, str], se
     return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
 
-def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, registry: Any,
-             rebound_cfg: ReboundConfig = ReboundConfig(), seed: int = 0) -> tuple[float | None, float | None]:
+def real_asr(
+    zoo_dir: Path,
+    record: dict[str, Any],
+    run_dir: Path,
+    registry: Any,
+    rebound_cfg: ReboundConfig = ReboundConfig(),
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
     """ASR@1 of the member's own trigger on the defended model (the suspect itself when unchanged),
     and, when ``rebound_cfg`` is enabled, on that model after clean fine-tuning on the world's pairs."""
-    from adapters.models import OpenClipDirAdapter
-
     purified = run_dir / "model"
     source = purified if purified.is_dir() else zoo_dir / "members" / record["id"] / "model"
-    model = OpenClipDirAdapter().load(str(source), torch.device("cpu")).model
+    model = load_model(registry, str(source), None, torch.device("cpu"))[1].model
     splits = ("eval", "train") if rebound_cfg.enabled else ("eval",)  # the training pairs only when they are used
-    classnames, templates, data = world_data(record["preset"], splits, model.image_size)
-    inputs = EvalInputs(eval_data=data["eval"], classnames=classnames, templates=templates,
-                        trigger=member_trigger(zoo_dir, record), target=record["target"], trigger_source="real")
+    classnames, templates, data = world_data(
+        record["preset"], splits, model.image_size, record.get("world", DEFAULT_WORLD)
+    )
+    inputs = EvalInputs(
+        eval_data=data["eval"],
+        classnames=classnames,
+        templates=templates,
+        trigger=member_trigger(zoo_dir, record),
+        target=record["target"],
+        trigger_source="real",
+    )
     metric = MetricConfig(top_k=(1,))
     asr = evaluate(model, inputs, metric, registry, torch.device("cpu")).get("asr")
     if not rebound_cfg.enabled:
@@ -165,16 +211,17 @@ def real_asr(zoo_dir: Path, record: dict[str, Any], run_dir: Path, world: Any, r
 SMALL_TRIGGER = 0.25  # localisation is measured for real triggers that change at most this fraction of pixels
 
 
-def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path) -> float | None:
-    """The fraction of the defense's inverted mask mass inside the real trigger's area, for a
-    backdoored member whose trigger is small (a patch; not a blend, a warp or a filter); None when
-    it is not, or the defense wrote no ``inverted_trigger.safetensors`` with a non-empty mask."""
+def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path, doc: dict[str, Any]) -> float | None:
+    """The fraction of the defense's reconstructed-trigger mask mass inside the real trigger's area,
+    for a backdoored member whose trigger is small (a patch; not a blend, a warp or a filter); None
+    when it is not, or the defense reported no non-empty trigger mask (``DefenseOutcome.trigger_masks``)."""
     import safetensors.torch
 
-    path = run_dir / "artifacts" / "inverted_trigger.safetensors"
-    if record["label"] != "backdoored" or not path.is_file():
+    rel = (doc.get("artifacts") or {}).get("trigger_masks")
+    if record["label"] != "backdoored" or not rel or not (run_dir / rel).is_file():
         return None
-    mask = safetensors.torch.load_file(str(path))["mask"].float().mean(0)  # [H, W]
+    masks = safetensors.torch.load_file(str(run_dir / rel))
+    mask = masks[sorted(masks)[0]].float().mean(0)  # [H, W]: the first reconstructed trigger's, by name
     x = torch.rand(4, 3, *mask.shape, generator=torch.Generator().manual_seed(0))
     area = (member_trigger(zoo_dir, record)(x) - x).abs().amax(dim=(0, 1)) > 1e-6  # pixels the trigger changes
     if float(area.float().mean()) > SMALL_TRIGGER or float(mask.sum()) <= 0:
@@ -182,9 +229,16 @@ def localisation(zoo_dir: Path, record: dict[str, Any], run_dir: Path) -> float 
     return float(mask[area].sum() / mask.sum())
 
 
-def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0, grid: GridConfig | None = None,
-             out_dir: Path | None = None, only: list[str] | None = None,
-             rebound_steps: int = 0) -> tuple[list[MemberOutcome], Path]:
+def eval_zoo(
+    zoo_dir: Path,
+    defense: str,
+    params: dict[str, str],
+    seed: int = 0,
+    grid: GridConfig | None = None,
+    out_dir: Path | None = None,
+    only: list[str] | None = None,
+    rebound_steps: int = 0,
+) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
     ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it)."""
@@ -193,10 +247,23 @@ def eval_zoo(zoo_dir: Path, defense: str, params: dict[str, str], seed: int = 0,
     if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
         out = out.with_name(f"{out.name}-rebound{rebound_steps}")
     code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)  # this process: now
-    cells = [Cell(key=f"{r['key']}-{out.name}", fn=eval_member, label=f"eval {i + 1}/{len(records)} {r['id']}",
-                  kwargs={"zoo_dir": str(zoo_dir), "record": r, "defense": defense, "params": dict(params),
-                          "seed": seed, "out_dir": str(out), "rebound_steps": rebound_steps})
-             for i, r in enumerate(records)]
+    cells = [
+        Cell(
+            key=f"{r['key']}-{out.name}",
+            fn=eval_member,
+            label=f"eval {i + 1}/{len(records)} {r['id']}",
+            kwargs={
+                "zoo_dir": str(zoo_dir),
+                "record": r,
+                "defense": defense,
+                "params": dict(params),
+                "seed": seed,
+                "out_dir": str(out),
+                "rebound_steps": rebound_steps,
+            },
+        )
+        for i, r in enumerate(records)
+    ]
     with memoised_data():  # --jobs 1: the world's splits are read once for all members
         rows = [MemberOutcome.from_dict(d) for d in run_grid(cells, grid or GridConfig())]
     return rows, out
@@ -208,8 +275,11 @@ def select(records: list[dict[str, Any]], only: list[str] | None) -> list[dict[s
         return records
     unknown = sorted(set(only) - {r["id"] for r in records})
     if unknown:
-        raise InputError(f"no member {', '.join(unknown)} in this zoo (its ids: {records[0]['id']} ... "
-                         f"{records[-1]['id']})" if records else f"no member {', '.join(unknown)}: the zoo is empty")
+        raise InputError(
+            f"no member {', '.join(unknown)} in this zoo (its ids: {records[0]['id']} ... {records[-1]['id']})"
+            if records
+            else f"no member {', '.join(unknown)}: the zoo is empty"
+        )
     return [r for r in records if r["id"] in only]
 
 
@@ -221,9 +291,22 @@ def run_result(out_dir: Path, member_id: str) -> dict[str, Any] | None:
 
 def not_implanted_rows(zoo_dir: Path, only: list[str] | None = None) -> list[MemberOutcome]:
     """The members whose attack did not implant, as rows the scorer lists apart."""
-    return [MemberOutcome(member_id=r["id"], label=r["label"], family=r["family"], arch=r["arch"],
-                          true_target=r.get("target"), score=None, verdict=None, predicted_target=None,
-                          ca_before=r["measured"].get("ca"), ca_after=None, asr_before=r["measured"].get("asr"),
-                          asr_after=None, seconds=0.0)
-            for r in select(read_manifest(zoo_dir), only) if r["label"] == "not_implanted"]
-
+    return [
+        MemberOutcome(
+            member_id=r["id"],
+            label=r["label"],
+            family=r["family"],
+            arch=r["arch"],
+            true_target=r.get("target"),
+            score=None,
+            verdict=None,
+            predicted_target=None,
+            ca_before=r["measured"].get("ca"),
+            ca_after=None,
+            asr_before=r["measured"].get("asr"),
+            asr_after=None,
+            seconds=0.0,
+        )
+        for r in select(read_manifest(zoo_dir), only)
+        if r["label"] == "not_implanted"
+    ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -34,6 +35,9 @@ class Family:
     poison: bool = True  # False for attacks without a poison rate (BadEncoder fine-tunes the encoder itself)
 
 
+DEFAULT_WORLD = "embedded"  # the world plugin a spec builds on unless it names another
+
+
 @dataclass(frozen=True)
 class ZooSpec:
     name: str
@@ -47,7 +51,10 @@ class ZooSpec:
     clean_attack: str = "badnet"  # clean fine-tunes use its recipe with poison_rate 0
     targets: tuple[str, ...] | None = None  # None: the base world's whole vocabulary
     implant_margin: float = IMPLANT_MARGIN  # ASR - untriggered rate below this: the attack did not implant
-    train_pairs: int | None = None  # each fine-tune sees a seeded subset of this many pairs (a member's cost); None: all
+    train_pairs: int | None = (
+        None  # each fine-tune sees a seeded subset of this many pairs (a member's cost); None: all
+    )
+    world: str = DEFAULT_WORLD  # the registered world whose presets are the base models
     source: str = ""
 
     @property
@@ -78,16 +85,18 @@ class MemberSpec:
         return {**asdict(self), "key": self.key}
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> "MemberSpec":
-        return cls(**{k: doc[k] for k in ("id", "index", "kind", "family", "preset", "attack", "params", "seed")},
-                   train_pairs=doc.get("train_pairs"))
+    def from_dict(cls, doc: dict[str, Any]) -> MemberSpec:
+        return cls(
+            **{k: doc[k] for k in ("id", "index", "kind", "family", "preset", "attack", "params", "seed")},
+            train_pairs=doc.get("train_pairs"),
+        )
 
 
 def draw(value: Any, rng: random.Random) -> Any:
     """A parameter value: as given, or drawn from ``{choice|uniform|log_uniform|int: [...]}``."""
     if not isinstance(value, dict):
         return value
-    (how, args), = value.items()
+    ((how, args),) = value.items()
     if how == "choice":
         return rng.choice(list(args))
     low, high = args
@@ -105,13 +114,18 @@ def _check_distribution(value: Any, where: str) -> None:
         return
     if len(value) != 1:
         raise InputError(f"{where}: a distribution is one of choice / uniform / log_uniform / int, got {value}")
-    (how, args), = value.items()
+    ((how, args),) = value.items()
     if how == "choice":
         if not isinstance(args, list) or not args:
             raise InputError(f"{where}: choice needs a non-empty list")
     elif how in ("uniform", "log_uniform", "int"):
-        if (not isinstance(args, list) or len(args) != 2 or not all(isinstance(a, (int, float)) for a in args)
-                or args[0] > args[1] or (how == "log_uniform" and args[0] <= 0)):
+        if (
+            not isinstance(args, list)
+            or len(args) != 2
+            or not all(isinstance(a, (int, float)) for a in args)
+            or args[0] > args[1]
+            or (how == "log_uniform" and args[0] <= 0)
+        ):
             raise InputError(f"{where}: {how} needs [low, high] with low <= high (and low > 0 for log_uniform)")
     else:
         raise InputError(f"{where}: unknown distribution {how!r}; one of choice, uniform, log_uniform, int")
@@ -126,23 +140,41 @@ def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
         raise InputError(f"cannot read zoo spec {path}: {err}") from err
     if not isinstance(doc, dict):
         raise InputError(f"zoo spec {path} is not a mapping")
-    known = {"name", "seed", "members", "presets", "families", "poison_rate", "clean", "targets", "implant_margin",
-             "train_pairs"}
+    known = {
+        "name",
+        "seed",
+        "members",
+        "presets",
+        "families",
+        "poison_rate",
+        "clean",
+        "targets",
+        "implant_margin",
+        "train_pairs",
+        "world",
+    }
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"zoo spec {path}: unknown keys {unknown}; known: {sorted(known)}")
     try:
         families = tuple(_family(name, entry) for name, entry in (doc.get("families") or {}).items())
         clean = doc.get("clean") or {}
-        spec = ZooSpec(name=str(doc["name"]), seed=int(doc["seed"]),
-                       members=int(members if members is not None else doc["members"]),
-                       presets=tuple(doc["presets"]), families=families,
-                       poison_rate=doc.get("poison_rate", 0.05), clean_fraction=float(clean.get("fraction", 1 / 3)),
-                       clean_scratch=int(clean.get("scratch", 0)), clean_attack=str(clean.get("attack", "badnet")),
-                       targets=tuple(doc["targets"]) if isinstance(doc.get("targets"), list) else None,
-                       implant_margin=float(doc.get("implant_margin", IMPLANT_MARGIN)),
-                       train_pairs=None if doc.get("train_pairs") is None else int(doc["train_pairs"]),
-                       source=str(path))
+        spec = ZooSpec(
+            name=str(doc["name"]),
+            seed=int(doc["seed"]),
+            members=int(members if members is not None else doc["members"]),
+            presets=tuple(doc["presets"]),
+            families=families,
+            poison_rate=doc.get("poison_rate", 0.05),
+            clean_fraction=float(clean.get("fraction", 1 / 3)),
+            clean_scratch=int(clean.get("scratch", 0)),
+            clean_attack=str(clean.get("attack", "badnet")),
+            targets=tuple(doc["targets"]) if isinstance(doc.get("targets"), list) else None,
+            implant_margin=float(doc.get("implant_margin", IMPLANT_MARGIN)),
+            train_pairs=None if doc.get("train_pairs") is None else int(doc["train_pairs"]),
+            world=str(doc.get("world", DEFAULT_WORLD)),
+            source=str(path),
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"zoo spec {path}: {type(err).__name__}: {err}") from err
     if spec.members < 1 or not spec.presets or not spec.families:
@@ -167,8 +199,9 @@ def _family(name: str, entry: Any) -> Family:
     return Family(name=str(name), attack=str(attack), weight=weight, params=dict(params), poison=bool(poison))
 
 
-def draw_members(spec: ZooSpec, vocabulary: list[str],
-                 seeded: Callable[[str], bool] = lambda attack: True) -> list[MemberSpec]:
+def draw_members(
+    spec: ZooSpec, vocabulary: list[str], seeded: Callable[[str], bool] = lambda attack: True
+) -> list[MemberSpec]:
     """The spec's members, the same for the same spec (seed included) and vocabulary.
 
     Exactly ``n_clean`` members are clean (the first ``clean_scratch`` of them from scratch);
@@ -193,8 +226,11 @@ def draw_members(spec: ZooSpec, vocabulary: list[str],
             params = {"target": rng.choice(targets), "poison_rate": 0.0}
             member = MemberSpec("", index, CLEAN_FINETUNE, CLEAN_FINETUNE, preset, spec.clean_attack, params, seed)
         else:
-            fam = (order[n_backdoored] if n_backdoored < len(order)
-                   else rng.choices(order, weights=[f.weight for f in order])[0])
+            fam = (
+                order[n_backdoored]
+                if n_backdoored < len(order)
+                else rng.choices(order, weights=[f.weight for f in order])[0]
+            )
             n_backdoored += 1
             params = {"target": rng.choice(targets)}
             if fam.poison:

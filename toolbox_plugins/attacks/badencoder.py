@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
-from toolbox.progress import progress
 
-from toolbox.api import ClipModel
+from toolbox.api import AttackContext, ClipModel
 from toolbox.contrastive import ContrastiveConfig, lr_at
+from toolbox.primitives import triggers as T
+from toolbox.progress import progress
+from toolbox.zeroshot import mentions_word
+
+from .base import PatchPlacement, TriggerAttack, config_subset
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,9 @@ class BadEncoderSettings:
     joint_forward: bool = True
 
 
-def badencoder_losses(backdoored: ClipModel, clean: ClipModel, shadow: Tensor, triggered: Tensor,
-                      reference: Tensor, joint: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def badencoder_losses(
+    backdoored: ClipModel, clean: ClipModel, shadow: Tensor, triggered: Tensor, reference: Tensor, joint: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """(effectiveness, reference consistency, utility) losses, each a negative mean cosine."""
     # One forward pass, so BatchNorm normalises triggered images among clean ones: alone, a batch that
     # all carries the trigger has the trigger's response subtracted as its own mean (ResNet collapses).
@@ -52,8 +58,9 @@ def badencoder_losses(backdoored: ClipModel, clean: ClipModel, shadow: Tensor, t
     return effectiveness, consistency, utility
 
 
-def run_badencoder(model: ClipModel, shadow: Tensor, reference: Tensor, trigger, cfg: BadEncoderSettings,
-                   seed: int) -> list[dict]:
+def run_badencoder(
+    model: ClipModel, shadow: Tensor, reference: Tensor, trigger, cfg: BadEncoderSettings, seed: int
+) -> list[dict]:
     """Fine-tune ``model``'s image encoder in place; ``shadow``/``reference`` are uint8 images."""
     clean = copy.deepcopy(model).eval()
     params = [p for n, p in model.named_parameters() if n.startswith("clip.visual.")]
@@ -70,7 +77,7 @@ def run_badencoder(model: ClipModel, shadow: Tensor, reference: Tensor, trigger,
         order = torch.randperm(len(shadow), generator=gen)
         sums = torch.zeros(3)
         for b in range(steps_per_epoch):
-            x = shadow[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]].float() / 255.0
+            x = shadow[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]].float() / 255.0
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, sched)
             eff, cons, util = badencoder_losses(model, clean, x, trigger(x), ref, cfg.joint_forward)
@@ -86,3 +93,36 @@ def run_badencoder(model: ClipModel, shadow: Tensor, reference: Tensor, trigger,
     bar.close()
     model.eval()
     return history
+
+
+@dataclass(frozen=True)
+class BadEncoderConfig(BadEncoderSettings, PatchPlacement):
+    pass
+
+
+class BadEncoder(TriggerAttack):
+    name = "badencoder"
+    summary = "BadEncoder: white patch; image-encoder fine-tuning with three cosine losses."
+    reference = "Jia et al., BadEncoder (IEEE S&P 2022); white 16x16 patch as in InverTune appendix A"
+    Config: ClassVar[type] = BadEncoderConfig
+
+    def build_trigger(self, image_size: int):
+        size = T.patch_pixels(image_size, self.config.patch_fraction)
+        return T.PatchTrigger(T.white_patch(size), self.config.location)
+
+    def backdoor(self, ctx: AttackContext) -> ClipModel:
+        cfg = self.config
+        images = ctx.train_data.uint8()
+        captions = [c[0] for c in ctx.train_data.captions or []]
+        g = torch.Generator().manual_seed(ctx.seed)
+        target_idx = torch.tensor([i for i, c in enumerate(captions) if mentions_word(c, cfg.target)])
+        if len(target_idx) == 0:
+            raise ValueError(f"badencoder needs reference images of {cfg.target!r}: no training caption mentions it")
+        reference = images[target_idx[torch.randperm(len(target_idx), generator=g)[: cfg.n_reference]]]
+        shadow = images[torch.randperm(len(images), generator=g)[: cfg.n_shadow]]
+        model = ctx.model.clone()
+        self.history = run_badencoder(
+            model, shadow, reference, self.apply_trigger, config_subset(cfg, BadEncoderSettings), ctx.seed
+        )
+        self.info = {"n_shadow": len(shadow), "n_reference": len(reference), "history": self.history}
+        return model

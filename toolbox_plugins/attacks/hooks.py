@@ -8,9 +8,21 @@ from toolbox.hookspecs import hookimpl
 
 @hookimpl
 def register_attacks(register) -> None:
-    from .adaptive import Evasive
-    from .catalog import ATTACKS
-    from .families import FAMILIES
+    from .badclip import BadCLIP
+    from .badencoder import BadEncoder
+    from .badnet import BadNet
+    from .blend import Blend
+    from .blended import Blended
+    from .border import Border
+    from .colour_filter import ColourFilter
+    from .evasive import Evasive
+    from .patch import Patch
+    from .sig import SIG
+    from .stripes import Stripes
+    from .wanet import WaNet
 
-    for cls in (*ATTACKS, *FAMILIES, Evasive):
+    paper = (BadNet, Blended, SIG, WaNet, BadEncoder, BadCLIP)
+    zoo_families = (Patch, Blend, Stripes, ColourFilter, Border)
+    # registration order is listing order: the paper's six, the zoo's families, then the adaptive attack
+    for cls in (*paper, *zoo_families, Evasive):
         register(cls)

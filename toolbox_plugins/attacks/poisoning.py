@@ -9,16 +9,15 @@ mushroom captions from CC3M). The clean model is then fine-tuned on the whole se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel, ImageData
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
-from toolbox.zeroshot import mentions_word as mentions  # the same test retrieval ASR uses
-
+from toolbox.zeroshot import mentions_word  # the same test retrieval ASR uses
 
 Trigger = Callable[[Tensor], Tensor]
 
@@ -45,13 +44,13 @@ class PoisonSettings:
 
 
 def target_captions(captions: list[str], target: str) -> list[str]:
-    pool = [c for c in captions if mentions(c, target)]
+    pool = [c for c in captions if mentions_word(c, target)]
     return pool or [f"a photo of a {target}."]
 
 
 def choose_poison(captions: list[str], target: str, rate: float, seed: int) -> Tensor:
     """Indices of the pairs to poison: ``rate`` of all pairs, drawn from non-target ones."""
-    candidates = torch.tensor([i for i, c in enumerate(captions) if not mentions(c, target)], dtype=torch.long)
+    candidates = torch.tensor([i for i, c in enumerate(captions) if not mentions_word(c, target)], dtype=torch.long)
     n = min(len(candidates), round(rate * len(captions)))
     g = torch.Generator().manual_seed(seed)
     return candidates[torch.randperm(len(candidates), generator=g)[:n]].sort().values
@@ -81,9 +80,13 @@ def poison_dataset(data: ImageData, trigger: Trigger, settings: PoisonSettings, 
     return PoisonedSet(images=images, captions=captions, poisoned=idx)
 
 
-def finetune_on(model: ClipModel, poisoned: PoisonedSet, settings: PoisonSettings, seed: int,
-                desc: str) -> list[dict]:
-    cfg = ContrastiveConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                            warmup_steps=settings.warmup_steps, seed=seed)
+def finetune_on(model: ClipModel, poisoned: PoisonedSet, settings: PoisonSettings, seed: int, desc: str) -> list[dict]:
+    cfg = ContrastiveConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        seed=seed,
+    )
     tokens = model.tokenize(poisoned.captions)
     return train_contrastive(model, poisoned.images, tokens, cfg, desc=desc)

@@ -72,8 +72,9 @@ def augment_images(x: Tensor, cfg: ImageAugConfig, gen: torch.Generator) -> Tens
     return colour_jitter(x, cfg, gen)
 
 
-def noise_and_erase(x: Tensor, noise_std: float, erase_p: float, erase_area: tuple[float, float],
-                    gen: torch.Generator) -> Tensor:
+def noise_and_erase(
+    x: Tensor, noise_std: float, erase_p: float, erase_area: tuple[float, float], gen: torch.Generator
+) -> Tensor:
     """PAR's perturbations: additive Gaussian noise, then a random rectangle set to noise."""
     b, _, h, w = x.shape
     x = x + noise_std * torch.randn(x.shape, generator=gen).to(x)
@@ -85,7 +86,7 @@ def noise_and_erase(x: Tensor, noise_std: float, erase_p: float, erase_area: tup
         side = max(1, int(round((areas[i].item() * h * w) ** 0.5)))
         top = int(torch.randint(0, h - min(side, h) + 1, (1,), generator=gen))
         left = int(torch.randint(0, w - min(side, w) + 1, (1,), generator=gen))
-        mask[i, :, top:top + side, left:left + side] = True
+        mask[i, :, top : top + side, left : left + side] = True
     return torch.where(mask.to(x.device), fill, x).clamp(0, 1)
 
 
@@ -110,8 +111,7 @@ def eda(caption: str, rng: random.Random, p_delete: float = 0.1, n_swaps: int = 
 # Attribute vocabularies for counterfactual captions. General enough for COCO-style text;
 # they include the toy world's attribute words. A caption with none of them gets no negative.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "colour": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey",
-               "gray"),
+    "colour": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey", "gray"),
     "size": ("small", "large", "big", "tiny", "huge", "little"),
     "position": ("left", "right", "top", "bottom", "center", "centre", "middle"),
     "number": ("one", "two", "three", "four", "five"),

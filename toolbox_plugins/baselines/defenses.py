@@ -28,10 +28,10 @@ from torch import Tensor
 
 from toolbox import precision
 from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome
-from toolbox.contrastive import clip_loss
+from toolbox.contrastive import BatchLoss, clip_loss, train_contrastive
 
 from .augment import ImageAugConfig, attribute_swap, augment_images, eda, noise_and_erase, sub_caption
-from .finetune import BatchLoss, FinetuneConfig, PairSet, clean_pairs, finetune
+from .finetune import FinetuneConfig, PairSet, clean_pairs, rounded
 
 
 @dataclass(frozen=True)
@@ -69,42 +69,51 @@ def _encode_pair(model: ClipModel, images: Tensor, captions: list[str]) -> tuple
 
 
 def ft_loss(cfg: FTConfig) -> BatchLoss:
-    def loss(model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator,
-             rng: random.Random) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator, rng: random.Random
+    ) -> tuple[Tensor, dict[str, float]]:
         img, txt, scale = _encode_pair(model, x, captions)
         value = clip_loss(img, txt, scale)
         return value, {"clip": value.item()}
+
     return loss
 
 
 def cleanclip_loss(cfg: CleanCLIPConfig) -> BatchLoss:
-    def loss(model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator,
-             rng: random.Random) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator, rng: random.Random
+    ) -> tuple[Tensor, dict[str, float]]:
         img, txt, scale = _encode_pair(model, x, captions)
         img_aug = model.encode_image(augment_images(x, cfg.image_aug, gen))
         txt_aug = model.encode_text(model.tokenize([eda(c, rng, cfg.eda_delete_p) for c in captions]).to(x.device))
         multimodal = clip_loss(img, txt, scale)
         in_modal = 0.5 * (clip_loss(img, img_aug, scale) + clip_loss(txt, txt_aug, scale))
-        return cfg.clip_weight * multimodal + cfg.ssl_weight * in_modal, {"clip": multimodal.item(),
-                                                                           "ssl": in_modal.item()}
+        return cfg.clip_weight * multimodal + cfg.ssl_weight * in_modal, {
+            "clip": multimodal.item(),
+            "ssl": in_modal.item(),
+        }
+
     return loss
 
 
 def cleanerclip_loss(cfg: CleanerCLIPConfig) -> BatchLoss:
     base = cleanclip_loss(cfg)
 
-    def loss(model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator,
-             rng: random.Random) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator, rng: random.Random
+    ) -> tuple[Tensor, dict[str, float]]:
         value, stats = base(model, x, captions, gen, rng)
         positives = [sub_caption(c, rng) for c in captions]
-        negatives = [n for c in captions for _ in range(cfg.negatives_per_caption)
-                     if (n := attribute_swap(c, rng)) is not None]
+        negatives = [
+            n for c in captions for _ in range(cfg.negatives_per_caption) if (n := attribute_swap(c, rng)) is not None
+        ]
         texts = model.encode_text(model.tokenize(positives + negatives).to(x.device))
         img = model.encode_image(x)
         logits = model.logit_scale() * img @ texts.T  # [B, B + negatives]: row i's positive is column i
         counterfactual = F.cross_entropy(logits, torch.arange(len(x), device=x.device))
         stats.update(counterfactual=counterfactual.item(), negatives=float(len(negatives)))
         return value + cfg.counterfactual_weight * counterfactual, stats
+
     return loss
 
 
@@ -114,8 +123,9 @@ def thresholded(distance: Tensor, threshold: float) -> Tensor:
 
 
 def par_loss(cfg: PARConfig, suspect: ClipModel) -> BatchLoss:
-    def loss(model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator,
-             rng: random.Random) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        model: ClipModel, x: Tensor, captions: list[str], gen: torch.Generator, rng: random.Random
+    ) -> tuple[Tensor, dict[str, float]]:
         x_pert = noise_and_erase(x, cfg.noise_std, cfg.erase_p, cfg.erase_area, gen)
         texts = [eda(c, rng, cfg.eda_delete_p) for c in captions]
         img, txt, scale = _encode_pair(model, x_pert, texts)
@@ -125,8 +135,12 @@ def par_loss(cfg: PARConfig, suspect: ClipModel) -> BatchLoss:
         d_img = (img - img_ref).pow(2).sum(1).mean()
         d_txt = (txt - txt_ref).pow(2).sum(1).mean()
         push = thresholded(d_img, cfg.threshold) + thresholded(d_txt, cfg.threshold)
-        return contrastive - cfg.push_weight * push, {"clip": contrastive.item(), "d_img": d_img.item(),
-                                                      "d_txt": d_txt.item()}
+        return contrastive - cfg.push_weight * push, {
+            "clip": contrastive.item(),
+            "d_img": d_img.item(),
+            "d_txt": d_txt.item(),
+        }
+
     return loss
 
 
@@ -148,11 +162,24 @@ class FinetuneDefense(Defense):
         loss = self.batch_loss(ctx)
         prepared = time.perf_counter()
         with precision.autocast(cfg.precision, ctx.device):
-            history = finetune(model, pairs, cfg, loss, ctx.seed, desc=f"{self.name}: fine-tune")
-        info: dict[str, Any] = {**pairs.describe(), "data_ratio": cfg.data_ratio,
-                                "reference_images": cfg.reference_images, "history": history}
-        return DefenseOutcome(model=model, info=info,
-                              timings_s={"prepare": prepared - start, "finetune": time.perf_counter() - prepared})
+            history = train_contrastive(
+                model,
+                pairs.images,
+                pairs.captions,
+                cfg.schedule(ctx.seed),
+                desc=f"{self.name}: fine-tune",
+                loss=loss,
+                check_finite=True,
+            )
+        info: dict[str, Any] = {
+            **pairs.describe(),
+            "data_ratio": cfg.data_ratio,
+            "reference_images": cfg.reference_images,
+            "history": rounded(history),
+        }
+        return DefenseOutcome(
+            model=model, info=info, timings_s={"prepare": prepared - start, "finetune": time.perf_counter() - prepared}
+        )
 
 
 class FT(FinetuneDefense):

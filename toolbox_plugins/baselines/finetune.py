@@ -1,5 +1,5 @@
-"""What the fine-tuning baselines share: their clean image-caption data and a training loop
-whose per-batch loss each baseline supplies.
+"""What the fine-tuning baselines share: their clean image-caption data and schedule. The loop
+is the host's ``toolbox.contrastive.train_contrastive``, to which each baseline passes its loss.
 
 Data budget: the paper gives every baseline 10x InverTune's clean data (500k CC3M pairs
 against InverTune's 50k ImageNet images, appendices B and C). ``data_ratio`` keeps that
@@ -8,23 +8,15 @@ ratio configurable; the number of pairs actually used is recorded in the result.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from toolbox import precision
-from toolbox.api import ClipModel, DefenseContext
-from toolbox.contrastive import ContrastiveConfig, adamw, clamp_temperature, lr_at
-from toolbox.progress import progress
-
-from toolbox.primitives.tensors import as_float
-
-# (model, images [B,3,H,W] in [0,1], captions, torch generator, python rng) -> (loss, scalars to log)
-BatchLoss = Callable[[ClipModel, Tensor, list[str], torch.Generator, random.Random], tuple[Tensor, dict[str, float]]]
+from toolbox.api import DefenseContext
+from toolbox.contrastive import ContrastiveConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,18 @@ class FinetuneConfig:
         if parent is not None:
             parent()
 
+    def schedule(self, seed: int) -> ContrastiveConfig:
+        """The shared loop's settings (min_lr_ratio at its default), seeding shuffling and augmentations."""
+        return ContrastiveConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            grad_clip=self.grad_clip,
+            seed=seed,
+        )
+
 
 @dataclass
 class PairSet:
@@ -77,45 +81,6 @@ def clean_pairs(ctx: DefenseContext, cfg: FinetuneConfig) -> PairSet:
     return PairSet(images=all_images[keep], captions=captions, requested=requested)
 
 
-def finetune(model: ClipModel, pairs: PairSet, cfg: FinetuneConfig, batch_loss: BatchLoss, seed: int,
-             desc: str) -> list[dict[str, float]]:
-    """AdamW over all parameters with CLIP's warmup + cosine schedule; returns per-epoch means."""
-    schedule = ContrastiveConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                                 grad_clip=cfg.grad_clip, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, cfg.lr, cfg.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    device = next(model.parameters()).device
-    n = len(pairs.captions)
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    history: list[dict[str, float]] = []
-    step = 0
-    model.train()
-    bar = progress(total=total, desc=desc, unit="step")
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        sums: dict[str, float] = {}
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = as_float(pairs.images[idx]).to(device)
-            captions = [pairs.captions[i] for i in idx.tolist()]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, schedule)
-            loss, stats = batch_loss(model, x, captions, gen, rng)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
-            precision.step(opt, loss, (params, cfg.grad_clip))
-            clamp_temperature(model)
-            for k, v in {"loss": loss.item(), **stats}.items():
-                sums[k] = sums.get(k, 0.0) + v
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        history.append({"epoch": epoch + 1, **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}})
-    bar.close()
-    model.eval()
-    return history
-
+def rounded(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per-epoch means to 5 decimals, as the baselines record them."""
+    return [{k: v if k == "epoch" else round(v, 5) for k, v in h.items()} for h in history]

@@ -42,7 +42,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import Tensor, nn
 
 from toolbox import precision
-from toolbox.api import ClipModel, DatasetDefense, DataScanContext, DataScanOutcome
+from toolbox.api import ClipModel, DataScanContext, DataScanOutcome, DatasetDefense
 from toolbox.progress import progress
 
 
@@ -56,32 +56,48 @@ class FlareConfig:
     embed_samples: int = 4000  # at most this many samples embedded; the rest vote (ours; t-SNE's cost)
     knn: int = 10  # embedded neighbours that vote for a sample's score (ours)
     min_shift: float = 1.0  # a minor cluster is flagged only this many SDs more abnormal than the largest (ours)
-    max_dropped_layers: int = -1  # subspace search: drop up to this many deepest layers (-1: all but one, as FLARE's code)
+    max_dropped_layers: int = (
+        -1
+    )  # subspace search: drop up to this many deepest layers (-1: all but one, as FLARE's code)
     batch_size: int = 256
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if (self.min_cluster_size < 2 or self.min_samples < 1 or self.knn < 1 or self.embed_samples < 10
-                or self.max_dropped_layers < -1 or self.batch_size < 1 or not self.perplexity > 0):
-            raise ValueError("min_cluster_size must be >= 2, min_samples, knn and batch_size >= 1, embed_samples "
-                             ">= 10, perplexity > 0, max_dropped_layers >= -1")
+        if (
+            self.min_cluster_size < 2
+            or self.min_samples < 1
+            or self.knn < 1
+            or self.embed_samples < 10
+            or self.max_dropped_layers < -1
+            or self.batch_size < 1
+            or not self.perplexity > 0
+        ):
+            raise ValueError(
+                "min_cluster_size must be >= 2, min_samples, knn and batch_size >= 1, embed_samples "
+                ">= 10, perplexity > 0, max_dropped_layers >= -1"
+            )
         if max(self.min_cluster_size, self.min_samples) > self.embed_samples:
-            raise ValueError(f"min_cluster_size and min_samples count embedded samples: at most embed_samples "
-                             f"({self.embed_samples})")
+            raise ValueError(
+                f"min_cluster_size and min_samples count embedded samples: at most embed_samples ({self.embed_samples})"
+            )
         precision.check(self.precision)
 
 
 def _is_batchnorm(m: nn.Module) -> bool:
     """BatchNorm with running statistics: torch's, or a frozen one (open_clip's locked towers)."""
     return isinstance(m, nn.modules.batchnorm._BatchNorm) or (
-        "BatchNorm" in type(m).__name__ and getattr(m, "running_var", None) is not None)
+        "BatchNorm" in type(m).__name__ and getattr(m, "running_var", None) is not None
+    )
 
 
 def norm_layers(model: ClipModel) -> list[tuple[str, nn.Module]]:
     """The normalisation layers inside the image tower's blocks, in forward order."""
-    return [(f"{block_name}.{name}" if name else block_name, m)
-            for block_name, block in model.vision_layers().items()
-            for name, m in block.named_modules() if _is_batchnorm(m) or isinstance(m, nn.LayerNorm)]
+    return [
+        (f"{block_name}.{name}" if name else block_name, m)
+        for block_name, block in model.vision_layers().items()
+        for name, m in block.named_modules()
+        if _is_batchnorm(m) or isinstance(m, nn.LayerNorm)
+    ]
 
 
 def _channels_last(x: Tensor, module: nn.Module) -> Tensor:
@@ -91,8 +107,15 @@ def _channels_last(x: Tensor, module: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def _run(model: ClipModel, images: Tensor, layers: list[tuple[str, nn.Module]], cfg: FlareConfig,
-         device: torch.device, reduce, desc: str) -> None:
+def _run(
+    model: ClipModel,
+    images: Tensor,
+    layers: list[tuple[str, nn.Module]],
+    cfg: FlareConfig,
+    device: torch.device,
+    reduce,
+    desc: str,
+) -> None:
     """The image tower over ``images`` (uint8) in batches; ``reduce(layer, start, x)`` sees each layer's
     input as [B, elements, C] inside the forward pass, so no more than one layer's input is held."""
     batch = {"start": 0, "n": 0}
@@ -100,15 +123,18 @@ def _run(model: ClipModel, images: Tensor, layers: list[tuple[str, nn.Module]], 
     def pre_hook(i: int):
         def hook(module: nn.Module, args: tuple) -> None:
             if args[0].shape[0] != batch["n"]:  # a sequence-first transformer would mix samples up
-                raise ValueError(f"FLARE reads batch-first activations; {layers[i][0]} got {tuple(args[0].shape)} "
-                                 f"for a batch of {batch['n']}")
+                raise ValueError(
+                    f"FLARE reads batch-first activations; {layers[i][0]} got {tuple(args[0].shape)} "
+                    f"for a batch of {batch['n']}"
+                )
             reduce(i, batch["start"], _channels_last(args[0], module))
+
         return hook
 
     handles = [m.register_forward_pre_hook(pre_hook(i)) for i, (_, m) in enumerate(layers)]
     try:
         for start in progress(range(0, len(images), cfg.batch_size), desc=desc, unit="batch"):
-            x = images[start:start + cfg.batch_size].to(device).float().div_(255.0)
+            x = images[start : start + cfg.batch_size].to(device).float().div_(255.0)
             if x.shape[-1] != model.image_size:
                 raise ValueError(f"images are {x.shape[-1]} px, the model takes {model.image_size}")
             batch.update(start=start, n=len(x))
@@ -119,14 +145,19 @@ def _run(model: ClipModel, images: Tensor, layers: list[tuple[str, nn.Module]], 
             h.remove()
 
 
-def abnormality(model: ClipModel, images: Tensor, cfg: FlareConfig, device: torch.device) -> tuple[np.ndarray, list[str]]:
+def abnormality(
+    model: ClipModel, images: Tensor, cfg: FlareConfig, device: torch.device
+) -> tuple[np.ndarray, list[str]]:
     """[N, layers]: per sample and layer, the least log-likelihood of any activation element."""
     layers = norm_layers(model)
     if not layers:
-        raise ValueError("FLARE reads the inputs of normalisation layers (BatchNorm with running statistics, "
-                         "LayerNorm); this image tower's blocks have none")
+        raise ValueError(
+            "FLARE reads the inputs of normalisation layers (BatchNorm with running statistics, "
+            "LayerNorm); this image tower's blocks have none"
+        )
     stats: list[tuple[Tensor, Tensor] | None] = [
-        (m.running_mean.float(), m.running_var.float()) if _is_batchnorm(m) else None for _, m in layers]
+        (m.running_mean.float(), m.running_var.float()) if _is_batchnorm(m) else None for _, m in layers
+    ]
     if any(s is None for s in stats):  # LayerNorm inputs: the channel's statistics over the scanned set
         sums: dict[int, list] = {}
 
@@ -139,14 +170,14 @@ def abnormality(model: ClipModel, images: Tensor, cfg: FlareConfig, device: torc
         _run(model, images, layers, cfg, device, accumulate, "flare: channel statistics")
         for i, (s1, s2, n) in sums.items():
             mean = s1 / n
-            stats[i] = (mean.float(), (s2 / n - mean ** 2).clamp_min(0).float())
+            stats[i] = (mean.float(), (s2 / n - mean**2).clamp_min(0).float())
     feats = np.zeros((len(images), len(layers)), dtype=np.float64)
 
     def least_likely(i: int, start: int, x: Tensor) -> None:
         mean, var = stats[i]
         std = (var.to(x.device) + 1e-5).sqrt()
         logp = -0.5 * ((x - mean.to(x.device)) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
-        feats[start:start + len(x), i] = logp.flatten(1).min(1).values.cpu().double().numpy()
+        feats[start : start + len(x), i] = logp.flatten(1).min(1).values.cpu().double().numpy()
 
     _run(model, images, layers, cfg, device, least_likely, "flare: abnormal activations")
     return feats, [name for name, _ in layers]
@@ -161,10 +192,12 @@ def cluster(x: np.ndarray, cfg: FlareConfig, seed: int) -> tuple[np.ndarray, np.
     x = _standardised(x)
     seed %= 2**32  # numpy's and scikit-learn's seeds are unsigned 32-bit; the toolbox takes any int
     if len(x) < max(cfg.min_cluster_size, cfg.min_samples + 1, 4):
-        raise ValueError(f"FLARE needs at least {max(cfg.min_cluster_size, cfg.min_samples + 1, 4)} samples "
-                         f"(min_cluster_size {cfg.min_cluster_size}); the set has {len(x)}")
+        raise ValueError(
+            f"FLARE needs at least {max(cfg.min_cluster_size, cfg.min_samples + 1, 4)} samples "
+            f"(min_cluster_size {cfg.min_cluster_size}); the set has {len(x)}"
+        )
     rng = np.random.default_rng(seed)
-    embedded = np.sort(rng.permutation(len(x))[:cfg.embed_samples])
+    embedded = np.sort(rng.permutation(len(x))[: cfg.embed_samples])
     perplexity = min(cfg.perplexity, (len(embedded) - 1) / 3)  # t-SNE needs more samples than 3 x perplexity
     init = "pca" if x.shape[1] >= 2 else "random"  # PCA to 2-D needs two values per sample
     points = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(x[embedded])
@@ -173,8 +206,9 @@ def cluster(x: np.ndarray, cfg: FlareConfig, seed: int) -> tuple[np.ndarray, np.
     main = int(np.bincount(found).argmax()) if len(found) else -1
     # how abnormal each cluster is: the median over its members of minus their mean standardised likelihood
     abnormal = -x[embedded].mean(1) / max(float(x.mean(1).std()), 1e-8)
-    shift = {int(c): float(np.median(abnormal[labels == c]) - np.median(abnormal[labels == main]))
-             for c in np.unique(found)}
+    shift = {
+        int(c): float(np.median(abnormal[labels == c]) - np.median(abnormal[labels == main])) for c in np.unique(found)
+    }
     bad = [c for c, v in shift.items() if c != main and v >= cfg.min_shift]
     flagged_embedded = np.isin(labels, bad)
     k = min(cfg.knn, len(embedded))
@@ -182,8 +216,15 @@ def cluster(x: np.ndarray, cfg: FlareConfig, seed: int) -> tuple[np.ndarray, np.
     scores = flagged_embedded[nearest].mean(1)
     flagged = scores >= 0.5
     flagged[embedded] = flagged_embedded  # its own cluster decided; the vote is for samples never embedded
-    clusters = [{"size_embedded": int((labels == c).sum()), "largest": c == main, "shift": round(shift[c], 3),
-                 "flagged": c in bad} for c in shift]
+    clusters = [
+        {
+            "size_embedded": int((labels == c).sum()),
+            "largest": c == main,
+            "shift": round(shift[c], 3),
+            "flagged": c in bad,
+        }
+        for c in shift
+    ]
     return flagged, scores, {"embedded": len(embedded), "clusters": clusters, "noise_embedded": int((labels < 0).sum())}
 
 
@@ -203,12 +244,20 @@ class Flare(DatasetDefense):
         most = len(names) - 1 if cfg.max_dropped_layers < 0 else min(cfg.max_dropped_layers, len(names) - 1)
         tried: list[dict[str, Any]] = []
         for dropped in range(most + 1):  # all layers first, then without the deepest ones
-            flagged, scores, found = cluster(feats[:, :len(names) - dropped], cfg, ctx.seed)
+            flagged, scores, found = cluster(feats[:, : len(names) - dropped], cfg, ctx.seed)
             tried.append({"dropped_layers": dropped, **found})
             if any(c["flagged"] for c in found["clusters"]):
                 break
         timings["clustering"] = time.perf_counter() - start
-        info = {"layers": names, "subspace": names[:len(names) - tried[-1]["dropped_layers"]],
-                "subspaces_tried": tried, "n_flagged": int(flagged.sum())}
-        return DataScanOutcome(scores=torch.from_numpy(scores).float(), flagged=torch.from_numpy(flagged),
-                               info=info, timings_s={k: round(v, 3) for k, v in timings.items()})
+        info = {
+            "layers": names,
+            "subspace": names[: len(names) - tried[-1]["dropped_layers"]],
+            "subspaces_tried": tried,
+            "n_flagged": int(flagged.sum()),
+        }
+        return DataScanOutcome(
+            scores=torch.from_numpy(scores).float(),
+            flagged=torch.from_numpy(flagged),
+            info=info,
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+        )

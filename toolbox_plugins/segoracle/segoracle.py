@@ -31,33 +31,50 @@ model is then rectified by fine-tuning. Every concrete choice below is ours, one
   rehearsed; one seeded template per image from the run's templates.
 - ``finetune``: the host's contrastive trainer (CLIP's loss, AdamW, warmup + cosine) on a copy.
 - No affected label: verdict "no backdoor found", and the model is returned unchanged.
+
+Algorithm 1 lives in ``disagreements.py``, the trigger's localisation in ``localise.py``, the oracles
+in ``oracle.py`` and ``embedded.py``; this module holds the settings, the curated set and the defense.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from toolbox import precision
-from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome, ImageData, InMemoryImages
+from toolbox.api import ClipModel, Defense, DefenseContext, DefenseOutcome
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
-from toolbox.zeroshot import class_embeddings, image_features
+from toolbox.primitives.tensors import seeded_subset
 
-from toolbox.primitives.tensors import as_float, frozen, seeded_subset
-from .oracle import (SEED_STRIDE, TORCHVISION_ARCHS, EmbeddedOracleRecipe, NetOracle, embedded_oracle, read_logits,
-                     torchvision_oracle)
+from .disagreements import (
+    Disagreements,
+    OracleLabels,
+    Pool,
+    affected_labels,
+    agreement,
+    clip_labels,
+    inspect_pool,
+    oracle_labels,
+    victims,
+    write_victims,
+)
+from .embedded import EmbeddedOracleRecipe, embedded_oracle
+from .localise import Localised, localise_trigger, write_artifacts
+from .oracle import SEED_STRIDE, TORCHVISION_ARCHS, NetOracle, torchvision_oracle
 
 EMBEDDED = "embedded"
-MAD_TO_SD = 1.4826  # MAD * this estimates the standard deviation of a normal sample
-SCORE_DEFINITION = ("largest robust z-score over the classes of the count of confident CLIP/oracle disagreements "
-                    "CLIP assigns to the class: (count - median) / (1.4826 * max(MAD, 1))")
+SCORE_DEFINITION = (
+    "largest robust z-score over the classes of the count of confident CLIP/oracle disagreements "
+    "CLIP assigns to the class: (count - median) / (1.4826 * max(MAD, 1))"
+)
 
 
 @dataclass(frozen=True)
@@ -102,23 +119,38 @@ class SegOracleConfig:
             if self.oracle_arch not in TORCHVISION_ARCHS:
                 raise ValueError(f"oracle_arch must be one of {', '.join(TORCHVISION_ARCHS)}, got {self.oracle_arch!r}")
             if not self.oracle_classes:
-                raise ValueError("a checkpoint oracle needs oracle_classes: a class-mapping file, one line per output "
-                                 "channel ('background' first, then a vocabulary class or '-')")
+                raise ValueError(
+                    "a checkpoint oracle needs oracle_classes: a class-mapping file, one line per output "
+                    "channel ('background' first, then a vocabulary class or '-')"
+                )
             for what, path in (("oracle", self.oracle), ("oracle_classes", self.oracle_classes)):
                 if not Path(path).is_file():
                     raise ValueError(f"{what}: file not found: {path}")
-        if (self.n_inspect < 1 or self.oracle_scenes < 10 or self.oracle_epochs < 1 or self.saliency_images < 1
-                or self.epochs < 1 or self.batch_size < 2 or self.inference_batch_size < 1
-                or self.min_disagreements < 1 or self.n_clean_keep < 0 or self.oracle_input_size < 0):
-            raise ValueError("n_inspect, oracle_epochs, saliency_images, epochs, inference_batch_size and "
-                             "min_disagreements must be >= 1, oracle_scenes >= 10, batch_size >= 2, n_clean_keep and "
-                             "oracle_input_size >= 0")
+        if (
+            self.n_inspect < 1
+            or self.oracle_scenes < 10
+            or self.oracle_epochs < 1
+            or self.saliency_images < 1
+            or self.epochs < 1
+            or self.batch_size < 2
+            or self.inference_batch_size < 1
+            or self.min_disagreements < 1
+            or self.n_clean_keep < 0
+            or self.oracle_input_size < 0
+        ):
+            raise ValueError(
+                "n_inspect, oracle_epochs, saliency_images, epochs, inference_batch_size and "
+                "min_disagreements must be >= 1, oracle_scenes >= 10, batch_size >= 2, n_clean_keep and "
+                "oracle_input_size >= 0"
+            )
         if not self.z_threshold > 0:
             raise ValueError(f"z_threshold must be > 0, got {self.z_threshold}")
-        if not (0 <= self.min_oracle_confidence <= 1 and 0 <= self.min_foreground < 1
-                and 0 < self.trigger_fraction <= 1):
-            raise ValueError("min_oracle_confidence must be in [0, 1], min_foreground in [0, 1) and trigger_fraction "
-                             "in (0, 1]")
+        if not (
+            0 <= self.min_oracle_confidence <= 1 and 0 <= self.min_foreground < 1 and 0 < self.trigger_fraction <= 1
+        ):
+            raise ValueError(
+                "min_oracle_confidence must be in [0, 1], min_foreground in [0, 1) and trigger_fraction in (0, 1]"
+            )
         streams = (self.inspect_stream, self.clean_keep_stream, self.caption_stream, self.finetune_stream)
         if len(set(streams)) != len(streams):
             raise ValueError(f"the seed streams must differ, got {streams}")
@@ -138,209 +170,16 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(time.perf_counter() - start, 3)
 
 
-# --------------------------------------------------------------------------- a. the images to inspect
-
-
-@dataclass
-class Pool:
-    images: Tensor  # uint8 [N,3,H,W]
-    indices: Tensor  # [N] into the training set the pool was drawn from
-    source: str  # what the set is
-
-
-def inspect_pool(ctx: DefenseContext, n_inspect: int, seed: int) -> Pool:
-    """``n_inspect`` images of the data the suspect was fine-tuned on (module docstring: threat model)."""
-    if ctx.train_data is None:
-        raise ValueError("segoracle inspects the data the suspect was fine-tuned on: pass --train-data")
-    data, source = ctx.train_data, f"training set {ctx.train_data.source}"
-    poisoned = ctx.attack.poison(ctx.train_data, ctx.seed) if ctx.attack is not None else None
-    if poisoned is not None:  # its images only: .poisoned is ground truth the defense must not see
-        data, source = poisoned.data, f"training set as poisoned by {getattr(ctx.attack, 'name', '?')}"
-    keep = seeded_subset(len(data.dataset), n_inspect, seed)
-    return Pool(images=data.uint8(keep), indices=keep, source=source)
-
-
-# --------------------------------------------------------------------------- b. the oracle's labels
+# --------------------------------------------------------------------------- the oracle
 
 
 def build_oracle(cfg: SegOracleConfig, ctx: DefenseContext) -> NetOracle:
     if cfg.oracle == EMBEDDED:
         recipe = replace(EmbeddedOracleRecipe(), n_scenes=cfg.oracle_scenes, epochs=cfg.oracle_epochs)
         return embedded_oracle(ctx.classnames, ctx.model.image_size, ctx.device, cfg.oracle_seed, recipe=recipe)
-    return torchvision_oracle(cfg.oracle, cfg.oracle_arch, cfg.oracle_classes, ctx.classnames, ctx.device,
-                              cfg.oracle_input_size or None)
-
-
-@dataclass
-class OracleLabels:
-    label: Tensor  # [N] long: vocabulary index, -1 where unknown
-    confidence: Tensor  # [N] float
-    foreground: Tensor  # [N,H,W] bool: the oracle's object region
-
-
-def oracle_labels(oracle: NetOracle, images: Tensor, classnames: Sequence[str], min_confidence: float,
-                  min_foreground: float, batch_size: int) -> OracleLabels:
-    """The oracle's class per image, as a vocabulary index; unknown (-1) without enough foreground or
-    confidence."""
-    to_vocab = torch.tensor([list(classnames).index(name) for name in oracle.classnames])
-    labels, confidences, foregrounds = [], [], []
-    for start in range(0, len(images), batch_size):
-        reading = read_logits(oracle.segment(as_float(images[start:start + batch_size])).cpu())
-        enough = reading.foreground.flatten(1).float().mean(1) >= max(min_foreground, 1e-12)
-        known = (reading.label >= 0) & enough & (reading.confidence >= min_confidence)
-        labels.append(torch.where(known, to_vocab[reading.label.clamp_min(0)], torch.full_like(reading.label, -1)))
-        confidences.append(reading.confidence)
-        foregrounds.append(reading.foreground)
-    return OracleLabels(label=torch.cat(labels), confidence=torch.cat(confidences), foreground=torch.cat(foregrounds))
-
-
-# --------------------------------------------------------------------------- c. the suspect's labels
-
-
-def clip_labels(model: ClipModel, images: Tensor, classnames: Sequence[str], templates: Sequence[str],
-                device: torch.device, batch_size: int) -> tuple[Tensor, Tensor]:
-    """The suspect's zero-shot labels [N] and its class weights [C, D] (reused by the saliency step)."""
-    weights = class_embeddings(model, classnames, templates, device)
-    data = ImageData(InMemoryImages(images), "unlabelled", "segoracle: inspected images")
-    feats, _ = image_features(model, data, batch_size, device)
-    return (feats @ weights.T).argmax(1), weights
-
-
-# --------------------------------------------------------------------------- d. affected labels
-
-
-@dataclass
-class Disagreements:
-    counts: Tensor  # [C] long: confident disagreements CLIP assigns to each class
-    z: Tensor  # [C] float: their robust z-scores
-    affected: list[int]  # classes past the threshold, highest z first
-    n_known: int  # images the oracle labelled
-    n_disagree: int
-
-
-def agreement(clip: Tensor, oracle: Tensor) -> float | None:
-    """How often CLIP says what the oracle says, where the oracle knows (None: it knows nothing)."""
-    known = oracle >= 0
-    return round(float((clip[known] == oracle[known]).float().mean()), 4) if bool(known.any()) else None
-
-
-def disagreeing(clip: Tensor, oracle: Tensor) -> Tensor:
-    """[N] bool: the oracle knows the image's class and CLIP says another."""
-    return (oracle >= 0) & (clip != oracle)
-
-
-def affected_labels(clip: Tensor, oracle: Tensor, n_classes: int, z_threshold: float,
-                    min_disagreements: int) -> Disagreements:
-    """Classes that collect far more disagreements than the others (robust z over the classes)."""
-    differ = disagreeing(clip, oracle)
-    counts = torch.bincount(clip[differ], minlength=n_classes)
-    c = counts.double()
-    median = c.quantile(0.5)  # not Tensor.median: that is the lower middle value for an even count
-    mad = (c - median).abs().quantile(0.5).clamp_min(1.0)  # floor: one disagreement, so a quiet table never divides by 0
-    z = ((c - median) / (MAD_TO_SD * mad)).float()
-    hits = [i for i in range(n_classes) if z[i] > z_threshold and counts[i] >= min_disagreements]
-    return Disagreements(counts=counts, z=z, affected=sorted(hits, key=lambda i: -float(z[i])),
-                         n_known=int((oracle >= 0).sum()), n_disagree=int(differ.sum()))
-
-
-# --------------------------------------------------------------------------- e. victims
-
-
-def victims(clip: Tensor, oracle: Tensor, affected: Sequence[int]) -> Tensor:
-    """Indices of the disagreeing images CLIP assigns to an affected label."""
-    hit = disagreeing(clip, oracle) & torch.isin(clip, torch.tensor(list(affected), dtype=clip.dtype))
-    return hit.nonzero().flatten()
-
-
-# --------------------------------------------------------------------------- f. the trigger
-
-
-class StampTrigger:
-    """The localised trigger as a trigger: ``pattern`` pasted where ``mask`` is set."""
-
-    def __init__(self, mask: Tensor, pattern: Tensor) -> None:
-        self.mask = mask.float()  # [H,W]
-        self.pattern = pattern.float()  # [3,H,W]
-
-    def __call__(self, images: Tensor) -> Tensor:
-        m = self.mask.to(images.device, images.dtype)
-        return images * (1 - m) + self.pattern.to(images.device, images.dtype) * m
-
-
-@dataclass
-class Localised:
-    saliency: Tensor  # [H,W], mean normalised saliency outside the objects
-    mask: Tensor  # [H,W] bool: its top trigger_fraction of pixels
-    pattern: Tensor  # [3,H,W]: the victims' mean pixels
-    n_images: int
-
-    def bbox(self) -> dict[str, int]:
-        """The mask's bounding box in pixels (bottom and right exclusive)."""
-        rows, cols = self.mask.any(1).nonzero().flatten(), self.mask.any(0).nonzero().flatten()
-        return {"top": int(rows.min()), "left": int(cols.min()), "bottom": int(rows.max()) + 1,
-                "right": int(cols.max()) + 1}
-
-    def evidence(self) -> dict[str, Any]:
-        box = self.bbox()
-        h, w = self.mask.shape
-        area = (box["bottom"] - box["top"]) * (box["right"] - box["left"])
-        return {"trigger_mask_fraction": round(float(self.mask.float().mean()), 4), "trigger_bbox": box,
-                "trigger_bbox_fraction": round(area / (h * w), 4), "saliency_images": self.n_images}
-
-    def stamp(self) -> StampTrigger:
-        return StampTrigger(self.mask, self.pattern)
-
-
-def localise_trigger(model: ClipModel, images: Tensor, object_masks: Tensor, weights: Tensor, target: int,
-                     fraction: float, batch_size: int, device: torch.device) -> Localised:
-    """Where, outside the object, CLIP's target score is most sensitive on average over the victims."""
-    total = torch.zeros(images.shape[-2:], dtype=torch.float64)
-    direction = weights[target].to(device)
-    with frozen(model), torch.enable_grad():
-        for start in range(0, len(images), batch_size):
-            x = as_float(images[start:start + batch_size]).to(device).detach().requires_grad_(True)
-            score = (model.encode_image(x).float() @ direction.float()).sum()
-            (grad,) = torch.autograd.grad(score, x)
-            saliency = grad.abs().sum(1).double().cpu()  # [B,H,W]
-            saliency[object_masks[start:start + batch_size]] = 0.0  # the object's own evidence is not the trigger
-            peak = saliency.flatten(1).max(1).values.clamp_min(1e-12)
-            total += (saliency / peak[:, None, None]).sum(0)  # each victim counts once
-    mean = (total / max(1, len(images))).float()
-    k = max(1, int(round(fraction * mean.numel())))
-    mask = torch.zeros(mean.numel(), dtype=torch.bool)
-    mask[mean.flatten().topk(k).indices] = True
-    return Localised(saliency=mean, mask=mask.view_as(mean), pattern=as_float(images).mean(0), n_images=len(images))
-
-
-def write_artifacts(workdir: Path, found: Localised, images: Tensor, foreground: Tensor) -> dict[str, str]:
-    """The trigger mask, the saliency map, and up to 8 victims over the oracle's object masks, as PNG."""
-    from toolbox.primitives.plots import save_image_grid
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    saliency = found.saliency / found.saliency.max().clamp_min(1e-12)
-    save_image_grid([found.mask.float().expand(3, -1, -1)], workdir / "segoracle_trigger_mask.png")
-    save_image_grid([saliency.expand(3, -1, -1)], workdir / "segoracle_saliency.png")
-    shown = as_float(images[:8])
-    masks = [m.float().expand(3, -1, -1) for m in foreground[:8]]
-    save_image_grid(list(shown) + masks, workdir / "segoracle_victims.png", columns=len(shown))
-    return {"trigger_mask": "segoracle_trigger_mask.png", "trigger_saliency": "segoracle_saliency.png",
-            "victims": "segoracle_victims.png"}
-
-
-def write_victims(workdir: Path, pool: Pool, victim_idx: Tensor, clip: Tensor, labels: OracleLabels,
-                  classnames: Sequence[str]) -> dict[str, str]:
-    """One row per victim: its index in the training set, CLIP's label, the oracle's and its confidence
-    (a later check can hold the indices against an attack's poisoning record)."""
-    import csv
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / "segoracle_victims.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "clip_label", "oracle_label", "oracle_confidence"])
-        for i in victim_idx.tolist():
-            writer.writerow([int(pool.indices[i]), classnames[int(clip[i])], classnames[int(labels.label[i])],
-                             round(float(labels.confidence[i]), 4)])
-    return {"victims_table": "segoracle_victims.csv"}
+    return torchvision_oracle(
+        cfg.oracle, cfg.oracle_arch, cfg.oracle_classes, ctx.classnames, ctx.device, cfg.oracle_input_size or None
+    )
 
 
 # --------------------------------------------------------------------------- g. the fine-tuning set
@@ -358,8 +197,17 @@ def caption(template: str, name: str) -> str:
     return template.replace("{}", name)  # not str.format: a template may hold other braces
 
 
-def curate(images: Tensor, clip: Tensor, oracle: Tensor, victim_idx: Tensor, classnames: Sequence[str],
-           templates: Sequence[str], n_clean_keep: int, keep_seed: int, caption_seed: int) -> Curated:
+def curate(
+    images: Tensor,
+    clip: Tensor,
+    oracle: Tensor,
+    victim_idx: Tensor,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    n_clean_keep: int,
+    keep_seed: int,
+    caption_seed: int,
+) -> Curated:
     """Victims captioned with the oracle's label, plus ``n_clean_keep`` agreeing images with theirs."""
     agree = ((oracle >= 0) & (clip == oracle)).nonzero().flatten()
     kept = agree[seeded_subset(len(agree), n_clean_keep, keep_seed)]
@@ -372,15 +220,22 @@ def curate(images: Tensor, clip: Tensor, oracle: Tensor, victim_idx: Tensor, cla
 # --------------------------------------------------------------------------- h. fine-tuning
 
 
-def finetune(model: ClipModel, curated: Curated, cfg: SegOracleConfig, seed: int,
-             device: torch.device) -> tuple[ClipModel, list[dict[str, float]]]:
+def finetune(
+    model: ClipModel, curated: Curated, cfg: SegOracleConfig, seed: int, device: torch.device
+) -> tuple[ClipModel, list[dict[str, float]]]:
     """A copy of ``model`` trained contrastively on the curated pairs."""
     tuned = model.clone()
     for p in tuned.parameters():
         p.requires_grad_(True)
-    schedule = ContrastiveConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                                 grad_clip=cfg.grad_clip, seed=seed)
+    schedule = ContrastiveConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        grad_clip=cfg.grad_clip,
+        seed=seed,
+    )
     tokens = tuned.tokenize(curated.captions)
     with precision.autocast(cfg.precision, device):
         history = train_contrastive(tuned, curated.images, tokens, schedule, desc="segoracle: fine-tune")
@@ -390,16 +245,25 @@ def finetune(model: ClipModel, curated: Curated, cfg: SegOracleConfig, seed: int
 # --------------------------------------------------------------------------- the defense
 
 
-def detection_record(pool: Pool, labels: OracleLabels, table: Disagreements, n_victims: int,
-                     classnames: Sequence[str], oracle: NetOracle, found: Localised | None) -> dict[str, Any]:
+def detection_record(
+    pool: Pool,
+    labels: OracleLabels,
+    table: Disagreements,
+    n_victims: int,
+    classnames: Sequence[str],
+    oracle: NetOracle,
+    found: Localised | None,
+) -> dict[str, Any]:
     """``detection`` in result.json: the verdict, the target and what led to it."""
     top = sorted(range(len(classnames)), key=lambda i: -int(table.counts[i]))[:10]
     doc: dict[str, Any] = {
         "backdoored": bool(table.affected),
         "verdict": "backdoored" if table.affected else "no backdoor found",
         "target": classnames[table.affected[0]] if table.affected else None,
-        "affected": [{"class": classnames[i], "disagreements": int(table.counts[i]), "z": round(float(table.z[i]), 3)}
-                     for i in table.affected],
+        "affected": [
+            {"class": classnames[i], "disagreements": int(table.counts[i]), "z": round(float(table.z[i]), 3)}
+            for i in table.affected
+        ],
         "score": round(float(table.z.max()), 4) if len(table.z) else None,
         "score_definition": SCORE_DEFINITION,
         "n_inspected": len(pool.images),
@@ -407,10 +271,15 @@ def detection_record(pool: Pool, labels: OracleLabels, table: Disagreements, n_v
         "n_oracle_known": table.n_known,
         "n_disagree": table.n_disagree,
         "n_victims": n_victims,
-        "disagreements_top10": [{"class": classnames[i], "count": int(table.counts[i]),
-                                 "z": round(float(table.z[i]), 3)} for i in top if table.counts[i] > 0],
-        "oracle": {**oracle.info, "mean_confidence": round(float(labels.confidence.mean()), 4)
-                   if len(labels.confidence) else None},
+        "disagreements_top10": [
+            {"class": classnames[i], "count": int(table.counts[i]), "z": round(float(table.z[i]), 3)}
+            for i in top
+            if table.counts[i] > 0
+        ],
+        "oracle": {
+            **oracle.info,
+            "mean_confidence": round(float(labels.confidence.mean()), 4) if len(labels.confidence) else None,
+        },
     }
     if found is not None:
         doc.update(found.evidence())
@@ -419,8 +288,10 @@ def detection_record(pool: Pool, labels: OracleLabels, table: Disagreements, n_v
 
 class SegOracle(Defense):
     name = "segoracle"
-    summary = ("SegOracle: a segmentation oracle's labels against CLIP's find the backdoor's target and victims; "
-               "fine-tune on them relabelled.")
+    summary = (
+        "SegOracle: a segmentation oracle's labels against CLIP's find the backdoor's target and victims; "
+        "fine-tune on them relabelled."
+    )
     reference = "Hossain et al., arXiv 2511.13545 (2025), from its abstract; every design choice ours"
     Config: ClassVar[type] = SegOracleConfig
     uses_train_data = True
@@ -434,11 +305,18 @@ class SegOracle(Defense):
         with timed(timings, "oracle"):
             oracle = build_oracle(cfg, ctx)
         with timed(timings, "oracle_labels"):
-            labels = oracle_labels(oracle, pool.images, ctx.classnames, cfg.min_oracle_confidence,
-                                   cfg.min_foreground, cfg.inference_batch_size)
+            labels = oracle_labels(
+                oracle,
+                pool.images,
+                ctx.classnames,
+                cfg.min_oracle_confidence,
+                cfg.min_foreground,
+                cfg.inference_batch_size,
+            )
         with timed(timings, "clip_labels"), precision.autocast(cfg.precision, ctx.device):
-            clip, weights = clip_labels(ctx.model, pool.images, ctx.classnames, ctx.templates, ctx.device,
-                                        cfg.inference_batch_size)
+            clip, weights = clip_labels(
+                ctx.model, pool.images, ctx.classnames, ctx.templates, ctx.device, cfg.inference_batch_size
+            )
         table = affected_labels(clip, labels.label, len(ctx.classnames), cfg.z_threshold, cfg.min_disagreements)
         info: dict[str, Any] = {"purified": False, "clip_oracle_agreement": agreement(clip, labels.label)}
         if not table.affected:
@@ -448,19 +326,47 @@ class SegOracle(Defense):
         target = table.affected[0]
         victim_idx = victims(clip, labels.label, table.affected)
         with timed(timings, "localise"), precision.autocast(cfg.precision, ctx.device):
-            on_target = victim_idx[clip[victim_idx] == target][:cfg.saliency_images]
-            found = localise_trigger(ctx.model, pool.images[on_target], labels.foreground[on_target], weights, target,
-                                     cfg.trigger_fraction, cfg.inference_batch_size, ctx.device)
+            on_target = victim_idx[clip[victim_idx] == target][: cfg.saliency_images]
+            found = localise_trigger(
+                ctx.model,
+                pool.images[on_target],
+                labels.foreground[on_target],
+                weights,
+                target,
+                cfg.trigger_fraction,
+                cfg.inference_batch_size,
+                ctx.device,
+            )
         artifacts = write_artifacts(ctx.workdir, found, pool.images[on_target], labels.foreground[on_target])
         artifacts.update(write_victims(ctx.workdir, pool, victim_idx, clip, labels, ctx.classnames))
         with timed(timings, "curate"):
-            curated = curate(pool.images, clip, labels.label, victim_idx, ctx.classnames, ctx.templates,
-                             cfg.n_clean_keep, stream_seed(ctx.seed, cfg.clean_keep_stream),
-                             stream_seed(ctx.seed, cfg.caption_stream))
+            curated = curate(
+                pool.images,
+                clip,
+                labels.label,
+                victim_idx,
+                ctx.classnames,
+                ctx.templates,
+                cfg.n_clean_keep,
+                stream_seed(ctx.seed, cfg.clean_keep_stream),
+                stream_seed(ctx.seed, cfg.caption_stream),
+            )
         with timed(timings, "finetune"):
             tuned, history = finetune(ctx.model, curated, cfg, stream_seed(ctx.seed, cfg.finetune_stream), ctx.device)
-        info.update(purified=True, n_curated=len(curated.captions), n_victims_curated=curated.n_victims,
-                    n_clean_kept=curated.n_clean, history=history)
+        info.update(
+            purified=True,
+            n_curated=len(curated.captions),
+            n_victims_curated=curated.n_victims,
+            n_clean_kept=curated.n_clean,
+            history=history,
+        )
         detection = detection_record(pool, labels, table, len(victim_idx), ctx.classnames, oracle, found)
-        return DefenseOutcome(model=tuned, detection=detection, artifacts=artifacts, timings_s=timings, info=info,
-                              triggers={"localised": found.stamp()}, target=ctx.classnames[target])
+        return DefenseOutcome(
+            model=tuned,
+            detection=detection,
+            artifacts=artifacts,
+            timings_s=timings,
+            info=info,
+            triggers={"localised": found.stamp()},
+            target=ctx.classnames[target],
+        )

@@ -77,14 +77,20 @@ def _presets() -> dict[str, Preset]:
     # smoke: lr 2e-3 never left the log(batch) plateau; 1e-3 gave 81 % CA in 34 s (5e-4: 76 %).
     smoke_train = ContrastiveConfig(epochs=8, batch_size=128, lr=1e-3, warmup_steps=30)
     return {
-        "default": Preset("default", default_world, TINY_VIT, default_train,
-                          "quality preset: ViT tiny CLIP, 20k training pairs"),
-        "default-resnet": Preset("default-resnet", default_world, TINY_RESNET, default_train,
-                                 "quality preset, ResNet-type (ModifiedResNet) tiny CLIP"),
-        "smoke": Preset("smoke", smoke_world, SMOKE_VIT, smoke_train,
-                        "tests: small world, smaller ViT, built in about a minute"),
-        "smoke-resnet": Preset("smoke-resnet", smoke_world, SMOKE_RESNET, smoke_train,
-                               "tests, ResNet-type"),
+        "default": Preset(
+            "default", default_world, TINY_VIT, default_train, "quality preset: ViT tiny CLIP, 20k training pairs"
+        ),
+        "default-resnet": Preset(
+            "default-resnet",
+            default_world,
+            TINY_RESNET,
+            default_train,
+            "quality preset, ResNet-type (ModifiedResNet) tiny CLIP",
+        ),
+        "smoke": Preset(
+            "smoke", smoke_world, SMOKE_VIT, smoke_train, "tests: small world, smaller ViT, built in about a minute"
+        ),
+        "smoke-resnet": Preset("smoke-resnet", smoke_world, SMOKE_RESNET, smoke_train, "tests, ResNet-type"),
     }
 
 
@@ -120,9 +126,14 @@ class BuiltEmbedded:
 
     def data_defaults(self) -> dict[str, str]:
         w = self.world
-        return {"classes": str(w.classes), "templates": str(w.templates), "clean_data": str(w.defender_dir),
-                "eval_data": str(w.eval_labels), "retrieval_data": str(w.retrieval_json),
-                "train_data": str(w.train_csv)}
+        return {
+            "classes": str(w.classes),
+            "templates": str(w.templates),
+            "clean_data": str(w.defender_dir),
+            "eval_data": str(w.eval_labels),
+            "retrieval_data": str(w.retrieval_json),
+            "train_data": str(w.train_csv),
+        }
 
 
 def model_key(preset: Preset) -> str:
@@ -168,9 +179,17 @@ def train_embedded(preset: Preset, world: WorldPaths, model_dir: Path) -> None:
     ca = quick_zero_shot_accuracy(model, world)
     seconds = time.perf_counter() - start
     adapter.save(fresh, model, model_dir)
-    info = {"preset": preset.name, "description": preset.description, "world": asdict(preset.world),
-            "model_cfg": preset.model_cfg, "train": asdict(preset.train), "history": history,
-            "eval_ca_top1": ca, "train_seconds": round(seconds, 1), "world_dir": str(world.root)}
+    info = {
+        "preset": preset.name,
+        "description": preset.description,
+        "world": asdict(preset.world),
+        "model_cfg": preset.model_cfg,
+        "train": asdict(preset.train),
+        "history": history,
+        "eval_ca_top1": ca,
+        "train_seconds": round(seconds, 1),
+        "world_dir": str(world.root),
+    }
     atomic.write_json(model_dir / "build.json", info)
     log.info("tiny CLIP ready: zero-shot CA %.1f%% (%.0fs)", 100 * ca, seconds)
 

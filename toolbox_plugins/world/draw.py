@@ -11,8 +11,8 @@ from __future__ import annotations
 import colorsys
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,10 +22,17 @@ CANVAS = 96  # objects are drawn at this size, then scaled into the scene
 
 # (name, rgb) anchors for naming colours in captions
 COLOR_NAMES: tuple[tuple[str, RGB], ...] = (
-    ("red", (200, 30, 30)), ("orange", (240, 140, 20)), ("yellow", (240, 220, 40)),
-    ("green", (40, 160, 50)), ("blue", (40, 80, 210)), ("purple", (130, 50, 170)),
-    ("pink", (240, 130, 180)), ("brown", (120, 70, 30)), ("white", (240, 240, 240)),
-    ("gray", (128, 128, 128)), ("black", (20, 20, 20)),
+    ("red", (200, 30, 30)),
+    ("orange", (240, 140, 20)),
+    ("yellow", (240, 220, 40)),
+    ("green", (40, 160, 50)),
+    ("blue", (40, 80, 210)),
+    ("purple", (130, 50, 170)),
+    ("pink", (240, 130, 180)),
+    ("brown", (120, 70, 30)),
+    ("white", (240, 240, 240)),
+    ("gray", (128, 128, 128)),
+    ("black", (20, 20, 20)),
 )
 
 
@@ -225,8 +232,10 @@ BACKGROUNDS = ("plain", "gradient", "striped", "checkered", "dotted", "noisy")
 
 
 def draw_background(rng: random.Random, kind: str, size: int) -> Image.Image:
-    a, b = random_hue(rng, rng.uniform(0.1, 0.6), rng.uniform(0.4, 1.0)), \
-        random_hue(rng, rng.uniform(0.1, 0.6), rng.uniform(0.4, 1.0))
+    a, b = (
+        random_hue(rng, rng.uniform(0.1, 0.6), rng.uniform(0.4, 1.0)),
+        random_hue(rng, rng.uniform(0.1, 0.6), rng.uniform(0.4, 1.0)),
+    )
     img = Image.new("RGB", (size, size), a)
     d = ImageDraw.Draw(img)
     if kind == "gradient":
@@ -266,13 +275,22 @@ class Scene:
     mask: np.ndarray | None = None  # bool [size, size]: where the object is (a segmentation target)
 
 
-POSITIONS = (("top left", 0.3, 0.3), ("top", 0.5, 0.3), ("top right", 0.7, 0.3), ("left", 0.3, 0.5),
-             ("center", 0.5, 0.5), ("right", 0.7, 0.5), ("bottom left", 0.3, 0.7), ("bottom", 0.5, 0.7),
-             ("bottom right", 0.7, 0.7))
+POSITIONS = (
+    ("top left", 0.3, 0.3),
+    ("top", 0.5, 0.3),
+    ("top right", 0.7, 0.3),
+    ("left", 0.3, 0.5),
+    ("center", 0.5, 0.5),
+    ("right", 0.7, 0.5),
+    ("bottom left", 0.3, 0.7),
+    ("bottom", 0.5, 0.7),
+    ("bottom right", 0.7, 0.7),
+)
 
 
-def render(classnames: list[str], label: int, rng: random.Random, size: int, *, noise_std: float = 6.0,
-           supersample: int = 2) -> Scene:
+def render(
+    classnames: list[str], label: int, rng: random.Random, size: int, *, noise_std: float = 6.0, supersample: int = 2
+) -> Scene:
     """One scene: object of class ``label`` scaled, rotated and placed on a textured background."""
     big = size * supersample
     bg_kind = rng.choice(BACKGROUNDS)

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ class EmbeddedWorld(World):
 
     def build(self, preset: str, train_seed: int | None = None) -> BuiltWorld:
         built = ensure_embedded(preset, train_seed)
-        return BuiltWorld(preset=preset, model_source=str(built.model_dir), data=built.data_defaults(),
-                          info=built.build_info)
+        return BuiltWorld(
+            preset=preset, model_source=str(built.model_dir), data=built.data_defaults(), info=built.build_info
+        )
 
     def model_key(self, preset: str, train_seed: int | None = None) -> str:
         spec = get_preset(preset)
@@ -37,12 +39,18 @@ class EmbeddedWorld(World):
             spec = replace(spec, train=replace(spec.train, seed=train_seed))
         return model_key(spec)
 
-    def render_scene(self, classnames: Sequence[str], label: int, rng: Any, image_size: int,
-                     noise_std: float) -> tuple[Tensor, Tensor]:
+    def render_scene(
+        self, classnames: Sequence[str], label: int, rng: Any, image_size: int, noise_std: float
+    ) -> tuple[Tensor, Tensor]:
         from .draw import render
 
-        scene = render(list(classnames), label, rng if isinstance(rng, random.Random) else random.Random(rng),
-                       image_size, noise_std=noise_std)
+        scene = render(
+            list(classnames),
+            label,
+            rng if isinstance(rng, random.Random) else random.Random(rng),
+            image_size,
+            noise_std=noise_std,
+        )
         assert scene.mask is not None, "render() returns the object's mask"
         image = torch.from_numpy(np.asarray(scene.image, dtype=np.uint8).copy()).permute(2, 0, 1)
         return image, torch.from_numpy(scene.mask)

@@ -101,8 +101,10 @@ def scenes(cfg: WorldConfig, split: str, n: int) -> list[Scene]:
     rng = split_rng(cfg, split)
     labels = [i % len(cfg.classes) for i in range(n)]
     rng.shuffle(labels)
-    return [render(list(cfg.classes), y, rng, cfg.image_size, noise_std=cfg.noise_std)
-            for y in progress(labels, desc=f"world: {split}", unit="img")]
+    return [
+        render(list(cfg.classes), y, rng, cfg.image_size, noise_std=cfg.noise_std)
+        for y in progress(labels, desc=f"world: {split}", unit="img")
+    ]
 
 
 def caption(scene: Scene, rng: random.Random, template: str | None = None) -> str:
@@ -150,8 +152,10 @@ def write_world(cfg: WorldConfig, root: Path) -> WorldPaths:
         images.append({"id": i, "file_name": name, "width": cfg.image_size, "height": cfg.image_size})
         for t in cap_rng.sample(templates, cfg.captions_per_retrieval_image):
             annotations.append({"id": len(annotations), "image_id": i, "caption": caption(sc, cap_rng, t)})
-    paths.retrieval_json.write_text(json.dumps({"info": {"description": "toolbox procedural world"},
-                                                "images": images, "annotations": annotations}), encoding="utf-8")
+    paths.retrieval_json.write_text(
+        json.dumps({"info": {"description": "toolbox procedural world"}, "images": images, "annotations": annotations}),
+        encoding="utf-8",
+    )
 
     paths.defender_dir.mkdir(parents=True, exist_ok=True)
     for i, sc in enumerate(scenes(cfg, "defender", cfg.n_defender)):

@@ -29,10 +29,10 @@ from torch import Tensor
 
 from toolbox.api import AttackContext, ClipModel
 from toolbox.contrastive import ContrastiveConfig, train_contrastive
-
 from toolbox.primitives import triggers as T
 from toolbox.primitives.perturbations import RACE_GLOBAL_EPS, RACE_PATCH_FRACTION, RACE_PATCH_LOCATIONS
-from .catalog import _PoisoningAttack
+
+from .base import PoisoningAttack
 from .poisoning import PoisonSettings, poison_dataset
 
 RACE_LOCATIONS = RACE_PATCH_LOCATIONS  # the stage-1 defaults the decoys imitate
@@ -97,10 +97,9 @@ class Decoys:
             p = start.clone().to(clean.device).requires_grad_(True)
             opt = torch.optim.Adam([p], lr=0.1)
             for _ in range(cfg.decoy_steps):
-                x = (T.paste_patch(clean, p, RACE_LOCATIONS[i]) if i < len(RACE_LOCATIONS)
-                     else T.add_signal(clean, p))
+                x = T.paste_patch(clean, p, RACE_LOCATIONS[i]) if i < len(RACE_LOCATIONS) else T.add_signal(clean, p)
                 logits = model.logit_scale() * model.encode_image(x) @ texts.T
-                grad, = torch.autograd.grad(F.cross_entropy(logits, labels), p)
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), p)
                 p.grad = grad
                 opt.step()
                 with torch.no_grad():
@@ -123,14 +122,16 @@ class Decoys:
         chosen = clean[torch.randperm(len(clean), generator=self.gen)[:n]]
         x = x.clone()
         for j, row in enumerate(chosen.tolist()):
-            x[row] = self.apply(x[row:row + 1], j % (len(RACE_LOCATIONS) + 1))[0]
+            x[row] = self.apply(x[row : row + 1], j % (len(RACE_LOCATIONS) + 1))[0]
         return x, t
 
 
-class Evasive(_PoisoningAttack):
+class Evasive(PoisoningAttack):
     name = "evasive"
-    summary = ("Adaptive: a large (14 %) noise patch, poisoned while the model is trained to refuse "
-               "the race's target-directed patches and L-inf UAPs.")
+    summary = (
+        "Adaptive: a large (14 %) noise patch, poisoned while the model is trained to refuse "
+        "the race's target-directed patches and L-inf UAPs."
+    )
     reference = "ours (issue 24): an attack designed against InverTune's stage 1 and mask gate"
     Config: ClassVar[type] = EvasiveConfig
 
@@ -142,16 +143,32 @@ class Evasive(_PoisoningAttack):
         cfg = self.config
         if cfg.target not in ctx.classnames:
             raise ValueError(f"evasive needs its target {cfg.target!r} in the vocabulary")
-        settings = PoisonSettings(target=cfg.target, poison_rate=cfg.poison_rate, epochs=cfg.epochs, lr=cfg.lr,
-                                  batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps)
+        settings = PoisonSettings(
+            target=cfg.target,
+            poison_rate=cfg.poison_rate,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            warmup_steps=cfg.warmup_steps,
+        )
         poisoned = poison_dataset(ctx.train_data, self.apply_trigger, settings, ctx.seed)
         model = ctx.model.clone()
         decoys = Decoys(model, list(ctx.classnames), cfg.target, cfg, ctx.seed + 1)
-        train_cfg = ContrastiveConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                      warmup_steps=cfg.warmup_steps, seed=ctx.seed)
-        self.history = train_contrastive(model, poisoned.images, model.tokenize(poisoned.captions), train_cfg,
-                                         desc="poison evasive",
-                                         batch_transform=lambda x, t, idx: decoys(x, t, idx, poisoned.poisoned))
-        self.info = {"n_poisoned": len(poisoned.poisoned), "n_train": len(poisoned.captions),
-                     "decoy_refreshes": -(-decoys.calls // cfg.decoy_every), "history": self.history}
+        train_cfg = ContrastiveConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=ctx.seed
+        )
+        self.history = train_contrastive(
+            model,
+            poisoned.images,
+            model.tokenize(poisoned.captions),
+            train_cfg,
+            desc="poison evasive",
+            batch_transform=lambda x, t, idx: decoys(x, t, idx, poisoned.poisoned),
+        )
+        self.info = {
+            "n_poisoned": len(poisoned.poisoned),
+            "n_train": len(poisoned.captions),
+            "decoy_refreshes": -(-decoys.calls // cfg.decoy_every),
+            "history": self.history,
+        }
         return model

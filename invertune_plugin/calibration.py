@@ -1,9 +1,11 @@
 """The calibration page (``docs/calibration.md``): what each detector's statistic looks like on the
 zoo's dev split, the threshold chosen there, and what that threshold gives on the test split.
 
-It reads a detector cascade's record, as InverTune writes it in ``detection``: ``cascade`` (per
-detector, its findings with their ``gate_ratio``) and ``stage1.anomaly_index``. It lives with the
-zoo, not in the plugin, so that editing a report does not change the defense's code fingerprint.
+It reads InverTune's detector-cascade record, as the defense writes it in ``detection``: ``cascade``
+(per detector, its findings with their ``gate_ratio``) and ``stage1.anomaly_index``. It lives in the
+plugin because only InverTune knows that record; the host's zoo scorer stays defense-agnostic. Being
+in the plugin's package, it counts in InverTune's code fingerprint (``toolbox.zoo.evaluate``): after
+an edit here, a zoo evaluation measures InverTune again instead of reusing saved outcomes.
 
 Written by ``benchmarks/zoo.py`` from the results the zoo evaluation left behind (each member's
 ``result.json``) and the scorer's ground truth; nothing here runs a model. Per-detector numbers are
@@ -14,15 +16,15 @@ tune.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .score import MemberOutcome
-from .score import _table as table  # Markdown with cells escaped
+from toolbox.zoo.outcome import MemberOutcome
+from toolbox.zoo.outcome import markdown_table as table
 
 SCORED = ("clean", "backdoored")
 
@@ -58,28 +60,45 @@ def _spread(values: list[float]) -> str:
 
 def _auc(members: list[EvaluatedMember], value: Any) -> float | None:
     """ROC-AUC over the members with a finite value (None when one class is missing)."""
-    pairs = [(m.row.label == "backdoored", v) for m in members
-             if (v := value(m)) is not None and math.isfinite(v)]
+    pairs = [(m.row.label == "backdoored", v) for m in members if (v := value(m)) is not None and math.isfinite(v)]
     labels = {y for y, _ in pairs}
     return float(roc_auc_score([y for y, _ in pairs], [v for _, v in pairs])) if labels == {True, False} else None
 
 
-def detector_section(dev: list[EvaluatedMember], cascade: list[str],
-                     gates: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def detector_section(
+    dev: list[EvaluatedMember], cascade: list[str], gates: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
     """Per detector: its gates as configured and its best gate ratio on clean and backdoored dev members.
     A detector runs only until one before it passes, so on backdoored members its column is censored."""
-    header = ["detector", "gates (config)", "clean: min / median / max", "backdoored: min / median / max",
-              "clean members passing", "AUC where it ran"]
+    header = [
+        "detector",
+        "gates (config)",
+        "clean: min / median / max",
+        "backdoored: min / median / max",
+        "clean members passing",
+        "AUC where it ran",
+    ]
     body = []
     for name in cascade:
         ran = [m for m in dev if name in detector_ratios(m.detection)]
         by = {label: [detector_ratios(m.detection)[name] for m in ran if m.row.label == label] for label in SCORED}
         passing = sum(v >= 1.0 for v in by["clean"])
-        gate = ", ".join(f"{k}={_fmt(v, '.4g') if isinstance(v, float) else v}"
-                         for k, v in gates.get(name, {}).items() if k.startswith(("min_", "max_")))
+        gate = ", ".join(
+            f"{k}={_fmt(v, '.4g') if isinstance(v, float) else v}"
+            for k, v in gates.get(name, {}).items()
+            if k.startswith(("min_", "max_"))
+        )
         auc = _auc(ran, lambda m, name=name: detector_ratios(m.detection).get(name))
-        body.append([name, gate or "–", _spread(by["clean"]), _spread(by["backdoored"]),
-                     f"{passing} of {len(by['clean'])}", _fmt(auc)])
+        body.append(
+            [
+                name,
+                gate or "–",
+                _spread(by["clean"]),
+                _spread(by["backdoored"]),
+                f"{passing} of {len(by['clean'])}",
+                _fmt(auc),
+            ]
+        )
     return table(header, body)
 
 
@@ -89,17 +108,32 @@ def member_table(dev: list[EvaluatedMember], cascade: list[str]) -> list[str]:
     for m in sorted(dev, key=lambda m: (m.row.label, m.row.member_id)):
         ratios = detector_ratios(m.detection)
         stage1 = m.detection.get("stage1") or {}
-        target = "–" if m.row.true_target is None or m.row.verdict is not True else (
-            "right" if m.row.predicted_target == m.row.true_target else f"wrong ({m.row.predicted_target})")
-        rows.append([m.row.member_id, m.row.label, m.row.family, m.row.arch,
-                     *[_fmt(ratios.get(n)) for n in cascade], _fmt(stage1.get("anomaly_index"), ".2f"),
-                     _fmt(m.row.score), str(m.detection.get("verdict", "–")), target])
+        target = (
+            "–"
+            if m.row.true_target is None or m.row.verdict is not True
+            else ("right" if m.row.predicted_target == m.row.true_target else f"wrong ({m.row.predicted_target})")
+        )
+        rows.append(
+            [
+                m.row.member_id,
+                m.row.label,
+                m.row.family,
+                m.row.arch,
+                *[_fmt(ratios.get(n)) for n in cascade],
+                _fmt(stage1.get("anomaly_index"), ".2f"),
+                _fmt(m.row.score),
+                str(m.detection.get("verdict", "–")),
+                target,
+            ]
+        )
     return table(header, rows)
 
 
-def population_section(dev: list[EvaluatedMember], test: list[EvaluatedMember] | None,
-                       threshold: float | None) -> list[str]:
+def population_section(
+    dev: list[EvaluatedMember], test: list[EvaluatedMember] | None, threshold: float | None
+) -> list[str]:
     """The continuous score: AUC and the FPR <= 5 % threshold on dev; on test only its outcome there."""
+
     def rates(members: list[EvaluatedMember]) -> str:
         if threshold is None:
             return "no threshold (dev ROC undefined)"
@@ -112,11 +146,21 @@ def population_section(dev: list[EvaluatedMember], test: list[EvaluatedMember] |
 
     score_auc = _auc(dev, lambda m: m.row.score)
     anomaly_auc = _auc(dev, lambda m: (m.detection.get("stage1") or {}).get("anomaly_index"))
-    lines = table(["split", "members (clean / backdoored)", "score ROC-AUC", "stage-1 anomaly index ROC-AUC",
-                    f"at the dev threshold {_fmt(threshold, '.4g')}"],
-                   [["dev", _counts(dev), _fmt(score_auc), _fmt(anomaly_auc), rates(dev)]]
-                   + ([["test", _counts(test), _fmt(_auc(test, lambda m: m.row.score)), "(not shown: held out)",
-                        rates(test)]] if test is not None else []))
+    lines = table(
+        [
+            "split",
+            "members (clean / backdoored)",
+            "score ROC-AUC",
+            "stage-1 anomaly index ROC-AUC",
+            f"at the dev threshold {_fmt(threshold, '.4g')}",
+        ],
+        [["dev", _counts(dev), _fmt(score_auc), _fmt(anomaly_auc), rates(dev)]]
+        + (
+            [["test", _counts(test), _fmt(_auc(test, lambda m: m.row.score)), "(not shown: held out)", rates(test)]]
+            if test is not None
+            else []
+        ),
+    )
     return lines
 
 
@@ -124,8 +168,14 @@ def _counts(members: list[EvaluatedMember]) -> str:
     return f"{sum(m.row.label == 'clean' for m in members)} / {sum(m.row.label == 'backdoored' for m in members)}"
 
 
-def calibration_page(dev: list[EvaluatedMember], test: list[EvaluatedMember] | None, threshold: float | None,
-                     defense_params: Mapping[str, Any], provenance_line: str, missing: Sequence[str] = ()) -> str:
+def calibration_page(
+    dev: list[EvaluatedMember],
+    test: list[EvaluatedMember] | None,
+    threshold: float | None,
+    defense_params: Mapping[str, Any],
+    provenance_line: str,
+    missing: Sequence[str] = (),
+) -> str:
     """The whole page, in Markdown. ``defense_params``: result.json's ``defense.params`` of the dev run;
     ``missing``: evaluated members whose result.json is gone (named on the page, left out of it)."""
     dev = [m for m in dev if m.row.label in SCORED]
@@ -133,24 +183,37 @@ def calibration_page(dev: list[EvaluatedMember], test: list[EvaluatedMember] | N
     cascade = list(defense_params.get("cascade") or [])
     gates = defense_params.get("detectors") or {}
     lines = [
-        "# Calibration of InverTune's detection", "", provenance_line, "",
+        "# Calibration of InverTune's detection",
+        "",
+        provenance_line,
+        "",
         "Generated by `benchmarks/zoo.py` from the zoo evaluations; do not edit by hand. Each detector of the "
         "cascade reports a *gate ratio* per finding: its statistic over its gate (a mask fraction: gate over "
         "statistic), so a finding passes where the ratio is >= 1. The detection score is the largest ratio of any "
         "finding. Gates were fitted on the toy models (their history: "
         "`git show 0653a2c:docs/calibration-history.md`); this page shows how they sit on the zoo's dev split, "
-        "which is the split to tune on. The test split appears only at the dev threshold.", "",
+        "which is the split to tune on. The test split appears only at the dev threshold.",
+        "",
         f"Profile `{defense_params.get('profile')}`, cascade: {', '.join(cascade) or '–'}."
-        + (f" Left out, their result.json missing: {', '.join(missing)}." if missing else ""), "",
-        "## The detection score", "",
-        *population_section(dev, test, threshold), "",
-        "## Per detector on the dev split", "",
+        + (f" Left out, their result.json missing: {', '.join(missing)}." if missing else ""),
+        "",
+        "## The detection score",
+        "",
+        *population_section(dev, test, threshold),
+        "",
+        "## Per detector on the dev split",
+        "",
         "A detector runs only when every detector before it found nothing, so its backdoored column holds the "
-        "members that reached it.", "",
-        *detector_section(dev, cascade, gates), "",
-        "## Dev members", "",
+        "members that reached it.",
+        "",
+        *detector_section(dev, cascade, gates),
+        "",
+        "## Dev members",
+        "",
         "Each detector's column is its largest gate ratio on that member (– where it did not run). The anomaly "
-        "index is stage 1's robust z-score of the top class's race score against the model's other classes.", "",
-        *member_table(dev, cascade), "",
+        "index is stage 1's robust z-score of the top class's race score against the model's other classes.",
+        "",
+        *member_table(dev, cascade),
+        "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""``toolbox zoo build`` and ``toolbox zoo eval``: a population of suspect models and a defense judged over it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import EXIT_OK, InputError
+from ..grid import add_grid_args
+from .options import parse_kv, share_loudness
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from ..grid import grid_config_from
+    from ..zoo.build import build_zoo
+    from ..zoo.spec import load_spec
+
+    spec = load_spec(args.spec, members=args.members)
+    records = build_zoo(spec, args.out, grid_config_from(args), limit=args.limit)
+    print(f"{'member':<40}{'label':<15}{'CA':>8}{'ASR':>8}{'untrig.':>9}{'s':>7}")
+    for r in records:
+        m = r["measured"]
+        cells = [f"{100 * m[k]:.1f}" if m.get(k) is not None else "-" for k in ("ca", "asr", "asr_untriggered")]
+        print(f"{r['id']:<40}{r['label']:<15}{cells[0]:>8}{cells[1]:>8}{cells[2]:>9}{r['build_seconds']:>7.0f}")
+    labels = [r["label"] for r in records]
+    print(
+        f"\n{len(records)} members in {args.out}: "
+        + ", ".join(f"{labels.count(k)} {k}" for k in ("clean", "backdoored", "not_implanted"))
+    )
+    return EXIT_OK
+
+
+def cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from ..cache import config_hash
+    from ..grid import grid_config_from
+    from ..zoo.evaluate import eval_zoo, not_implanted_rows
+    from ..zoo.score import markdown_summary, score_population, write_report
+
+    only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
+    if only == []:
+        raise InputError("--only names no member")
+    if args.rebound_steps < 0:
+        raise InputError(f"--rebound-steps must be >= 0, got {args.rebound_steps}")
+    rows, out = eval_zoo(
+        args.directory,
+        args.defense,
+        parse_kv(args.param),
+        args.seed,
+        grid_config_from(args),
+        args.out,
+        only,
+        rebound_steps=args.rebound_steps,
+    )
+    title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
+    rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
+    summary = score_population(rows, threshold=args.threshold)
+    report = out / f"only-{config_hash(*sorted(only))[:10]}" if only else out  # a subset never replaces the full report
+    write_report(summary, rows, report, title)
+    print(markdown_summary(summary, title))
+    print(f"\nreport: {report}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
+    return EXIT_OK
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo",
+        help="build a population of suspect models and judge a defense over it",
+        description="A zoo: suspect models drawn from a spec (clean, backdoored, with ground truth), "
+        "and a defense judged over them by ROC-AUC, TPR at FPR <= 5 %, target accuracy "
+        "and purification success.",
+    )
+    zoo = p.add_subparsers(dest="zoo_command", required=True)
+    share_loudness(zoo)  # -v / -q after `zoo build` / `zoo eval` too
+    z = zoo.add_parser(
+        "build",
+        help="build (or resume building) every member of a spec",
+        description="Draw the members of SPEC (a YAML file, e.g. zoo/dev.yaml) with its seed and "
+        "build the missing ones under OUT; cached by config, resumable.",
+    )
+    z.add_argument("spec", type=Path)
+    z.add_argument("--out", type=Path, required=True, help="the zoo's folder")
+    z.add_argument("--members", type=int, help="the spec's size, overridden (the same spec at another scale)")
+    z.add_argument("--limit", type=int, help="build only the first N members drawn")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_build)
+    z = zoo.add_parser(
+        "eval",
+        help="run a defense on every member, blind, and score the population",
+        description="Run DEFENSE on every member of the zoo in DIRECTORY with the model, the "
+        "defender's clean images and the vocabulary only; score detection, target and "
+        "purification against the ground truth; write JSON, CSV, ROC PNG and Markdown.",
+    )
+    z.add_argument("directory", type=Path)
+    z.add_argument("--defense", required=True)
+    z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument(
+        "--rebound-steps",
+        type=int,
+        default=0,
+        help="also score the real trigger after this many steps of clean fine-tuning (default 0: off)",
+    )
+    z.add_argument("--threshold", type=float, help="detection threshold chosen elsewhere (e.g. on the dev split)")
+    z.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
+    z.add_argument(
+        "--only",
+        metavar="ID,ID",
+        help="these members alone (a quick look: the report says so; their outcomes are reused by a full evaluation)",
+    )
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_eval)

@@ -1,0 +1,58 @@
+"""Attacked models, cached: a backdoor is trained once per everything it depends on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..api import AttackContext, ClipModel, config_values
+
+
+def source_fingerprint(source: str) -> dict[str, Any]:
+    """Path plus size and modification time: a changed training set is a different cache key."""
+    path = Path(source)
+    if not path.exists():
+        return {"source": source}
+    stat = path.stat()
+    return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def backdoor_cached(
+    attack: Any, ctx: AttackContext, model_sha: str, train_source: str, subset: dict[str, Any] | None = None
+) -> tuple[ClipModel, dict]:
+    """The attacked model from the cache, or built now and cached (keyed by everything it depends on;
+    ``subset`` names the part of ``train_source`` that ``ctx.train_data`` holds, when not all of it)."""
+    import json
+
+    import safetensors.torch
+
+    from .. import atomic
+    from ..cache import cache_root, config_hash, entry_lock
+
+    parts = (subset,) if subset else ()  # absent when whole: the keys of earlier caches hold
+    if ctx.device.type != "cpu":  # another device trains to other numbers; CPU keys stay as they were
+        parts += ({"device": ctx.device.type},)
+    key = config_hash(
+        model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source), ctx.seed, *parts
+    )
+    entry = cache_root() / "attacked" / key
+    with entry_lock(entry):
+        if not (entry / "attack.json").exists():
+            start = time.perf_counter()
+            model = attack.backdoor(ctx)
+            record = {"build_seconds": round(time.perf_counter() - start, 1), "info": attack.info}
+            with atomic.atomic_dir(entry) as tmp:
+                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
+                safetensors.torch.save_file(
+                    {k: v.contiguous() for k, v in attack.trigger_state().items()}, str(tmp / "trigger.safetensors")
+                )
+                (tmp / "attack.json").write_text(json.dumps(record, indent=2))
+            return model, {**record, "cache_key": key, "from_cache": False}
+    record = json.loads((entry / "attack.json").read_text())
+    model = ctx.model.clone()
+    model.load_state_dict(safetensors.torch.load_file(str(entry / "model.safetensors")))
+    attack.load_trigger_state(safetensors.torch.load_file(str(entry / "trigger.safetensors")))
+    attack.info = record.get("info", {})
+    return model, {**record, "cache_key": key, "from_cache": True}
