@@ -24,7 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import toolbox  # noqa: F401  (the torchvision fix before open_clip loads)
-from invertune_plugin.defense import InverTune
+from invertune_plugin.defense import InverTune, InverTuneConfig
+from invertune_plugin.identify import IdentifyConfig
 from toolbox.compat import import_open_clip
 
 
@@ -56,21 +57,12 @@ def flops_per_image(arch: str) -> dict[str, float]:
     return out
 
 
-def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[tuple[str, str, int, str]]:
-    """(stage, kind, count, how it is counted) for one run of ``profile`` on a vocabulary of ``n_classes``."""
-    cfg = InverTune.configure({"profile": profile})
-    ident, inv, tune = cfg.identify, cfg.invert, cfg.tune
-    n = cfg.n_images
-    hold = max(1, round(n * ident.holdout_fraction))
-    fit = n - hold
-    rows = [
-        (
-            "class embeddings",
-            "text",
-            2 * n_classes * n_templates,
-            "2 x classes x templates (fp32 evaluation head, and the defense's under autocast)",
-        )
-    ]
+Row = tuple[str, str, int, str]  # (stage, kind, count, how it is counted)
+
+
+def stage1_rows(ident: IdentifyConfig, n_classes: int, fit: int, hold: int) -> list[Row]:
+    """Stage 1: the untargeted screen (when the vocabulary is too big to race, or by choice) and the race."""
+    rows: list[Row] = []
     screened = n_classes > ident.max_race_classes
     raced = min(n_classes, ident.max_race_classes)
     uaps = len(ident.patch_locations) + len(ident.global_eps)
@@ -101,6 +93,13 @@ def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[tu
             )
         )
         rows.append(("stage 1 race", "fwd", raced * families * hold + hold, "held-out rate per class and family"))
+    return rows
+
+
+def detector_rows(cfg: InverTuneConfig, fit: int, hold: int) -> list[Row]:
+    """Stage 2's inversion, then every refinement detector as if each ran (the worst case)."""
+    rows: list[Row] = []
+    ident, inv = cfg.identify, cfg.invert
     inversion = cfg.detectors.get("inversion")
     if inversion is not None:
         k = inversion.candidates
@@ -133,17 +132,43 @@ def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[tu
                 "judging + held-out rate per restart",
             )
         )
+    return rows
+
+
+def tune_rows(cfg: InverTuneConfig, n: int) -> list[Row]:
+    """Stage 3: the masked fine-tuning steps, and its forward-only passes."""
+    tune = cfg.tune
+    inversion = cfg.detectors.get("inversion")
     steps = inversion.tune_steps if inversion is not None and inversion.tune_steps else tune.steps
-    rows.append(
+    guard = (steps // tune.guard_every) * min(tune.guard_images, n) if tune.guard_every else 0
+    return [
         (
             "stage 3 tune",
             "fwd_bwd_params",
             steps * 2 * tune.batch_size,
             f"{steps} steps x (clean + triggered) batch {tune.batch_size}",
+        ),
+        ("stage 3 tune", "fwd", 3 * n + guard, "activation means (2 x n_images), anchors, guard checks"),
+    ]
+
+
+def work(n_classes: int, n_templates: int, n_eval: int, profile: str) -> list[Row]:
+    """(stage, kind, count, how it is counted) for one run of ``profile`` on a vocabulary of ``n_classes``."""
+    cfg = InverTune.configure({"profile": profile})
+    n = cfg.n_images
+    hold = max(1, round(n * cfg.identify.holdout_fraction))
+    fit = n - hold
+    rows: list[Row] = [
+        (
+            "class embeddings",
+            "text",
+            2 * n_classes * n_templates,
+            "2 x classes x templates (fp32 evaluation head, and the defense's under autocast)",
         )
-    )
-    guard = (steps // tune.guard_every) * min(tune.guard_images, n) if tune.guard_every else 0
-    rows.append(("stage 3 tune", "fwd", 3 * n + guard, "activation means (2 x n_images), anchors, guard checks"))
+    ]
+    rows += stage1_rows(cfg.identify, n_classes, fit, hold)
+    rows += detector_rows(cfg, fit, hold)
+    rows += tune_rows(cfg, n)
     rows.append(("evaluation", "fwd", 4 * n_eval, "CA before and after, inverted-trigger ASR before and after"))
     return rows
 

@@ -16,8 +16,9 @@ from invertune_plugin.detectors.patch import PatchSearchConfig, RefinedPatchSear
 from invertune_plugin.detectors.stripes import StripeSearch, StripeSearchConfig
 from invertune_plugin.identify import IdentifyConfig, fooling_loss, identify
 from invertune_plugin.invert import InvertConfig, invert
+from invertune_plugin.neurons import critical_neurons, layer_impacts, select_layers, writer_rows
 from invertune_plugin.refine import RefineConfig, refine_patches
-from invertune_plugin.tune import TuneConfig, critical_neurons, layer_impacts, select_layers, tune, writer_rows
+from invertune_plugin.tune import TuneConfig, tune
 from toolbox.hookspecs import hookimpl
 from toolbox.zeroshot import ZeroShotHead
 

@@ -258,6 +258,26 @@ def test_source_hash_covers_every_module_of_the_package(tmp_path, monkeypatch):
     assert code_fingerprint(importlib.import_module("fp_pkg.defense").D) == stamp  # once per process
 
 
+def test_one_plugins_fingerprint_holds_its_own_package_not_its_neighbours(tmp_path, monkeypatch):
+    """Plugins that share a namespace (toolbox_plugins.*) are fingerprinted one package each."""
+    import importlib
+    import sys
+
+    from toolbox.zoo.evaluate import code_fingerprint, source_hash
+
+    for sub in ("a", "b"):
+        (tmp_path / "ns_plugins" / sub).mkdir(parents=True)
+        (tmp_path / "ns_plugins" / sub / "__init__.py").write_text("")
+        (tmp_path / "ns_plugins" / sub / "defense.py").write_text("class D:\n    pass\n")
+    (tmp_path / "ns_plugins" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("ns_plugins")]:
+        monkeypatch.delitem(sys.modules, name)
+    stamp = code_fingerprint(importlib.import_module("ns_plugins.a.defense").D)
+    assert stamp.endswith(source_hash(importlib.import_module("ns_plugins.a")))
+    assert not stamp.endswith(source_hash(importlib.import_module("ns_plugins")))
+
+
 def toolbox_version() -> str:
     from toolbox import __version__
 

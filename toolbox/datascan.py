@@ -178,31 +178,50 @@ def scan(req: ScanRequest) -> Path:
                 timer,
             )
         _write_scores(staging.path / "scores.csv", scores, flagged, truth)
-        doc = {
-            "schema": SCHEMA_ID,
-            "created": results.now_iso(),
-            "command": req.command,
-            "versions": results.runtime_versions(host.loaded_versions()),
-            "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256},
-            "attack": attack_doc,
-            "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
-            "data": {
-                "source": data.source,
-                "kind": data.kind,
-                "n": len(data.dataset),
-                "skipped_unreadable": list(train.skipped),
-            },
-            "definitions": DEFINITIONS,
-            "metrics": metrics,
-            "scan_info": outcome.info,
-            "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
-            "timings_s": timer.timings,
-            "seed": src.seed,
-            "device": str(device),
-            "device_requested": src.device,
-        }
+        doc = _document(req, host, loaded, attack_doc, dreg, defense, data, train, metrics, outcome, timer, device)
         atomic.write_json(staging.path / "scan.json", doc)
         return staging.commit()
+
+
+def _document(
+    req: ScanRequest,
+    host: Any,
+    loaded: Any,
+    attack_doc: dict[str, Any] | None,
+    dreg: Any,
+    defense: Any,
+    data: ImageData,
+    train: ImageData,
+    metrics: dict[str, Any],
+    outcome: DataScanOutcome,
+    timer: StageTimer,
+    device: torch.device,
+) -> dict[str, Any]:
+    """scan.json: what was scanned, with which model and settings, and what came out."""
+    src = req.sources
+    return {
+        "schema": SCHEMA_ID,
+        "created": results.now_iso(),
+        "command": req.command,
+        "versions": results.runtime_versions(host.loaded_versions()),
+        "model": {"id": src.model_source, "arch": loaded.arch, "format": loaded.format, "sha256": loaded.sha256},
+        "attack": attack_doc,
+        "defense": {"name": req.defense, "params": config_values(defense.config), "plugin": dreg.plugin},
+        "data": {
+            "source": data.source,
+            "kind": data.kind,
+            "n": len(data.dataset),
+            "skipped_unreadable": list(train.skipped),
+        },
+        "definitions": DEFINITIONS,
+        "metrics": metrics,
+        "scan_info": outcome.info,
+        "artifacts": {k: str(Path("scan-artifacts") / v) for k, v in outcome.artifacts.items()},
+        "timings_s": timer.timings,
+        "seed": src.seed,
+        "device": str(device),
+        "device_requested": src.device,
+    }
 
 
 def _components(req: ScanRequest, registry: Any) -> tuple[Any, Any, Any, Any]:

@@ -117,14 +117,19 @@ def eval_member(
 
 
 def code_fingerprint(obj: Any) -> str:
-    """The code an outcome was measured with: a hash of the source of the package that defines
-    ``obj`` (a defense) and the host's version (its measurement protocol). Taken once per process,
-    when this process first asks, which is when it loaded the code: files edited during a long
-    evaluation do not count, and a cluster job stamps the code it ran."""
+    """The code an outcome was measured with: a hash of the source of the package that holds the
+    module defining ``obj`` (a defense; the module itself when it is top-level) and the host's
+    version (its measurement protocol). One plugin's package, not a namespace of several: editing
+    one plugin does not invalidate another's outcomes. Taken once per process, when this process
+    first asks, which is when it loaded the code: files edited during a long evaluation do not
+    count, and a cluster job stamps the code it ran."""
     module = inspect.getmodule(obj)
     if module is None:
         raise ValueError(f"cannot tell which module defines {obj!r}")
-    return _package_fingerprint(module.__name__.split(".")[0])
+    is_package = hasattr(module, "__path__")
+    return _package_fingerprint(
+        module.__name__ if is_package else module.__name__.rpartition(".")[0] or module.__name__
+    )
 
 
 @functools.cache
