@@ -1,10 +1,7 @@
-"""The science: InverTune, and the attacks and baselines it is measured with.
-
-Plain torch functions and small classes; no CLI and no file formats (those live in
-``toolbox`` and ``adapters``). Three plugins, registered with the host through the entry points
-:mod:`invertune_plugin.hooks`, :mod:`toolbox_plugins.attacks.hooks` and
-:mod:`toolbox_plugins.baselines.hooks`.
-"""
+"""InverTune alone (entry point ``invertune``): stage 1 (``identify``, ``race``), the detector
+cascade (``cascade``, ``detectors/``), stage 2 (``invert``, where the trigger is inverted) and
+stage 3 (``tune``, ``neurons``). Plain torch; it imports the host's public API and the shared
+primitives only; the attacks and baselines it is measured with are plugins of their own."""
 
 import toolbox  # noqa: F401,E402  (applies the torchvision fix before torchmetrics/open_clip load)
 
