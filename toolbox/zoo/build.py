@@ -35,9 +35,14 @@ log = logging.getLogger(__name__)
 MEMBER_JSON, MANIFEST = "member.json", "manifest.json"
 
 
+def world_plugin(name: str = DEFAULT_WORLD) -> Any:
+    """The registered world called ``name``, instantiated."""
+    return get_host().build_registry(quiet=True).get("world", name).obj()
+
+
 def world_of(preset: str, train_seed: int | None = None, world: str = DEFAULT_WORLD) -> BuiltWorld:
     """A preset of a registered world, built (from its cache or now)."""
-    return get_host().build_registry(quiet=True).get("world", world).obj().build(preset, train_seed)
+    return world_plugin(world).build(preset, train_seed)
 
 
 def vocabulary(spec: ZooSpec) -> list[str]:
@@ -110,7 +115,7 @@ def build_member(
             trigger_source="real" if backdoored else None,
         ),
         MetricConfig(top_k=(1,)),
-        get_host().build_registry(quiet=True),
+        registry,
         device,
     )
     lift = (measured["asr"] or 0.0) - (measured.get("asr_untriggered") or 0.0) if backdoored else None
@@ -182,8 +187,7 @@ def member_label(record: dict[str, Any], implant_margin: float) -> str:
 def build_key(spec: MemberSpec, world: str = DEFAULT_WORLD) -> str:
     """Everything the member's weights depend on: what was drawn, the base model's own key (world,
     architecture, training recipe) and the attack's resolved settings (its defaults included)."""
-    base = get_host().build_registry(quiet=True).get("world", world).obj()
-    model_key = base.model_key(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None)
+    model_key = world_plugin(world).model_key(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None)
     attack = config_values(make_attack(spec.attack, spec.params).config) if spec.attack else None
     return config_hash("zoo-member-build", spec.key, model_key, attack)
 
