@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from toolbox.api import state_dict_sha256
 from toolbox.compat import import_open_clip
 
+from .limits import PIXEL_MEAN_RANGE, PIXEL_STD_RANGE, channel_values
+
 
 class OpenClipModel(nn.Module):
     """Wraps an open_clip ``CLIP``: normalisation inside, named vision layers outside.
@@ -36,6 +38,7 @@ class OpenClipModel(nn.Module):
         self.model_cfg = copy.deepcopy(model_cfg)
         mean = mean or getattr(clip.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = std or getattr(clip.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        check_normalisation(mean, std)
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         size = clip.visual.image_size
@@ -90,6 +93,12 @@ class OpenClipModel(nn.Module):
     @property
     def arch(self) -> str:
         return describe_arch(self.model_cfg)
+
+
+def check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
+    """A zero, negative or NaN std makes every embedding NaN and every number of the run meaningless."""
+    channel_values(list(mean), "mean", "the model's preprocessing", *PIXEL_MEAN_RANGE)
+    channel_values(list(std), "std", "the model's preprocessing", *PIXEL_STD_RANGE)
 
 
 def fit_to_input(images: Tensor, size: int) -> Tensor:

@@ -13,7 +13,6 @@ larger ones are decoded lazily, batch by batch, so memory does not grow with the
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from toolbox.api import DatasetAdapter, ImageData
+from toolbox.intake.files import MAX_TABLE_BYTES, is_regular, open_text, read_json, read_text
 
 from .images import UnreadableImageError, is_image_file, load_image
 
@@ -67,7 +67,7 @@ class FileImages(Dataset):
 
 def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a CSV; a row missing one of ``columns`` (or with it empty) is an error naming the row."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path, "dataset table", MAX_TABLE_BYTES) as fh:  # a regular file only: a FIFO would hang
         rows = list(csv.DictReader(fh))
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         empty = [c for c in columns if not (row.get(c) or "").strip()]
@@ -78,9 +78,9 @@ def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
 
 def _csv_header(path: Path) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open_text(path, "dataset table", MAX_TABLE_BYTES) as fh:
             return next(csv.reader(fh), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError, csv.Error):  # the intake's InputError is a ValueError; so is a bad UTF-8 byte
         return []
 
 
@@ -90,7 +90,7 @@ def _resolve(base: Path, name: str) -> Path:
 
 
 def _classnames_file(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln.strip() for ln in read_text(path, "class names file").splitlines() if ln.strip()]
 
 
 class ImageFolderAdapter(DatasetAdapter):
@@ -160,7 +160,7 @@ class LabelsCsvAdapter(DatasetAdapter):
 
     def detect(self, source: str) -> bool:
         p = Path(source)
-        return p.is_file() and p.suffix == ".csv" and {"image", "label"} <= set(_csv_header(p))
+        return p.suffix == ".csv" and is_regular(p) and {"image", "label"} <= set(_csv_header(p))
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         path = Path(source)
@@ -191,7 +191,7 @@ class CaptionCsvAdapter(DatasetAdapter):
 
     def detect(self, source: str) -> bool:
         p = Path(source)
-        return p.is_file() and p.suffix == ".csv" and {"image", "caption"} <= set(_csv_header(p))
+        return p.suffix == ".csv" and is_regular(p) and {"image", "caption"} <= set(_csv_header(p))
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         path = Path(source)
@@ -215,17 +215,17 @@ class CocoCaptionsAdapter(DatasetAdapter):
 
     def detect(self, source: str) -> bool:
         p = Path(source)
-        if not (p.is_file() and p.suffix == ".json"):
+        if not (p.suffix == ".json" and is_regular(p)):
             return False
         try:
-            head = json.loads(p.read_text(encoding="utf-8"))
+            head = read_json(p, "COCO captions file", MAX_TABLE_BYTES)
         except (OSError, ValueError):
             return False
         return isinstance(head, dict) and "images" in head and "annotations" in head
 
     def load(self, source: str, image_size: int, *, classnames=None, skip_unreadable=False) -> ImageData:
         path = Path(source)
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path, "COCO captions file", MAX_TABLE_BYTES)
         by_id: dict[int, list[str]] = {}
         for n, ann in enumerate(_records(doc, "annotations", ("image_id", "caption"), path)):
             if not isinstance(ann["caption"], str) or not ann["caption"].strip():

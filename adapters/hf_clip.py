@@ -10,7 +10,6 @@ the vocabulary of HF's CLIP checkpoints too; padding is masked and the EOT token
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,9 +23,10 @@ from torch import Tensor, nn
 from toolbox import atomic
 from toolbox.api import LoadedModel, ModelAdapter, state_dict_sha256
 from toolbox.compat import import_open_clip
+from toolbox.intake.files import is_regular, read_json, refuse_special
 
-from .clip_model import fit_to_input
-from .limits import check_budget, hf_params
+from .clip_model import check_normalisation, fit_to_input
+from .limits import check_budget, check_preprocess, hf_params
 
 SIDE_FILES = (
     "preprocessor_config.json",
@@ -47,6 +47,7 @@ class HFClipModel(nn.Module):
         self.hf = hf
         mean = mean or open_clip.OPENAI_DATASET_MEAN
         std = std or open_clip.OPENAI_DATASET_STD
+        check_normalisation(mean, std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.image_size = int(hf.config.vision_config.image_size)
@@ -96,11 +97,22 @@ class HFClipModel(nn.Module):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """For detection: a JSON object, or {} for anything else (a FIFO is never opened)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path, "model config") if is_regular(path) else {}
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _config(path: Path, name: str, required: bool) -> dict[str, Any]:
+    """A JSON object of the model folder, strictly read (a missing optional one is {})."""
+    if not required and not (path / name).exists():
+        return {}
+    doc = read_json(path / name, "model config")
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path / name} is not a JSON object")
+    return doc
 
 
 class HFClipAdapter(ModelAdapter):
@@ -114,12 +126,20 @@ class HFClipAdapter(ModelAdapter):
 
     def load(self, source: str, device: torch.device) -> LoadedModel:
         path = Path(source)
+        refuse_special(path, "model folder")  # transformers opens the files it finds there itself
         if not any(path.glob("*.safetensors")):
             raise ValueError(
                 f"{path}: only safetensors weights are read for Hugging Face models "
                 f"(a pickled pytorch_model.bin is not unpickled); convert it first"
             )
-        check_budget(hf_params(_read_json(path / "config.json"), str(path)), str(path))  # before allocating
+        check_budget(hf_params(_config(path, "config.json", True), str(path)), str(path))  # before allocating
+        pre = check_preprocess(
+            _config(path, "preprocessor_config.json", False),
+            str(path / "preprocessor_config.json"),
+            "image_mean",
+            "image_std",
+            None,  # HF's size is resize settings; the model's input size is vision_config.image_size
+        )
         try:
             from transformers import CLIPModel
         except ImportError as err:
@@ -127,7 +147,6 @@ class HFClipAdapter(ModelAdapter):
                 "Hugging Face CLIP directories need transformers: pip install 'invertune-toolbox[hf]'"
             ) from err
         hf = CLIPModel.from_pretrained(str(path), use_safetensors=True).float().eval()
-        pre = _read_json(path / "preprocessor_config.json")
         model = HFClipModel(hf, pre.get("image_mean"), pre.get("image_std")).to(device)
         return LoadedModel(
             model=model,

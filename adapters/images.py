@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from toolbox.intake.files import is_regular
+from toolbox.intake.images import check_dimensions, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -46,14 +48,13 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """A [3, size, size] float tensor in [0,1]; :class:`UnreadableImageError` names the file."""
+    """A [3, size, size] float tensor in [0,1]; :class:`UnreadableImageError` names the file. Only a
+    regular file is opened, and its declared size is bounded before decoding (:mod:`toolbox.intake.images`)."""
     try:
-        with warnings.catch_warnings():
-            # Past Image.MAX_IMAGE_PIXELS (89 M) PIL only warns; a 48 KB PNG can ask for 400 M pixels
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                rgb = resize_center_crop(to_rgb(img), size)
+        with open_image(path) as img:
+            img.load()
+            check_dimensions(*img.size, f"image {path}")  # a format may change its size on load (ICO, JPEG draft)
+            rgb = resize_center_crop(to_rgb(img), size)
     except (
         UnidentifiedImageError,
         OSError,
@@ -62,10 +63,17 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as err:
-        raise UnreadableImageError(Path(path), f"{type(err).__name__}: {err}") from err
+        raise UnreadableImageError(Path(path), _reason(err, f"image {path}")) from err
     arr = np.asarray(rgb, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
+def _reason(err: BaseException, where: str) -> str:
+    """Why, without the file's name again: the intake's messages start with it, PIL's do not."""
+    text = str(err)
+    return text[len(where) :].lstrip(": ") if text.startswith(where) else f"{type(err).__name__}: {text}"
+
+
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    """A regular file with an image suffix (a FIFO or device named x.png is not one)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and is_regular(path)

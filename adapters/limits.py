@@ -9,12 +9,14 @@ open_clip's untrained ViT-e-14, 4.6e9, needs the override).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from toolbox.intake.numbers import env_number, show
 
 MAX_PARAMS_ENV = "TOOLBOX_MAX_MODEL_PARAMS"
 DEFAULT_MAX_PARAMS = 3_000_000_000
+MAX_PARAMS_RANGE = (1, 10**13)  # the override's own bound: 10^13 parameters is 40 TB of fp32 weights
 # Ranges of single numbers. Width, depth and vocabulary are bounded by the parameter budget (so
 # the override reaches them); image size, context length and patch size bound activations.
 RANGES = {
@@ -33,13 +35,8 @@ MAX_TOKENS = 16384  # image tokens a ViT attends over: (image_size / patch_size)
 
 
 def max_params() -> int:
-    raw = os.environ.get(MAX_PARAMS_ENV)
-    if not raw:
-        return DEFAULT_MAX_PARAMS
-    try:
-        return int(float(raw))
-    except ValueError:
-        raise ValueError(f"{MAX_PARAMS_ENV}={raw!r} is not a number") from None
+    """The budget: ``TOOLBOX_MAX_MODEL_PARAMS`` (``3e9`` allowed) or the default; a bad value names the variable."""
+    return int(env_number(MAX_PARAMS_ENV, DEFAULT_MAX_PARAMS, *MAX_PARAMS_RANGE))
 
 
 def number(value: Any, name: str, where: str) -> float:
@@ -129,3 +126,38 @@ def check_budget(params: float, where: str) -> None:
             f"{where}: the config describes a model of about {params:.3g} parameters, over the limit "
             f"of {limit:.3g}; if the model is genuine, raise it with {MAX_PARAMS_ENV}=N"
         )
+
+
+# Normalisation a model's preprocessing may ask for. Pixels are in [0, 1] before it, so a mean
+# outside [0, 1] is no dataset's; a std below 1e-3 multiplies pixels by over 1000 (and 0 divides
+# by zero: NaN embeddings, and a CA computed from them).
+PIXEL_MEAN_RANGE = (0.0, 1.0)
+PIXEL_STD_RANGE = (1e-3, 10.0)
+
+
+def channel_values(value: Any, key: str, where: str, low: float, high: float) -> list[float] | None:
+    """A per-channel mean or std: absent (None), or three finite numbers in [low, high]."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in value)
+    )
+    if not ok:
+        raise ValueError(f"{where}: {key} = {show(value)} must be three numbers (R, G, B) in [{low}, {high}]")
+    return [float(v) for v in value]
+
+
+def check_preprocess(
+    pre: Any, where: str, mean_key: str = "mean", std_key: str = "std", size_key: str | None = "size"
+) -> dict[str, Any]:
+    """A model's preprocessing settings, refused when its normalisation or size is not a sane number."""
+    if not isinstance(pre, Mapping):
+        raise ValueError(f"{where}: the preprocessing settings are {type(pre).__name__}, not an object")
+    channel_values(pre.get(mean_key), mean_key, where, *PIXEL_MEAN_RANGE)
+    channel_values(pre.get(std_key), std_key, where, *PIXEL_STD_RANGE)
+    if size_key is not None and pre.get(size_key) is not None:
+        image_side(pre[size_key], f"{where} {size_key}")
+    return dict(pre)

@@ -29,9 +29,10 @@ import torch
 from toolbox import atomic
 from toolbox.api import LoadedModel, ModelAdapter, state_dict_sha256
 from toolbox.compat import import_open_clip
+from toolbox.intake.files import read_json, refuse_special, regular_file
 
 from .clip_model import OpenClipModel, build_clip
-from .limits import check_budget, openclip_params
+from .limits import check_budget, check_preprocess, max_params, openclip_params
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 OPENCLIP_CONFIG = "open_clip_config.json"
@@ -43,10 +44,9 @@ class UnsafeCheckpointError(ValueError):
 
 
 def load_tensor_file(path: Path) -> Any:
-    """Read a weights file without unpickling code: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    """Read a weights file without unpickling code: safetensors, or torch.load(weights_only=True).
+    Both open the path themselves: the intake passes it first (a regular file, never a FIFO)."""
+    path = regular_file(path, "weights file")
     if path.suffix == ".safetensors":
         return safetensors.torch.load_file(str(path), device="cpu")
     try:
@@ -120,6 +120,7 @@ def checked_model_cfg(cfg: Any, source: str) -> dict[str, Any]:
         sub = cfg.get(part, {})
         if not isinstance(sub, dict) or set(sub) - allowed:
             raise bad(f"{part} has unexpected keys {sorted(set(sub) - allowed) if isinstance(sub, dict) else sub!r}")
+    max_params()  # a bad TOOLBOX_MAX_MODEL_PARAMS is the environment's fault, not the checkpoint's: said apart
     try:
         check_budget(openclip_params(cfg, "model_cfg"), "model_cfg")
     except ValueError as err:
@@ -200,14 +201,17 @@ class OpenClipDirAdapter(ModelAdapter):
     reference = "open_clip create_model('local-dir:PATH')"
 
     def detect(self, source: str) -> bool:
-        return (Path(source) / OPENCLIP_CONFIG).is_file()
+        return (Path(source) / OPENCLIP_CONFIG).exists()  # claimed even when not a regular file: load says why
 
     def load(self, source: str, device: torch.device) -> LoadedModel:
         path = Path(source)
-        doc = json.loads((path / OPENCLIP_CONFIG).read_text(encoding="utf-8"))
+        config = path / OPENCLIP_CONFIG
+        doc = read_json(config, "model config")
         if not isinstance(doc, dict):
-            raise ValueError(f"{path / OPENCLIP_CONFIG} is not a JSON object")
+            raise ValueError(f"{config} is not a JSON object")
         cfg = checked_model_cfg(doc.get("model_cfg", doc), source)
+        check_preprocess(doc.get("preprocess_cfg") or {}, f"{config} preprocess_cfg")
+        refuse_special(path, "model folder")  # open_clip opens whichever *.safetensors / *.bin / *.pth it finds
         open_clip = import_open_clip()
         clip = open_clip.create_model(f"local-dir:{path}", device="cpu", weights_only=True)
         model = wrap(clip, cfg).to(device)

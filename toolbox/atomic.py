@@ -45,6 +45,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the renames in the folder ``path`` durable: a crash after them must not undo them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse to fsync a folder; the renames stand as the kernel has them
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -56,7 +67,8 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Standard JSON only: a NaN or infinity is a bug upstream, not a value to write (``allow_nan=False``)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic, grid, outputs
+from . import atomic, escape, grid, outputs
 from .api import config_values
 from .cache import cache_root, config_hash, entry_lock
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
+from .intake import documents
 from .plugins import HOST_PLUGIN, get_host
 from .runner import (
     RunRequest,
@@ -161,8 +162,8 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     start = time.perf_counter()
     with entry_lock(entry):
         path = entry / "result.json"
-        cached = req.reuse and path.is_file()
-        if not cached:
+        doc = documents.reusable_result(path) if req.reuse else None  # a damaged entry is run again, not trusted
+        if not (cached := doc is not None):
             run(
                 RunRequest(
                     defense=defense,
@@ -174,7 +175,7 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
                     command=["toolbox", "compare", "(cell)", "--attack", attack, "--defense", defense],
                 )
             )
-        doc = json.loads(path.read_text())
+            doc = json.loads(path.read_text())
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
 
@@ -201,7 +202,7 @@ def compare(req: CompareRequest) -> list[Cell]:
             )
             configs[(attack, defense)] = (acfg, dcfg)
     check_measurement(req.sources)
-    outputs.check_out_dir(req.out, req.sources.input_paths())
+    outputs.check_out_dir(req.out, req.sources.input_paths(), outputs.COMPARE_OUTPUTS)
     total = len(configs)
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
@@ -214,8 +215,10 @@ def compare(req: CompareRequest) -> list[Cell]:
                 kwargs={"req": req, "attack": attack, "defense": defense, "key": key},
             )
         )
-    with memoised_data():  # sequential cells in this process read each dataset once
-        cells: list[Cell] = grid.run_grid(jobs, req.grid)
+    with outputs.Staging(req.out, outputs.COMPARE_OUTPUTS, "compare.md") as staging, memoised_data():
+        cells: list[Cell] = grid.run_grid(jobs, req.grid)  # OUT stays locked: a second compare into it is refused
+        write_outputs(req, cells, staging.dir)
+        staging.commit()
     for cell in cells:
         log.info(
             "compare: %s/%s %s in %.0f s: CA %s ASR %s",
@@ -226,7 +229,6 @@ def compare(req: CompareRequest) -> list[Cell]:
             pct(cell.after.get("ca")),
             pct(cell.after.get("asr")),
         )
-    write_outputs(req, cells)
     return cells
 
 
@@ -275,7 +277,8 @@ def markdown_table(cells: list[Cell]) -> str:
             if values:
                 best[(attack, metric)] = max(values) if metric == "ca" else min(values)
     names = {"ca": "CA", "asr": "ASR", "asr_rebound": "ASR rebound"}
-    head = "| defense | " + " | ".join(f"{a} {names[m]}" for a in attacks for m in metrics) + " | mean DER |"
+    head = "| defense | " + " | ".join(escape.markdown_cell(f"{a} {names[m]}") for a in attacks for m in metrics)
+    head += " | mean DER |"
     lines = [head, "|" + "---|" * (len(metrics) * len(attacks) + 2)]
     for d in defenses:
         parts, ders = [], []
@@ -294,12 +297,12 @@ def markdown_table(cells: list[Cell]) -> str:
             if value is not None and attack != "none":
                 ders.append(value)
         mean_der = f"{100 * sum(ders) / len(ders):.1f}" if ders else "-"
-        lines.append(f"| {d} | " + " | ".join(parts) + f" | {mean_der} |")
+        lines.append(f"| {escape.markdown_cell(d)} | " + " | ".join(parts) + f" | {mean_der} |")
     weak = not_implanted(cells)
     if weak:
         lines.append(
             f"\nDid not implant (the trigger adds under {100 * IMPLANT_MARGIN:.0f} points of ASR@1 on the "
-            f"undefended model): {', '.join(weak)}; those columns measure no backdoor."
+            f"undefended model): {escape.markdown_cell(', '.join(weak))}; those columns measure no backdoor."
         )
     return "\n".join(lines) + "\n"
 
@@ -310,8 +313,8 @@ def not_implanted(cells: list[Cell]) -> list[str]:
     return list(dict.fromkeys(a for a, effect in effects if effect is not None and effect < IMPLANT_MARGIN))
 
 
-def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
-    out = Path(req.out)
+def write_outputs(req: CompareRequest, cells: list[Cell], where: Path | None = None) -> None:
+    out = Path(where or req.out)  # the staging folder, whose files the commit moves into req.out
     out.mkdir(parents=True, exist_ok=True)
     rows = [cell_row(c) for c in cells]
     table = markdown_table(cells)
@@ -331,7 +334,7 @@ def write_outputs(req: CompareRequest, cells: list[Cell]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["attack", "defense"])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(escape.csv_row(r) for r in rows)  # a name cannot be a spreadsheet formula
     atomic.write_text(out / "compare.csv", buf.getvalue())
     atomic.write_json(
         out / "compare.json",

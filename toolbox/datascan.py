@@ -113,6 +113,10 @@ def subset(data: ImageData, keep: torch.Tensor, what: str) -> ImageData:
     )
 
 
+def default_out(req: ScanRequest) -> Path:
+    return Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{req.sources.seed}"
+
+
 def scan(req: ScanRequest) -> Path:
     """Run one dataset defense; return the path of the written scan.json."""
     host = get_host()
@@ -120,18 +124,16 @@ def scan(req: ScanRequest) -> Path:
     src = req.sources
     dreg, defense, areg, attack = _components(req, registry)
     device = check_measurement(src)
-    default_out = Path("results") / f"scan-{req.attack or 'data'}-{req.defense}-seed{src.seed}"
-    out_dir = Path(req.out) if req.out else default_out
+    out_dir = Path(req.out) if req.out else default_out(req)
     outputs.check_out_dir(out_dir, src.input_paths(), outputs.SCAN_OUTPUTS)
     seed_everything(src.seed)
     timer = StageTimer()
 
-    with timer.stage("load_model"):
-        _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
-    with timer.stage("load_data"):
-        classnames, templates, train, eval_data = _load_sets(req, registry, loaded, attack is not None)
-
-    with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:
+    with outputs.Staging(out_dir, outputs.SCAN_OUTPUTS, "scan.json") as staging:  # OUT is locked from here
+        with timer.stage("load_model"):
+            _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
+        with timer.stage("load_data"):
+            classnames, templates, train, eval_data = _load_sets(req, registry, loaded, attack is not None)
         assert staging.path is not None
         suspect, data, truth, attack_doc = loaded.model, train, None, None
         if attack is not None and areg is not None:

@@ -173,6 +173,20 @@ def extra_metrics(
     return {f"{name}{suffix}": extra_metric(registry.get("metric", name), logits, labels) for name in cfg.extra}
 
 
+def finite(embeddings: Tensor, what: str) -> Tensor:
+    """``embeddings`` when every value is finite: a NaN ranks first or last at random, so a CA computed
+    from one is a number that means nothing. Raised instead, naming how many rows are hit."""
+    bad = ~torch.isfinite(embeddings)
+    if bool(bad.any()):
+        rows = int(bad.reshape(len(embeddings), -1).any(dim=1).sum())
+        raise InputError(
+            f"the model being measured gives non-finite (NaN or infinite) {what} for {rows} of "
+            f"{len(embeddings)} inputs; no metric is computed from them (its weights, or its "
+            f"preprocessing mean/std, overflow)"
+        )
+    return embeddings
+
+
 def trigger_metrics(
     model: ClipModel,
     data: ImageData,
@@ -185,7 +199,7 @@ def trigger_metrics(
 ) -> dict[str, float | None]:
     """ASR@k (``asr_topk``, ``asr`` = first k), robust accuracy (``ra``) and the ``--metric`` ones of one trigger."""
     feats, labels = image_features(model, data, cfg.batch_size, device, trigger, cfg.workers)
-    logits = feats @ weights.T
+    logits = finite(feats, "image embeddings of triggered evaluation images") @ weights.T
     out: dict[str, float] = {
         f"asr_top{k}": attack_success_rate(logits, labels, target, k, cfg, registry) for k in cfg.top_k
     }
@@ -224,9 +238,9 @@ def evaluate(
     if hasattr(model, "eval"):
         model.eval()
     if inputs.eval_data is not None:
-        weights = class_embeddings(model, inputs.classnames, inputs.templates, device)
+        weights = finite(class_embeddings(model, inputs.classnames, inputs.templates, device), "class embeddings")
         feats, labels = image_features(model, inputs.eval_data, cfg.batch_size, device, workers=cfg.workers)
-        logits = feats @ weights.T
+        logits = finite(feats, "image embeddings of evaluation images") @ weights.T
         acc_cls = registry.get("metric", "zeroshot_accuracy").obj
         for k in cfg.top_k:
             metric = acc_cls(top_k=k)
@@ -258,11 +272,14 @@ def evaluate(
         img, idx = image_features(model, inputs.retrieval_data, cfg.batch_size, device, workers=cfg.workers)
         captions = [inputs.retrieval_data.captions[i] for i in idx.tolist()]
         cap, owner = caption_embeddings(model, captions, device)
+        finite(img, "image embeddings of retrieval images")
+        finite(cap, "caption embeddings")
         rec = registry.get("metric", "retrieval_recall").obj(k=cfg.retrieval_k)
         rec.update(img, cap, owner)
         out[f"retrieval_recall@{cfg.retrieval_k}"] = float(rec.compute())
         if inputs.trigger is not None and inputs.target is not None:
             t_img, _ = image_features(model, inputs.retrieval_data, cfg.batch_size, device, inputs.trigger, cfg.workers)
+            finite(t_img, "image embeddings of triggered retrieval images")
             flat = [c for caps in captions for c in caps]
             mentions = torch.tensor([mentions_word(c, inputs.target) for c in flat])
             own_target = torch.tensor([any(mentions_word(c, inputs.target) for c in caps) for caps in captions])

@@ -9,30 +9,65 @@ refuses to print anything when there is more than one group).
 A submission (schema ``toolbox.submission/1``) is a validated result reduced to what a
 leaderboard needs: the comparable metric config and its hash, model hashes, versions,
 seed, the attack and defense with their parameters, metrics before and after, and the
-sha256 of the result file it came from.
+sha256 of the result file it came from. Its ``schema`` key is the marker ``toolbox submit`` goes by:
+an existing ``--out`` is replaced only when it is a submission (a file this toolbox wrote), never when it
+is the input, another file, a directory, a link or a special file.
+
+Every document is read through :mod:`toolbox.intake.documents` (regular files only, strict JSON,
+finite metrics); a file the leaderboard cannot use is named and skipped, and every text it quotes is
+escaped (:mod:`toolbox.escape`), so a name holding ``|`` or a newline cannot add a row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import atomic, results
 from .compare import der, pct
+from .errors import InputError
+from .escape import markdown_cell, shown
+from .intake import documents
 
 SUBMISSION_SCHEMA = "toolbox.submission/1"
+MAX_SUBMISSION_BYTES = 2**20  # what ``--out`` may hold to be read as a submission this toolbox wrote
 
 
-class LeaderboardError(Exception):
+class LeaderboardError(InputError):
     """Bad input for leaderboard/submit (the CLI prints it and exits 2)."""
+
+
+@lru_cache(maxsize=1)
+def submission_schema() -> dict[str, Any]:
+    text = resources.files("toolbox").joinpath("schema/submission.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate_submission(doc: Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``doc`` is not a valid submission."""
+    import jsonschema
+
+    jsonschema.validate(instance=doc, schema=submission_schema())
+
+
+def check_submission(doc: Any, where: Path | str) -> dict[str, Any]:
+    """A parsed document as a valid submission with finite metrics (else an InputError naming the key)."""
+    checked = documents.validated(doc, validate_submission, where, f"{SUBMISSION_SCHEMA} submission")
+    documents.check_metrics(checked["metrics"], where)
+    return checked
 
 
 def comparable_metric_config(metric_config: Mapping[str, Any]) -> dict[str, Any]:
     ca, asr, retr = metric_config.get("ca", {}), metric_config.get("asr", {}), metric_config.get("retrieval") or {}
+    settings = metric_config.get("settings") or {}
     return {
         "ca": {
             k: ca.get(k)
@@ -41,7 +76,9 @@ def comparable_metric_config(metric_config: Mapping[str, Any]) -> dict[str, Any]
         "asr": {k: asr.get(k) for k in ("top_k", "exclude_target_class", "metric_class")},
         "retrieval": {k: retr.get(k) for k in ("k", "metric_class", "asr_metric_class")},
         # data-loading processes and extra --metric metrics do not change CA/ASR: such results compare
-        "settings": {k: v for k, v in (metric_config.get("settings") or {}).items() if k not in ("workers", "extra")},
+        "settings": {k: v for k, v in settings.items() if k not in ("workers", "extra")}
+        if isinstance(settings, Mapping)
+        else settings,  # the schema leaves it open: a result from elsewhere is hashed as it is
     }
 
 
@@ -78,25 +115,72 @@ def make_submission(doc: Mapping[str, Any], result_bytes: bytes) -> dict[str, An
     }
 
 
-def submit(result_path: Path, out: Path | None = None) -> Path:
-    """Validate ``result_path`` against the result schema and write its submission file."""
+def submit(result_path: Path, out: Path | str | None = None) -> Path:
+    """Check ``result_path`` (the intake's rules, the result schema) and write its submission file."""
     result_path = Path(result_path)
-    if not result_path.is_file():
-        raise LeaderboardError(f"no such result file: {result_path}")
-    raw = result_path.read_bytes()
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise LeaderboardError(f"{result_path} is not JSON: {err}") from None
-    try:
-        results.validate(doc)
-    except Exception as err:  # jsonschema.ValidationError: say where
-        raise LeaderboardError(
-            f"{result_path} is not a valid {results.SCHEMA_ID} result: {getattr(err, 'message', err)}"
-        ) from None
-    target = Path(out) if out else result_path.with_name("submission.json")
-    atomic.write_json(target, make_submission(doc, raw))
+    if not os.path.lexists(result_path):
+        raise LeaderboardError(f"no such result file: {shown(result_path)}")
+    raw = documents.read_bytes(result_path)  # a FIFO, a device, a folder: refused unopened
+    target = submission_target(result_path, out)
+    doc = documents.check_result(documents.parse(raw, result_path), result_path)
+    text = json.dumps(make_submission(doc, raw), indent=2, allow_nan=False)  # a bare NaN token is not JSON
+    atomic.write_text(target, text + "\n")
     return target
+
+
+def submission_target(result_path: Path, out: Path | str | None) -> Path:
+    """Where the submission goes, refused before anything is written when writing it would replace what
+    this toolbox did not write: the input itself, another file, a directory, a link, a special file."""
+    if out is not None and str(out) == "":
+        raise LeaderboardError("--out is empty: name the submission file to write")
+    target = Path(out) if out is not None else result_path.with_name("submission.json")
+    label = f"--out {shown(target)}" if out is not None else f"the default submission file {shown(target)}"
+    try:
+        st = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a folder above it should be
+        return _new_file_target(target, label)
+    except (OSError, ValueError) as err:
+        raise LeaderboardError(f"{label} cannot be written: {shown(getattr(err, 'strerror', None) or err)}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise LeaderboardError(f"{label} is a symbolic link; name the file itself")
+    if stat.S_ISDIR(st.st_mode):
+        raise LeaderboardError(f"{label} is a directory; name the submission file to write in it")
+    if not stat.S_ISREG(st.st_mode):
+        raise LeaderboardError(f"{label} is not a regular file")
+    if os.path.samefile(target, result_path):  # a hard link to it too
+        raise LeaderboardError(f"{label} is the input result {shown(result_path)}; name another file")
+    if not is_submission_file(target):
+        raise LeaderboardError(
+            f'{label} exists and is not a submission this toolbox wrote (no "schema": '
+            f'"{SUBMISSION_SCHEMA}"); it is left as it is: move it or name another file with --out'
+        )
+    return _writable(target, target.parent, label)
+
+
+def _new_file_target(target: Path, label: str) -> Path:
+    """A path that does not exist yet: the nearest folder above it that exists must be a folder."""
+    for parent in target.parents:
+        if parent.is_dir():
+            return _writable(target, parent, label)
+        if os.path.lexists(parent):
+            raise LeaderboardError(f"{label} cannot be written: {shown(parent)} is not a directory")
+    return target
+
+
+def _writable(target: Path, folder: Path, label: str) -> Path:
+    """``target`` when ``folder`` (where its temporary file is made) can be written, else an InputError."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LeaderboardError(f"{label} cannot be written: the folder {shown(folder)} is not writable")
+    return target
+
+
+def is_submission_file(path: Path) -> bool:
+    """Whether ``path`` is a submission this toolbox wrote (strict JSON whose ``schema`` is the marker)."""
+    try:
+        doc = documents.parse(documents.read_bytes(path, MAX_SUBMISSION_BYTES, "submission"), path)
+    except InputError:
+        return False
+    return isinstance(doc, dict) and doc.get("schema") == SUBMISSION_SCHEMA
 
 
 @dataclass
@@ -129,29 +213,35 @@ class Entry:
 
 
 def collect(directory: Path) -> tuple[list[Entry], list[str]]:
-    """Every ``result.json`` (validated, then reduced) and ``*submission*.json`` under ``directory``."""
+    """Every ``result.json`` (validated, then reduced) and submission (validated) under ``directory``;
+    a ``*.json`` that cannot be read as one is named in the second list (path: why) and skipped."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise LeaderboardError(f"not a directory: {directory}")
+        raise LeaderboardError(f"not a directory: {shown(directory)}")
     entries: list[Entry] = []
     skipped: list[str] = []
     for path in sorted(directory.rglob("*.json")):
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            entry = read_entry(path)
+        except InputError as err:  # its message names the file and why
+            skipped.append(str(err))
             continue
-        if not isinstance(doc, dict):
-            continue
-        if doc.get("schema") == SUBMISSION_SCHEMA:
-            entries.append(Entry(path, doc))
-        elif doc.get("schema") == results.SCHEMA_ID:
-            try:
-                results.validate(doc)
-            except Exception as err:
-                skipped.append(f"{path}: invalid result ({getattr(err, 'message', err)})")
-                continue
-            entries.append(Entry(path, make_submission(doc, path.read_bytes())))
+        if entry is not None:
+            entries.append(entry)
     return dedupe(entries), skipped
+
+
+def read_entry(path: Path) -> Entry | None:
+    """``path`` as a leaderboard entry, None when it is other JSON (a compare.json, a model config);
+    an InputError when it is no regular file, no strict JSON, or an invalid result or submission."""
+    raw = documents.read_bytes(path)
+    doc = documents.parse(raw, path)
+    kind = doc.get("schema") if isinstance(doc, dict) else None
+    if kind == SUBMISSION_SCHEMA:
+        return Entry(path, check_submission(doc, path))
+    if kind == results.SCHEMA_ID:
+        return Entry(path, make_submission(documents.check_result(doc, path), raw))
+    return None
 
 
 def dedupe(entries: list[Entry]) -> list[Entry]:
@@ -191,33 +281,39 @@ def ranked_table(entries: list[Entry]) -> str:
     ]
     for i, r in enumerate(rows, 1):
         der_text = "-" if r["der"] is None else f"{100 * r['der']:.1f}"
+        text = {k: markdown_cell(r[k]) for k in ("defense", "attack", "model", "file")}  # names from the files
         lines.append(
-            f"| {i} | {r['defense']} | {r['defense_config']} | {r['attack']} | {r['attack_config']} | "
-            f"{r['model']} | {r['seed']} | {pct(r['ca'])} | "
-            f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {r['file']} |"
+            f"| {i} | {text['defense']} | {r['defense_config']} | {text['attack']} | {r['attack_config']} | "
+            f"{text['model']} | {r['seed']} | {pct(r['ca'])} | "
+            f"{pct(r['asr'])} | {pct(r['ca_before'])} | {pct(r['asr_before'])} | {der_text} | {text['file']} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def leaderboard(directory: Path, strict: bool = False) -> tuple[str, list[str]]:
-    """Markdown: one ranked table per comparable metric config; raises when ``strict`` and configs differ."""
+    """Markdown: one ranked table per comparable metric config, and the files skipped (path: why);
+    raises when ``strict`` and configs differ or a file was skipped."""
     entries, skipped = collect(directory)
+    where = shown(directory)
+    if strict and skipped:
+        raise LeaderboardError(f"{len(skipped)} file(s) under {where} cannot be ranked (--strict); first: {skipped[0]}")
     if not entries:
-        raise LeaderboardError(f"no result.json or submission files under {directory}")
+        also = f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else ""
+        raise LeaderboardError(f"no result.json or submission files under {where}{also}")
     groups = group_by_metric_config(entries)
     if strict and len(groups) > 1:
         raise LeaderboardError(
-            f"{len(groups)} different metric configs under {directory} "
+            f"{len(groups)} different metric configs under {where} "
             f"({', '.join(sorted(groups))}); results measured differently cannot be ranked "
             "together (drop --strict to see them grouped apart)"
         )
     parts = []
     for sha, members in groups.items():
-        cfg = members[0].sub["metric_config"]
+        ca, asr = members[0].sub["metric_config"]["ca"], members[0].sub["metric_config"]["asr"]
         parts.append(
             f"## metric config {sha} ({len(members)} results): CA top-1 over "
-            f"{cfg['ca'].get('n_classes')} classes x {cfg['ca'].get('n_templates')} templates; ASR "
-            f"{'excludes' if cfg['asr'].get('exclude_target_class') else 'includes'} target-class images\n"
+            f"{markdown_cell(ca.get('n_classes'))} classes x {markdown_cell(ca.get('n_templates'))} templates; "
+            f"ASR {'excludes' if asr.get('exclude_target_class') else 'includes'} target-class images\n"
         )
         parts.append(ranked_table(members))
     return "\n".join(parts), skipped

@@ -19,6 +19,7 @@ import torch
 
 from . import atomic
 from .api import state_dict_sha256  # noqa: F401  (re-exported: the host hashes models as results.state_dict_sha256)
+from .escape import csv_cell
 
 SCHEMA_ID = "toolbox.result/1"
 CSV_COLUMNS = (
@@ -146,7 +147,7 @@ def write_result(out_dir: Path, doc: Mapping[str, Any]) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
     writer.writeheader()
-    writer.writerow({k: ("" if v is None else v) for k, v in csv_row(doc).items()})
+    writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in csv_row(doc).items()})  # names are text
     atomic.write_text(out_dir / "result.csv", buf.getvalue())
     path = out_dir / "result.json"
     atomic.write_json(path, doc)

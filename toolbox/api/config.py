@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ..intake.numbers import (
+    MAX_COUNT,
+    MAX_MAGNITUDE,
+    SEED_MAX,
+    bounded_int,
+    finite_float,
+    parse_float,
+    parse_int,
+    show,
+)
+
 # The kinds of component a plugin registers, and the hook that registers each.
 Kind = Literal[
     "defense", "attack", "metric", "model_adapter", "dataset_adapter", "dataset_defense", "world", "detector"
@@ -98,8 +109,10 @@ def build_config(cls: type, overrides: Mapping[str, str] | None = None) -> Any:
 
 def check_config(config: Any, owner: str = "") -> None:
     """Refuse nonsense that would otherwise run and write a model: a NaN or infinite number
-    anywhere, or a negative value where the default is a count, size, rate or weight (>= 0).
-    A field whose sign means something (an angle) says so: ``field(metadata={"signed": True})``."""
+    anywhere, a number out of its range, or a negative value where the default is a count, size,
+    rate or weight (>= 0). A field whose sign means something (an angle) says so:
+    ``field(metadata={"signed": True})``; one with its own range says ``metadata={"min": a, "max": b}``.
+    Integers are at most 10^7 (seeds 2^32 - 1), reals at most 1e9 in magnitude, unless the field says."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):  # an instance's values are checked
         return
     try:
@@ -115,13 +128,39 @@ def check_config(config: Any, owner: str = "") -> None:
             for key, inner in value.items():
                 check_config(inner, f"{name}.{key}")
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value}")
         ref = None if f.metadata.get("signed") else getattr(default, f.name, None)
-        if isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref >= 0 and value < 0:
-            raise ValueError(f"{name} must be >= 0 (its default {ref} is a count, size, rate or weight), got {value}")
+        if isinstance(value, (list, tuple)):
+            refs = ref if isinstance(ref, (list, tuple)) and ref else (None,)
+            for i, item in enumerate(value):
+                _check_number(item, f"{name}[{i}]", f, refs[min(i, len(refs) - 1)])
+            continue
+        _check_number(value, name, f, ref)
+
+
+def _check_number(value: Any, name: str, f: dataclasses.Field, ref: Any) -> None:
+    """One number of a config within its range (see :func:`check_config`); anything else passes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if isinstance(ref, (int, float)) and not isinstance(ref, bool) and ref >= 0 and value < 0:
+        raise ValueError(f"{name} must be >= 0 (its default {ref} is a count, size, rate or weight), got {value}")
+    seedlike = isinstance(value, int) and f.name.endswith("seed")
+    cap = f.metadata.get("max", SEED_MAX if seedlike else MAX_COUNT if isinstance(value, int) else MAX_MAGNITUDE)
+    low = f.metadata.get("min", 0 if seedlike else -cap)
+    why = (
+        "the field's own range"
+        if "max" in f.metadata or "min" in f.metadata
+        else "a seed"
+        if seedlike
+        else "the bound on an integer setting: a count, a step number or a size"
+        if isinstance(value, int)
+        else "the bound on a real-valued setting"
+    )
+    if isinstance(value, int):
+        bounded_int(value, name, low, cap, why)
+    else:
+        finite_float(value, name, low, cap, why)
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") -> Any:
@@ -153,7 +192,7 @@ def apply_overrides(config: Any, overrides: Mapping[str, str], owner: str = "") 
                 f"e.g. {head}.{dataclasses.fields(getattr(config, head))[0].name}=..."
             )
         else:
-            changes[head] = _parse_value(raw, hints.get(head, str))
+            changes[head] = _parse_value(raw, hints.get(head, str), f"{owner}.{head}" if owner else head)
     for head, sub in nested.items():
         inner = changes.get(head, getattr(config, head))
         if isinstance(inner, Mapping):  # named groups: ``head.name.key``
@@ -176,7 +215,8 @@ def _override_groups(groups: Mapping[str, Any], overrides: Mapping[str, str], ow
     return {name: apply_overrides(group, by_group.get(name, {}), f"{owner}.{name}") for name, group in groups.items()}
 
 
-def _parse_value(raw: str, hint: Any) -> Any:
+def _parse_value(raw: str, hint: Any, name: str = "value") -> Any:
+    """``raw`` as the annotated type; numbers are finite, ASCII-written and sized (:mod:`toolbox.intake.numbers`)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -189,15 +229,20 @@ def _parse_value(raw: str, hint: Any) -> Any:
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"not a boolean: {raw!r}")
-    if hint in (int, float, str):
-        return hint(raw)
+        raise ValueError(f"{name}: not a boolean: {show(raw)}")
+    if hint is int:
+        return parse_int(raw, name)  # its range is the field's: check_config states it
+    if hint is float:
+        return parse_float(raw, name)
+    if hint is str:
+        return str(raw)
     if origin in (tuple, list):
         inner = args[0] if args else str
-        items = [_parse_value(p.strip(), inner) for p in raw.split(",") if p.strip()]
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        items = [_parse_value(p, inner, f"{name}[{i}]") for i, p in enumerate(parts)]
         return tuple(items) if origin is tuple else items
     if origin is Literal:
         if raw not in args:
-            raise ValueError(f"{raw!r} is not one of {args}")
+            raise ValueError(f"{name}: {show(raw)} is not one of {args}")
         return raw
     return raw

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ..errors import EXIT_OK, InputError
 from ..grid import add_grid_args
+from ..outputs import kept_folders, out_arg
 from .options import add_source_args, parse_kv, sources_from
+from .run import print_kept
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -28,6 +30,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         reuse=not args.no_reuse,
         grid=grid_config_from(args),
     )
+    before = kept_folders(args.out)
     cells = compare(req)
     print(markdown_table(cells), end="")
     reused = sum(c.from_cache for c in cells)
@@ -35,6 +38,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"\n{len(cells)} cells ({reused} reused from cache); tables: {args.out}/compare.md, compare.csv, "
         f"compare.json, compare_scatter.png"
     )
+    print_kept(Path(args.out), before)
     return EXIT_OK
 
 
@@ -53,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated defense names (default: none,ft,cleanclip,cleanerclip,par,invertune)",
     )
     add_source_args(p)
-    p.add_argument("--out", type=Path, default=Path("results/compare"), help="where the tables go")
+    p.add_argument("--out", type=out_arg, default=Path("results/compare"), help="where the tables go")
     p.add_argument(
         "-p",
         "--param",

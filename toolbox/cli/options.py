@@ -21,6 +21,20 @@ def parse_kv(pairs: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def seed_type(text: str) -> int:
+    """``--seed``: an integer every generator accepts, [0, 2^32 - 1] (argparse names the option)."""
+    from ..intake.numbers import seed
+
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    try:
+        return seed(text, "the seed")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_loudness(parser: argparse.ArgumentParser, default: Any) -> None:
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-v", "--verbose", action="store_true", default=default, help="debug messages and tracebacks")
@@ -49,7 +63,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-data", help="image-caption CSV used by attacks and fine-tuning baselines")
     p.add_argument("--classes", help="class names file, one per line (default: the model's own or ImageNet-1K)")
     p.add_argument("--templates", help="prompt templates file with {} for the class (default: OpenAI ImageNet)")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--preset", default="default", help=PRESET_HELP)
     p.add_argument(
         "--device",

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EXIT_OK
+from ..outputs import kept_folders, out_arg
 from .options import add_source_args, parse_kv, sources_from
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..runner import RunRequest, run
+    from ..runner import RunRequest, default_out_dir, run
 
     req = RunRequest(
         defense=args.defense,
@@ -25,9 +26,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=["toolbox", *args.argv],
         metrics=tuple(args.metric),
     )
+    before = kept_folders(Path(req.out) if req.out else default_out_dir(req))
     path = run(req)
     print(summary(json.loads(Path(path).read_text()), Path(path)))
+    print_kept(Path(path).parent, before)
     return EXIT_OK
+
+
+def print_kept(out: Path, before: set[str]) -> None:
+    """Where this command moved what was in its way (a user's files, an older version's outputs)."""
+    for name in sorted(kept_folders(out) - before):
+        what = "this run's outputs, not moved into place" if name.startswith("unplaced-") else "what was in the way"
+        print(f"kept      {out / name}: {what} (nothing was deleted)")
 
 
 def summary(doc: dict[str, Any], path: Path) -> str:
@@ -94,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defense", required=True, help="registered defense name (see `toolbox list --kind defense`)")
     p.add_argument("--attack", help="registered attack name to apply first (embedded world only needs nothing else)")
     add_source_args(p)
-    p.add_argument("--out", type=Path, help="output directory (default: results/ATTACK-DEFENSE-seedN)")
+    p.add_argument("--out", type=out_arg, help="output directory (default: results/ATTACK-DEFENSE-seedN)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
     p.add_argument("--attack-param", action="append", metavar="KEY=VALUE", help="attack parameter override")
     p.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (counted in the result)")

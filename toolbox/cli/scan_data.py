@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 from ..errors import EXIT_OK
-from .options import PRESET_HELP, parse_kv
+from ..outputs import kept_folders, out_arg
+from .options import PRESET_HELP, parse_kv, seed_type
+from .run import print_kept
 
 
 def cmd_scan_data(args: argparse.Namespace) -> int:
-    from ..datascan import ScanRequest, scan
+    from ..datascan import ScanRequest, default_out, scan
     from ..datascan import summary as scan_summary
     from ..runner import Sources
 
@@ -40,8 +42,10 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
         skip_unreadable=args.skip_unreadable,
         command=["toolbox", *args.argv],
     )
+    before = kept_folders(Path(req.out) if req.out else default_out(req))
     path = scan(req)
     print(scan_summary(json.loads(Path(path).read_text()), Path(path)))
+    print_kept(Path(path).parent, before)
     return EXIT_OK
 
 
@@ -70,12 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", help="labelled evaluation split for --retrain (default: the model's own)")
     p.add_argument("--classes", help="class names file, one per line")
     p.add_argument("--templates", help="prompt templates file with {} for the class")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--preset", default="default", help=PRESET_HELP)
     p.add_argument("--device", default="auto", help="torch device: auto (the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per evaluation forward pass")
     p.add_argument("--workers", type=int, default=None, help="evaluation data-loading processes")
     p.add_argument("--asr-include-target", action="store_true", help="count target-class images in ASR")
-    p.add_argument("--out", type=Path, help="output directory (default: results/scan-ATTACK-DEFENSE-seedN)")
+    p.add_argument("--out", type=out_arg, help="output directory (default: results/scan-ATTACK-DEFENSE-seedN)")
     p.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (counted in scan.json)")
     p.set_defaults(func=cmd_scan_data)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..commit import read_json
 from ..errors import EXIT_OK, InputError
 from ..grid import add_grid_args
-from .options import parse_kv, share_loudness
+from ..outputs import out_arg, set_aside
+from .options import parse_kv, seed_type, share_loudness
 
 
 def cmd_zoo_build(args: argparse.Namespace) -> int:
@@ -55,10 +57,23 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
     summary = score_population(rows, threshold=args.threshold)
     report = out / f"only-{config_hash(*sorted(only))[:10]}" if only else out  # a subset never replaces the full report
+    set_aside(report, REPORT_FILES, lambda _: _our_report(report))  # a user's file of the same name is kept
     write_report(summary, rows, report, title)
     print(markdown_summary(summary, title))
     print(f"\nreport: {report}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
     return EXIT_OK
+
+
+REPORT_FILES = ("zoo_summary.json", "zoo_members.csv", "zoo_roc.png", "zoo_summary.md")  # zoo/report.py's
+
+
+def _our_report(folder: Path) -> bool:
+    """The report files in ``folder`` are an earlier ``zoo eval``'s (its zoo_summary.json says so)."""
+    try:
+        doc = read_json(folder / REPORT_FILES[0])
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"title", "summary", "rows"} <= doc.keys()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "build the missing ones under OUT; cached by config, resumable.",
     )
     z.add_argument("spec", type=Path)
-    z.add_argument("--out", type=Path, required=True, help="the zoo's folder")
+    z.add_argument("--out", type=out_arg, required=True, help="the zoo's folder")
     z.add_argument("--members", type=int, help="the spec's size, overridden (the same spec at another scale)")
     z.add_argument("--limit", type=int, help="build only the first N members drawn")
     add_grid_args(z)
@@ -93,7 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("directory", type=Path)
     z.add_argument("--defense", required=True)
     z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
-    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--seed", type=seed_type, default=0)
     z.add_argument(
         "--rebound-steps",
         type=int,
@@ -101,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also score the real trigger after this many steps of clean fine-tuning (default 0: off)",
     )
     z.add_argument("--threshold", type=float, help="detection threshold chosen elsewhere (e.g. on the dev split)")
-    z.add_argument("--out", type=Path, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
+    z.add_argument("--out", type=out_arg, help="report folder (default: DIRECTORY/evals/DEFENSE-HASH)")
     z.add_argument(
         "--only",
         metavar="ID,ID",

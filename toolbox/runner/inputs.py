@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from ..api import ImageData, LoadedModel
 from ..errors import InputError, one_line
+from ..intake.files import is_special, read_text
 from ..plugins import Registration, Registry
 from .attack_cache import source_fingerprint
 from .request import RunRequest, Sources
@@ -33,7 +35,20 @@ def hostile(what: str) -> Iterator[None]:
         raise InputError(f"cannot read {what}: {reason}") from err
 
 
+def refuse_special_source(source: str, what: str) -> None:
+    """A source (or a part of ``VISUAL::BASE`` / ``ARCH@WEIGHTS``) that is a FIFO, socket or device is
+    refused by name before any adapter looks at it: opening one would block or never end."""
+    parts = (
+        [p for whole in source.split("::") for p in (whole, whole.split("@", 1)[-1])] if what == "model" else [source]
+    )
+    for part in dict.fromkeys(parts):
+        kind = is_special(part)
+        if kind:
+            raise InputError(f"{what} {source!r}: {part} is {kind}, not a regular file or a folder")
+
+
 def load_model(registry: Registry, source: str, fmt: str | None, device: torch.device) -> tuple[Any, LoadedModel]:
+    refuse_special_source(source, "model")
     with hostile(f"model {source!r}"):
         if fmt:
             adapter = registry.get("model_adapter", fmt).obj()
@@ -92,6 +107,7 @@ def load_data(
 def _load_data(
     registry: Registry, source: str, image_size: int, classnames: list[str] | None, skip_unreadable: bool
 ) -> ImageData:
+    refuse_special_source(source, "data")
     with hostile(f"data {source!r}"):
         adapters = (r.obj() for r in registry.entries["dataset_adapter"].values())
         adapter = next((a for a in adapters if a.detect(source)), None)
@@ -105,18 +121,20 @@ def _load_data(
     return data
 
 
-def read_lines(path: str, what: str) -> list[str]:
-    """Non-empty, non-comment lines of a small text file (class names, templates)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    with hostile(f"{what} file {path!r}"):
-        text = p.read_text(encoding="utf-8")
-    lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+def numbered_lines(path: str, what: str) -> list[tuple[int, str]]:
+    """(line number, text) of the non-empty, non-comment lines of a small text file; a regular file
+    of at most 16 MiB only (:mod:`toolbox.intake.files`)."""
+    text = read_text(Path(path), f"{what} file")
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), start=1)]
+    lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise InputError(f"{what} file {path!r} is empty")
     return lines
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    """Non-empty, non-comment lines of a small text file (class names, templates)."""
+    return [ln for _, ln in numbered_lines(path, what)]
 
 
 def duplicate_names(names: list[str]) -> list[str]:
@@ -149,15 +167,28 @@ def class_index(classnames: list[str], name: str, what: str) -> int:
     return classnames.index(name)
 
 
+def template_fields(template: str) -> list[tuple[str, str, str | None]]:
+    """The replacement fields ``str.format`` sees in ``template``; a stray brace is a ValueError."""
+    return [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+
+
 def read_templates(path: str) -> list[str]:
-    templates = read_lines(path, "templates")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise InputError(
-            f"templates file {path!r}: each line needs exactly one {{}} for the class name, "
-            f"e.g. 'a photo of a {{}}.'; not {bad[0]!r}"
-        )
-    return templates
+    """Prompt templates, each with exactly one plain ``{}`` (a literal brace is ``{{`` or ``}}``)."""
+    lines = numbered_lines(path, "templates")
+    for n, template in lines:
+        try:
+            fields = template_fields(template)
+        except ValueError as err:  # open_clip calls template.format(name): a stray brace fails there, mid-run
+            raise InputError(
+                f"templates file {path!r} line {n}: {template!r} is not a format string ({err}); "
+                f"write a literal brace as {{{{ or }}}}"
+            ) from None
+        if fields != [("", "", None)]:
+            raise InputError(
+                f"templates file {path!r} line {n}: each line needs exactly one {{}} for the class name, "
+                f"e.g. 'a photo of a {{}}.'; not {template!r}"
+            )
+    return [t for _, t in lines]
 
 
 def default_templates() -> list[str]:

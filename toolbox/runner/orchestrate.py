@@ -41,11 +41,10 @@ def run(req: RunRequest) -> Path:
     out_dir = Path(req.out) if req.out else default_out_dir(req)
     outputs.check_out_dir(out_dir, req.sources.input_paths())
     seed_everything(req.sources.seed)
-    got = load(plan)
-    with outputs.Staging(out_dir) as staging:
-        assert staging.path is not None
-        doc = attack_defend_measure(plan, got, staging.path)
-        results.write_result(staging.path, doc)
+    with outputs.Staging(out_dir) as staging:  # OUT is locked from here: a second run into it is refused at once
+        got = load(plan)
+        doc = attack_defend_measure(plan, got, staging.dir)
+        results.write_result(staging.dir, doc)
         return staging.commit()
 
 

@@ -17,6 +17,7 @@ import torch
 from ..api import build_config
 from ..errors import InputError
 from ..evaluation import check_extra_metrics
+from ..intake.numbers import seed as checked_seed
 from ..plugins import Registry
 from ..rebound import ReboundConfig
 
@@ -78,6 +79,7 @@ class RunRequest:
 
 
 def seed_everything(seed: int) -> None:
+    checked_seed(seed)  # torch.manual_seed overflows past 2^64 (exit 3, after the output was prepared)
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -148,6 +150,7 @@ def parse_device(text: str) -> torch.device:
 
 def check_measurement(src: Sources) -> torch.device:
     """The run's device, after refusing evaluation settings that cannot work."""
+    checked_seed(src.seed)  # before anything is loaded: the notebook API and compare pass seeds too
     if src.eval_batch_size < 1:
         raise InputError(f"--eval-batch-size must be >= 1, got {src.eval_batch_size}")
     if src.workers is not None and src.workers < 0:

@@ -21,9 +21,10 @@ import safetensors.torch
 import torch
 from torch.utils.data import Dataset
 
-from .. import atomic
+from .. import atomic, outputs
 from ..api import AttackContext, BuiltWorld, ImageData, build_config, config_values
 from ..cache import config_hash
+from ..commit import read_json
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
@@ -33,6 +34,7 @@ from .spec import CLEAN_SCRATCH, DEFAULT_WORLD, MemberSpec, ZooSpec, draw_member
 log = logging.getLogger(__name__)
 
 MEMBER_JSON, MANIFEST = "member.json", "manifest.json"
+ZOO_OUTPUTS = ("members", "spec.json", MANIFEST)  # what `zoo build` writes in its --out
 
 
 def world_plugin(name: str = DEFAULT_WORLD) -> Any:
@@ -199,8 +201,12 @@ def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limi
     def seeded(attack: str) -> bool:
         return "trigger_seed" in config_values(registry.get("attack", attack).obj.Config())
 
+    outputs.check_out_dir(zoo_dir, [Path(spec.source)] if spec.source else [], ZOO_OUTPUTS)
     members = draw_members(spec, vocabulary(spec), seeded)[:limit]
     zoo_dir.mkdir(parents=True, exist_ok=True)
+    outputs.set_aside(
+        zoo_dir, ZOO_OUTPUTS[1:], _zoo_file
+    )  # a user's spec.json or manifest.json is kept, not overwritten
     atomic.write_json(
         zoo_dir / "spec.json",
         {"source": spec.source, "name": spec.name, "seed": spec.seed, "members": [m.to_dict() for m in members]},
@@ -223,6 +229,15 @@ def build_zoo(spec: ZooSpec, zoo_dir: Path, grid: GridConfig | None = None, limi
         records = run_grid(cells, grid or GridConfig())
     atomic.write_json(zoo_dir / MANIFEST, {"name": spec.name, "spec": spec.source, "members": records})
     return records
+
+
+def _zoo_file(path: Path) -> bool:
+    """``spec.json`` / ``manifest.json`` as ``zoo build`` writes them (a JSON object with a members list)."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("members"), list)
 
 
 def read_manifest(zoo_dir: Path) -> list[dict[str, Any]]:

@@ -14,12 +14,13 @@ import importlib
 import inspect
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import atomic
+from .. import atomic, outputs
 from ..cache import config_hash
 from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
@@ -27,7 +28,7 @@ from ..grid import Cell, GridConfig, run_grid
 from ..plugins import get_host
 from ..rebound import ReboundConfig, rebound
 from ..runner import RunRequest, Sources, configure, load_model, memoised_data, run
-from .build import member_trigger, read_manifest, world_data, world_of
+from .build import MANIFEST, member_trigger, read_manifest, world_data, world_of
 from .score import MemberOutcome
 from .spec import DEFAULT_WORLD
 
@@ -251,6 +252,10 @@ def eval_zoo(
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
     if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
         out = out.with_name(f"{out.name}-rebound{rebound_steps}")
+    outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST], None)
+    for r in records:  # a member's id names its folder under --out: a plain name, never a path
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
+            raise InputError(f"{Path(zoo_dir) / MANIFEST}: member id {r.get('id')!r} is not a plain name")
     code_fingerprint(get_host().build_registry(quiet=True).get("defense", defense).obj)  # this process: now
     cells = [
         Cell(

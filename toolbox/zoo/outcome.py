@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..escape import markdown_cell
+
 LABELS = ("clean", "backdoored", "not_implanted")
 SCORED_LABELS = ("clean", "backdoored")
 _FRACTION_FIELDS = ("ca_before", "ca_after", "asr_before", "asr_after", "localisation", "asr_rebound")
@@ -76,11 +78,7 @@ def json_float(value: Any) -> Any:
     return value
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown_table(header: list[str], body: list[list[Any]]) -> list[str]:
     """A Markdown table's lines, every cell escaped (a ``|`` or a newline in a value cannot break the row)."""
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+    lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in body]

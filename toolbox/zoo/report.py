@@ -12,7 +12,7 @@ from typing import Any
 
 from sklearn.metrics import roc_curve
 
-from toolbox import atomic
+from toolbox import atomic, escape
 
 from .metrics import ca_drop, labels_and_scores
 from .outcome import SCORED_LABELS, MemberOutcome, markdown_table
@@ -206,7 +206,7 @@ def _members_csv(rows: list[MemberOutcome]) -> str:
     writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if v is None else v for k, v in r.to_dict().items()})
+        writer.writerow(escape.csv_row({k: "" if v is None else v for k, v in r.to_dict().items()}))
     return buf.getvalue()
 
 

@@ -20,6 +20,7 @@ import yaml
 from ..cache import config_hash
 from ..errors import InputError
 from ..evaluation import IMPLANT_MARGIN
+from ..intake.files import read_text
 
 CLEAN_FINETUNE, CLEAN_SCRATCH = "clean-finetune", "clean-scratch"
 
@@ -134,8 +135,9 @@ def _check_distribution(value: Any, where: str) -> None:
 def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
     """Read and check a spec; ``members`` overrides its size (the same spec at another scale)."""
     path = Path(path)
+    text = read_text(path, "zoo spec")  # a regular file of at most 16 MiB: a FIFO would block the read
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(text)
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read zoo spec {path}: {err}") from err
     if not isinstance(doc, dict):
