@@ -64,7 +64,7 @@ def save_tensor_file(state_dict: dict[str, torch.Tensor], path: Path, extra: dic
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic.atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            safetensors.torch.save_file(tensors, str(tmp))
+            atomic.save_safetensors(tensors, str(tmp))
         else:
             torch.save({**(extra or {}), "state_dict": tensors} if extra is not None else tensors, tmp)
 
@@ -236,7 +236,7 @@ def write_openclip_dir(model: OpenClipModel, out_dir: Path, preprocess_cfg: dict
             json.dumps({"model_cfg": model.model_cfg, "preprocess_cfg": pre}, indent=2), encoding="utf-8"
         )
         sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.clip.state_dict().items()}
-        safetensors.torch.save_file(sd, str(tmp / OPENCLIP_WEIGHTS))
+        atomic.save_safetensors(sd, str(tmp / OPENCLIP_WEIGHTS))
     return Path(out_dir)
 
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import safetensors.torch
 import torch
 
-from toolbox import precision
+from toolbox import atomic, precision
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
@@ -271,7 +270,7 @@ def write_artifacts(
         "pattern": trigger.pattern,
         **({"delta": trigger.delta} if trigger.delta is not None else {}),
     }
-    safetensors.torch.save_file(
+    atomic.save_safetensors(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(workdir / "inverted_trigger.safetensors")
     )
     written = {

@@ -80,7 +80,7 @@ class IdentifyConfig:
     # init: 20 steps of lr 0.1 can reach any colour. ("sigmoid": the untargeted UAPs' logit
     # parameterisation; from a N(0, 0.5) init 20 steps reach at most sigmoid(+-2.5) = 0.08..0.92.)
     race_patch_param: str = "pixel"
-    max_race_classes: int = 64  # larger vocabularies race the untargeted screen's top classes
+    max_race_classes: int = 16  # larger vocabularies race the untargeted screen's top classes; cost grows with it
     race_aggregate: str = "max"  # a class's score over families: "max" or "mean" (see the closing note)
     # untargeted UAPs (the paper's method, and the screen for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)

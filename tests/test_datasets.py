@@ -22,7 +22,9 @@ from toolbox_plugins.world.world import WorldConfig, write_world
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return write_world(WorldConfig(n_train=20, n_eval=28, n_retrieval=4, n_defender=3), tmp_path_factory.mktemp("w"))
+    return write_world(
+        WorldConfig(n_classes=14, n_train=20, n_eval=28, n_retrieval=4, n_defender=3), tmp_path_factory.mktemp("w")
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1", "RGB"])

@@ -540,6 +540,26 @@ def test_outputs_honour_the_umask(host, smoke_world, tmp_path, capsys):
         assert mode == (0o755 if name == "artifacts" else 0o644), (name, oct(mode))
 
 
+def test_saved_models_and_tensors_honour_the_umask(tmp_path):
+    """safetensors writes its files 0600; every file a run saves must be readable like the rest."""
+    from toolbox import atomic
+    from toolbox.lookup import lookup
+    from toolbox_plugins.world.build import SMOKE_VIT
+
+    old = os.umask(0o022)
+    try:
+        atomic.save_safetensors({"a": torch.zeros(2)}, tmp_path / "t.safetensors")
+        adapter = lookup("model_adapter", "openclip-dir")()
+        fresh = adapter.create(SMOKE_VIT, torch.device("cpu"))
+        saved = adapter.save(fresh, fresh.model, tmp_path / "model")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "t.safetensors", *[p for p in saved.rglob("*") if p.is_file()]]
+    assert len(files) >= 3
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
+
+
 def test_staging_folders_of_killed_runs_are_swept_and_nothing_else(tmp_path):
     import subprocess
     import sys

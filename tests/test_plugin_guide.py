@@ -33,7 +33,7 @@ def guide(register_plugin, monkeypatch):
     return module
 
 
-ATTACK_LINE = "--attack corner-square --attack-param poison_rate=0.1 --attack-param epochs=3 --preset smoke --out"
+ATTACK_LINE = "--attack corner-square --attack-param poison_rate=0.1 --attack-param epochs=6 --preset smoke --out"
 
 
 def documented(marker: str) -> list[str]:
@@ -79,7 +79,7 @@ def test_the_guides_detector_joins_the_cascade_by_name(guide):
 def test_the_guides_attack_implants_as_documented(guide, smoke_world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     doc = run_documented(ATTACK_LINE, tmp_path)
-    assert doc["attack"]["plugin"] == "guide-plugin" and doc["attack"]["params"]["epochs"] == 3
+    assert doc["attack"]["plugin"] == "guide-plugin" and doc["attack"]["params"]["epochs"] == 6
     assert doc["attack"]["info"]["n_poisoned"] > 0
     before = doc["metrics"]["before"]
     assert before["asr"] - before["asr_untriggered"] > 0.5, "the corner square is a backdoor, not a collapse"

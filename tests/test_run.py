@@ -63,7 +63,12 @@ def test_none_defense_reports_ca_and_retrieval(host, smoke_world, tmp_path):
     assert main(["run", "--defense", "none", "--preset", "smoke", "--out", str(out)]) == 0
     doc = json.loads((out / "result.json").read_text())
     before = doc["metrics"]["before"]
-    assert before["ca"] >= 0.6, "the smoke model must be well above chance (1/14)"
+    assert before["ca"] >= 0.6, "the smoke model must be well above chance (1/16)"
+    assert 0 <= before["ca_shift"] <= 1  # the OpenMoji split, the same classes in another hand
+    assert doc["metric_config"]["ca_shift"]["source"].endswith("eval-openmoji/labels.csv")
+    world = doc["model"]["world"]
+    assert world["name"] == "embedded" and world["preset"] == "smoke" and world["n_classes"] == 16
+    assert world["styles"] == {"eval_data": "twemoji", "shift_data": "openmoji"}
     assert 0 <= before["retrieval_recall@10"] <= 1
     assert before["asr"] is None and doc["attack"] is None
     assert doc["metrics"]["after"] == before

@@ -27,6 +27,14 @@ def honour_umask(path: Path, *, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def save_safetensors(tensors: dict[str, Any], path: Path | str, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` with the mode a plain ``open()`` gives (safetensors writes 0600)."""
+    import safetensors.torch
+
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    honour_umask(Path(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""

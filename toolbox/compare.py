@@ -116,6 +116,7 @@ def cell_key(
             "model": src.model,
             "clean_data": src.clean_data,
             "eval_data": src.eval_data,
+            **({"shift_data": src.shift_data} if src.shift_data else {}),  # absent: old keys hold
             "retrieval_data": src.retrieval_data,
             "train_data": src.train_data,
             "classes": src.classes,

@@ -65,6 +65,7 @@ class EvalInputs:
     classnames: list[str]
     templates: list[str]
     retrieval_data: ImageData | None = None
+    shift_data: ImageData | None = None  # the same classes in another style (ca_shift)
     trigger: Trigger | None = None
     target: str | None = None
     trigger_source: str | None = None  # "real" (the attack's own) or "inverted"
@@ -105,6 +106,13 @@ def metric_config_doc(cfg: MetricConfig, inputs: EvalInputs, registry: Registry)
             "untriggered": "asr_untriggered: the same ASR (first top-k) on the untriggered images, i.e. how "
             "often the model predicts the target anyway; the trigger's own effect is "
             "asr - asr_untriggered",
+        },
+        "ca_shift": None
+        if inputs.shift_data is None
+        else {
+            "definition": "the same zero-shot top-1 accuracy on a second labelled split, the same classes "
+            "drawn in another style (--shift-data): a defense's cost under distribution shift",
+            "source": inputs.shift_data.source,
         },
         "retrieval": None
         if inputs.retrieval_data is None
@@ -229,6 +237,16 @@ def untriggered_rate(logits: Tensor, labels: Tensor, target: int, cfg: MetricCon
     return attack_success_rate(logits, labels, target, cfg.top_k[0], cfg, registry)
 
 
+def shifted_accuracy(
+    model: ClipModel, data: ImageData, weights: Tensor, cfg: MetricConfig, registry: Registry, device: torch.device
+) -> float:
+    """Zero-shot top-1 accuracy on the other style's split, with the evaluation's class embeddings."""
+    feats, labels = image_features(model, data, cfg.batch_size, device, workers=cfg.workers)
+    metric = registry.get("metric", "zeroshot_accuracy").obj(top_k=1)
+    metric.update(finite(feats, "image embeddings of the shifted split") @ weights.T, labels)
+    return float(metric.compute())
+
+
 def evaluate(
     model: ClipModel, inputs: EvalInputs, cfg: MetricConfig, registry: Registry, device: torch.device
 ) -> dict[str, float | None]:
@@ -248,6 +266,8 @@ def evaluate(
             out[f"ca_top{k}"] = float(metric.compute())
         out["ca"] = out[f"ca_top{cfg.top_k[0]}"]
         out.update(extra_metrics(logits, labels, cfg, registry))
+        if inputs.shift_data is not None:
+            out["ca_shift"] = shifted_accuracy(model, inputs.shift_data, weights, cfg, registry, device)
         if inputs.trigger is not None and inputs.target is not None:
             target_index = inputs.classnames.index(inputs.target)
             out.update(

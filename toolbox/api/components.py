@@ -141,7 +141,7 @@ class BuiltWorld:
 
     preset: str
     model_source: str  # what ``--model`` takes (a model adapter recognises it)
-    data: dict[str, str]  # classes, templates, clean_data, eval_data, retrieval_data, train_data -> sources
+    data: dict[str, str]  # classes, templates, clean_data, eval_data, shift_data, retrieval_data, train_data -> sources
     info: dict[str, Any] = field(default_factory=dict)  # how it was built (recorded by callers)
 
 

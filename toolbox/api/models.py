@@ -59,8 +59,10 @@ class LoadedModel:
     sha256: str
     save_info: dict[str, Any] = field(default_factory=dict)
     # Data sources that come with the model (the embedded world), keyed like the CLI
-    # options: clean_data, eval_data, retrieval_data, classes.
+    # options: clean_data, eval_data, shift_data, retrieval_data, classes.
     data_defaults: dict[str, str] = field(default_factory=dict)
+    # The world the model comes from, where it does (name, preset, vocabulary size, each split's style).
+    world: dict[str, Any] = field(default_factory=dict)
 
 
 def state_dict_sha256(module: torch.nn.Module, skip_prefixes: tuple[str, ...] = ()) -> str:

@@ -59,6 +59,10 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-format", help="model adapter name, when detection from the source is not enough")
     p.add_argument("--clean-data", help="the defender's clean images (folder, labels.csv, caption CSV, COCO JSON)")
     p.add_argument("--eval-data", help="labelled evaluation split for CA/ASR (ImageFolder or labels.csv)")
+    p.add_argument(
+        "--shift-data",
+        help="a second labelled split, the same classes in another style: CA under shift (ca_shift)",
+    )
     p.add_argument("--retrieval-data", help="COCO-captions JSON for retrieval recall")
     p.add_argument("--train-data", help="image-caption CSV used by attacks and fine-tuning baselines")
     p.add_argument("--classes", help="class names file, one per line (default: the model's own or ImageNet-1K)")

@@ -50,6 +50,9 @@ def summary(doc: dict[str, Any], path: Path) -> str:
         return "-" if v is None else f"{100 * v:.2f} %"
 
     lines = [f"result    {path}"]
+    world = (doc.get("model") or {}).get("world")
+    if world:
+        lines.append(f"world     {world['name']}:{world['preset']}, {world['n_classes']} classes")
     det = doc.get("detection") or {}
     attack = doc.get("attack") or {}
     if det:
@@ -66,7 +69,9 @@ def summary(doc: dict[str, Any], path: Path) -> str:
             f"(< {100 * IMPLANT_MARGIN:.0f}), so the suspect is effectively clean; on a small preset, "
             f"raise --attack-param poison_rate / epochs"
         )
-    rows = [("CA (top-1)", "ca"), ("ASR@1", "asr"), ("ASR untriggered", "asr_untriggered")]
+    shift_style = ((world or {}).get("styles") or {}).get("shift_data", "shifted split")
+    rows = [("CA (top-1)", "ca"), (f"CA {shift_style}", "ca_shift")]
+    rows += [("ASR@1", "asr"), ("ASR untriggered", "asr_untriggered")]
     rows += [
         (f"ASR@1 {k[4:]}", k)
         for k in after

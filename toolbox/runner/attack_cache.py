@@ -44,8 +44,8 @@ def backdoor_cached(
             record = {"build_seconds": round(time.perf_counter() - start, 1), "info": attack.info}
             with atomic.atomic_dir(entry) as tmp:
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-                safetensors.torch.save_file(state, str(tmp / "model.safetensors"))
-                safetensors.torch.save_file(
+                atomic.save_safetensors(state, str(tmp / "model.safetensors"))
+                atomic.save_safetensors(
                     {k: v.contiguous() for k, v in attack.trigger_state().items()}, str(tmp / "trigger.safetensors")
                 )
                 (tmp / "attack.json").write_text(json.dumps(record, indent=2))

@@ -24,6 +24,7 @@ def result_document(plan: Plan, got: RunInputs, found: Findings) -> dict[str, An
             "sha256": loaded.sha256,
             "attacked_sha256": found.attacked_sha,
             "purified_sha256": found.purified_sha,
+            "world": loaded.world or None,
         },
         "attack": found.attack_doc,
         "defense": {"name": req.defense, "params": config_values(plan.defense.config), "plugin": plan.dreg.plugin},

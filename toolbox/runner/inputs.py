@@ -223,10 +223,23 @@ def load_inputs(
         raise InputError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
     if src.rebound().enabled and data["train_data"] is None:
         raise InputError("--rebound-steps fine-tunes on clean image-caption pairs: pass --train-data")
-    for key, kind in (("eval_data", "labelled"), ("retrieval_data", "captioned"), ("train_data", "captioned")):
+    kinds = {
+        "eval_data": "labelled",
+        "shift_data": "labelled",
+        "retrieval_data": "captioned",
+        "train_data": "captioned",
+    }
+    for key, kind in kinds.items():
         if data[key] is not None and data[key].kind != kind:
             raise InputError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
-    return eval_classnames(data["eval_data"], classnames, src), templates, data
+    measured = eval_classnames(data["eval_data"], classnames, src)
+    shift = data["shift_data"]
+    if shift is not None and shift.classnames and list(shift.classnames) != measured:
+        raise InputError(
+            f"--shift-data {shift.source} names other classes than the evaluation data "
+            f"({len(shift.classnames)} against {len(measured)}): CA under shift needs the same classes"
+        )
+    return measured, templates, data
 
 
 def vocabulary(src: Sources, defaults: dict[str, str]) -> tuple[list[str], list[str]]:

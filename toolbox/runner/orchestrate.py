@@ -7,10 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 from torch import Tensor
 
-from .. import outputs, results
+from .. import atomic, outputs, results
 from ..api import AttackContext, ClipModel, DefenseContext, DefenseOutcome, config_values
 from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
@@ -150,6 +149,7 @@ def measurement(
     )
     inputs = EvalInputs(
         eval_data=got.data["eval_data"],
+        shift_data=got.data["shift_data"],
         classnames=got.classnames,
         templates=got.templates,
         retrieval_data=got.data["retrieval_data"],
@@ -203,7 +203,11 @@ def measure_after(
         inputs.extra_triggers = {name: (trig, outcome.target) for name, trig in outcome.triggers.items()}
         with timer.stage("evaluate_reconstructed_before"):
             extra_before = evaluate(
-                model, replace(inputs, trigger=None, retrieval_data=None), replace(mcfg, extra=()), registry, device
+                model,
+                replace(inputs, trigger=None, retrieval_data=None, shift_data=None),
+                replace(mcfg, extra=()),
+                registry,
+                device,
             )
         before.update({k: v for k, v in extra_before.items() if k.startswith("asr_") and k not in before})
     with timer.stage("evaluate_after"):
@@ -233,7 +237,7 @@ def save_step(
         artifacts["model"] = str(saved.relative_to(stage_dir))
         purified_sha = results.state_dict_sha256(outcome.model)
     if outcome.trigger_masks:  # under a name of the host's: scorers read them knowing no defense's files
-        safetensors.torch.save_file(
+        atomic.save_safetensors(
             {k: v.detach().cpu().contiguous() for k, v in outcome.trigger_masks.items()}, str(stage_dir / TRIGGER_MASKS)
         )
         artifacts["trigger_masks"] = TRIGGER_MASKS

@@ -34,6 +34,7 @@ class Sources:
     model_format: str | None = None
     clean_data: str | None = None
     eval_data: str | None = None
+    shift_data: str | None = None  # the same classes in another style: CA under distribution shift
     retrieval_data: str | None = None
     train_data: str | None = None
     classes: str | None = None
@@ -50,7 +51,7 @@ class Sources:
     def rebound(self) -> ReboundConfig:
         return ReboundConfig(steps=self.rebound_steps, lr=self.rebound_lr)
 
-    DATA_KEYS = ("clean_data", "eval_data", "retrieval_data", "train_data")
+    DATA_KEYS = ("clean_data", "eval_data", "shift_data", "retrieval_data", "train_data")
 
     @property
     def model_source(self) -> str:

@@ -138,7 +138,7 @@ def build_member(
         adapter.save(loaded, model, tmp / "model")
         state = attack.trigger_state() if attack is not None else {}
         if state:
-            safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trigger.safetensors"))
+            atomic.save_safetensors({k: v.contiguous() for k, v in state.items()}, str(tmp / "trigger.safetensors"))
         atomic.write_json(tmp / MEMBER_JSON, record)
     log.info(
         "member %s: %s (CA %.1f %%%s), %.0f s",

@@ -77,7 +77,7 @@ class EmbeddedOracleRecipe:
     lr: float = 2e-3  # Adam
     width: int = 32  # TinySegNet's
     holdout_fraction: float = 0.1  # of the scenes, never trained on: the recorded accuracies
-    noise_std: float = 6.0  # the world's default pixel noise (WorldConfig.noise_std)
+    noise_std: float = 4.0  # the embedded world's default pixel noise (its SceneConfig.noise_std)
 
 
 @dataclass
@@ -208,7 +208,6 @@ def build_embedded(
     entry: Path,
 ) -> None:
     """Draw, train, measure on the held-out slice, and write ``entry`` atomically."""
-    import safetensors.torch
 
     start = time.perf_counter()
     n_holdout = max(1, int(round(recipe.n_scenes * recipe.holdout_fraction)))
@@ -234,7 +233,7 @@ def build_embedded(
     }
     with atomic.atomic_dir(entry) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        safetensors.torch.save_file(state, str(tmp / "oracle.safetensors"))
+        atomic.save_safetensors(state, str(tmp / "oracle.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 

@@ -4,7 +4,7 @@ An oracle maps images in [0,1] to per-pixel logits over background plus the voca
 knows (:class:`SegmentationOracle`). Two sources, both ours (the paper's oracle is not public):
 
 - :func:`~toolbox_plugins.segoracle.embedded.embedded_oracle` (its own module): for a registered
-  world that draws segmentation scenes, such as the embedded procedural one. A small net trained on
+  world that draws segmentation scenes, such as the embedded emoji world. A small net trained on
   scenes the oracle draws itself; it never sees the suspect's training data. Cached like an attacked model.
 - :func:`torchvision_oracle`: for real users. A torchvision segmentation architecture whose weights
   come from a ``.safetensors`` file (never a pickle) and a class-mapping file that names, per

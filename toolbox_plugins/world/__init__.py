@@ -1,1 +1,2 @@
-"""The procedural image-caption world and the tiny CLIP trained on it (the embedded default)."""
+"""The emoji world (named Twemoji objects in varied scenes, OpenMoji as a second style) and the tiny
+CLIPs trained on it: the embedded default."""

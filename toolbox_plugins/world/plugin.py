@@ -3,27 +3,26 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from toolbox.api import BuiltWorld, LoadedModel, ModelAdapter, World
 from toolbox.lookup import lookup
 
-from .build import MODEL_FORMAT, PRESET_NAMES, ensure_embedded, get_preset, model_key
+from .build import MODEL_FORMAT, PRESET_NAMES, build_key, ensure_embedded
 
 PREFIX = "embedded:"
 
 
 class EmbeddedWorld(World):
     name = "embedded"
-    summary = "The procedural image-caption world and its tiny CLIPs (presets default, default-resnet, smoke, ...)."
+    summary = "The emoji world (Twemoji objects in scenes, OpenMoji as a second style) and its tiny CLIPs."
     reference = "this project (toolbox_plugins/world)"
     presets = PRESET_NAMES
 
@@ -34,36 +33,42 @@ class EmbeddedWorld(World):
         )
 
     def model_key(self, preset: str, train_seed: int | None = None) -> str:
-        spec = get_preset(preset)
-        if train_seed is not None:
-            spec = replace(spec, train=replace(spec.train, seed=train_seed))
-        return model_key(spec)
+        return build_key(preset, train_seed)
 
     def render_scene(
         self, classnames: Sequence[str], label: int, rng: Any, image_size: int, noise_std: float
     ) -> tuple[Tensor, Tensor]:
-        from .draw import render
+        from .scenes import SceneConfig, draw
 
-        scene = render(
-            list(classnames),
-            label,
-            rng if isinstance(rng, random.Random) else random.Random(rng),
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        scene = draw(
+            _sprites(tuple(classnames)),
+            torch.tensor([label]),
+            rng.getrandbits(62),
             image_size,
-            noise_std=noise_std,
+            SceneConfig(noise_std=noise_std),
         )
-        assert scene.mask is not None, "render() returns the object's mask"
-        image = torch.from_numpy(np.asarray(scene.image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return image, torch.from_numpy(scene.mask)
+        return scene.images[0], scene.masks[0]
 
     def can_draw(self, classnames: Sequence[str]) -> list[str]:
-        from .draw import DRAWERS
+        from .art import catalogue
 
-        return [c for c in classnames if c not in DRAWERS]
+        known = {e.name for e in catalogue()}
+        return [c for c in classnames if c not in known]
+
+
+@functools.lru_cache(maxsize=4)
+def _sprites(classnames: tuple[str, ...]) -> Tensor:
+    """Float RGBA Twemoji sprites [K, 4, S, S] of the named objects (a segmentation oracle's scenes)."""
+    from .art import catalogue, sprites
+
+    by_name = {e.name: e for e in catalogue()}
+    return torch.from_numpy(sprites([by_name[c] for c in classnames], "twemoji")).permute(0, 3, 1, 2).float() / 255.0
 
 
 class EmbeddedAdapter(ModelAdapter):
     name = "embedded"
-    summary = "embedded:PRESET: the procedural world's tiny CLIP, built on first use and cached."
+    summary = "embedded:PRESET: the emoji world's tiny CLIP, built on first use (or shipped) and cached."
     reference = "this project (toolbox_plugins/world)"
 
     def detect(self, source: str) -> bool:
@@ -78,6 +83,13 @@ class EmbeddedAdapter(ModelAdapter):
         loaded.format = self.name
         loaded.source = source
         loaded.data_defaults = built.data_defaults()
+        loaded.world = {
+            "name": EmbeddedWorld.name,
+            "preset": built.preset.name,
+            "n_classes": built.preset.world.n_classes,
+            "styles": {"eval_data": "twemoji", "shift_data": "openmoji"},
+            "art": dict(built.preset.world.art),
+        }
         return loaded
 
     def save(self, loaded: LoadedModel, model, out_dir: Path) -> Path:
