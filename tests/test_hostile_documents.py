@@ -293,7 +293,7 @@ SUBMIT_CASES = {  # case -> (exit code, message on stderr)
     out_is_inside_the_input: (2, "result.json is not a directory"),
     default_out_is_a_users_file: (2, "the default submission file"),
     result_named_submission_json: (2, "is the input result"),
-    result_is_a_fifo: (2, "is a FIFO, not a regular file"),
+    result_is_a_fifo: (2, "is a FIFO (named pipe), not a regular file"),
     result_is_dev_zero: (2, "is a character device, not a regular file"),
     result_is_a_dangling_link: (2, "is a dangling symbolic link"),
     result_is_a_directory: (2, "is a directory, not a regular file"),
@@ -377,7 +377,7 @@ def bad_nan(board):
 
 def bad_fifo(board):
     os.mkfifo(board / "pipe.json")
-    return "pipe.json is a FIFO, not a regular file"
+    return "pipe.json is a FIFO (named pipe), not a regular file"
 
 
 def bad_socket_like_device(board):

@@ -27,9 +27,9 @@ def test_same_spec_same_members_and_ranges_respected(split):
     spec = load_spec(path)
     drawn = members(path)
     assert [m.to_dict() for m in drawn] == [m.to_dict() for m in members(path)]
-    assert len(drawn) == spec.members == 24
+    assert len(drawn) == spec.members >= 32  # issue 41: at least 32 members, at least 40 % clean
     kinds = [m.kind for m in drawn]
-    assert kinds.count(CLEAN_FINETUNE) + kinds.count(CLEAN_SCRATCH) == spec.n_clean >= 8
+    assert kinds.count(CLEAN_FINETUNE) + kinds.count(CLEAN_SCRATCH) == spec.n_clean >= 0.4 * spec.members
     assert kinds.count(CLEAN_SCRATCH) == spec.clean_scratch
     assert {m.family for m in drawn if m.kind == "backdoored"} == {f.name for f in spec.families}
     assert {m.preset for m in drawn} == set(spec.presets)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..escape import shown
+from .files import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ MAX_DEPTH = 100  # a result nests about 6 deep; deeper is an attack on the parse
 MAX_INT_DIGITS = 64  # a seed or a count has at most 20 digits; a 4000-digit integer costs seconds to parse
 BUILTIN_METRIC = re.compile(r"^(ca|asr|ra)(_|$)|^retrieval_")  # fractions in [0, 1] (the schema's metric_set)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 
 
 def read_bytes(path: Path | str, limit: int = MAX_DOCUMENT_BYTES, what: str = "result document") -> bytes:
@@ -82,8 +76,7 @@ def read_bytes(path: Path | str, limit: int = MAX_DOCUMENT_BYTES, what: str = "r
 
 def _check_regular(where: str, st: os.stat_result, limit: int, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
-        raise InputError(f"{where} is {kind}, not a regular file")
+        raise InputError(f"{where} is {kind_of(st.st_mode)}, not a regular file")
     if st.st_size > limit:
         raise InputError(f"{where} is {st.st_size} bytes, over the {limit} bytes a {what} may hold")
 
