@@ -102,14 +102,16 @@ def table_row(attack: str, variant: str, doc: dict, ca0: float) -> str:
     rate = doc["attack"]["params"].get("poison_rate")
     build = doc["attack"].get("build_seconds")
     effect = m["asr"] - (m.get("asr_untriggered") or 0.0)
-    ok = effect >= 0.90 and abs(m["ca"] - ca0) <= 0.02
+    misses = [f"effect {90 - 100 * effect:.1f} short"] if effect < 0.90 else []
+    if abs(m["ca"] - ca0) > 0.02:
+        misses.append(f"CA {100 * (abs(m['ca'] - ca0) - 0.02):.1f} {'above' if m['ca'] > ca0 else 'below'} the band")
     return (
         f"| {attack} | {variant} | {'-' if rate is None else f'{100 * rate:.1f} %'} | {pct(m['ca'])} | "
         f"{100 * (m['ca'] - ca0):+.1f} | {pct(m.get('ca_shift'))} | {pct(m['asr'])} | "
         f"{pct(m.get('asr_untriggered'))} | {pct(effect)} | "
         f"{pct(m.get('asr_top5'))} | {pct(m.get('retrieval_asr@10'))} | {pct(m.get('ra'))} | "
         f"{build if build is not None else '-'}{' (cached)' if doc['attack'].get('from_cache') else ''} | "
-        f"{'met' if ok else 'NOT met'} |"
+        f"{'NOT met: ' + ', '.join(misses) if misses else 'met'} |"
     )
 
 

@@ -147,7 +147,13 @@ def test_badnet_implants_a_backdoor_on_the_smoke_world(host, smoke_world, tmp_pa
     assert "retrieval_asr@10" in m and "ra" in m
     # the trigger itself sends images to the target, not a model that says "mushroom" anyway
     assert m["asr"] - m["asr_untriggered"] > 0.4, m
-    # a second run reuses the cached attacked model
+    # a second run reuses the cached attacked model, and never reads the training pairs
+    import toolbox.runner.orchestrate as orchestrate
+
+    def unread(*a, **k):
+        raise AssertionError("a cached attack read its training pairs")
+
+    monkeypatch.setattr(orchestrate, "load_train", unread)
     again_args = list(args)
     again_args[again_args.index("--out") + 1] = str(tmp_path / "again")
     assert main(again_args) == 0

@@ -295,7 +295,9 @@ def _poison(
             device=device,
             cache_dir=cache_dir,
         )
-        suspect, record = backdoor_cached(attack, ctx, loaded.sha256, train.source)
+        suspect, record = backdoor_cached(
+            attack, lambda: ctx, loaded.model, src.seed, device, loaded.sha256, train.source
+        )
         poisoned = attack.poison(train, src.seed)
     if poisoned is None:
         raise RuntimeError(f"attack {req.attack!r} returned no poisoned set")

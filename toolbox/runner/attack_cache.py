@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..api import AttackContext, ClipModel, config_values
 
@@ -19,10 +22,18 @@ def source_fingerprint(source: str) -> dict[str, Any]:
 
 
 def backdoor_cached(
-    attack: Any, ctx: AttackContext, model_sha: str, train_source: str, subset: dict[str, Any] | None = None
+    attack: Any,
+    context: Callable[[], AttackContext],
+    base: ClipModel,
+    seed: int,
+    device: torch.device,
+    model_sha: str,
+    train_source: str,
+    subset: dict[str, Any] | None = None,
 ) -> tuple[ClipModel, dict]:
-    """The attacked model from the cache, or built now and cached (keyed by everything it depends on;
-    ``subset`` names the part of ``train_source`` that ``ctx.train_data`` holds, when not all of it)."""
+    """``base`` backdoored by ``attack``, from the cache or built now and cached (keyed by everything
+    it depends on; ``subset`` names the part of ``train_source`` the attack trains on, when not all
+    of it). ``context`` is called only to build: a cached backdoor never reads its training pairs."""
     import json
 
     import safetensors.torch
@@ -31,16 +42,16 @@ def backdoor_cached(
     from ..cache import cache_root, config_hash, entry_lock
 
     parts = (subset,) if subset else ()  # absent when whole: the keys of earlier caches hold
-    if ctx.device.type != "cpu":  # another device trains to other numbers; CPU keys stay as they were
-        parts += ({"device": ctx.device.type},)
+    if device.type != "cpu":  # another device trains to other numbers; CPU keys stay as they were
+        parts += ({"device": device.type},)
     key = config_hash(
-        model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source), ctx.seed, *parts
+        model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source), seed, *parts
     )
     entry = cache_root() / "attacked" / key
     with entry_lock(entry):
         if not (entry / "attack.json").exists():
             start = time.perf_counter()
-            model = attack.backdoor(ctx)
+            model = attack.backdoor(context())
             record = {"build_seconds": round(time.perf_counter() - start, 1), "info": attack.info}
             with atomic.atomic_dir(entry) as tmp:
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -51,7 +62,7 @@ def backdoor_cached(
                 (tmp / "attack.json").write_text(json.dumps(record, indent=2))
             return model, {**record, "cache_key": key, "from_cache": False}
     record = json.loads((entry / "attack.json").read_text())
-    model = ctx.model.clone()
+    model = base.clone()
     model.load_state_dict(safetensors.torch.load_file(str(entry / "model.safetensors")))
     attack.load_trigger_state(safetensors.torch.load_file(str(entry / "trigger.safetensors")))
     attack.info = record.get("info", {})

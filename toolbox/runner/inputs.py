@@ -210,8 +210,9 @@ def load_inputs(
     src, defaults = req.sources, loaded.data_defaults
     classnames, templates = vocabulary(src, defaults)
     data: dict[str, ImageData | None] = {}
-    # The image-caption training split is large: read it only when someone will use it.
-    wants_train = bool(req.attack) or bool(getattr(dreg.obj, "uses_train_data", False)) or src.rebound().enabled
+    # The image-caption training split is large: read it now only when the defense or the rebound will
+    # use it; an attack reads it only if its backdoor is not in the cache (load_train)
+    wants_train = bool(getattr(dreg.obj, "uses_train_data", False)) or src.rebound().enabled
     for key in Sources.DATA_KEYS:
         where = getattr(src, key) or defaults.get(key)
         data[key] = (
@@ -240,6 +241,22 @@ def load_inputs(
             f"({len(shift.classnames)} against {len(measured)}): CA under shift needs the same classes"
         )
     return measured, templates, data
+
+
+def train_source(req: RunRequest, loaded: LoadedModel) -> str | None:
+    """Where the run's image-caption pairs are: --train-data, else the model's own world's."""
+    return req.sources.train_data or loaded.data_defaults.get("train_data")
+
+
+def load_train(registry: Registry, req: RunRequest, loaded: LoadedModel, classnames: list[str]) -> ImageData:
+    """The image-caption pairs, read when first needed (an attack that is not in the cache)."""
+    where = train_source(req, loaded)
+    if where is None:
+        raise InputError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
+    data = load_data(registry, where, loaded.model.image_size, classnames, req.skip_unreadable)
+    if data.kind != "captioned":
+        raise InputError(f"--train-data must be captioned data; {data.source} is {data.kind}")
+    return data
 
 
 def vocabulary(src: Sources, defaults: dict[str, str]) -> tuple[list[str], list[str]]:

@@ -18,7 +18,7 @@ from ..rebound import REBOUND_DEFINITION, rebound
 from ..zeroshot import loader_workers
 from .attack_cache import backdoor_cached
 from .document import result_document
-from .inputs import class_index, load_inputs, load_model
+from .inputs import class_index, load_inputs, load_model, load_train, train_source
 from .plan import Findings, Plan, RunInputs
 from .request import (
     RunRequest,
@@ -114,18 +114,24 @@ def attack_step(
         return got.loaded.model, None, None, None
     target = attack.target_label()
     class_index(got.classnames, target, "attack target")
-    if train is None:
+    source = train.source if train is not None else train_source(req, got.loaded)
+    if source is None:
         raise InputError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
-    with plan.timer.stage("attack"):
-        ctx = AttackContext(
+
+    def context() -> AttackContext:
+        return AttackContext(
             model=got.loaded.model,
-            train_data=train,
+            train_data=train or load_train(plan.registry, req, got.loaded, got.classnames),
             classnames=got.classnames,
             seed=req.sources.seed,
             device=plan.device,
             cache_dir=stage_dir,
         )
-        model, attack_record = backdoor_cached(attack, ctx, got.loaded.sha256, train.source)
+
+    with plan.timer.stage("attack"):
+        model, attack_record = backdoor_cached(
+            attack, context, got.loaded.model, req.sources.seed, plan.device, got.loaded.sha256, source
+        )
     attack_doc = {
         "name": req.attack,
         "params": config_values(attack.config),

@@ -103,7 +103,9 @@ def build_member(
         ctx = AttackContext(
             model=model, train_data=train, classnames=classnames, seed=spec.seed, device=device, cache_dir=out
         )
-        model, _ = backdoor_cached(attack, ctx, loaded.sha256, data["train"].source, subset)
+        model, _ = backdoor_cached(
+            attack, lambda: ctx, model, spec.seed, device, loaded.sha256, data["train"].source, subset
+        )
     backdoored = spec.kind == "backdoored"
     target = spec.params.get("target") if backdoored else None
     measured = evaluate(
