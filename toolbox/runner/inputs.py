@@ -224,15 +224,8 @@ def load_inputs(
         raise InputError("no clean data: pass --clean-data (a folder of images, a labels.csv, a caption CSV, ...)")
     if src.rebound().enabled and data["train_data"] is None:
         raise InputError("--rebound-steps fine-tunes on clean image-caption pairs: pass --train-data")
-    kinds = {
-        "eval_data": "labelled",
-        "shift_data": "labelled",
-        "retrieval_data": "captioned",
-        "train_data": "captioned",
-    }
-    for key, kind in kinds.items():
-        if data[key] is not None and data[key].kind != kind:
-            raise InputError(f"--{key.replace('_', '-')} must be {kind} data; {data[key].source} is {data[key].kind}")
+    for key in KINDS:
+        check_kind(key, data[key])
     measured = eval_classnames(data["eval_data"], classnames, src)
     shift = data["shift_data"]
     if shift is not None and shift.classnames and list(shift.classnames) != measured:
@@ -243,19 +236,26 @@ def load_inputs(
     return measured, templates, data
 
 
+KINDS = {"eval_data": "labelled", "shift_data": "labelled", "retrieval_data": "captioned", "train_data": "captioned"}
+
+
+def check_kind(key: str, data: ImageData | None) -> None:
+    """``data`` (given as ``--KEY``) is the kind of data that option takes."""
+    if data is not None and key in KINDS and data.kind != KINDS[key]:
+        raise InputError(f"--{key.replace('_', '-')} must be {KINDS[key]} data; {data.source} is {data.kind}")
+
+
 def train_source(req: RunRequest, loaded: LoadedModel) -> str | None:
     """Where the run's image-caption pairs are: --train-data, else the model's own world's."""
     return req.sources.train_data or loaded.data_defaults.get("train_data")
 
 
-def load_train(registry: Registry, req: RunRequest, loaded: LoadedModel, classnames: list[str]) -> ImageData:
-    """The image-caption pairs, read when first needed (an attack that is not in the cache)."""
-    where = train_source(req, loaded)
-    if where is None:
-        raise InputError(f"attack {req.attack!r} needs image-caption training data: pass --train-data")
+def load_train(
+    registry: Registry, req: RunRequest, loaded: LoadedModel, where: str, classnames: list[str]
+) -> ImageData:
+    """The image-caption pairs at ``where``, read when first needed (an attack that is not in the cache)."""
     data = load_data(registry, where, loaded.model.image_size, classnames, req.skip_unreadable)
-    if data.kind != "captioned":
-        raise InputError(f"--train-data must be captioned data; {data.source} is {data.kind}")
+    check_kind("train_data", data)
     return data
 
 

@@ -121,7 +121,9 @@ def attack_step(
     def context() -> AttackContext:
         return AttackContext(
             model=got.loaded.model,
-            train_data=train or load_train(plan.registry, req, got.loaded, got.classnames),
+            train_data=train
+            if train is not None
+            else load_train(plan.registry, req, got.loaded, source, got.classnames),
             classnames=got.classnames,
             seed=req.sources.seed,
             device=plan.device,
