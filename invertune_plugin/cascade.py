@@ -137,9 +137,17 @@ class CascadeResult:
     score: float | None  # the largest gate ratio of any finding (None when not assessed)
 
 
-def run_cascade(detectors: list[Detector], ctx: SearchContext) -> CascadeResult:
+def run_cascade(
+    detectors: list[Detector],
+    ctx: SearchContext,
+    passes: Callable[[Finding], bool] | None = None,
+    full: bool = False,
+) -> CascadeResult:
+    """The detectors in order until a finding ``passes`` (default: its detector's gates; with a clean
+    null, its calibrated tail), or every detector when ``full`` (a clean reference: every statistic)."""
     steps: list[dict[str, Any]] = []
     first: tuple[Finding, Detector] | None = None
+    winner: tuple[Finding, Detector] | None = None
     ratios: list[float] = []
     for det in detectors:
         if det.needs_race and (ctx.ident is None or ctx.ident.method != "targeted"):
@@ -153,9 +161,22 @@ def run_cascade(detectors: list[Detector], ctx: SearchContext) -> CascadeResult:
         ratios += [f.gate_ratio for f in found]
         if found and first is None:
             first = (found[0], det)
-        winner = next((f for f in found if f.passed), None)
-        if winner is not None:
-            return CascadeResult(Verdict.BACKDOORED, winner, det, steps, max(ratios))
+        passing = next((f for f in found if (passes(f) if passes else f.passed)), None)
+        if passing is not None and winner is None:
+            winner = (passing, det)
+        if winner is not None and not full:
+            break
+    if winner is not None:
+        return CascadeResult(Verdict.BACKDOORED, winner[0], winner[1], steps, max(ratios))
     if first is None:
         raise ValueError("no detector of the cascade ran; it needs one that runs without the race (inversion)")
     return CascadeResult(Verdict.NO_BACKDOOR_FOUND, first[0], first[1], steps, max(ratios, default=0.0))
+
+
+def statistics(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per detector that ran: its largest gate ratio (0 without findings), the statistic a clean null calibrates."""
+    return {
+        step["detector"]: {"value": max((f["gate_ratio"] for f in step["findings"]), default=0.0), "scale": "log"}
+        for step in steps
+        if "findings" in step
+    }

@@ -13,6 +13,9 @@ steps, to time and size a run at real scale. Any setting can be overridden:
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,17 +24,19 @@ from typing import Any, ClassVar
 import torch
 
 from toolbox import atomic, precision
-from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
+from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides, config_values
+from toolbox.null import CleanNull
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade
+from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade, statistics
 from .identify import Identification, IdentifyConfig, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 
 DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
+CALIBRATED_SCORE_DEFINITION = "-log10 of the calibrated score under the clean null (detection.null.rule)"
 SCORE_DEFINITION = (
     "largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
     "statistic / gate ratios (a mask fraction: gate / statistic); >= 1 where every gate passed"
@@ -48,6 +53,8 @@ class InverTuneConfig:
     # forward passes of every stage loop (toolbox/precision.py); weights and optimiser state stay fp32.
     # Paper: not stated (its code runs fp32)
     precision: str = "fp32"
+    # the calibrated verdict's false-positive rate on the clean null (--calibration; toolbox/null.py). Ours
+    alpha: float = 0.05
     cascade: tuple[str, ...] = DEFAULT_CASCADE  # detectors in the order they search (cascade.py)
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> its config; each cascade entry's defaults
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
@@ -57,6 +64,8 @@ class InverTuneConfig:
     def __post_init__(self) -> None:
         if self.n_images < 2 or not self.cascade:
             raise ValueError("n_images must be >= 2 and the cascade needs at least one detector")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha is a false-positive rate in (0, 1); got {self.alpha}")
         precision.check(self.precision, "invertune.precision")
         configs = {name: self.detectors.get(name) or detector_class(name).Config() for name in self.cascade}
         object.__setattr__(self, "detectors", configs)  # exactly the cascade's detectors are configured
@@ -100,6 +109,7 @@ class InverTune(Defense):
     summary = "InverTune: UAP target identification, trigger inversion, masked activation tuning."
     reference = "Sun et al., InverTune (arXiv 2506.12411, 2025), sections 3-4, appendices C-D"
     Config: ClassVar[type] = InverTuneConfig
+    calibratable = True
 
     @classmethod
     def configure(cls, overrides: dict[str, str]) -> InverTuneConfig:
@@ -127,16 +137,22 @@ class InverTune(Defense):
         ).to(ctx.device)
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
+        key = null_key(cfg, ctx.model, ctx.classnames, ctx.templates, len(images))
+        if ctx.null is not None:
+            ctx.null.check_key(key, self.name)
         if cfg.target is None:
             start = time.perf_counter()
             search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
             search.timings["identify"] = time.perf_counter() - start
-            result = run_cascade(self.detectors(), search)
+            null = ctx.null
+            passes = None if null is None else (lambda f: null.adjusted(f.detector, f.gate_ratio) <= cfg.alpha)
+            result = run_cascade(self.detectors(), search, passes, full=ctx.reference)
         else:
             result = self.given_target(search, cfg.target)
         artifacts = write_artifacts(ctx.workdir, search.ident, result.finding.trigger, images)
         model, report, info = ctx.model, None, {"profile": cfg.profile, "n_images": len(images), "rounds": []}
-        if result.verdict is not Verdict.NO_BACKDOOR_FOUND or cfg.purify_when_clean:
+        wanted = result.verdict is not Verdict.NO_BACKDOOR_FOUND or cfg.purify_when_clean
+        if wanted and not ctx.reference:  # a clean reference for a null is measured, never purified
             model, report, info["rounds"], info["round_checks"] = self.purify(search, result)
             artifacts.update(write_layer_table(ctx.workdir, report))
         info["purified"] = model is not ctx.model
@@ -149,7 +165,7 @@ class InverTune(Defense):
         info["invert_history"] = result.finding.trigger.history
         return DefenseOutcome(
             model=model,
-            detection=detection_record(search.ident, result),
+            detection=detection_record(search.ident, result, key, ctx.null, cfg.alpha),
             artifacts=artifacts,
             timings_s=search.timings,
             info=info,
@@ -233,8 +249,15 @@ class InverTune(Defense):
         return model, report, rounds, checks
 
 
-def detection_record(ident: Identification | None, result: CascadeResult) -> dict[str, Any]:
-    """``detection`` in result.json: the verdict, the trigger and every detector's findings."""
+def detection_record(
+    ident: Identification | None,
+    result: CascadeResult,
+    key: dict[str, Any] | None = None,
+    null: CleanNull | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """``detection`` in result.json: the verdict, the trigger, every detector's findings and, for a
+    clean null, their statistics and the key they hold for (toolbox/null.py)."""
     finding = result.finding
     doc: dict[str, Any] = {
         "backdoored": result.verdict.backdoored,
@@ -250,7 +273,36 @@ def detection_record(ident: Identification | None, result: CascadeResult) -> dic
         doc["ranking_top5"] = [{"class": c, "shift": round(v, 4)} for c, v in ident.ranking[:5]]
         doc["stage1"] = ident.evidence()
         doc["cascade"] = result.steps
+        doc["statistics"] = statistics(result.steps)
+        doc["null_key"] = key
+        doc["null"] = {"calibrated": False}
+        if null is not None:
+            assessed = null.assess({k: v["value"] for k, v in doc["statistics"].items()}, alpha)
+            doc["null"] = assessed
+            doc["score"] = round(-math.log10(max(assessed["score"], 1e-300)), 4)
+            doc["score_definition"] = CALIBRATED_SCORE_DEFINITION
     return doc
+
+
+def null_key(
+    cfg: InverTuneConfig, model: Any, classnames: list[str], templates: list[str], n_images: int
+) -> dict[str, Any]:
+    """What the detection statistics hold for: a clean null measured with another key does not apply."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    settings = config_values(cfg)
+    detection = {k: settings[k] for k in ("cascade", "detectors", "identify", "invert", "precision")}
+    return {
+        "architecture": digest([list(p.shape) for p in model.parameters()]),  # the shapes of every parameter
+        "image_size": int(model.image_size),
+        "classes": len(classnames),
+        "vocabulary": digest(classnames),
+        "templates": digest(templates),
+        "n_images": n_images,
+        "detection_settings": digest(detection),
+    }
 
 
 def write_artifacts(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 
 import pytest
@@ -914,3 +915,57 @@ def test_race_early_stops_leave_the_median_and_the_classes_above_it_alone():
         if i not in cut:
             assert early_rates[i][0] == pytest.approx(rates[i][0], abs=1e-6)
     assert torch.tensor([r for r, _ in early_rates]).median() == torch.tensor([r for r, _ in rates]).median()
+
+
+def test_reference_run_measures_every_detector_and_purifies_nothing(tmp_path, monkeypatch):
+    """A clean reference for a null (toolbox zoo calibrate): the cascade does not stop at the planted
+    patch, every detector's statistic is recorded with the key it holds for, and stage 3 never runs."""
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path, PlantedClip(), refine_steps(30))
+    ctx.reference = True
+    det = defense.defend(ctx).detection
+    assert det["backdoored"] is True and det["target"] == TARGET and tuned_with == []
+    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch", "stripes", "linf"]
+    assert set(det["statistics"]) == {"inversion", "patch", "stripes", "linf"}
+    assert det["statistics"]["patch"]["value"] >= 1 and det["null"] == {"calibrated": False}
+    assert det["null_key"]["classes"] == len(CLASSES) and det["null_key"]["image_size"] == 32
+
+
+def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypatch):
+    """With a clean null, a finding passes by its tail probability: the planted patch, far above the
+    references, is called at alpha 0.05; the same model's own statistics as the null call nothing."""
+    from toolbox.errors import InputError
+    from toolbox.null import CleanNull, Statistic
+
+    defense, ctx, _ = _planted_defense(monkeypatch, tmp_path / "ref", PlantedClip(), refine_steps(30))
+    ctx.reference = True
+    ref = defense.defend(ctx).detection
+
+    def null(scale_patch: float) -> CleanNull:  # five references jittered around one measured run
+        jitter = (0.9, 0.95, 1.0, 1.05, 1.1)
+        stats = {
+            name: Statistic(
+                "log", tuple(max(s["value"], 1e-3) * j * (scale_patch if name == "patch" else 1) for j in jitter)
+            )
+            for name, s in ref["statistics"].items()
+        }
+        return CleanNull("invertune", ref["null_key"], stats, tuple("abcde"))
+
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "far", PlantedClip(), refine_steps(30))
+    ctx.null = null(scale_patch=0.05)  # clean models' best patches reach a twentieth of the planted one
+    det = defense.defend(ctx).detection
+    assert det["backdoored"] is True and det["null"]["calibrated"] and det["null"]["score"] <= 0.05
+    assert det["inverted_trigger"]["source"] == "stage 1 refined patch" and len(tuned_with) == 1
+    assert det["score"] == pytest.approx(-math.log10(det["null"]["score"]), abs=1e-3)
+
+    defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "same", PlantedClip(), refine_steps(30))
+    ctx.null = null(scale_patch=1.0)  # the references look like this model: nothing stands out
+    det = defense.defend(ctx).detection
+    assert det["backdoored"] is False and det["null"]["score"] > 0.05 and tuned_with == []
+    assert len(det["cascade"]) == 4, "no finding passed: every detector ran"
+
+    defense, ctx, _ = _planted_defense(
+        monkeypatch, tmp_path / "key", PlantedClip(), {**refine_steps(30), "n_images": "64"}
+    )
+    ctx.null = null(1.0)
+    with pytest.raises(InputError, match="n_images: null 96, this run 64"):
+        defense.defend(ctx)

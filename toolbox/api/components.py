@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -13,6 +13,9 @@ from torch import Tensor
 from .config import Component
 from .data import ImageData
 from .models import ClipModel
+
+if TYPE_CHECKING:
+    from ..null import CleanNull
 
 
 @dataclass
@@ -28,6 +31,10 @@ class DefenseContext:
     workdir: Path
     train_data: ImageData | None = None  # image-caption data, for fine-tuning baselines
     attack: Attack | None = None
+    # a clean null (toolbox/null.py) to calibrate the verdict with (--calibration), for calibratable defenses
+    null: CleanNull | None = None
+    # a clean reference run for a null (toolbox zoo calibrate): measure every statistic, purify nothing
+    reference: bool = False
 
 
 @dataclass
@@ -49,6 +56,8 @@ class DefenseOutcome:
 class Defense(Component):
     # True for defenses that fine-tune on image-caption data (the runner then loads --train-data).
     uses_train_data: ClassVar[bool] = False
+    # True for defenses whose detection reports statistics and a null key (toolbox/null.py): they take --calibration
+    calibratable: ClassVar[bool] = False
 
     def defend(self, ctx: DefenseContext) -> DefenseOutcome:
         raise NotImplementedError

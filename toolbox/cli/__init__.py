@@ -23,7 +23,7 @@ from .options import PRESET_HELP, add_loudness, add_source_args, parse_kv, share
 from .run import cmd_run, summary
 from .scan_data import cmd_scan_data
 from .submit import cmd_submit
-from .zoo import cmd_zoo_build, cmd_zoo_eval
+from .zoo import cmd_zoo_build, cmd_zoo_calibrate, cmd_zoo_eval
 
 # Tests, benchmarks and docs import the handlers and helpers from ``toolbox.cli``, as before the split.
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "cmd_scan_data",
     "cmd_submit",
     "cmd_zoo_build",
+    "cmd_zoo_calibrate",
     "cmd_zoo_eval",
     "main",
     "parse_kv",

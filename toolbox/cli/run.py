@@ -25,6 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         skip_unreadable=args.skip_unreadable,
         command=["toolbox", *args.argv],
         metrics=tuple(args.metric),
+        calibration=args.calibration,
     )
     before = kept_folders(Path(req.out) if req.out else default_out_dir(req))
     path = run(req)
@@ -62,6 +63,14 @@ def summary(doc: dict[str, Any], path: Path) -> str:
         if det.get("target") and attack.get("target") and det["target"] != attack["target"]:
             target += f" (the attack's: {attack['target']!r})"
         lines.append(f"verdict   {verdict}{target}")
+        null = det.get("null") or {}
+        if null.get("calibrated"):
+            lines.append(
+                f"score     {null['score']:.3g} under the clean null of {null['references']} references "
+                f"(backdoored at <= {null['alpha']:g})"
+            )
+        elif "null" in det:
+            lines.append("score     uncalibrated (no --calibration): the verdict is the detectors' own gates")
     effect = trigger_effect(before) if attack else None
     if effect is not None and effect < IMPLANT_MARGIN:
         lines.append(
@@ -112,6 +121,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=out_arg, help="output directory (default: results/ATTACK-DEFENSE-seedN)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
     p.add_argument("--attack-param", action="append", metavar="KEY=VALUE", help="attack parameter override")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="a clean null (`toolbox zoo calibrate`): the verdict becomes a tail probability under it",
+    )
     p.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (counted in the result)")
     p.add_argument(
         "--metric",

@@ -1,4 +1,5 @@
-"""``toolbox zoo build`` and ``toolbox zoo eval``: a population of suspect models and a defense judged over it."""
+"""``toolbox zoo build``, ``eval`` and ``calibrate``: a population of suspect models, a defense judged
+over it, and a defense's clean null drawn from its clean members."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
         args.out,
         only,
         rebound_steps=args.rebound_steps,
+        calibration=args.calibration,
     )
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
@@ -61,6 +63,36 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
     write_report(summary, rows, report, title)
     print(markdown_summary(summary, title))
     print(f"\nreport: {report}/zoo_summary.md, zoo_summary.json, zoo_members.csv, zoo_roc.png")
+    return EXIT_OK
+
+
+def cmd_zoo_calibrate(args: argparse.Namespace) -> int:
+    from ..grid import grid_config_from
+    from ..zoo.calibrate import calibrate
+
+    if not 0 < args.alpha < 1:
+        raise InputError(f"--alpha is a false-positive rate in (0, 1); got {args.alpha}")
+    made = calibrate(
+        args.directory,
+        args.defense,
+        parse_kv(args.param),
+        args.preset,
+        args.seed,
+        grid_config_from(args),
+        ["toolbox", *args.argv],
+        args.alpha,
+    )
+    made.null.write(args.out)
+    print(f"{'statistic':<16}{'scale':>7}{'n':>5}{'min':>10}{'median':>10}{'max':>10}")
+    for name, stat in made.null.statistics.items():
+        v = sorted(stat.values)
+        print(f"{name:<16}{stat.scale:>7}{len(v):>5}{v[0]:>10.4g}{v[len(v) // 2]:>10.4g}{v[-1]:>10.4g}")
+    called = [row["reference"] for row in made.leave_one_out if row["called"]]
+    print(
+        f"\nleave one out at alpha {args.alpha:g}: {len(called)} of {len(made.leave_one_out)} references called "
+        f"backdoored{' (' + ', '.join(called) + ')' if called else ''}"
+    )
+    print(f"null: {args.out} ({len(made.null.references)} references)")
     return EXIT_OK
 
 
@@ -122,5 +154,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ID,ID",
         help="these members alone (a quick look: the report says so; their outcomes are reused by a full evaluation)",
     )
+    z.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="a clean null (`toolbox zoo calibrate`) for the defense's verdict",
+    )
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)
+    z = zoo.add_parser(
+        "calibrate",
+        help="a defense's clean null from the clean members of one or more zoos",
+        description="Run DEFENSE on each clean member of PRESET in the zoos given, measuring every "
+        "statistic and purifying nothing (resumable), and write their statistics as a clean null "
+        "(toolbox.null/1) that `toolbox run --calibration FILE` and `zoo eval --calibration FILE` take.",
+    )
+    z.add_argument("directory", type=Path, nargs="+", help="zoo folders (e.g. the dev split's)")
+    z.add_argument("--defense", required=True)
+    z.add_argument("--preset", required=True, help="the base preset whose clean members are the references")
+    z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
+    z.add_argument("--seed", type=seed_type, default=0)
+    z.add_argument("--alpha", type=float, default=0.05, help="false-positive rate for the leave-one-out check")
+    z.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_calibrate)

@@ -1,6 +1,7 @@
 """Result documents read from disk: the one reader of ``result.json`` (and of the JSON documents made
 of one, such as submissions) when it comes from outside: a folder a leaderboard ranks, the file
-``toolbox submit`` is given, a cache entry a comparison would reuse.
+``toolbox submit`` is given, a cache entry a comparison would reuse; and of a calibration file
+(``toolbox.null/1``, a clean null a run is given with ``--calibration``).
 
 The rules, in the order they apply; each broken one is an :class:`~toolbox.errors.InputError` of one
 line naming the file and, where there is one, the key path (``metrics.after.ca``):
@@ -212,6 +213,20 @@ def check_result(doc: Any, where: Path | str) -> dict[str, Any]:
 def read_result(path: Path | str) -> dict[str, Any]:
     """The result document at ``path``, read and checked by the module's rules."""
     return check_result(parse(read_bytes(path), path), path)
+
+
+def read_calibration(path: Path | str) -> dict[str, Any]:
+    """A calibration file (``toolbox.null/1``, toolbox/null.py) at ``path``, read and validated by these rules."""
+    import jsonschema
+
+    from ..null import SCHEMA_ID, null_schema
+
+    return validated(
+        parse(read_bytes(path, what="calibration file"), path),
+        lambda doc: jsonschema.validate(instance=doc, schema=null_schema()),
+        path,
+        f"{SCHEMA_ID} calibration file",
+    )
 
 
 def reusable_result(path: Path) -> dict[str, Any] | None:

@@ -12,7 +12,9 @@ from torch import Tensor
 from .. import atomic, outputs, results
 from ..api import AttackContext, ClipModel, DefenseContext, DefenseOutcome, config_values
 from ..errors import InputError
+from ..escape import shown
 from ..evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
+from ..null import CleanNull, read_null
 from ..plugins import get_host
 from ..rebound import REBOUND_DEFINITION, rebound
 from ..zeroshot import loader_workers
@@ -38,7 +40,7 @@ def run(req: RunRequest) -> Path:
     """Run one (attack, defense) cell; return the path of the written result.json."""
     plan = resolve(req)
     out_dir = Path(req.out) if req.out else default_out_dir(req)
-    outputs.check_out_dir(out_dir, req.sources.input_paths())
+    outputs.check_out_dir(out_dir, [*req.sources.input_paths(), *([Path(req.calibration)] if req.calibration else [])])
     seed_everything(req.sources.seed)
     with outputs.Staging(out_dir) as staging:  # OUT is locked from here: a second run into it is refused at once
         got = load(plan)
@@ -67,7 +69,21 @@ def resolve(req: RunRequest) -> Plan:
         attack=attack,
         device=device,
         timer=StageTimer(),
+        null=read_calibration(req, dreg.obj),
     )
+
+
+def read_calibration(req: RunRequest, defense: type) -> CleanNull | None:
+    """The clean null of ``--calibration``, for a defense that takes one; the key is the defense's to check."""
+    if req.calibration is None:
+        return None
+    if not getattr(defense, "calibratable", False):
+        raise InputError(f"--calibration: defense {req.defense!r} reports no statistics to calibrate")
+    null = read_null(req.calibration)
+    if null.defense != req.defense:
+        where = shown(req.calibration)
+        raise InputError(f"--calibration {where}: a null of defense {null.defense!r}, not of {req.defense!r}")
+    return null
 
 
 def load(plan: Plan) -> RunInputs:
@@ -186,6 +202,8 @@ def defend_step(plan: Plan, got: RunInputs, model: ClipModel, stage_dir: Path) -
                     workdir=work,
                     train_data=got.data["train_data"],
                     attack=plan.attack,
+                    null=plan.null,
+                    reference=plan.req.reference,
                 )
             )
         except SystemExit as err:  # a plugin's sys.exit() is a failed run, not the toolbox's exit

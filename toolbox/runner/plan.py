@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..api import Attack, Defense, DefenseOutcome, ImageData, LoadedModel, ModelAdapter
+from ..null import CleanNull
 from ..plugins import PluginHost, Registration, Registry
 from .request import RunRequest, StageTimer
 
@@ -25,6 +26,7 @@ class Plan:
     attack: Attack | None
     device: torch.device
     timer: StageTimer
+    null: CleanNull | None = None  # the request's calibration file, read and checked
 
 
 @dataclass

@@ -77,6 +77,8 @@ class RunRequest:
     skip_unreadable: bool = False
     command: list[str] = field(default_factory=list)
     metrics: tuple[str, ...] = ()  # registered metrics measured beside the built-ins (--metric)
+    calibration: Path | None = None  # a clean null for a calibratable defense's verdict (toolbox/null.py)
+    reference: bool = False  # a clean reference run for a null: every statistic measured, nothing purified
 
 
 def seed_everything(seed: int) -> None:

@@ -25,6 +25,7 @@ from ..cache import config_hash
 from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
+from ..null import read_null
 from ..plugins import get_host
 from ..rebound import ReboundConfig, rebound
 from ..runner import RunRequest, Sources, configure, load_model, memoised_data, run
@@ -53,13 +54,16 @@ def eval_member(
     seed: int,
     out_dir: str,
     rebound_steps: int = 0,
+    calibration: str | None = None,
+    reference: bool = False,
 ) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
-    ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py)."""
+    ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py); ``calibration``:
+    a clean null for the verdict (toolbox/null.py); ``reference``: a clean reference run for a null."""
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
-    key = outcome_key(record, defense, params, seed, registry, rebound_steps)
+    key = outcome_key(record, defense, params, seed, registry, rebound_steps, file_digest(calibration), reference)
     code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
@@ -85,6 +89,8 @@ def eval_member(
             out=out / "run",
             defense_params=dict(params),
             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense],
+            calibration=Path(calibration) if calibration else None,
+            reference=reference,
         )
     )
     doc = json.loads(result.read_text(encoding="utf-8"))
@@ -170,14 +176,27 @@ def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool
     return True
 
 
+def file_digest(path: str | Path | None) -> str | None:
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def outcome_key(
-    record: dict[str, Any], defense: str, params: dict[str, str], seed: int, registry: Any, rebound_steps: int = 0
+    record: dict[str, Any],
+    defense: str,
+    params: dict[str, str],
+    seed: int,
+    registry: Any,
+    rebound_steps: int = 0,
+    calibration: str | None = None,
+    reference: bool = False,
 ) -> str:
-    """The member's build and the defense's resolved configuration: a stale outcome is never reused."""
+    """The member's build and the defense's resolved configuration: a stale outcome is never reused.
+    ``calibration``: the digest of the clean null the verdict was calibrated with."""
     from ..api import config_values
 
     cfg = configure(registry.get("defense", defense).obj, params)
-    extra = ({"rebound_steps": rebound_steps},) if rebound_steps else ()  # absent: earlier keys hold
+    options = {"rebound_steps": rebound_steps, "calibration": calibration, "reference": reference}
+    extra = ({k: v for k, v in options.items() if v},) if any(options.values()) else ()  # none: earlier keys hold
     return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
 
@@ -244,6 +263,8 @@ def eval_zoo(
     out_dir: Path | None = None,
     only: list[str] | None = None,
     rebound_steps: int = 0,
+    calibration: Path | None = None,
+    reference: bool = False,
 ) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
@@ -252,6 +273,11 @@ def eval_zoo(
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
     if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
         out = out.with_name(f"{out.name}-rebound{rebound_steps}")
+    if calibration is not None and out_dir is None:  # likewise for each clean null
+        read_null(calibration)  # a bad file fails here, not once per member
+        out = out.with_name(f"{out.name}-null{file_digest(calibration)}")
+    if reference and out_dir is None:
+        out = out.with_name(f"{out.name}-reference")
     outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST], None)
     for r in records:  # a member's id names its folder under --out: a plain name, never a path
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
@@ -270,6 +296,8 @@ def eval_zoo(
                 "seed": seed,
                 "out_dir": str(out),
                 "rebound_steps": rebound_steps,
+                "calibration": None if calibration is None else str(calibration),
+                "reference": reference,
             },
         )
         for i, r in enumerate(records)

@@ -1,0 +1,83 @@
+"""``toolbox zoo calibrate``: a defense's clean null from the clean members of one or more zoos.
+
+Each clean member of the chosen preset is a reference: the defense runs on it as in ``zoo eval``
+but in reference mode (every statistic measured, nothing purified), resumable member by member,
+and the statistics its results report become a ``toolbox.null/1`` file (toolbox/null.py). A
+leave-one-out pass says what false-positive rate the null gives its own references.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..grid import GridConfig
+from ..intake.documents import read_result
+from ..null import CleanNull, Statistic, from_results
+from ..results import provenance
+from .build import read_manifest
+from .evaluate import eval_zoo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Calibration:
+    null: CleanNull
+    leave_one_out: list[dict[str, Any]]  # per reference: its score under the null of the others
+
+
+def clean_references(zoo_dir: Path, preset: str) -> list[str]:
+    """The ids of the zoo's clean members built on ``preset``."""
+    return [r["id"] for r in read_manifest(zoo_dir) if r["label"] == "clean" and r["preset"] == preset]
+
+
+def calibrate(
+    zoos: Sequence[Path],
+    defense: str,
+    params: dict[str, str],
+    preset: str,
+    seed: int = 0,
+    grid: GridConfig | None = None,
+    command: list[str] | None = None,
+    alpha: float = 0.05,
+) -> Calibration:
+    """Run the reference measurements (reusing those already made) and build the null."""
+    results: list[tuple[str, dict[str, Any]]] = []
+    for zoo in zoos:
+        ids = clean_references(zoo, preset)
+        if not ids:
+            log.warning("%s has no clean member built on preset %s", zoo, preset)
+            continue
+        _, out = eval_zoo(zoo, defense, params, seed, grid, None, ids, reference=True)
+        for member in ids:
+            doc = read_result(out / member / "run" / "result.json")
+            results.append((f"{Path(zoo).name}/{member}", doc.get("detection") or {}))
+    if not results:
+        raise InputError(f"no clean member built on preset {preset!r} in {', '.join(map(str, zoos))}")
+    prov = provenance(command)
+    null = from_results(
+        defense,
+        results,
+        {"created": prov["date"], "command": " ".join(command or []), "commit": prov["commit"]},
+    )
+    return Calibration(null, leave_one_out(null, alpha))
+
+
+def leave_one_out(null: CleanNull, alpha: float) -> list[dict[str, Any]]:
+    """Each reference scored under the null of the others: the realised false-positive rate at ``alpha``."""
+    rows = []
+    for i, name in enumerate(null.references):
+        rest = CleanNull(
+            null.defense,
+            null.key,
+            {k: Statistic(s.scale, s.values[:i] + s.values[i + 1 :]) for k, s in null.statistics.items()},
+            null.references[:i] + null.references[i + 1 :],
+        )
+        assessed = rest.assess({k: s.values[i] for k, s in null.statistics.items()}, alpha)
+        rows.append({"reference": name, "score": assessed["score"], "called": assessed["backdoored"]})
+    return rows
