@@ -9,6 +9,7 @@ RESTART_STRIDE = 777_767  # refinements: one stream per restart of a class's sea
 
 # each refinement detector's block of streams (one per class inside it)
 PATCH_STREAM, STRIPES_STREAM, LINF_STREAM = 0, 500_009, 700_001
+COLLAPSE_STREAM = 900_007  # the class-free collapse search (one search, no class)
 
 
 def race(seed: int, family: int, cls: int) -> int:

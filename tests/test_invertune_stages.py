@@ -969,3 +969,21 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
     ctx.null = null(1.0)
     with pytest.raises(InputError, match="n_images: null 96, this run 64"):
         defense.defend(ctx)
+
+
+def test_class_free_collapse_finds_the_planted_patch_without_the_vocabulary():
+    """DECREE's search: on the backdoored model a mask of about 2 % of the image collapses every
+    embedding onto the target; on the clean one nothing that small collapses them (statistic > 1).
+    The planted pull saturates near cosine 0.98, so the collapse threshold is 0.95 here (DECREE: 0.99)."""
+    from invertune_plugin.detectors.collapse import CollapseConfig, CollapseSearch
+
+    cfg = CollapseConfig(collapse=0.95)
+    found = {}
+    for backdoor in (True, False):
+        model = PlantedClip(backdoor=backdoor)
+        ctx = SearchContext(model, colour_images(96), head_for(model), None, 0, IdentifyConfig(), InvertConfig())
+        (found[backdoor],) = CollapseSearch(cfg).search(ctx)
+    planted, clean = found[True], found[False]
+    assert planted.passed and planted.target == TARGET and planted.evidence["collapse_cost"] <= 0.05
+    assert planted.evidence["holdout_cosine"] >= 0.95 and planted.trigger.holdout_asr >= 0.9
+    assert not clean.passed and clean.evidence["collapse_cost"] > 1 and clean.gate_ratio < planted.gate_ratio / 20
