@@ -282,3 +282,52 @@ def toolbox_version() -> str:
     from toolbox import __version__
 
     return __version__
+
+
+REFERENCES_SPEC = """name: refs
+seed: 9
+members: 5
+presets: [smoke]
+clean: {fraction: 1.0, scratch: 0, attack: badnet}
+poison_rate: 0.0
+families: {badnet: {}}
+"""
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys):
+    """Five clean smoke members are the references: `zoo calibrate` measures each in reference mode
+    (every detector, nothing purified) and writes the null; `zoo eval --calibration` then calibrates
+    each verdict with it, and a run whose detection settings differ refuses it."""
+    spec, zoo, null = tmp_path / "refs.yaml", tmp_path / "zoo", tmp_path / "null.json"
+    spec.write_text(REFERENCES_SPEC)
+    assert main(["zoo", "build", str(spec), "--out", str(zoo)]) == 0
+    quick = ["--defense", "invertune", "-p", "profile=quick"]
+    assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(null)]) == 0
+    out = capsys.readouterr().out
+    assert "leave one out at alpha 0.05" in out and "(5 references)" in out
+    doc = json.loads(null.read_text())
+    assert doc["schema"] == "toolbox.null/1" and len(doc["references"]) == 5
+    assert set(doc["statistics"]) == {"inversion", "patch", "stripes", "linf"}
+    [ref_dir] = zoo.glob("evals/invertune-*-reference")
+    for member in ref_dir.glob("*/run/result.json"):  # reference runs purify nothing
+        assert json.loads(member.read_text())["defense"]["purified_sha256"] is None
+
+    report = tmp_path / "report"
+    assert main(["zoo", "eval", str(zoo), *quick, "--calibration", str(null), "--out", str(report)]) == 0
+    results = [json.loads(p.read_text()) for p in report.glob("*/run/result.json")]
+    assert len(results) == 5 and all(r["detection"]["null"]["calibrated"] for r in results)
+    assert all(0 <= r["detection"]["null"]["score"] <= 1 for r in results)
+
+    capsys.readouterr()
+    argv = ["run", *quick, "--preset", "smoke", "-p", "n_images=32", "--calibration", str(null)]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert "holds for other settings than this run's (n_images: null 64, this run 32)" in capsys.readouterr().err
+    capsys.readouterr()
+    few = tmp_path / "few.json"  # no clean member of that preset in this zoo
+    assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "default", "--out", str(few)]) == 2
+    assert "no clean member built on preset 'default'" in capsys.readouterr().err and not few.exists()
+    mine = tmp_path / "notes.json"  # a user's file at --out is refused before any work, and kept
+    mine.write_text("{}")
+    assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(mine)]) == 2
+    assert "is not a calibration file" in capsys.readouterr().err and mine.read_text() == "{}"

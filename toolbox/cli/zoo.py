@@ -4,10 +4,12 @@ over it, and a defense's clean null drawn from its clean members."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..commit import read_json
 from ..errors import EXIT_OK, InputError
+from ..escape import shown
 from ..grid import add_grid_args
 from ..outputs import out_arg, set_aside
 from .options import parse_kv, seed_type, share_loudness
@@ -66,12 +68,26 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_null_out(path: Path) -> None:
+    """--out of `zoo calibrate`: a new file in an existing folder, or an earlier calibration file (replaced)."""
+    from ..intake.documents import read_calibration
+
+    if not path.parent.is_dir():
+        raise InputError(f"--out {shown(path)}: its folder does not exist")
+    if os.path.lexists(path):
+        try:
+            read_calibration(path)
+        except InputError:
+            raise InputError(f"--out {shown(path)} exists and is not a calibration file; it is left as it is") from None
+
+
 def cmd_zoo_calibrate(args: argparse.Namespace) -> int:
     from ..grid import grid_config_from
     from ..zoo.calibrate import calibrate
 
     if not 0 < args.alpha < 1:
         raise InputError(f"--alpha is a false-positive rate in (0, 1); got {args.alpha}")
+    check_null_out(args.out)
     made = calibrate(
         args.directory,
         args.defense,
