@@ -65,9 +65,11 @@ class Finding:
     # the trigger as stage 3 may re-optimise it as it tunes (tune.refresh_every); else ``trigger`` is tuned against
     adversary: Adversary | None = None
     location: str | None = None  # a patch trigger's place (a later round checks it is gone)
+    accepted: bool | None = None  # the run's own rule (a clean null, references) where it is not the gates
 
     def record(self) -> dict[str, Any]:
-        return {**self.evidence, "passed": self.passed, "gate_ratio": round(self.gate_ratio, 4)}
+        doc = {**self.evidence, "passed": self.passed, "gate_ratio": round(self.gate_ratio, 4)}
+        return doc if self.accepted is None else {**doc, "accepted": self.accepted}
 
 
 def ratio(stat: float, gate: float) -> float:
@@ -157,13 +159,15 @@ def run_cascade(
         found = det.search(ctx)
         seconds = time.perf_counter() - start
         ctx.timings[f"detect.{det.name}"] = seconds
+        passing = [f for f in found if (passes(f) if passes else f.passed)]  # may add evidence: before recording
+        for f in found if passes else ():
+            f.accepted = f in passing
         steps.append({"detector": det.name, "seconds": round(seconds, 2), "findings": [f.record() for f in found]})
         ratios += [f.gate_ratio for f in found]
         if found and first is None:
             first = (found[0], det)
-        passing = next((f for f in found if (passes(f) if passes else f.passed)), None)
-        if passing is not None and winner is None:
-            winner = (passing, det)
+        if passing and winner is None:
+            winner = (passing[0], det)
         if winner is not None and not full:
             break
     if winner is not None:

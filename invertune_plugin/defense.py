@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +31,8 @@ from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from .cascade import CascadeResult, Detector, SearchContext, Verdict, detector_class, run_cascade, statistics
+from .cascade import CascadeResult, Detector, Finding, SearchContext, Verdict, detector_class, run_cascade, statistics
+from .differential import Differential
 from .identify import Identification, IdentifyConfig, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
@@ -55,6 +57,9 @@ class InverTuneConfig:
     precision: str = "fp32"
     # the calibrated verdict's false-positive rate on the clean null (--calibration; toolbox/null.py). Ours
     alpha: float = 0.05
+    # with --reference: a trigger must send this much more of the held-out images to its target on the
+    # suspect than on the reference it moves most (ours; AMDET compares with one clean anchor)
+    min_differential: float = 0.5
     cascade: tuple[str, ...] = DEFAULT_CASCADE  # detectors in the order they search (cascade.py)
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> its config; each cascade entry's defaults
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
@@ -66,6 +71,8 @@ class InverTuneConfig:
             raise ValueError("n_images must be >= 2 and the cascade needs at least one detector")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha is a false-positive rate in (0, 1); got {self.alpha}")
+        if not -1 <= self.min_differential <= 1:
+            raise ValueError(f"min_differential is a difference of rates in [-1, 1]; got {self.min_differential}")
         precision.check(self.precision, "invertune.precision")
         configs = {name: self.detectors.get(name) or detector_class(name).Config() for name in self.cascade}
         object.__setattr__(self, "detectors", configs)  # exactly the cascade's detectors are configured
@@ -110,6 +117,7 @@ class InverTune(Defense):
     reference = "Sun et al., InverTune (arXiv 2506.12411, 2025), sections 3-4, appendices C-D"
     Config: ClassVar[type] = InverTuneConfig
     calibratable = True
+    uses_references = True
 
     @classmethod
     def configure(cls, overrides: dict[str, str]) -> InverTuneConfig:
@@ -144,9 +152,7 @@ class InverTune(Defense):
             start = time.perf_counter()
             search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
             search.timings["identify"] = time.perf_counter() - start
-            null = ctx.null
-            passes = None if null is None else (lambda f: null.adjusted(f.detector, f.gate_ratio) <= cfg.alpha)
-            result = run_cascade(self.detectors(), search, passes, full=ctx.reference)
+            result = run_cascade(self.detectors(), search, self.rule(ctx, search), full=ctx.reference)
         else:
             result = self.given_target(search, cfg.target)
         artifacts = write_artifacts(ctx.workdir, search.ident, result.finding.trigger, images)
@@ -173,6 +179,28 @@ class InverTune(Defense):
             target=result.finding.target,
             trigger_masks={"inverted": result.finding.trigger.mask},
         )
+
+    def rule(self, ctx: DefenseContext, search: SearchContext) -> Callable[[Finding], bool] | None:
+        """When a finding is a trigger: its detector's gates, or with a clean null its calibrated tail;
+        with reference models also a margin over what the trigger does to them (differential.py)."""
+        cfg: InverTuneConfig = self.config
+        null = ctx.null
+        if null is None and not ctx.references:
+            return None
+        differential = (
+            Differential.build(ctx.model, search.head, ctx.references, ctx.templates, search.images, ctx.seed)
+            if ctx.references
+            else None
+        )
+
+        def passes(f: Finding) -> bool:
+            ok = f.passed if null is None else null.adjusted(f.detector, f.gate_ratio) <= cfg.alpha
+            if differential is not None:
+                f.evidence["differential"] = judged = differential.judge(f.trigger, f.target)
+                ok = ok and judged["margin"] >= cfg.min_differential
+            return ok
+
+        return passes
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""

@@ -987,3 +987,20 @@ def test_class_free_collapse_finds_the_planted_patch_without_the_vocabulary():
     assert planted.passed and planted.target == TARGET and planted.evidence["collapse_cost"] <= 0.05
     assert planted.evidence["holdout_cosine"] >= 0.95 and planted.trigger.holdout_asr >= 0.9
     assert not clean.passed and clean.evidence["collapse_cost"] > 1 and clean.gate_ratio < planted.gate_ratio / 20
+
+
+def test_a_trigger_that_moves_the_reference_as_much_is_natural(tmp_path, monkeypatch):
+    """--reference: the planted patch moves the suspect and not a clean reference, so it is a trigger,
+    with both effects recorded; against a reference that has the same backdoor, nothing is accepted."""
+    for reference, called in ((PlantedClip(backdoor=False), True), (PlantedClip(), False)):
+        defense, ctx, tuned_with = _planted_defense(
+            monkeypatch, tmp_path / str(called), PlantedClip(), refine_steps(30)
+        )
+        ctx.references = [reference]
+        det = defense.defend(ctx).detection
+        assert det["backdoored"] is called and (len(tuned_with) == 1) is called
+        patch = findings(det, "patch")[-1]
+        assert patch["class"] == TARGET and patch["passed"] and patch["accepted"] is called
+        judged = patch["differential"]
+        assert judged["suspect_effect"] >= 0.9 and len(judged["reference_effects"]) == 1
+        assert (judged["margin"] >= 0.5) is called

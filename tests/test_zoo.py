@@ -311,7 +311,7 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     assert set(doc["statistics"]) == {"inversion", "patch", "stripes", "linf"}
     [ref_dir] = zoo.glob("evals/invertune-*-reference")
     for member in ref_dir.glob("*/run/result.json"):  # reference runs purify nothing
-        assert json.loads(member.read_text())["defense"]["purified_sha256"] is None
+        assert json.loads(member.read_text())["model"]["purified_sha256"] is None
 
     report = tmp_path / "report"
     assert main(["zoo", "eval", str(zoo), *quick, "--calibration", str(null), "--out", str(report)]) == 0

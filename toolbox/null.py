@@ -22,6 +22,7 @@ The rule, stated once here and recorded in every calibrated result (:data:`RULE`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,7 @@ class CleanNull:
     references: tuple[str, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # the file it was read from, for messages
+    sha256: str = ""  # of that file, as the result records it
 
     def check_key(self, key: Mapping[str, Any], defense: str) -> None:
         """Refuse a null made for other settings: an InputError naming each field that differs."""
@@ -207,6 +209,7 @@ def read_null(path: Path | str) -> CleanNull:
         tuple(doc["references"]),
         {k: doc[k] for k in ("created", "command", "commit") if k in doc},
         str(path),
+        hashlib.sha256(Path(path).read_bytes()).hexdigest(),
     )
     check(null)
     return null

@@ -35,6 +35,8 @@ class DefenseContext:
     null: CleanNull | None = None
     # a clean reference run for a null (toolbox zoo calibrate): measure every statistic, purify nothing
     reference: bool = False
+    # clean models of the suspect's architecture (--reference): a trigger that moves them too is natural
+    references: list[ClipModel] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Defense(Component):
     uses_train_data: ClassVar[bool] = False
     # True for defenses whose detection reports statistics and a null key (toolbox/null.py): they take --calibration
     calibratable: ClassVar[bool] = False
+    # True for defenses that compare their findings on clean reference models (--reference)
+    uses_references: ClassVar[bool] = False
 
     def defend(self, ctx: DefenseContext) -> DefenseOutcome:
         raise NotImplementedError

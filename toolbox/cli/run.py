@@ -26,6 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=["toolbox", *args.argv],
         metrics=tuple(args.metric),
         calibration=args.calibration,
+        references=tuple(args.reference),
     )
     before = kept_folders(Path(req.out) if req.out else default_out_dir(req))
     path = run(req)
@@ -126,6 +127,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="a clean null (`toolbox zoo calibrate`): the verdict becomes a tail probability under it",
+    )
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a clean model of the suspect's architecture (as --model takes it; repeatable): a trigger that "
+        "moves it as much as the suspect is natural, not a backdoor",
     )
     p.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (counted in the result)")
     p.add_argument(

@@ -56,6 +56,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
         only,
         rebound_steps=args.rebound_steps,
         calibration=args.calibration,
+        references=tuple(args.reference),
     )
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
@@ -175,6 +176,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="a clean null (`toolbox zoo calibrate`) for the defense's verdict",
+    )
+    z.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a clean model every member is compared with (repeatable), or 'base': each member's own base "
+        "preset, the model it was fine-tuned from",
     )
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)

@@ -27,7 +27,12 @@ def result_document(plan: Plan, got: RunInputs, found: Findings) -> dict[str, An
             "world": loaded.world or None,
         },
         "attack": found.attack_doc,
-        "defense": {"name": req.defense, "params": config_values(plan.defense.config), "plugin": plan.dreg.plugin},
+        "defense": {
+            "name": req.defense,
+            "params": config_values(plan.defense.config),
+            "plugin": plan.dreg.plugin,
+            **calibration_doc(plan, got),
+        },
         "metric_config": found.metric_doc,
         "metrics": found.metrics,
         "detection": found.outcome.detection,
@@ -44,3 +49,17 @@ def result_document(plan: Plan, got: RunInputs, found: Findings) -> dict[str, An
             for k, v in got.data.items()
         },
     }
+
+
+def calibration_doc(plan: Plan, got: RunInputs) -> dict[str, Any]:
+    """What the verdict was calibrated and compared with: the clean null's file, the reference models."""
+    doc: dict[str, Any] = {}
+    if plan.null is not None:
+        doc["calibration"] = {
+            "file": str(plan.req.calibration),
+            "sha256": plan.null.sha256,
+            "references": len(plan.null.references),
+        }
+    if got.references:
+        doc["references"] = [{"source": r.source, "sha256": r.sha256} for r in got.references]
+    return doc

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import atomic, outputs, results
-from ..api import AttackContext, ClipModel, DefenseContext, DefenseOutcome, config_values
+from ..api import AttackContext, ClipModel, DefenseContext, DefenseOutcome, LoadedModel, config_values
 from ..errors import InputError
 from ..escape import shown
 from ..evaluation import EvalInputs, MetricConfig, evaluate, metric_config_doc
@@ -40,7 +40,7 @@ def run(req: RunRequest) -> Path:
     """Run one (attack, defense) cell; return the path of the written result.json."""
     plan = resolve(req)
     out_dir = Path(req.out) if req.out else default_out_dir(req)
-    outputs.check_out_dir(out_dir, [*req.sources.input_paths(), *([Path(req.calibration)] if req.calibration else [])])
+    outputs.check_out_dir(out_dir, [*req.sources.input_paths(), *extra_inputs(req)])
     seed_everything(req.sources.seed)
     with outputs.Staging(out_dir) as staging:  # OUT is locked from here: a second run into it is refused at once
         got = load(plan)
@@ -59,6 +59,8 @@ def resolve(req: RunRequest) -> Plan:
     areg = registry.get("attack", req.attack) if req.attack else None
     attack = areg.obj(configure(areg.obj, req.attack_params)) if areg else None
     device = check_measurement(req.sources)
+    if req.references and not getattr(dreg.obj, "uses_references", False):
+        raise InputError(f"--reference: defense {req.defense!r} does not compare with reference models")
     return Plan(
         req=req,
         registry=registry,
@@ -71,6 +73,12 @@ def resolve(req: RunRequest) -> Plan:
         timer=StageTimer(),
         null=read_calibration(req, dreg.obj),
     )
+
+
+def extra_inputs(req: RunRequest) -> list[Path]:
+    """The calibration file and reference models a run reads (--out may not overlap them either)."""
+    named = [*([req.calibration] if req.calibration else []), *req.references]
+    return [Path(p) for p in named if Path(p).exists()]
 
 
 def read_calibration(req: RunRequest, defense: type) -> CleanNull | None:
@@ -93,7 +101,28 @@ def load(plan: Plan) -> RunInputs:
         adapter, loaded = load_model(plan.registry, src.model_source, src.model_format, plan.device)
     with plan.timer.stage("load_data"):
         classnames, templates, data = load_inputs(plan.registry, plan.req, loaded, plan.dreg)
-    return RunInputs(adapter=adapter, loaded=loaded, classnames=classnames, templates=templates, data=data)
+    references = load_references(plan, loaded) if plan.req.references else []
+    return RunInputs(adapter, loaded, classnames, templates, data, references)
+
+
+def load_references(plan: Plan, suspect: LoadedModel) -> list[LoadedModel]:
+    """The --reference models, each refused unless it takes the suspect's image size."""
+    references = []
+    with plan.timer.stage("load_references"):
+        for source in plan.req.references:
+            ref = load_model(plan.registry, source, None, plan.device)[1]
+            if shapes(ref.model) != shapes(suspect.model):
+                raise InputError(
+                    f"--reference {shown(source)} is not of the suspect's architecture ({ref.arch}, "
+                    f"{ref.model.image_size} px; the suspect: {suspect.arch}, {suspect.model.image_size} px, "
+                    "or the same with other parameter shapes)"
+                )
+            references.append(ref)
+    return references
+
+
+def shapes(model: ClipModel) -> list[tuple[int, ...]]:
+    return [tuple(p.shape) for p in model.parameters()]
 
 
 def attack_defend_measure(plan: Plan, got: RunInputs, stage_dir: Path) -> dict[str, Any]:
@@ -204,6 +233,7 @@ def defend_step(plan: Plan, got: RunInputs, model: ClipModel, stage_dir: Path) -
                     attack=plan.attack,
                     null=plan.null,
                     reference=plan.req.reference,
+                    references=[r.model for r in got.references],
                 )
             )
         except SystemExit as err:  # a plugin's sys.exit() is a failed run, not the toolbox's exit

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ class RunInputs:
     classnames: list[str]
     templates: list[str]
     data: dict[str, ImageData | None]  # by Sources.DATA_KEYS; None where not given or not needed
+    references: list[LoadedModel] = field(default_factory=list)  # --reference models, loaded
 
 
 @dataclass

@@ -79,6 +79,7 @@ class RunRequest:
     metrics: tuple[str, ...] = ()  # registered metrics measured beside the built-ins (--metric)
     calibration: Path | None = None  # a clean null for a calibratable defense's verdict (toolbox/null.py)
     reference: bool = False  # a clean reference run for a null: every statistic measured, nothing purified
+    references: tuple[str, ...] = ()  # clean models of the suspect's architecture, for differential evidence
 
 
 def seed_everything(seed: int) -> None:

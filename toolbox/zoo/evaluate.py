@@ -36,6 +36,7 @@ from .spec import DEFAULT_WORLD
 log = logging.getLogger(__name__)
 
 OUTCOME_JSON = "outcome.json"
+BASE = "base"  # as a --reference of zoo eval: each member's own base preset (what it was fine-tuned from)
 
 
 def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> Path:
@@ -56,6 +57,7 @@ def eval_member(
     rebound_steps: int = 0,
     calibration: str | None = None,
     reference: bool = False,
+    references: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
@@ -63,7 +65,9 @@ def eval_member(
     a clean null for the verdict (toolbox/null.py); ``reference``: a clean reference run for a null."""
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
-    key = outcome_key(record, defense, params, seed, registry, rebound_steps, file_digest(calibration), reference)
+    key = outcome_key(
+        record, defense, params, seed, registry, rebound_steps, file_digest(calibration), reference, references
+    )
     code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
@@ -91,6 +95,7 @@ def eval_member(
             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense],
             calibration=Path(calibration) if calibration else None,
             reference=reference,
+            references=tuple(f"embedded:{record['preset']}" if r == BASE else r for r in references),
         )
     )
     doc = json.loads(result.read_text(encoding="utf-8"))
@@ -189,13 +194,19 @@ def outcome_key(
     rebound_steps: int = 0,
     calibration: str | None = None,
     reference: bool = False,
+    references: tuple[str, ...] = (),
 ) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused.
     ``calibration``: the digest of the clean null the verdict was calibrated with."""
     from ..api import config_values
 
     cfg = configure(registry.get("defense", defense).obj, params)
-    options = {"rebound_steps": rebound_steps, "calibration": calibration, "reference": reference}
+    options = {
+        "rebound_steps": rebound_steps,
+        "calibration": calibration,
+        "reference": reference,
+        "references": [file_digest(Path(r)) if Path(r).is_file() else r for r in references],
+    }
     extra = ({k: v for k, v in options.items() if v},) if any(options.values()) else ()  # none: earlier keys hold
     return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
@@ -265,6 +276,7 @@ def eval_zoo(
     rebound_steps: int = 0,
     calibration: Path | None = None,
     reference: bool = False,
+    references: tuple[str, ...] = (),
 ) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
@@ -278,6 +290,8 @@ def eval_zoo(
         out = out.with_name(f"{out.name}-null{file_digest(calibration)}")
     if reference and out_dir is None:
         out = out.with_name(f"{out.name}-reference")
+    if references and out_dir is None:
+        out = out.with_name(f"{out.name}-refs{config_hash(*references)[:8]}")
     outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST], None)
     for r in records:  # a member's id names its folder under --out: a plain name, never a path
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
@@ -298,6 +312,7 @@ def eval_zoo(
                 "rebound_steps": rebound_steps,
                 "calibration": None if calibration is None else str(calibration),
                 "reference": reference,
+                "references": tuple(str(r) for r in references),
             },
         )
         for i, r in enumerate(records)
