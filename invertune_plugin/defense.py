@@ -26,7 +26,7 @@ import torch
 
 from toolbox import atomic, precision
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides, config_values
-from toolbox.null import CleanNull
+from toolbox.null import CleanNull, select
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
@@ -146,13 +146,12 @@ class InverTune(Defense):
         head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
         key = null_key(cfg, ctx.model, ctx.classnames, ctx.templates, len(images))
-        if ctx.null is not None:
-            ctx.null.check_key(key, self.name)
+        null = select(ctx.nulls, key, self.name) if ctx.nulls else None
         if cfg.target is None:
             start = time.perf_counter()
             search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
             search.timings["identify"] = time.perf_counter() - start
-            result = run_cascade(self.detectors(), search, self.rule(ctx, search), full=ctx.reference)
+            result = run_cascade(self.detectors(), search, self.rule(ctx, search, null), full=ctx.reference)
         else:
             result = self.given_target(search, cfg.target)
         artifacts = write_artifacts(ctx.workdir, search.ident, result.finding.trigger, images)
@@ -171,7 +170,7 @@ class InverTune(Defense):
         info["invert_history"] = result.finding.trigger.history
         return DefenseOutcome(
             model=model,
-            detection=detection_record(search.ident, result, key, ctx.null, cfg.alpha),
+            detection=detection_record(search.ident, result, key, null, cfg.alpha),
             artifacts=artifacts,
             timings_s=search.timings,
             info=info,
@@ -180,11 +179,12 @@ class InverTune(Defense):
             trigger_masks={"inverted": result.finding.trigger.mask},
         )
 
-    def rule(self, ctx: DefenseContext, search: SearchContext) -> Callable[[Finding], bool] | None:
+    def rule(
+        self, ctx: DefenseContext, search: SearchContext, null: CleanNull | None
+    ) -> Callable[[Finding], bool] | None:
         """When a finding is a trigger: its detector's gates, or with a clean null its calibrated tail;
         with reference models also a margin over what the trigger does to them (differential.py)."""
         cfg: InverTuneConfig = self.config
-        null = ctx.null
         if null is None and not ctx.references:
             return None
         differential = (

@@ -951,14 +951,14 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
         return CleanNull("invertune", ref["null_key"], stats, tuple("abcde"))
 
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "far", PlantedClip(), refine_steps(30))
-    ctx.null = null(scale_patch=0.05)  # clean models' best patches reach a twentieth of the planted one
+    ctx.nulls = [null(scale_patch=0.05)]  # clean models' best patches reach a twentieth of the planted one
     det = defense.defend(ctx).detection
     assert det["backdoored"] is True and det["null"]["calibrated"] and det["null"]["score"] <= 0.05
     assert det["inverted_trigger"]["source"] == "stage 1 refined patch" and len(tuned_with) == 1
     assert det["score"] == pytest.approx(-math.log10(det["null"]["score"]), abs=1e-3)
 
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "same", PlantedClip(), refine_steps(30))
-    ctx.null = null(scale_patch=1.0)  # the references look like this model: nothing stands out
+    ctx.nulls = [null(scale_patch=1.0)]  # the references look like this model: nothing stands out
     det = defense.defend(ctx).detection
     assert det["backdoored"] is False and det["null"]["score"] > 0.05 and tuned_with == []
     assert len(det["cascade"]) == 4, "no finding passed: every detector ran"
@@ -966,8 +966,8 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
     defense, ctx, _ = _planted_defense(
         monkeypatch, tmp_path / "key", PlantedClip(), {**refine_steps(30), "n_images": "64"}
     )
-    ctx.null = null(1.0)
-    with pytest.raises(InputError, match="n_images: null 96, this run 64"):
+    ctx.nulls = [null(1.0)]
+    with pytest.raises(InputError, match="holds for this run's settings.*n_images: null 96, this run 64"):
         defense.defend(ctx)
 
 

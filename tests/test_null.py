@@ -9,7 +9,7 @@ import random
 import pytest
 
 from toolbox.errors import InputError
-from toolbox.null import MIN_REFERENCES, CleanNull, Statistic, from_results, read_null
+from toolbox.null import MIN_REFERENCES, CleanNull, Statistic, from_results, read_null, select
 from toolbox.zoo.calibrate import leave_one_out
 
 KEY = {"architecture": "abc", "image_size": 32, "classes": 4}
@@ -79,10 +79,12 @@ def test_file_round_trips_and_refuses_another_key(tmp_path):
     assert back.statistics == null.statistics and back.key == KEY and back.references == null.references
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # readable like any other output
     back.check_key(dict(KEY), "invertune")
-    with pytest.raises(InputError, match=r"other settings.*classes: null 4, this run 200"):
+    with pytest.raises(InputError, match=r"holds for this run's settings.*classes: null 4, this run 200"):
         back.check_key({**KEY, "classes": 200}, "invertune")
-    with pytest.raises(InputError, match="not of 'flare'"):
+    with pytest.raises(InputError, match="no calibration file given is a null of defense 'flare'"):
         back.check_key(dict(KEY), "flare")
+    other = CleanNull("invertune", {**KEY, "architecture": "resnet"}, back.statistics, back.references)
+    assert select([other, back], KEY, "invertune") is back  # one file per architecture: the one that fits
 
 
 @pytest.mark.parametrize(

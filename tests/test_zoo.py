@@ -322,7 +322,7 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     capsys.readouterr()
     argv = ["run", *quick, "--preset", "smoke", "-p", "n_images=32", "--calibration", str(null)]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
-    assert "holds for other settings than this run's (n_images: null 64, this run 32)" in capsys.readouterr().err
+    assert "holds for this run's settings" in capsys.readouterr().err
     capsys.readouterr()
     few = tmp_path / "few.json"  # no clean member of that preset in this zoo
     assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "default", "--out", str(few)]) == 2

@@ -89,18 +89,14 @@ class CleanNull:
     source: str = ""  # the file it was read from, for messages
     sha256: str = ""  # of that file, as the result records it
 
+    def differences(self, key: Mapping[str, Any]) -> str:
+        """What differs between this null's key and ``key`` ("" when nothing does)."""
+        differ = [k for k in sorted(set(self.key) | set(key)) if self.key.get(k) != key.get(k)]
+        return "; ".join(f"{k}: null {self.key.get(k)!r}, this run {key.get(k)!r}" for k in differ[:4])
+
     def check_key(self, key: Mapping[str, Any], defense: str) -> None:
         """Refuse a null made for other settings: an InputError naming each field that differs."""
-        where = shown(self.source or "the calibration file")
-        if defense != self.defense:
-            raise InputError(f"{where} is a null of defense {self.defense!r}, not of {defense!r}")
-        differ = [k for k in sorted(set(self.key) | set(key)) if self.key.get(k) != key.get(k)]
-        if differ:
-            said = "; ".join(f"{k}: null {self.key.get(k)!r}, this run {key.get(k)!r}" for k in differ[:4])
-            raise InputError(
-                f"{where} holds for other settings than this run's ({said}); calibrate again for them "
-                "(`toolbox zoo calibrate`) or run without --calibration (uncalibrated)"
-            )
+        select([self], key, defense)
 
     def assess(self, observed: Mapping[str, float], alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
         """Each observed statistic's tail probabilities, the combined score and the verdict (module rule)."""
@@ -144,6 +140,23 @@ class CleanNull:
 
     def write(self, path: Path | str) -> None:
         atomic.write_json(Path(path), self.document())
+
+
+def select(nulls: Sequence[CleanNull], key: Mapping[str, Any], defense: str) -> CleanNull:
+    """The one null of ``nulls`` made for ``key`` (several files may cover several architectures);
+    none: an InputError saying, per file, what differs."""
+    ours = [n for n in nulls if n.defense == defense]
+    for null in ours:
+        if not null.differences(key):
+            return null
+    if not ours:
+        named = ", ".join(f"{shown(n.source or 'a null')} ({n.defense})" for n in nulls)
+        raise InputError(f"no calibration file given is a null of defense {defense!r}: {named}")
+    said = " | ".join(f"{shown(n.source or 'the null')}: {n.differences(key)}" for n in ours)
+    raise InputError(
+        f"no calibration file holds for this run's settings ({said}); calibrate again for them "
+        "(`toolbox zoo calibrate`) or run without --calibration (uncalibrated)"
+    )
 
 
 def from_results(

@@ -31,8 +31,8 @@ class DefenseContext:
     workdir: Path
     train_data: ImageData | None = None  # image-caption data, for fine-tuning baselines
     attack: Attack | None = None
-    # a clean null (toolbox/null.py) to calibrate the verdict with (--calibration), for calibratable defenses
-    null: CleanNull | None = None
+    # clean nulls (toolbox/null.py; --calibration) for calibratable defenses: the one whose key fits is used
+    nulls: list[CleanNull] = field(default_factory=list)
     # a clean reference run for a null (toolbox zoo calibrate): measure every statistic, purify nothing
     reference: bool = False
     # clean models of the suspect's architecture (--reference): a trigger that moves them too is natural

@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         skip_unreadable=args.skip_unreadable,
         command=["toolbox", *args.argv],
         metrics=tuple(args.metric),
-        calibration=args.calibration,
+        calibration=tuple(args.calibration),
         references=tuple(args.reference),
     )
     before = kept_folders(Path(req.out) if req.out else default_out_dir(req))
@@ -125,8 +125,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration",
         type=Path,
+        action="append",
+        default=[],
         metavar="FILE",
-        help="a clean null (`toolbox zoo calibrate`): the verdict becomes a tail probability under it",
+        help="a clean null (`toolbox zoo calibrate`; repeatable, one per architecture): the verdict becomes "
+        "a tail probability under the one that holds for the model",
     )
     p.add_argument(
         "--reference",

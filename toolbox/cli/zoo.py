@@ -55,7 +55,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
         args.out,
         only,
         rebound_steps=args.rebound_steps,
-        calibration=args.calibration,
+        calibration=tuple(args.calibration),
         references=tuple(args.reference),
     )
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
@@ -174,8 +174,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument(
         "--calibration",
         type=Path,
+        action="append",
+        default=[],
         metavar="FILE",
-        help="a clean null (`toolbox zoo calibrate`) for the defense's verdict",
+        help="a clean null (`toolbox zoo calibrate`; repeatable, one per architecture) for the defense's verdict",
     )
     z.add_argument(
         "--reference",

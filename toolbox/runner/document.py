@@ -54,12 +54,10 @@ def result_document(plan: Plan, got: RunInputs, found: Findings) -> dict[str, An
 def calibration_doc(plan: Plan, got: RunInputs) -> dict[str, Any]:
     """What the verdict was calibrated and compared with: the clean null's file, the reference models."""
     doc: dict[str, Any] = {}
-    if plan.null is not None:
-        doc["calibration"] = {
-            "file": str(plan.req.calibration),
-            "sha256": plan.null.sha256,
-            "references": len(plan.null.references),
-        }
+    if plan.nulls:
+        doc["calibration"] = [
+            {"file": n.source, "sha256": n.sha256, "references": len(n.references)} for n in plan.nulls
+        ]
     if got.references:
         doc["references"] = [{"source": r.source, "sha256": r.sha256} for r in got.references]
     return doc

@@ -71,27 +71,27 @@ def resolve(req: RunRequest) -> Plan:
         attack=attack,
         device=device,
         timer=StageTimer(),
-        null=read_calibration(req, dreg.obj),
+        nulls=read_calibration(req, dreg.obj),
     )
 
 
 def extra_inputs(req: RunRequest) -> list[Path]:
     """The calibration file and reference models a run reads (--out may not overlap them either)."""
-    named = [*([req.calibration] if req.calibration else []), *req.references]
+    named = [*req.calibration, *req.references]
     return [Path(p) for p in named if Path(p).exists()]
 
 
-def read_calibration(req: RunRequest, defense: type) -> CleanNull | None:
-    """The clean null of ``--calibration``, for a defense that takes one; the key is the defense's to check."""
-    if req.calibration is None:
-        return None
-    if not getattr(defense, "calibratable", False):
+def read_calibration(req: RunRequest, defense: type) -> list[CleanNull]:
+    """The clean nulls of ``--calibration``, for a defense that takes them; which one holds for the
+    run's model and settings is the defense's to choose (toolbox.null.select)."""
+    if req.calibration and not getattr(defense, "calibratable", False):
         raise InputError(f"--calibration: defense {req.defense!r} reports no statistics to calibrate")
-    null = read_null(req.calibration)
-    if null.defense != req.defense:
-        where = shown(req.calibration)
-        raise InputError(f"--calibration {where}: a null of defense {null.defense!r}, not of {req.defense!r}")
-    return null
+    nulls = [read_null(path) for path in req.calibration]
+    for path, null in zip(req.calibration, nulls, strict=True):
+        if null.defense != req.defense:
+            where = shown(path)
+            raise InputError(f"--calibration {where}: a null of defense {null.defense!r}, not of {req.defense!r}")
+    return nulls
 
 
 def load(plan: Plan) -> RunInputs:
@@ -231,7 +231,7 @@ def defend_step(plan: Plan, got: RunInputs, model: ClipModel, stage_dir: Path) -
                     workdir=work,
                     train_data=got.data["train_data"],
                     attack=plan.attack,
-                    null=plan.null,
+                    nulls=plan.nulls,
                     reference=plan.req.reference,
                     references=[r.model for r in got.references],
                 )

@@ -26,7 +26,7 @@ class Plan:
     attack: Attack | None
     device: torch.device
     timer: StageTimer
-    null: CleanNull | None = None  # the request's calibration file, read and checked
+    nulls: list[CleanNull] = field(default_factory=list)  # the request's calibration files, read and checked
 
 
 @dataclass

@@ -77,7 +77,7 @@ class RunRequest:
     skip_unreadable: bool = False
     command: list[str] = field(default_factory=list)
     metrics: tuple[str, ...] = ()  # registered metrics measured beside the built-ins (--metric)
-    calibration: Path | None = None  # a clean null for a calibratable defense's verdict (toolbox/null.py)
+    calibration: tuple[Path, ...] = ()  # clean nulls for a calibratable defense's verdict (toolbox/null.py)
     reference: bool = False  # a clean reference run for a null: every statistic measured, nothing purified
     references: tuple[str, ...] = ()  # clean models of the suspect's architecture, for differential evidence
 

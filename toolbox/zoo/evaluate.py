@@ -55,7 +55,7 @@ def eval_member(
     seed: int,
     out_dir: str,
     rebound_steps: int = 0,
-    calibration: str | None = None,
+    calibration: tuple[str, ...] = (),
     reference: bool = False,
     references: tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -66,7 +66,15 @@ def eval_member(
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
     key = outcome_key(
-        record, defense, params, seed, registry, rebound_steps, file_digest(calibration), reference, references
+        record,
+        defense,
+        params,
+        seed,
+        registry,
+        rebound_steps,
+        [file_digest(c) for c in calibration],
+        reference,
+        references,
     )
     code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
@@ -93,7 +101,7 @@ def eval_member(
             out=out / "run",
             defense_params=dict(params),
             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense],
-            calibration=Path(calibration) if calibration else None,
+            calibration=tuple(Path(c) for c in calibration),
             reference=reference,
             references=tuple(f"embedded:{record['preset']}" if r == BASE else r for r in references),
         )
@@ -192,12 +200,12 @@ def outcome_key(
     seed: int,
     registry: Any,
     rebound_steps: int = 0,
-    calibration: str | None = None,
+    calibration: list[str | None] | None = None,
     reference: bool = False,
     references: tuple[str, ...] = (),
 ) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused.
-    ``calibration``: the digest of the clean null the verdict was calibrated with."""
+    ``calibration``: the digests of the clean nulls the verdict was calibrated with."""
     from ..api import config_values
 
     cfg = configure(registry.get("defense", defense).obj, params)
@@ -274,7 +282,7 @@ def eval_zoo(
     out_dir: Path | None = None,
     only: list[str] | None = None,
     rebound_steps: int = 0,
-    calibration: Path | None = None,
+    calibration: tuple[Path, ...] = (),
     reference: bool = False,
     references: tuple[str, ...] = (),
 ) -> tuple[list[MemberOutcome], Path]:
@@ -285,9 +293,10 @@ def eval_zoo(
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
     if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
         out = out.with_name(f"{out.name}-rebound{rebound_steps}")
-    if calibration is not None and out_dir is None:  # likewise for each clean null
-        read_null(calibration)  # a bad file fails here, not once per member
-        out = out.with_name(f"{out.name}-null{file_digest(calibration)}")
+    for path in calibration:
+        read_null(path)  # a bad file fails here, not once per member
+    if calibration and out_dir is None:  # likewise for each set of clean nulls
+        out = out.with_name(f"{out.name}-null{config_hash(*[file_digest(c) for c in calibration])[:8]}")
     if reference and out_dir is None:
         out = out.with_name(f"{out.name}-reference")
     if references and out_dir is None:
@@ -310,7 +319,7 @@ def eval_zoo(
                 "seed": seed,
                 "out_dir": str(out),
                 "rebound_steps": rebound_steps,
-                "calibration": None if calibration is None else str(calibration),
+                "calibration": tuple(str(c) for c in calibration),
                 "reference": reference,
                 "references": tuple(str(r) for r in references),
             },
