@@ -3,11 +3,15 @@
     python benchmarks/zoo.py                                   # dev and test: none, invertune, invertune paper
     python benchmarks/zoo.py --splits dev --defenses invertune # one split, one defense
     python benchmarks/zoo.py --root ZOOS --executor slurm      # members and evaluations as Slurm job arrays
+    python benchmarks/zoo.py --defenses invertune,invertune-null --calibration null-vit.json --calibration null-rn.json
+    python benchmarks/zoo.py --defenses invertune-refs          # each member beside its base preset (--reference)
 
 Builds each split's zoo (``zoo/SPLIT.yaml``; resumable, members cached by config) under
 ``ROOT/SPLIT``, evaluates every defense on it blind, and prints the scorer's summary table per
 (split, defense). The detection threshold is chosen on the dev split (TPR at FPR <= 5 %) and
-applied as given to the test split: the test split is evaluated to report, never to tune.
+applied as given to the test split: the test split is evaluated to report, never to tune. The
+calibrated variant (``invertune-null``, given the clean nulls of ``toolbox zoo calibrate``) takes no
+threshold from dev either: its verdict is the null's tail at alpha, fixed before any suspect is seen.
 
 Writes the generated pages ``DOCS/results/zoo.md`` (every table, every member) and, when InverTune's
 default profile ran on dev, ``DOCS/calibration.md`` (each detector's statistic on dev, the threshold,
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ from pathlib import Path
 from invertune_plugin.calibration import EvaluatedMember, calibration_page
 from toolbox import atomic
 from toolbox.grid import add_grid_args, grid_config_from
+from toolbox.null import read_null
 from toolbox.results import provenance, provenance_markdown, write_page
 from toolbox.zoo.build import build_zoo
 from toolbox.zoo.evaluate import eval_zoo, not_implanted_rows, run_result
@@ -34,12 +40,21 @@ from toolbox.zoo.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFENSES = {"none": {}, "invertune": {}, "invertune-paper": {"profile": "paper"}}
+VARIANTS = {"invertune-null": {}, "invertune-refs": {}}  # InverTune's default with --calibration / --reference base
+ALPHA = 0.05  # InverTune's default false-positive rate on the clean null
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", default="dev,test")
-    ap.add_argument("--defenses", default=",".join(DEFENSES), help=f"of {', '.join(DEFENSES)}")
+    ap.add_argument("--defenses", default=",".join(DEFENSES), help=f"of {', '.join([*DEFENSES, *VARIANTS])}")
+    ap.add_argument(
+        "--calibration",
+        type=Path,
+        action="append",
+        default=[],
+        help="a clean null for invertune-null (repeatable: one per architecture)",
+    )
     ap.add_argument("--root", type=Path, default=Path("results/zoos"), help="where the zoos are built")
     ap.add_argument("--limit", type=int, help="only the first N members of each split (a quick look)")
     ap.add_argument(
@@ -49,6 +64,8 @@ def main() -> int:
     )
     add_grid_args(ap)
     args = ap.parse_args()
+    if "invertune-null" in args.defenses.split(",") and not args.calibration:
+        ap.error("invertune-null needs --calibration FILE (toolbox zoo calibrate)")
     grid = grid_config_from(args)
     prov = provenance(["python", "benchmarks/zoo.py", *sys.argv[1:]])
     thresholds: dict[str, float | None] = {}
@@ -68,12 +85,21 @@ def main() -> int:
         print(f"# {split}: {members}, built or reused in {time.perf_counter() - start:.0f} s\n")
         page += [f"## The {split} split", "", f"`zoo/{split}.yaml`: {members}.", ""]
         for name in args.defenses.split(","):
-            defense, params = name.split("-")[0], DEFENSES[name]
-            rows, out = eval_zoo(args.root / split, defense, params, grid=grid)
+            defense, params = name.split("-")[0], {**DEFENSES, **VARIANTS}[name]
+            rows, out = eval_zoo(
+                args.root / split,
+                defense,
+                params,
+                grid=grid,
+                calibration=tuple(args.calibration) if name == "invertune-null" else (),
+                references=("base",) if name == "invertune-refs" else (),
+            )
             rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None
+            if name == "invertune-null":  # the null's threshold, on both splits: -log10(alpha)
+                given = round(-math.log10(ALPHA), 4)
             summary = score_population(rows, threshold=given)
-            if split == "dev" and summary.get("detection") and summary["detection"].get("tpr_at_fpr"):
+            if split == "dev" and name != "invertune-null" and (summary.get("detection") or {}).get("tpr_at_fpr"):
                 thresholds[name] = summary["detection"]["tpr_at_fpr"]["threshold"]
             title = f"{name} on the {split} split" + (f" (threshold {given} from dev)" if given is not None else "")
             write_report(summary, rows, out, title)
@@ -88,7 +114,7 @@ def main() -> int:
         and set(args.defenses.split(",")) == set(DEFENSES)
     )
     if args.docs is not None or complete:
-        write_pages(args.docs or ROOT / "docs", prov, page, evaluated, thresholds.get("invertune"))
+        write_pages(args.docs or ROOT / "docs", prov, page, evaluated, thresholds.get("invertune"), args.calibration)
     return 0
 
 
@@ -97,7 +123,9 @@ def demote(markdown: str, levels: int) -> str:
     return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines()) + "\n"
 
 
-def write_pages(docs: Path, prov: dict, page: list[str], evaluated: dict, dev_threshold: float | None) -> None:
+def write_pages(
+    docs: Path, prov: dict, page: list[str], evaluated: dict, dev_threshold: float | None, nulls: list[Path]
+) -> None:
     write_page(
         docs / "results" / "zoo.md",
         "Zoo results",
@@ -125,9 +153,27 @@ def write_pages(docs: Path, prov: dict, page: list[str], evaluated: dict, dev_th
                 missing.append(r.member_id)
     atomic.write_text(
         docs / "calibration.md",
-        calibration_page(splits["dev"], splits.get("test"), dev_threshold, params, provenance_markdown(prov), missing),
+        calibration_page(
+            splits["dev"],
+            splits.get("test"),
+            dev_threshold,
+            params,
+            provenance_markdown(prov),
+            missing,
+            [read_null(p) for p in nulls],
+            calibrated_rows(evaluated),
+        ),
     )
     print(f"wrote {docs / 'calibration.md'}")
+
+
+def calibrated_rows(evaluated: dict) -> dict[str, list[MemberOutcome]]:
+    """Per split, the calibrated variant's scored rows (clean and backdoored), where it ran."""
+    return {
+        split: [r for r in rows if r.label in ("clean", "backdoored")]
+        for (split, name), (rows, _) in evaluated.items()
+        if name == "invertune-null"
+    }
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from toolbox.null import CleanNull
 from toolbox.zoo.outcome import MemberOutcome
 from toolbox.zoo.outcome import markdown_table as table
 
@@ -168,6 +170,47 @@ def _counts(members: list[EvaluatedMember]) -> str:
     return f"{sum(m.row.label == 'clean' for m in members)} / {sum(m.row.label == 'backdoored' for m in members)}"
 
 
+def null_section(nulls: Sequence[CleanNull], alpha: float) -> list[str]:
+    """Per clean null: its references and, per statistic, their spread; and the leave-one-out check."""
+    from toolbox.zoo.calibrate import leave_one_out
+
+    header = ["null", "architecture key", "references", "statistic", "scale", "min / median / max", "LOO called"]
+    body = []
+    for null in nulls:
+        called = sum(r["called"] for r in leave_one_out(null, alpha))
+        for i, (name, stat) in enumerate(null.statistics.items()):
+            first = i == 0
+            body.append(
+                [
+                    Path(null.source).name if first else "",
+                    str(null.key.get("architecture", "–")) if first else "",
+                    str(len(null.references)) if first else "",
+                    name,
+                    stat.scale,
+                    _spread(list(stat.values)),
+                    f"{called} of {len(null.references)}" if first else "",
+                ]
+            )
+    return table(header, body)
+
+
+def calibrated_section(rows: Mapping[str, Sequence[MemberOutcome]], alpha: float) -> list[str]:
+    """The calibrated verdict per split: no threshold fitted anywhere, the null's alpha on both."""
+    header = ["split", "members (clean / backdoored)", "score ROC-AUC", f"called at alpha {alpha:g}"]
+    body = []
+    for split, members in rows.items():
+        scored = [(m.label == "backdoored", m.score) for m in members if m.score is not None]
+        labels = {y for y, _ in scored}
+        auc = roc_auc_score([y for y, _ in scored], [s for _, s in scored]) if labels == {True, False} else None
+        n_bd = sum(m.label == "backdoored" for m in members)
+        tp = sum(m.label == "backdoored" and m.verdict is True for m in members)
+        fp = sum(m.label == "clean" and m.verdict is True for m in members)
+        body.append(
+            [split, f"{len(members) - n_bd} / {n_bd}", _fmt(auc), f"TPR {tp}/{n_bd}, FPR {fp}/{len(members) - n_bd}"]
+        )
+    return table(header, body)
+
+
 def calibration_page(
     dev: list[EvaluatedMember],
     test: list[EvaluatedMember] | None,
@@ -175,9 +218,12 @@ def calibration_page(
     defense_params: Mapping[str, Any],
     provenance_line: str,
     missing: Sequence[str] = (),
+    nulls: Sequence[CleanNull] = (),
+    calibrated: Mapping[str, Sequence[MemberOutcome]] | None = None,
 ) -> str:
     """The whole page, in Markdown. ``defense_params``: result.json's ``defense.params`` of the dev run;
-    ``missing``: evaluated members whose result.json is gone (named on the page, left out of it)."""
+    ``missing``: evaluated members whose result.json is gone (named on the page, left out of it);
+    ``nulls``: the clean nulls of the calibrated variant, whose rows per split are ``calibrated``."""
     dev = [m for m in dev if m.row.label in SCORED]
     test = None if test is None else [m for m in test if m.row.label in SCORED]
     cascade = list(defense_params.get("cascade") or [])
@@ -216,4 +262,27 @@ def calibration_page(
         *member_table(dev, cascade),
         "",
     ]
+    alpha = float(defense_params.get("alpha", 0.05))
+    if nulls:
+        lines += [
+            "## The clean nulls",
+            "",
+            "Each detector's statistic on the clean reference models (`toolbox zoo calibrate`; references from "
+            "`zoo/null.yaml` and the dev split's clean members, never the test split's). A statistic's tail is "
+            "the predictive Student-t fit to them on the stated scale; *LOO called*: references called "
+            f"backdoored at alpha {alpha:g} by the null of the others (about alpha of them is the rule working).",
+            "",
+            *null_section(nulls, alpha),
+            "",
+        ]
+    if calibrated:
+        lines += [
+            "## The calibrated verdict",
+            "",
+            "InverTune given the nulls (`invertune-null` on the zoo page): backdoored when k times the smallest "
+            f"tail is <= {alpha:g}; nothing here was fitted on dev or test.",
+            "",
+            *calibrated_section(calibrated, alpha),
+            "",
+        ]
     return "\n".join(lines)

@@ -448,7 +448,28 @@ def test_calibration_page_from_records():
     assert "| inversion | min_asr=0.9 | 0.300 / 0.450 / 0.600 (n=2) | 0.400 / 0.450 / 0.500 (n=2) | 0 of 2 |" in page
     assert "| patch | min_rate=0.95 |" in page
     assert "| b1 | backdoored | badnet | vit | 0.500 | 1.200 | 4.00 | 0.900 | backdoored | right |" in page
-    assert "n1" not in page
+    assert "n1" not in page and "## The clean nulls" not in page
+
+
+def test_calibration_page_shows_the_nulls_and_the_calibrated_verdict():
+    from invertune_plugin.calibration import EvaluatedMember, calibration_page
+    from toolbox.null import CleanNull, Statistic
+
+    rows = {r.member_id: r for r in population()}
+    dev = [EvaluatedMember(rows["b1"], record({"inversion": 0.5}, 4.0, "backdoored"))]
+    null = CleanNull(
+        "invertune",
+        {"architecture": "abc"},
+        {"inversion": Statistic("log", (0.2, 0.3, 0.25, 0.22, 0.28)), "patch": Statistic("log", (1, 1, 1, 1, 1))},
+        tuple("abcde"),
+        source="/x/null-vit.json",
+    )
+    calibrated = {"dev": [rows["b1"], rows["b3"], rows["c1"], rows["c2"]]}
+    page = calibration_page(dev, None, None, {"cascade": ["inversion"]}, "Today.", (), [null], calibrated)
+    assert "| null-vit.json | abc | 5 | inversion | log | 0.200 / 0.250 / 0.300 (n=5) |" in page
+    assert "|  |  |  | patch | log | 1.000 / 1.000 / 1.000 (n=5) |  |" in page
+    # verdicts: b1 backdoored (right), b3 not called, c1 called, c2 not: scores 0.9, 0.4 / 0.5, 0.2
+    assert "| dev | 2 / 2 | 0.750 | TPR 1/2, FPR 1/2 |" in page
 
 
 def test_regenerated_pages_do_not_count_as_edits():
