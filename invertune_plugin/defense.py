@@ -170,7 +170,7 @@ class InverTune(Defense):
         info["invert_history"] = result.finding.trigger.history
         return DefenseOutcome(
             model=model,
-            detection=detection_record(search.ident, result, key, null, cfg.alpha),
+            detection=detection_record(search.ident, result, key, null, cfg.alpha, len(cfg.cascade)),
             artifacts=artifacts,
             timings_s=search.timings,
             info=info,
@@ -283,6 +283,7 @@ def detection_record(
     key: dict[str, Any] | None = None,
     null: CleanNull | None = None,
     alpha: float = 0.05,
+    n_detectors: int = 0,
 ) -> dict[str, Any]:
     """``detection`` in result.json: the verdict, the trigger, every detector's findings and, for a
     clean null, their statistics and the key they hold for (toolbox/null.py)."""
@@ -302,6 +303,7 @@ def detection_record(
         doc["stage1"] = ident.evidence()
         doc["cascade"] = result.steps
         doc["statistics"] = statistics(result.steps)
+        doc["statistics_complete"] = len(result.steps) == n_detectors  # none left out: a reference for a null
         doc["null_key"] = key
         doc["null"] = {"calibrated": False}
         if null is not None:

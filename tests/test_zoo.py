@@ -295,15 +295,21 @@ families: {badnet: {}}
 
 
 @pytest.mark.slow
-def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys):
-    """Five clean smoke members are the references: `zoo calibrate` measures each in reference mode
-    (every detector, nothing purified) and writes the null; `zoo eval --calibration` then calibrates
-    each verdict with it, and a run whose detection settings differ refuses it."""
+def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys, caplog):
+    """Five clean smoke members are the references: `zoo calibrate` reuses a plain evaluation where
+    every detector ran and measures the others in reference mode (every detector, nothing purified),
+    and writes the null; `zoo eval --calibration` then calibrates each verdict with it, and a run
+    whose detection settings differ refuses it."""
     spec, zoo, null = tmp_path / "refs.yaml", tmp_path / "zoo", tmp_path / "null.json"
     spec.write_text(REFERENCES_SPEC)
     assert main(["zoo", "build", str(spec), "--out", str(zoo)]) == 0
     quick = ["--defense", "invertune", "-p", "profile=quick"]
-    assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(null)]) == 0
+    assert main(["zoo", "eval", str(zoo), *quick, "--only", "refs-000,refs-001"]) == 0
+    plain = [json.loads(p.read_text())["detection"] for p in zoo.glob("evals/invertune-*/refs-00*/run/result.json")]
+    complete = sum(d["statistics_complete"] for d in plain)
+    with caplog.at_level("INFO", logger="toolbox.zoo.calibrate"):
+        assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(null)]) == 0
+    assert f"{complete} references from its evaluation, {5 - complete} measured now" in caplog.text
     out = capsys.readouterr().out
     assert "leave one out at alpha 0.05" in out and "(5 references)" in out
     doc = json.loads(null.read_text())

@@ -136,6 +136,22 @@ def eval_member(
     return outcome.to_dict()
 
 
+def saved_result(zoo_dir: Path, record: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> Any:
+    """The result.json of this member's plain evaluation (no calibration, references or rebound) when
+    its outcome stands for this configuration and defense code; None otherwise."""
+    from ..intake.documents import read_result
+
+    out = eval_dir(zoo_dir, defense, params, seed) / record["id"]
+    if not (out / OUTCOME_JSON).is_file() or not (out / "run" / "result.json").is_file():
+        return None
+    registry = get_host().build_registry(quiet=True)
+    saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+    key = outcome_key(record, defense, params, seed, registry)
+    if not reusable(saved, key, code_fingerprint(registry.get("defense", defense).obj), record["id"]):
+        return None
+    return read_result(out / "run" / "result.json")
+
+
 def code_fingerprint(obj: Any) -> str:
     """The code an outcome was measured with: a hash of the source of the package that holds the
     module defining ``obj`` (a defense; the module itself when it is top-level) and the host's
