@@ -97,11 +97,14 @@ def main() -> int:
             rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None
             if name == "invertune-null":  # the null's threshold, on both splits: -log10(alpha)
-                given = round(-math.log10(ALPHA), 4)
+                given = -math.log10(ALPHA)
             summary = score_population(rows, threshold=given)
             if split == "dev" and name != "invertune-null" and (summary.get("detection") or {}).get("tpr_at_fpr"):
                 thresholds[name] = summary["detection"]["tpr_at_fpr"]["threshold"]
-            title = f"{name} on the {split} split" + (f" (threshold {given} from dev)" if given is not None else "")
+            source = "the clean null's alpha" if name == "invertune-null" else "dev"
+            title = f"{name} on the {split} split" + (
+                f" (threshold {given:.4g} from {source})" if given is not None else ""
+            )
             write_report(summary, rows, out, title)
             print(markdown_summary(summary, title))
             print(f"\nreport: {out}\n")

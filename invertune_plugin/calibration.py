@@ -280,7 +280,8 @@ def calibration_page(
             "## The calibrated verdict",
             "",
             "InverTune given the nulls (`invertune-null` on the zoo page): backdoored when k times the smallest "
-            f"tail is <= {alpha:g}; nothing here was fitted on dev or test.",
+            f"tail is <= {alpha:g}; no threshold was fitted. The dev split's clean members are references of the "
+            "null, so its dev FPR is in-sample; the test split's is the held-out measure.",
             "",
             *calibrated_section(calibrated, alpha),
             "",

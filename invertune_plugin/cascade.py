@@ -161,7 +161,7 @@ def run_cascade(
         ctx.timings[f"detect.{det.name}"] = seconds
         passing = [f for f in found if (passes(f) if passes else f.passed)]  # may add evidence: before recording
         for f in found if passes else ():
-            f.accepted = f in passing
+            f.accepted = any(f is p for p in passing)
         steps.append({"detector": det.name, "seconds": round(seconds, 2), "findings": [f.record() for f in found]})
         ratios += [f.gate_ratio for f in found]
         if found and first is None:
@@ -177,10 +177,25 @@ def run_cascade(
     return CascadeResult(Verdict.NO_BACKDOOR_FOUND, first[0], first[1], steps, max(ratios, default=0.0))
 
 
-def statistics(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per detector that ran: its largest gate ratio (0 without findings), the statistic a clean null calibrates."""
+def effective_ratio(gate_ratio: float, differential: dict[str, Any] | None, min_differential: float) -> float:
+    """A finding's gate ratio, capped by its margin over the reference models (margin / min_differential)
+    where it was compared with them: >= 1 exactly when every gate passed and the margin did."""
+    if differential is None:
+        return gate_ratio
+    return min(gate_ratio, max(differential["margin"], 0.0) / max(min_differential, 1e-6))
+
+
+def statistics(steps: list[dict[str, Any]], min_differential: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Per detector that ran: its largest effective ratio over its findings (0 without findings), as
+    recorded (rounded): the statistic a clean null calibrates, and the score's parts."""
     return {
-        step["detector"]: {"value": max((f["gate_ratio"] for f in step["findings"]), default=0.0), "scale": "log"}
+        step["detector"]: {
+            "value": max(
+                (effective_ratio(f["gate_ratio"], f.get("differential"), min_differential) for f in step["findings"]),
+                default=0.0,
+            ),
+            "scale": "log",
+        }
         for step in steps
         if "findings" in step
     }

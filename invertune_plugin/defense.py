@@ -26,18 +26,31 @@ import torch
 
 from toolbox import atomic, precision
 from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides, config_values
+from toolbox.errors import InputError
+from toolbox.escape import shown
 from toolbox.null import CleanNull, select
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from .cascade import CascadeResult, Detector, Finding, SearchContext, Verdict, detector_class, run_cascade, statistics
+from .cascade import (
+    CascadeResult,
+    Detector,
+    Finding,
+    SearchContext,
+    Verdict,
+    detector_class,
+    effective_ratio,
+    run_cascade,
+    statistics,
+)
 from .differential import Differential
 from .identify import Identification, IdentifyConfig, identify
 from .invert import InvertConfig, InvertedTrigger, invert
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 
 DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
+TUNING_PREFIXES = ("rounds", "tune_", "round_check")  # stage-3-only detector settings: left out of null_key
 CALIBRATED_SCORE_DEFINITION = "-log10 of the calibrated score under the clean null (detection.null.rule)"
 SCORE_DEFINITION = (
     "largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
@@ -147,6 +160,8 @@ class InverTune(Defense):
         search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
         key = null_key(cfg, ctx.model, ctx.classnames, ctx.templates, len(images))
         null = select(ctx.nulls, key, self.name) if ctx.nulls else None
+        if null is not None:
+            self.check_null(null)
         if cfg.target is None:
             start = time.perf_counter()
             search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
@@ -170,7 +185,7 @@ class InverTune(Defense):
         info["invert_history"] = result.finding.trigger.history
         return DefenseOutcome(
             model=model,
-            detection=detection_record(search.ident, result, key, null, cfg.alpha, len(cfg.cascade)),
+            detection=detection_record(search.ident, result, key, null, cfg),
             artifacts=artifacts,
             timings_s=search.timings,
             info=info,
@@ -193,14 +208,24 @@ class InverTune(Defense):
             else None
         )
 
-        def passes(f: Finding) -> bool:
-            ok = f.passed if null is None else null.adjusted(f.detector, f.gate_ratio) <= cfg.alpha
+        def passes(f: Finding) -> bool:  # on the values the result records, so the record says the same
+            judged = None
             if differential is not None:
                 f.evidence["differential"] = judged = differential.judge(f.trigger, f.target)
-                ok = ok and judged["margin"] >= cfg.min_differential
-            return ok
+            value = effective_ratio(round(f.gate_ratio, 4), judged, cfg.min_differential)
+            return value >= 1 if null is None else null.adjusted(f.detector, value) <= cfg.alpha
 
         return passes
+
+    def check_null(self, null: CleanNull) -> None:
+        """The null must hold a statistic for exactly the detectors this run measures."""
+        cfg: InverTuneConfig = self.config
+        ran = {d.name for d in self.detectors() if not (d.needs_race and cfg.identify.method != "targeted")}
+        if set(null.statistics) != ran:
+            raise InputError(
+                f"{shown(null.source or 'the calibration file')} holds statistics for "
+                f"{', '.join(shown(s) for s in sorted(null.statistics))}; this run measures {', '.join(sorted(ran))}"
+            )
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""
@@ -282,8 +307,7 @@ def detection_record(
     result: CascadeResult,
     key: dict[str, Any] | None = None,
     null: CleanNull | None = None,
-    alpha: float = 0.05,
-    n_detectors: int = 0,
+    cfg: InverTuneConfig | None = None,
 ) -> dict[str, Any]:
     """``detection`` in result.json: the verdict, the trigger, every detector's findings and, for a
     clean null, their statistics and the key they hold for (toolbox/null.py)."""
@@ -302,14 +326,17 @@ def detection_record(
         doc["ranking_top5"] = [{"class": c, "shift": round(v, 4)} for c, v in ident.ranking[:5]]
         doc["stage1"] = ident.evidence()
         doc["cascade"] = result.steps
-        doc["statistics"] = statistics(result.steps)
-        doc["statistics_complete"] = len(result.steps) == n_detectors  # none left out: a reference for a null
+        cfg = cfg or InverTuneConfig()
+        doc["statistics"] = stats = statistics(result.steps, cfg.min_differential)
+        # no detector left out by an early stop (one skipped for want of the race never runs): a null's reference
+        doc["statistics_complete"] = len(result.steps) == len(cfg.cascade)
+        doc["score"] = round(max((v["value"] for v in stats.values()), default=0.0), 4)
         doc["null_key"] = key
         doc["null"] = {"calibrated": False}
         if null is not None:
-            assessed = null.assess({k: v["value"] for k, v in doc["statistics"].items()}, alpha)
+            assessed = null.assess({k: v["value"] for k, v in stats.items()}, cfg.alpha)
             doc["null"] = assessed
-            doc["score"] = round(-math.log10(max(assessed["score"], 1e-300)), 4)
+            doc["score"] = round(-math.log10(max(assessed["score"], 1e-300)), 6)
             doc["score_definition"] = CALIBRATED_SCORE_DEFINITION
     return doc
 
@@ -323,7 +350,12 @@ def null_key(
         return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     settings = config_values(cfg)
-    detection = {k: settings[k] for k in ("cascade", "detectors", "identify", "invert", "precision")}
+    detection = {k: settings[k] for k in ("cascade", "identify", "invert", "precision")}
+    # each detector's search and gates; how stage 3 tunes against its trigger changes no statistic
+    detection["detectors"] = {
+        name: {k: v for k, v in values.items() if not k.startswith(TUNING_PREFIXES)}
+        for name, values in settings["detectors"].items()
+    }
     return {
         "architecture": digest([list(p.shape) for p in model.parameters()]),  # the shapes of every parameter
         "image_size": int(model.image_size),

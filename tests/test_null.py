@@ -141,3 +141,28 @@ def test_run_refuses_a_calibration_for_a_defense_without_statistics(host, tmp_pa
     path.write_text(json.dumps(doc))
     assert main(["run", "--defense", "invertune", "--preset", "smoke", "--calibration", str(path)]) == 2
     assert "a null of defense 'other', not of 'invertune'" in capsys.readouterr().err
+
+
+def test_a_statistic_without_spread_falls_back_to_its_rank():
+    """Clean references all at the floor (nothing found): a normal fit would call any suspect value
+    significant; the empirical tail cannot go below 1 / (n + 1)."""
+    flat = Statistic("log", (0.0,) * 11 + (0.02,))  # most references at one value: no shape to extrapolate
+    assert flat.degenerate and flat.tail(0.05) == pytest.approx(1 / 13)
+    floor = Statistic("log", (0.0,) * 8)
+    assert floor.degenerate and floor.tail(0.05) == pytest.approx(1 / 9) and floor.tail(0.0) == 1.0
+    null = null_of({"a": [0.0] * 8})
+    assert null.assess({"a": 5.0})["backdoored"] is False  # 1/9 > 0.05: a degenerate null cannot convict
+
+
+def test_calibration_values_are_bounded(tmp_path):
+    path = tmp_path / "null.json"
+    null_of({"a": [0.2, 0.3, 0.25, 0.22, 0.28]}).write(path)
+    doc = json.loads(path.read_text())
+    doc["statistics"]["a"]["values"][0] = 1e200
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="not a valid toolbox.null/1"):
+        read_null(path)
+    doc["statistics"] = {"a\nb": doc["statistics"]["a"]}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="not a valid toolbox.null/1"):
+        read_null(path)

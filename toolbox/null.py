@@ -13,7 +13,9 @@ The rule, stated once here and recorded in every calibrated result (:data:`RULE`
   the log scale where the statistic says so): with n references of mean m and spread s, a new clean
   value exceeds x with probability ``P(T_{n-1} >= (x - m) / (s * sqrt(1 + 1/n)))``, Student's t
   with n - 1 degrees of freedom. A parametric tail because a null of a dozen models cannot give an
-  empirical tail below 1/13; the empirical one (rank among the references) is recorded beside it;
+  empirical tail below 1/13; the empirical one (rank among the references) is recorded beside it,
+  and replaces it for a statistic whose references barely vary or mostly share one value
+  (``Statistic.degenerate``);
 - the model's score is Bonferroni's bound over the null's k statistics, ``min(1, k * min_i p_i)``
   (statistics the run did not measure count in k: the bound holds whatever their dependence);
 - the verdict is "backdoored" when the score is at most ``alpha``, a false-positive rate fixed on the
@@ -22,7 +24,6 @@ The rule, stated once here and recorded in every calibrated result (:data:`RULE`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ SCHEMA_ID = "toolbox.null/1"
 MIN_REFERENCES = 5  # fewer clean models than this is no estimate of a spread
 DEFAULT_ALPHA = 0.05
 LOG_FLOOR = 1e-3  # a log-scale statistic of 0 (nothing found) sits at the floor, not at -inf
+MIN_SPREAD = {"log": 0.05, "linear": 1e-6}  # below: no spread to fit (Statistic.degenerate)
+MAX_VALUE = 1e12  # a statistic's magnitude; larger ones are refused (the schema's bound too)
 RULE = (
     "per statistic, the predictive tail of a normal fitted to the clean null (log scale where stated), "
     "Student's t with n - 1 degrees of freedom; score: min(1, k * smallest tail) over the null's k "
@@ -66,13 +69,27 @@ class Statistic:
         """P(a new clean model's statistic >= value): the predictive Student-t tail (module rule)."""
         from scipy.stats import t
 
-        xs = [_scaled(v, self.scale) for v in self.values]
-        n = len(xs)
-        mean = sum(xs) / n
-        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-        sd = max(sd, 1e-6 * max(1.0, abs(mean)))  # identical references: a point mass, not a division by 0
+        if self.degenerate:  # no spread to scale a distance by: the rank among the references only
+            return self.empirical_tail(value)
+        mean, sd = self.fit()
+        n = len(self.values)
         z = (_scaled(value, self.scale) - mean) / (sd * math.sqrt(1 + 1 / n))
         return float(t.sf(z, df=n - 1))
+
+    def fit(self) -> tuple[float, float]:
+        """Mean and sample standard deviation of the references on the statistic's scale."""
+        xs = [_scaled(v, self.scale) for v in self.values]
+        mean = math.fsum(xs) / len(xs)
+        return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+    @property
+    def degenerate(self) -> bool:
+        """The references barely vary, or most share one value (e.g. at the floor: nothing found): a
+        normal fit of such a sample extrapolates nothing real, so the statistic falls back to its
+        empirical tail (at least 1 / (n + 1))."""
+        xs = [_scaled(v, self.scale) for v in self.values]
+        most = max(xs.count(x) for x in set(xs))
+        return self.fit()[1] < MIN_SPREAD[self.scale] or most > len(xs) / 2
 
     def empirical_tail(self, value: float) -> float:
         """(1 + #references at or above value) / (n + 1): the rank-based tail, for the record."""
@@ -92,7 +109,9 @@ class CleanNull:
     def differences(self, key: Mapping[str, Any]) -> str:
         """What differs between this null's key and ``key`` ("" when nothing does)."""
         differ = [k for k in sorted(set(self.key) | set(key)) if self.key.get(k) != key.get(k)]
-        return "; ".join(f"{k}: null {self.key.get(k)!r}, this run {key.get(k)!r}" for k in differ[:4])
+        return "; ".join(
+            f"{shown(k)}: null {shown(repr(self.key.get(k)))}, this run {key.get(k)!r}" for k in differ[:4]
+        )
 
     def check_key(self, key: Mapping[str, Any], defense: str) -> None:
         """Refuse a null made for other settings: an InputError naming each field that differs."""
@@ -150,7 +169,7 @@ def select(nulls: Sequence[CleanNull], key: Mapping[str, Any], defense: str) -> 
         if not null.differences(key):
             return null
     if not ours:
-        named = ", ".join(f"{shown(n.source or 'a null')} ({n.defense})" for n in nulls)
+        named = ", ".join(f"{shown(n.source or 'a null')} ({shown(n.defense)})" for n in nulls)
         raise InputError(f"no calibration file given is a null of defense {defense!r}: {named}")
     said = " | ".join(f"{shown(n.source or 'the null')}: {n.differences(key)}" for n in ours)
     raise InputError(
@@ -172,18 +191,18 @@ def from_results(
             "calibrate one architecture, vocabulary and setting at a time"
         )
     scales: dict[str, str] = {}
-    values: dict[str, list[float]] = {}
+    for _, det in results:  # every statistic any reference has, then each reference must have them all
+        for stat, entry in (det.get("statistics") or {}).items():
+            scales.setdefault(stat, entry["scale"])
+    values: dict[str, list[float]] = {stat: [] for stat in scales}
     for name, det in results:
         stats = det.get("statistics") or {}
-        for stat, entry in stats.items():
-            scales.setdefault(stat, entry["scale"])
-            values.setdefault(stat, [])
-        missing = set(values) - set(stats)
+        missing = set(scales) - set(stats)
         if missing:
-            raise InputError(f"reference {name} lacks statistics {', '.join(sorted(missing))}: was it run in full?")
-    for _, det in results:
-        for stat in values:
-            values[stat].append(float(det["statistics"][stat]["value"]))
+            said = ", ".join(shown(m) for m in sorted(missing))
+            raise InputError(f"reference {shown(name)} lacks statistics {said}: was it run in full?")
+        for stat in scales:
+            values[stat].append(float(stats[stat]["value"]))
     null = CleanNull(
         defense,
         dict(results[0][1]["null_key"]),
@@ -200,21 +219,21 @@ def check(null: CleanNull) -> None:
     for name, stat in null.statistics.items():
         if len(stat.values) != len(null.references):
             n = len(null.references)
-            raise InputError(f"{where}: statistic {name} has {len(stat.values)} values for {n} references")
+            raise InputError(f"{where}: statistic {shown(name)} has {len(stat.values)} values for {n} references")
         if len(stat.values) < MIN_REFERENCES:
             raise InputError(
                 f"{where}: {len(stat.values)} clean references, fewer than {MIN_REFERENCES}: "
                 "too few to estimate a spread"
             )
-        if not all(math.isfinite(v) for v in stat.values):
-            raise InputError(f"{where}: statistic {name} holds a value that is not finite")
+        if not all(math.isfinite(v) and abs(v) <= MAX_VALUE for v in stat.values):
+            raise InputError(f"{where}: statistic {shown(name)} holds a value that is not finite or over {MAX_VALUE:g}")
 
 
 def read_null(path: Path | str) -> CleanNull:
     """The calibration file at ``path``, read by the intake's rules, with enough finite values."""
     from .intake.documents import read_calibration
 
-    doc = read_calibration(path)
+    doc, sha256 = read_calibration(path)
     null = CleanNull(
         doc["defense"],
         doc["key"],
@@ -222,7 +241,7 @@ def read_null(path: Path | str) -> CleanNull:
         tuple(doc["references"]),
         {k: doc[k] for k in ("created", "command", "commit") if k in doc},
         str(path),
-        hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        sha256,
     )
     check(null)
     return null

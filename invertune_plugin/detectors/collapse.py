@@ -130,20 +130,20 @@ class CollapseSearch(Detector):
             mask, pattern = torch.sigmoid(mask_p), torch.sigmoid(pattern_p)
             x = mask * pattern + (1 - mask) * images[idx]
             cosine = mean_pairwise_cosine(ctx.model.encode_image(x))
+            if (step + 1) % cfg.check_every == 0:  # judged on this very mask, before the step moves it
+                if float(cosine.detach()) >= cfg.collapse:  # collapsed: keep the smallest such mask, push it smaller
+                    fraction = float(mask.detach().mean())
+                    if best is None or fraction < best.fraction:
+                        best = Collapse(
+                            mask.detach().clone(), pattern.detach().clone(), fraction, float(cosine.detach())
+                        )
+                    cost *= cfg.cost_factor
+                else:
+                    cost /= cfg.cost_factor
             loss = (1 - cosine) + cost * mask.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if (step + 1) % cfg.check_every:
-                continue
-            fraction = float(torch.sigmoid(mask_p.detach()).mean())
-            if float(cosine.detach()) >= cfg.collapse:  # collapsed: keep the smallest such mask, push it smaller
-                if best is None or fraction < best.fraction:
-                    mask, pattern = (torch.sigmoid(p.detach()).clone() for p in (mask_p, pattern_p))
-                    best = Collapse(mask, pattern, fraction, float(cosine.detach()))
-                cost *= cfg.cost_factor
-            else:
-                cost /= cfg.cost_factor
         if best is None:  # never collapsed: the last trigger, judged on held-out images by the caller
             mask, pattern = torch.sigmoid(mask_p).detach(), torch.sigmoid(pattern_p).detach()
             best = Collapse(mask, pattern, float(mask.mean()), 0.0)

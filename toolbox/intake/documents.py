@@ -215,18 +215,23 @@ def read_result(path: Path | str) -> dict[str, Any]:
     return check_result(parse(read_bytes(path), path), path)
 
 
-def read_calibration(path: Path | str) -> dict[str, Any]:
-    """A calibration file (``toolbox.null/1``, toolbox/null.py) at ``path``, read and validated by these rules."""
+def read_calibration(path: Path | str) -> tuple[dict[str, Any], str]:
+    """A calibration file (``toolbox.null/1``, toolbox/null.py) at ``path``, read and validated by these
+    rules, and the sha256 of the bytes read (the file is read once)."""
+    import hashlib
+
     import jsonschema
 
     from ..null import SCHEMA_ID, null_schema
 
-    return validated(
-        parse(read_bytes(path, what="calibration file"), path),
+    raw = read_bytes(path, what="calibration file")
+    doc = validated(
+        parse(raw, path),
         lambda doc: jsonschema.validate(instance=doc, schema=null_schema()),
         path,
         f"{SCHEMA_ID} calibration file",
     )
+    return doc, hashlib.sha256(raw).hexdigest()
 
 
 def reusable_result(path: Path) -> dict[str, Any] | None:

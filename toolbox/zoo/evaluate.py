@@ -58,24 +58,18 @@ def eval_member(
     calibration: tuple[str, ...] = (),
     reference: bool = False,
     references: tuple[str, ...] = (),
+    compared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
     ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py); ``calibration``:
-    a clean null for the verdict (toolbox/null.py); ``reference``: a clean reference run for a null."""
+    clean nulls for the verdict (toolbox/null.py); ``reference``: a clean reference run for a null;
+    ``references``: clean models to compare with; ``compared``: what those are, fingerprinted once by
+    :func:`eval_zoo` (it joins the outcome's key)."""
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
-    key = outcome_key(
-        record,
-        defense,
-        params,
-        seed,
-        registry,
-        rebound_steps,
-        [file_digest(c) for c in calibration],
-        reference,
-        references,
-    )
+    options = {**(compared or {}), "reference": reference}
+    key = outcome_key(record, defense, params, seed, registry, rebound_steps, options)
     code = code_fingerprint(registry.get("defense", defense).obj)
     if (out / OUTCOME_JSON).is_file():
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
@@ -205,8 +199,36 @@ def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool
     return True
 
 
-def file_digest(path: str | Path | None) -> str | None:
-    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def fingerprint(source: str) -> str:
+    """What a --reference is, for an outcome's key: a file's sha256 (streamed), a folder's file names,
+    sizes and modification times (a model folder is rewritten whole), else the name (embedded:...)."""
+    path = Path(source)
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+    if path.is_dir():
+        listing = sorted(
+            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in path.rglob("*") if f.is_file()
+        )
+        return config_hash("folder", listing)
+    return source
+
+
+def comparison_key(calibration: tuple[Path, ...], references: tuple[str, ...]) -> dict[str, Any]:
+    """The clean nulls (their files' sha256 and the tail rule's source) and the reference models an
+    evaluation is calibrated and compared with, read once: they join each member's outcome key."""
+    import toolbox.null as null_module
+
+    doc: dict[str, Any] = {}
+    if calibration:
+        doc["calibration"] = [read_null(c).sha256 for c in calibration]  # a bad file fails here, not per member
+        doc["rule"] = source_hash(null_module)
+    if references:
+        doc["references"] = [r if r == BASE else fingerprint(r) for r in references]
+    return doc
 
 
 def outcome_key(
@@ -216,21 +238,15 @@ def outcome_key(
     seed: int,
     registry: Any,
     rebound_steps: int = 0,
-    calibration: list[str | None] | None = None,
-    reference: bool = False,
-    references: tuple[str, ...] = (),
+    compared: dict[str, Any] | None = None,
 ) -> str:
     """The member's build and the defense's resolved configuration: a stale outcome is never reused.
-    ``calibration``: the digests of the clean nulls the verdict was calibrated with."""
+    ``compared``: what the verdict was calibrated and compared with (:func:`comparison_key`), and
+    whether the run measured a clean reference for a null."""
     from ..api import config_values
 
     cfg = configure(registry.get("defense", defense).obj, params)
-    options = {
-        "rebound_steps": rebound_steps,
-        "calibration": calibration,
-        "reference": reference,
-        "references": [file_digest(Path(r)) if Path(r).is_file() else r for r in references],
-    }
+    options = {"rebound_steps": rebound_steps, **(compared or {})}
     extra = ({k: v for k, v in options.items() if v},) if any(options.values()) else ()  # none: earlier keys hold
     return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
@@ -309,14 +325,13 @@ def eval_zoo(
     out = out_dir or eval_dir(zoo_dir, defense, params, seed)
     if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
         out = out.with_name(f"{out.name}-rebound{rebound_steps}")
-    for path in calibration:
-        read_null(path)  # a bad file fails here, not once per member
+    compared = comparison_key(tuple(calibration), tuple(references))
     if calibration and out_dir is None:  # likewise for each set of clean nulls
-        out = out.with_name(f"{out.name}-null{config_hash(*[file_digest(c) for c in calibration])[:8]}")
+        out = out.with_name(f"{out.name}-null{config_hash(compared['calibration'])[:8]}")
     if reference and out_dir is None:
         out = out.with_name(f"{out.name}-reference")
     if references and out_dir is None:
-        out = out.with_name(f"{out.name}-refs{config_hash(*references)[:8]}")
+        out = out.with_name(f"{out.name}-refs{config_hash(compared['references'])[:8]}")
     outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST], None)
     for r in records:  # a member's id names its folder under --out: a plain name, never a path
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
@@ -338,6 +353,7 @@ def eval_zoo(
                 "calibration": tuple(str(c) for c in calibration),
                 "reference": reference,
                 "references": tuple(str(r) for r in references),
+                "compared": compared,
             },
         )
         for i, r in enumerate(records)
