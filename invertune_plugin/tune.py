@@ -51,6 +51,7 @@ from .neurons import (
     select_layers,
     writer_rows,
 )
+from .stamps import RandomStamps
 
 if TYPE_CHECKING:
     from .adversary import Adversary
@@ -88,12 +89,17 @@ class TuneConfig:
     refresh_every: int = 0
     refresh_steps: int = 5
     refresh_lr: float = 0.01
+    # Not in the paper: hold randomly stamped images' embeddings to the suspect's clean ones (stamps.py),
+    # so tuning removes an answer to small stamps the reconstruction missed; 0: off until measured on dev
+    consistency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_agreement <= 1.0 or self.guard_every < 0 or self.guard_images < 1:
             raise ValueError("tune.min_agreement must be in [0, 1], guard_every >= 0, guard_images >= 1")
         if self.refresh_every < 0 or self.refresh_steps < 1 or self.refresh_lr <= 0:
             raise ValueError("tune.refresh_every must be >= 0, refresh_steps >= 1 and refresh_lr > 0")
+        if self.consistency_weight < 0:
+            raise ValueError("tune.consistency_weight must be >= 0")
         if self.min_agreement > 0 and self.guard_every == 0:
             raise ValueError("tune.min_agreement needs tune.guard_every > 0 (agreement is never measured)")
 
@@ -155,7 +161,12 @@ def tune(
             return model, report
         with torch.no_grad(), frozen(model):  # eval: the input's batch-norm statistics, untouched
             original_emb = image_embeddings(model, images, EMBED_BATCH)
-            objective = Objective(weights, original_emb, original_emb @ head.weights.T)
+            objective = Objective(
+                weights,
+                original_emb,
+                original_emb @ head.weights.T,
+                stamps=RandomStamps(seed) if cfg.consistency_weight > 0 else None,
+            )
         if cfg.guard_every > 0 and reference is None:
             reference = guard_reference(model, images, head, cfg, seed)
         optimise(tuned, params, images, trigger, head, cfg, seed, recorder, objective, reference, adversary, report)
@@ -222,6 +233,8 @@ class Objective:
     original_emb: Tensor  # [N, D] the original model's clean image embeddings
     original_sims: Tensor  # [N, C] their similarities with the class weights
     scale: tuple[float, float, float] | None = None  # normalize_losses: the first step's values
+    stamps: RandomStamps | None = None  # the consistency term's (TuneConfig.consistency_weight)
+    consistency: Tensor | None = None  # its value on the last batch
 
     def terms(
         self,
@@ -233,19 +246,24 @@ class Objective:
         idx: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(activation, preservation, unlearning) on the batch ``x`` (images ``idx``)."""
-        # clean and triggered images in one pass (eval mode: no batch statistics couple them), half the launches
-        emb, trig_emb = tuned.encode_image(torch.cat([x, trigger(x)])).split(len(x))
-        acts = recorder.take()  # [clean; triggered] per layer
+        # clean and triggered (and stamped) images in one pass (eval mode: no batch statistics couple them)
+        parts = [x, trigger(x)] + ([self.stamps(x)] if self.stamps is not None else [])
+        emb, trig_emb, *stamped = tuned.encode_image(torch.cat(parts)).split(len(x))
+        acts = recorder.take()  # [clean; triggered; stamped] per layer
+        if stamped:
+            self.consistency = (stamped[0] - self.original_emb[idx]).pow(2).sum(1).mean()
         activation = sum(
-            ((acts[n][: len(x)] - acts[n][len(x) :]) * w).pow(2).sum(1).mean() for n, w in self.weights.items()
+            ((acts[n][: len(x)] - acts[n][len(x) : 2 * len(x)]) * w).pow(2).sum(1).mean()
+            for n, w in self.weights.items()
         )
         preserve = (emb @ head.weights.T - self.original_sims[idx]).pow(2).mean()
         unlearn = (trig_emb - self.original_emb[idx]).pow(2).sum(1).mean()
         return activation, preserve, unlearn  # type: ignore[return-value]
 
     def total(self, activation: Tensor, preserve: Tensor, unlearn: Tensor, cfg: TuneConfig) -> Tensor:
+        extra = 0.0 if self.consistency is None else cfg.consistency_weight * self.consistency
         if not cfg.normalize_losses:
-            return activation + cfg.beta * preserve + cfg.embedding_weight * unlearn
+            return activation + cfg.beta * preserve + cfg.embedding_weight * unlearn + extra
         # activation relative to its starting value; preservation (0 at the start) relative
         # to the spread of the original similarities, so both are O(1) and beta means something
         if self.scale is None:
@@ -258,6 +276,7 @@ class Objective:
             activation / self.scale[0]
             + cfg.beta * preserve / self.scale[1]
             + cfg.embedding_weight * unlearn / self.scale[2]
+            + extra / self.scale[2]  # on the unlearning term's scale: both are embedding distances
         )
 
 
@@ -304,6 +323,7 @@ def optimise(
                     "activation": activation.item(),
                     "preserve": preserve.item(),
                     "unlearn": unlearn.item(),
+                    **({} if objective.consistency is None else {"consistency": objective.consistency.item()}),
                 }
             )
         if guarded and ((step + 1) % cfg.guard_every == 0 or step == cfg.steps - 1):

@@ -1004,3 +1004,28 @@ def test_a_trigger_that_moves_the_reference_as_much_is_natural(tmp_path, monkeyp
         judged = patch["differential"]
         assert judged["suspect_effect"] >= 0.9 and len(judged["reference_effects"]) == 1
         assert (judged["margin"] >= 0.5) is called
+
+
+def test_consistency_term_holds_randomly_stamped_images_to_the_clean_embeddings():
+    """tune.consistency_weight: a third part of each batch gets random stamps (stamps.py), whose distance
+    to the suspect's clean embeddings is recorded and trained on; off, the model tunes as before."""
+    from invertune_plugin.invert import patch_trigger
+    from invertune_plugin.stamps import RandomStamps
+    from invertune_plugin.tune import TuneConfig, tune
+
+    x = torch.rand(16, 3, 32, 32)
+    first, again = RandomStamps(3)(x), RandomStamps(3)(x)
+    assert torch.equal(first, again) and first.shape == x.shape  # seeded
+    changed = (first - x).abs().flatten(1).amax(1) > 0
+    assert changed.all() and (first - x).abs().mean() < 0.1  # small stamps or faint blends
+
+    model = tiny_open_clip("smoke")
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    trigger = patch_trigger(torch.rand(3, 4, 4), "top-left", 32, "lemon", 1.0)
+    cfg = TuneConfig(steps=4, batch_size=8, guard_every=0)
+    plain, report = tune(model, images, trigger, head, cfg, seed=1)
+    assert "consistency" not in report.history[0]
+    stamped, report = tune(model, images, trigger, head, dataclasses.replace(cfg, consistency_weight=1.0), seed=1)
+    assert report.history[0]["consistency"] > 0
+    assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), stamped.state_dict().values()))
