@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from toolbox.null import CleanNull
+from toolbox.null import CleanNull, leave_one_out
 from toolbox.zoo.outcome import MemberOutcome
 from toolbox.zoo.outcome import markdown_table as table
 
@@ -172,8 +172,6 @@ def _counts(members: list[EvaluatedMember]) -> str:
 
 def null_section(nulls: Sequence[CleanNull], alpha: float) -> list[str]:
     """Per clean null: its references and, per statistic, their spread; and the leave-one-out check."""
-    from toolbox.zoo.calibrate import leave_one_out
-
     header = ["null", "architecture key", "references", "statistic", "scale", "min / median / max", "LOO called"]
     body = []
     for null in nulls:

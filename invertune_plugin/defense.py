@@ -13,9 +13,6 @@ steps, to time and size a run at real scale. Any setting can be overridden:
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,10 +22,8 @@ from typing import Any, ClassVar
 import torch
 
 from toolbox import atomic, precision
-from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides, config_values
-from toolbox.errors import InputError
-from toolbox.escape import shown
-from toolbox.null import CleanNull, select
+from toolbox.api import Defense, DefenseContext, DefenseOutcome, apply_overrides
+from toolbox.null import CleanNull, check_statistics, select
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
@@ -42,20 +37,14 @@ from .cascade import (
     detector_class,
     effective_ratio,
     run_cascade,
-    statistics,
 )
 from .differential import Differential
 from .identify import Identification, IdentifyConfig, identify
 from .invert import InvertConfig, InvertedTrigger, invert
+from .record import detection_record, null_key
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 
 DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
-TUNING_PREFIXES = ("rounds", "tune_", "round_check")  # stage-3-only detector settings: left out of null_key
-CALIBRATED_SCORE_DEFINITION = "-log10 of the calibrated score under the clean null (detection.null.rule)"
-SCORE_DEFINITION = (
-    "largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
-    "statistic / gate ratios (a mask fraction: gate / statistic); >= 1 where every gate passed"
-)
 
 
 @dataclass(frozen=True)
@@ -220,12 +209,9 @@ class InverTune(Defense):
     def check_null(self, null: CleanNull) -> None:
         """The null must hold a statistic for exactly the detectors this run measures."""
         cfg: InverTuneConfig = self.config
-        ran = {d.name for d in self.detectors() if not (d.needs_race and cfg.identify.method != "targeted")}
-        if set(null.statistics) != ran:
-            raise InputError(
-                f"{shown(null.source or 'the calibration file')} holds statistics for "
-                f"{', '.join(shown(s) for s in sorted(null.statistics))}; this run measures {', '.join(sorted(ran))}"
-            )
+        check_statistics(
+            null, {d.name for d in self.detectors() if not (d.needs_race and cfg.identify.method != "targeted")}
+        )
 
     def given_target(self, search: SearchContext, target: str) -> CascadeResult:
         """A known target: stage 2 toward it is the trigger, with the inversion detector's tuning rule."""
@@ -300,71 +286,6 @@ class InverTune(Defense):
                 break
         assert report is not None
         return model, report, rounds, checks
-
-
-def detection_record(
-    ident: Identification | None,
-    result: CascadeResult,
-    key: dict[str, Any] | None = None,
-    null: CleanNull | None = None,
-    cfg: InverTuneConfig | None = None,
-) -> dict[str, Any]:
-    """``detection`` in result.json: the verdict, the trigger, every detector's findings and, for a
-    clean null, their statistics and the key they hold for (toolbox/null.py)."""
-    finding = result.finding
-    doc: dict[str, Any] = {
-        "backdoored": result.verdict.backdoored,
-        "verdict": result.verdict.value,
-        "target": finding.target,
-        "target_given": ident is None,
-        "inverted_trigger": {**finding.trigger.evidence(), "source": result.detector.label},
-    }
-    if result.score is not None:
-        doc["score"] = round(result.score, 4)
-        doc["score_definition"] = SCORE_DEFINITION
-    if ident is not None:
-        doc["ranking_top5"] = [{"class": c, "shift": round(v, 4)} for c, v in ident.ranking[:5]]
-        doc["stage1"] = ident.evidence()
-        doc["cascade"] = result.steps
-        cfg = cfg or InverTuneConfig()
-        doc["statistics"] = stats = statistics(result.steps, cfg.min_differential)
-        # no detector left out by an early stop (one skipped for want of the race never runs): a null's reference
-        doc["statistics_complete"] = len(result.steps) == len(cfg.cascade)
-        doc["score"] = round(max((v["value"] for v in stats.values()), default=0.0), 4)
-        doc["null_key"] = key
-        doc["null"] = {"calibrated": False}
-        if null is not None:
-            assessed = null.assess({k: v["value"] for k, v in stats.items()}, cfg.alpha)
-            doc["null"] = assessed
-            doc["score"] = round(-math.log10(max(assessed["score"], 1e-300)), 6)
-            doc["score_definition"] = CALIBRATED_SCORE_DEFINITION
-    return doc
-
-
-def null_key(
-    cfg: InverTuneConfig, model: Any, classnames: list[str], templates: list[str], n_images: int
-) -> dict[str, Any]:
-    """What the detection statistics hold for: a clean null measured with another key does not apply."""
-
-    def digest(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    settings = config_values(cfg)
-    detection = {k: settings[k] for k in ("cascade", "identify", "invert", "precision")}
-    # each detector's search and gates; how stage 3 tunes against its trigger changes no statistic
-    detection["detectors"] = {
-        name: {k: v for k, v in values.items() if not k.startswith(TUNING_PREFIXES)}
-        for name, values in settings["detectors"].items()
-    }
-    return {
-        "architecture": digest([list(p.shape) for p in model.parameters()]),  # the shapes of every parameter
-        "image_size": int(model.image_size),
-        "classes": len(classnames),
-        "vocabulary": digest(classnames),
-        "templates": digest(templates),
-        "n_images": n_images,
-        "detection_settings": digest(detection),
-    }
 
 
 def write_artifacts(

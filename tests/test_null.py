@@ -9,8 +9,7 @@ import random
 import pytest
 
 from toolbox.errors import InputError
-from toolbox.null import MIN_REFERENCES, CleanNull, Statistic, from_results, read_null, select
-from toolbox.zoo.calibrate import leave_one_out
+from toolbox.null import MIN_REFERENCES, CleanNull, Statistic, from_results, leave_one_out, read_null, select
 
 KEY = {"architecture": "abc", "image_size": 32, "classes": 4}
 

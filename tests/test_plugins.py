@@ -203,6 +203,7 @@ def test_plugins_command_prints_json(host, capsys):
     assert inv["version"] and inv["hooks"] == ["register_defenses", "register_detectors"] and inv["status"] == "loaded"
     assert inv["provides"] == [
         "defense:invertune",
+        "detector:collapse",
         "detector:inversion",
         "detector:linf",
         "detector:patch",

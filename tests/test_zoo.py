@@ -223,7 +223,7 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
-    from toolbox.zoo.evaluate import reusable
+    from toolbox.zoo.keys import reusable
 
     saved = {"key": "k1", "code": "c1", "outcome": {}}
     assert reusable(saved, "k1", "c1", "m")
@@ -237,7 +237,7 @@ def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
 def test_source_hash_covers_every_module_of_the_package(tmp_path, monkeypatch):
     import importlib
 
-    from toolbox.zoo.evaluate import code_fingerprint, source_hash
+    from toolbox.zoo.keys import code_fingerprint, source_hash
 
     pkg = tmp_path / "fp_pkg"
     pkg.mkdir()
@@ -263,7 +263,7 @@ def test_one_plugins_fingerprint_holds_its_own_package_not_its_neighbours(tmp_pa
     import importlib
     import sys
 
-    from toolbox.zoo.evaluate import code_fingerprint, source_hash
+    from toolbox.zoo.keys import code_fingerprint, source_hash
 
     for sub in ("a", "b"):
         (tmp_path / "ns_plugins" / sub).mkdir(parents=True)
@@ -295,7 +295,7 @@ families: {badnet: {}}
 
 
 @pytest.mark.slow
-def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys, caplog):
+def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys):
     """Five clean smoke members are the references: `zoo calibrate` reuses a plain evaluation where
     every detector ran and measures the others in reference mode (every detector, nothing purified),
     and writes the null; `zoo eval --calibration` then calibrates each verdict with it, and a run
@@ -307,11 +307,11 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     assert main(["zoo", "eval", str(zoo), *quick, "--only", "refs-000,refs-001"]) == 0
     plain = [json.loads(p.read_text())["detection"] for p in zoo.glob("evals/invertune-*/refs-00*/run/result.json")]
     complete = sum(d["statistics_complete"] for d in plain)
-    with caplog.at_level("INFO", logger="toolbox.zoo.calibrate"):
-        assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(null)]) == 0
-    assert f"{complete} references from its evaluation, {5 - complete} measured now" in caplog.text
+    capsys.readouterr()
+    assert main(["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(null)]) == 0
     out = capsys.readouterr().out
-    assert "leave one out at alpha 0.05" in out and "(5 references)" in out
+    assert "leave one out at alpha 0.05" in out
+    assert f"(5 references: {complete} from earlier evaluations, {5 - complete} measured now)" in out
     doc = json.loads(null.read_text())
     assert doc["schema"] == "toolbox.null/1" and len(doc["references"]) == 5
     assert set(doc["statistics"]) == {"inversion", "patch", "stripes", "linf"}

@@ -3,7 +3,7 @@
 Plugins talk to the host through :mod:`toolbox.hookspecs` and the interfaces in
 :mod:`toolbox.api`. The whole public contract, all that plugins and adapters may import
 (``PUBLIC_MODULES``, kept so by tests/test_layering.py): ``toolbox``, ``toolbox.api``,
-``toolbox.hookspecs``, ``toolbox.progress``, ``toolbox.zeroshot``, ``toolbox.contrastive``,
+``toolbox.hookspecs``, ``toolbox.progress``, ``toolbox.zeroshot``, ``toolbox.contrastive``, ``toolbox.null``,
 ``toolbox.precision`` and the small utilities ``toolbox.compat``, ``toolbox.atomic``, ``toolbox.cache``.
 The rest (runner, plugins, evaluation, results, cli, compare, leaderboard, catalogue, builtins) is
 the host's machinery.
@@ -23,6 +23,7 @@ PUBLIC_MODULES = (
     "toolbox.atomic",
     "toolbox.cache",
     "toolbox.lookup",
+    "toolbox.null",
     "toolbox.intake",
     "toolbox.intake.files",
     "toolbox.intake.numbers",

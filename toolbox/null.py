@@ -178,6 +178,16 @@ def select(nulls: Sequence[CleanNull], key: Mapping[str, Any], defense: str) -> 
     )
 
 
+def check_statistics(null: CleanNull, measured: set[str]) -> None:
+    """The null must hold a statistic for exactly the ones the run measures (else an InputError)."""
+    if set(null.statistics) != measured:
+        have = ", ".join(shown(s) for s in sorted(null.statistics))
+        raise InputError(
+            f"{shown(null.source or 'the calibration file')} holds statistics for {have}; "
+            f"this run measures {', '.join(sorted(measured))}"
+        )
+
+
 def from_results(
     defense: str, results: Sequence[tuple[str, Mapping[str, Any]]], provenance: Mapping[str, Any]
 ) -> CleanNull:
@@ -245,3 +255,18 @@ def read_null(path: Path | str) -> CleanNull:
     )
     check(null)
     return null
+
+
+def leave_one_out(null: CleanNull, alpha: float) -> list[dict[str, Any]]:
+    """Each reference scored under the null of the others: the realised false-positive rate at ``alpha``."""
+    rows = []
+    for i, name in enumerate(null.references):
+        rest = CleanNull(
+            null.defense,
+            null.key,
+            {k: Statistic(s.scale, s.values[:i] + s.values[i + 1 :]) for k, s in null.statistics.items()},
+            null.references[:i] + null.references[i + 1 :],
+        )
+        assessed = rest.assess({k: s.values[i] for k, s in null.statistics.items()}, alpha)
+        rows.append({"reference": name, "score": assessed["score"], "called": assessed["backdoored"]})
+    return rows

@@ -109,7 +109,11 @@ def cmd_zoo_calibrate(args: argparse.Namespace) -> int:
         f"\nleave one out at alpha {args.alpha:g}: {len(called)} of {len(made.leave_one_out)} references called "
         f"backdoored{' (' + ', '.join(called) + ')' if called else ''}"
     )
-    print(f"null: {args.out} ({len(made.null.references)} references)")
+    n = len(made.null.references)
+    print(
+        f"null: {shown(args.out)} ({n} references: {made.reused} from earlier evaluations, "
+        f"{n - made.reused} measured now)"
+    )
     return EXIT_OK
 
 

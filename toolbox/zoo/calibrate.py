@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import InputError
 from ..grid import GridConfig
 from ..intake.documents import read_result
-from ..null import CleanNull, Statistic, from_results
+from ..null import CleanNull, from_results, leave_one_out
 from ..results import provenance
 from .build import read_manifest
 from .evaluate import eval_zoo, saved_result
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class Calibration:
     null: CleanNull
     leave_one_out: list[dict[str, Any]]  # per reference: its score under the null of the others
+    reused: int = 0  # references measured by an earlier plain evaluation (every detector ran)
 
 
 def clean_references(zoo_dir: Path, preset: str) -> list[str]:
@@ -48,6 +49,7 @@ def calibrate(
 ) -> Calibration:
     """Run the reference measurements (reusing those already made) and build the null."""
     results: list[tuple[str, dict[str, Any]]] = []
+    reused = 0
     for zoo in zoos:
         ids = clean_references(zoo, preset)
         if not ids:
@@ -60,6 +62,7 @@ def calibrate(
             if doc is not None and (doc.get("detection") or {}).get("statistics_complete"):
                 found[member] = doc["detection"]
         rest = [m for m in ids if m not in found]
+        reused += len(found)
         log.info("%s: %d references from its evaluation, %d measured now", zoo, len(found), len(rest))
         if rest:
             _, out = eval_zoo(zoo, defense, params, seed, grid, None, rest, reference=True)
@@ -74,19 +77,4 @@ def calibrate(
         results,
         {"created": prov["date"], "command": " ".join(command or []), "commit": prov["commit"]},
     )
-    return Calibration(null, leave_one_out(null, alpha))
-
-
-def leave_one_out(null: CleanNull, alpha: float) -> list[dict[str, Any]]:
-    """Each reference scored under the null of the others: the realised false-positive rate at ``alpha``."""
-    rows = []
-    for i, name in enumerate(null.references):
-        rest = CleanNull(
-            null.defense,
-            null.key,
-            {k: Statistic(s.scale, s.values[:i] + s.values[i + 1 :]) for k, s in null.statistics.items()},
-            null.references[:i] + null.references[i + 1 :],
-        )
-        assessed = rest.assess({k: s.values[i] for k, s in null.statistics.items()}, alpha)
-        rows.append({"reference": name, "score": assessed["score"], "called": assessed["backdoored"]})
-    return rows
+    return Calibration(null, leave_one_out(null, alpha), reused)

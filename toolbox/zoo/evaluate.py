@@ -8,10 +8,6 @@ model and compares verdict and target with the ground truth (:mod:`toolbox.zoo.s
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import inspect
 import json
 import logging
 import re
@@ -25,18 +21,17 @@ from ..cache import config_hash
 from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
-from ..null import read_null
 from ..plugins import get_host
 from ..rebound import ReboundConfig, rebound
 from ..runner import RunRequest, Sources, configure, load_model, memoised_data, run
 from .build import MANIFEST, member_trigger, read_manifest, world_data, world_of
+from .keys import BASE, code_fingerprint, comparison_key, outcome_key, reusable
 from .score import MemberOutcome
 from .spec import DEFAULT_WORLD
 
 log = logging.getLogger(__name__)
 
 OUTCOME_JSON = "outcome.json"
-BASE = "base"  # as a --reference of zoo eval: each member's own base preset (what it was fine-tuned from)
 
 
 def eval_dir(zoo_dir: Path, defense: str, params: dict[str, str], seed: int) -> Path:
@@ -75,23 +70,10 @@ def eval_member(
         saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
         if reusable(saved, key, code, record["id"]):
             return {**saved["outcome"], "label": record["label"]}  # the label follows the spec's margin
-    member_dir = Path(zoo_dir) / "members" / record["id"]
-    world = world_of(record["preset"], world=record.get("world", DEFAULT_WORLD)).data
-    # what a user would give the defense; train_data is read only by defenses that fine-tune on pairs
-    sources = Sources(
-        model=str(member_dir / "model"),
-        clean_data=world["clean_data"],
-        eval_data=world["eval_data"],
-        classes=world["classes"],
-        templates=world["templates"],
-        train_data=world["train_data"],
-        seed=seed,
-        device="cpu",
-    )  # as the scorer: reproducible
     result = run(
         RunRequest(
             defense=defense,
-            sources=sources,
+            sources=member_sources(Path(zoo_dir), record, seed),
             out=out / "run",
             defense_params=dict(params),
             command=["toolbox", "zoo", "eval", "(member)", record["id"], "--defense", defense],
@@ -130,6 +112,22 @@ def eval_member(
     return outcome.to_dict()
 
 
+def member_sources(zoo_dir: Path, record: dict[str, Any], seed: int) -> Sources:
+    """What a user would give a defense for this member: its model, its world's data; train_data is read
+    only by defenses that fine-tune on pairs. On the CPU, as the scorer: reproducible."""
+    world = world_of(record["preset"], world=record.get("world", DEFAULT_WORLD)).data
+    return Sources(
+        model=str(zoo_dir / "members" / record["id"] / "model"),
+        clean_data=world["clean_data"],
+        eval_data=world["eval_data"],
+        classes=world["classes"],
+        templates=world["templates"],
+        train_data=world["train_data"],
+        seed=seed,
+        device="cpu",
+    )
+
+
 def saved_result(zoo_dir: Path, record: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> Any:
     """The result.json of this member's plain evaluation (no calibration, references or rebound) when
     its outcome stands for this configuration and defense code; None otherwise."""
@@ -144,111 +142,6 @@ def saved_result(zoo_dir: Path, record: dict[str, Any], defense: str, params: di
     if not reusable(saved, key, code_fingerprint(registry.get("defense", defense).obj), record["id"]):
         return None
     return read_result(out / "run" / "result.json")
-
-
-def code_fingerprint(obj: Any) -> str:
-    """The code an outcome was measured with: a hash of the source of the package that holds the
-    module defining ``obj`` (a defense; the module itself when it is top-level) and the host's
-    version (its measurement protocol). One plugin's package, not a namespace of several: editing
-    one plugin does not invalidate another's outcomes. Taken once per process, when this process
-    first asks, which is when it loaded the code: files edited during a long evaluation do not
-    count, and a cluster job stamps the code it ran."""
-    module = inspect.getmodule(obj)
-    if module is None:
-        raise ValueError(f"cannot tell which module defines {obj!r}")
-    is_package = hasattr(module, "__path__")
-    return _package_fingerprint(
-        module.__name__ if is_package else module.__name__.rpartition(".")[0] or module.__name__
-    )
-
-
-@functools.cache
-def _package_fingerprint(package_name: str) -> str:
-    from .. import __version__
-
-    return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
-
-
-def source_hash(package: Any) -> str:
-    """A hash of every ``.py`` file of ``package`` (its one file for a single-module plugin)."""
-    where = getattr(package, "__file__", None)
-    paths = list(getattr(package, "__path__", []))
-    if paths:  # a package, regular or namespace
-        files = sorted((f, Path(root)) for root in paths for f in Path(root).rglob("*.py"))
-    elif where:
-        files = [(Path(where), Path(where).parent)]
-    else:
-        raise ValueError(f"{package!r} has no source files to fingerprint")
-    digest = hashlib.sha256()
-    for f, root in files:
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool:
-    """A saved outcome stands for this evaluation when its configuration key matches and it was
-    measured by this defense code (outcomes saved before the code was recorded are kept, with a warning)."""
-    if saved.get("key") != key:
-        return False
-    if "code" not in saved:
-        log.warning("%s: the saved outcome does not record the defense code it came from; reused as is", member_id)
-        return True
-    if saved["code"] != code:
-        log.info("%s: the defense code changed since the saved outcome; evaluating again", member_id)
-        return False
-    return True
-
-
-def fingerprint(source: str) -> str:
-    """What a --reference is, for an outcome's key: a file's sha256 (streamed), a folder's file names,
-    sizes and modification times (a model folder is rewritten whole), else the name (embedded:...)."""
-    path = Path(source)
-    if path.is_file():
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
-    if path.is_dir():
-        listing = sorted(
-            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in path.rglob("*") if f.is_file()
-        )
-        return config_hash("folder", listing)
-    return source
-
-
-def comparison_key(calibration: tuple[Path, ...], references: tuple[str, ...]) -> dict[str, Any]:
-    """The clean nulls (their files' sha256 and the tail rule's source) and the reference models an
-    evaluation is calibrated and compared with, read once: they join each member's outcome key."""
-    import toolbox.null as null_module
-
-    doc: dict[str, Any] = {}
-    if calibration:
-        doc["calibration"] = [read_null(c).sha256 for c in calibration]  # a bad file fails here, not per member
-        doc["rule"] = source_hash(null_module)
-    if references:
-        doc["references"] = [r if r == BASE else fingerprint(r) for r in references]
-    return doc
-
-
-def outcome_key(
-    record: dict[str, Any],
-    defense: str,
-    params: dict[str, str],
-    seed: int,
-    registry: Any,
-    rebound_steps: int = 0,
-    compared: dict[str, Any] | None = None,
-) -> str:
-    """The member's build and the defense's resolved configuration: a stale outcome is never reused.
-    ``compared``: what the verdict was calibrated and compared with (:func:`comparison_key`), and
-    whether the run measured a clean reference for a null."""
-    from ..api import config_values
-
-    cfg = configure(registry.get("defense", defense).obj, params)
-    options = {"rebound_steps": rebound_steps, **(compared or {})}
-    extra = ({k: v for k, v in options.items() if v},) if any(options.values()) else ()  # none: earlier keys hold
-    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
 
 
 def real_asr(
