@@ -32,9 +32,9 @@ class Calibration:
     reused: int = 0  # references measured by an earlier plain evaluation (every detector ran)
 
 
-def clean_references(zoo_dir: Path, preset: str) -> list[str]:
-    """The ids of the zoo's clean members built on ``preset``."""
-    return [r["id"] for r in read_manifest(zoo_dir) if r["label"] == "clean" and r["preset"] == preset]
+def clean_references(records: Sequence[dict[str, Any]], preset: str) -> list[dict[str, Any]]:
+    """The zoo's clean members built on ``preset``."""
+    return [r for r in records if r["label"] == "clean" and r["preset"] == preset]
 
 
 def calibrate(
@@ -51,16 +51,16 @@ def calibrate(
     results: list[tuple[str, dict[str, Any]]] = []
     reused = 0
     for zoo in zoos:
-        ids = clean_references(zoo, preset)
-        if not ids:
+        members = clean_references(read_manifest(zoo), preset)
+        if not members:
             log.warning("%s has no clean member built on preset %s", zoo, preset)
             continue
-        records = {r["id"]: r for r in read_manifest(zoo)}
+        ids = [r["id"] for r in members]
         found: dict[str, dict[str, Any]] = {}
-        for member in ids:  # a plain `zoo eval` in which every detector ran measured the reference already
-            doc = saved_result(zoo, records[member], defense, params, seed)
+        for record in members:  # a plain `zoo eval` in which every detector ran measured the reference already
+            doc = saved_result(zoo, record, defense, params, seed)
             if doc is not None and (doc.get("detection") or {}).get("statistics_complete"):
-                found[member] = doc["detection"]
+                found[record["id"]] = doc["detection"]
         rest = [m for m in ids if m not in found]
         reused += len(found)
         log.info("%s: %d references from its evaluation, %d measured now", zoo, len(found), len(rest))

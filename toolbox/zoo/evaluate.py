@@ -66,10 +66,9 @@ def eval_member(
     options = {**(compared or {}), "reference": reference}
     key = outcome_key(record, defense, params, seed, registry, rebound_steps, options)
     code = code_fingerprint(registry.get("defense", defense).obj)
-    if (out / OUTCOME_JSON).is_file():
-        saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
-        if reusable(saved, key, code, record["id"]):
-            return {**saved["outcome"], "label": record["label"]}  # the label follows the spec's margin
+    saved = saved_outcome(out, key, code, record["id"])
+    if saved is not None:
+        return {**saved, "label": record["label"]}  # the label follows the spec's margin
     result = run(
         RunRequest(
             defense=defense,
@@ -134,14 +133,21 @@ def saved_result(zoo_dir: Path, record: dict[str, Any], defense: str, params: di
     from ..intake.documents import read_result
 
     out = eval_dir(zoo_dir, defense, params, seed) / record["id"]
-    if not (out / OUTCOME_JSON).is_file() or not (out / "run" / "result.json").is_file():
+    if not (out / "run" / "result.json").is_file():
         return None
     registry = get_host().build_registry(quiet=True)
-    saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
     key = outcome_key(record, defense, params, seed, registry)
-    if not reusable(saved, key, code_fingerprint(registry.get("defense", defense).obj), record["id"]):
+    if saved_outcome(out, key, code_fingerprint(registry.get("defense", defense).obj), record["id"]) is None:
         return None
     return read_result(out / "run" / "result.json")
+
+
+def saved_outcome(out: Path, key: str, code: str, member_id: str) -> dict[str, Any] | None:
+    """The outcome saved in ``out`` when it stands for this key and defense code (keys.reusable)."""
+    if not (out / OUTCOME_JSON).is_file():
+        return None
+    saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+    return saved["outcome"] if reusable(saved, key, code, member_id) else None
 
 
 def real_asr(
