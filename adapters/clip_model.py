@@ -62,6 +62,10 @@ class OpenClipModel(nn.Module):
     def tokenize(self, texts: Sequence[str] | str) -> Tensor:
         return self._tokenizer(texts)
 
+    def token_embedding(self) -> nn.Module:
+        """The text tower's token embedding: a prompt learner (DBOM) replaces rows of its output."""
+        return self.clip.token_embedding
+
     def logit_scale(self) -> float:
         return float(self.clip.logit_scale.detach().exp())
 

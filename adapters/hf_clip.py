@@ -68,6 +68,10 @@ class HFClipModel(nn.Module):
     def tokenize(self, texts: Sequence[str] | str) -> Tensor:
         return self._tokenizer(texts)
 
+    def token_embedding(self) -> nn.Module:
+        """The text tower's token embedding (see OpenClipModel.token_embedding)."""
+        return self.hf.text_model.embeddings.token_embedding
+
     def logit_scale(self) -> float:
         return float(self.hf.logit_scale.detach().exp())
 

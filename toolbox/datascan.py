@@ -134,6 +134,9 @@ def scan(req: ScanRequest) -> Path:
             _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
         with timer.stage("load_data"):
             classnames, templates, train, eval_data = _load_sets(req, registry, loaded, attack is not None)
+            clean = (
+                _clean_data(req, registry, loaded, classnames) if getattr(defense, "uses_clean_data", False) else None
+            )
         assert staging.path is not None
         suspect, data, truth, attack_doc = loaded.model, train, None, None
         if attack is not None and areg is not None:
@@ -153,6 +156,8 @@ def scan(req: ScanRequest) -> Path:
                     seed=src.seed,
                     device=device,
                     workdir=work,
+                    base_model=loaded.model,
+                    clean_data=clean,
                 )
             )
         check_outcome(outcome, len(data.dataset), req.defense)
@@ -269,6 +274,14 @@ def _load_sets(
     if attacked and train.kind != "captioned":
         raise InputError(f"attack {req.attack!r} poisons image-caption data; {train.source} is {train.kind}")
     return classnames, templates, train, eval_data
+
+
+def _clean_data(req: ScanRequest, registry: Any, loaded: Any, classnames: list[str]) -> ImageData:
+    """The defender's clean images (--clean-data, else the model's own), for a defense that learns from them."""
+    source = req.sources.clean_data or loaded.data_defaults.get("clean_data")
+    if not source:
+        raise InputError(f"dataset defense {req.defense!r} learns from clean images: pass --clean-data")
+    return load_data(registry, source, loaded.model.image_size, classnames, req.skip_unreadable)
 
 
 def _poison(

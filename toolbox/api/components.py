@@ -137,6 +137,10 @@ class DataScanContext:
     seed: int
     device: torch.device
     workdir: Path
+    # the model as given, before the run's attack (when it attacks): a clean encoder for defenses that
+    # learn on top of a frozen one (DBOM); ``model`` itself otherwise
+    base_model: ClipModel | None = None
+    clean_data: ImageData | None = None  # the defender's own clean images, for defenses that use them
 
 
 @dataclass
@@ -186,3 +190,6 @@ class World(Component):
 
 class DatasetDefense(Component):
     """Flags poisoned samples of a training set before anyone trains on it (``toolbox scan-data``)."""
+
+    # True for defenses that learn from the defender's own clean images (scan-data loads --clean-data)
+    uses_clean_data: ClassVar[bool] = False

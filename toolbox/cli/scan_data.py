@@ -22,6 +22,7 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
         model_format=args.model_format,
         train_data=args.train_data,
         eval_data=args.eval_data,
+        clean_data=args.clean_data,
         classes=args.classes,
         templates=args.templates,
         seed=args.seed,
@@ -72,6 +73,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model trained on the poisoned set (needs --attack)",
     )
     p.add_argument("--eval-data", help="labelled evaluation split for --retrain (default: the model's own)")
+    p.add_argument(
+        "--clean-data",
+        help="the defender's own clean images, for dataset defenses that learn from them "
+        "(DBOM; default: the model's own)",
+    )
     p.add_argument("--classes", help="class names file, one per line")
     p.add_argument("--templates", help="prompt templates file with {} for the class")
     p.add_argument("--seed", type=seed_type, default=0, help="seed for every random choice (default 0)")
