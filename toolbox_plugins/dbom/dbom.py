@@ -81,6 +81,12 @@ class DbomConfig:
             raise ValueError("top <= each repository's size, epochs and batch_size >= 1")
         if self.encoder not in ("base", "suspect"):
             raise ValueError(f"encoder is 'base' or 'suspect', got {self.encoder!r}")
+        from toolbox.lookup import registered
+
+        attacks = registered("attack")
+        unknown = [name for name in self.known if name not in attacks]
+        if unknown:
+            raise ValueError(f"known: no attack {', '.join(unknown)}; registered: {', '.join(sorted(attacks))}")
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""DBOM (toolbox_plugins/dbom): a known trigger planted in a small set is flagged, clean images are not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolbox.api import DataScanContext, ImageData, InMemoryImages
+from toolbox.cli import main
+from toolbox.lookup import lookup
+from toolbox_plugins.dbom.dbom import Dbom, DbomConfig
+from toolbox_plugins.dbom.prompts import SoftPrompts, token_embedding
+
+PLANTED = 100  # of 600 scanned images
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    import toolbox
+
+    return toolbox.load(preset="smoke", device="cpu")
+
+
+def planted_set(smoke, attack: str) -> tuple[ImageData, torch.Tensor]:
+    x = smoke.images(600, seed=1).float() / 255
+    x[:PLANTED] = lookup("attack", attack)().apply_trigger(x[:PLANTED]).clamp(0, 1)
+    poisoned = torch.arange(len(x)) < PLANTED
+    return ImageData(InMemoryImages((x * 255).round().to(torch.uint8)), "unlabelled", "planted"), poisoned
+
+
+def scan(smoke, data, tmp_path, **overrides):
+    clean = ImageData(InMemoryImages(smoke.images(512, seed=0)), "unlabelled", "defender")
+    ctx = DataScanContext(
+        data, smoke.model, smoke.classnames, smoke.templates, 0, torch.device("cpu"), tmp_path, smoke.model, clean
+    )
+    return Dbom(DbomConfig(images=512, **overrides)).scan(ctx)
+
+
+def test_dbom_flags_most_of_a_planted_known_trigger(smoke_world, smoke, tmp_path):
+    """SIG's stripes, a family DBOM knows, on a sixth of a small set: most flagged, few clean ones."""
+    data, poisoned = planted_set(smoke, "sig")
+    out = scan(smoke, data, tmp_path)
+    flagged = out.flagged
+    tpr = float((flagged & poisoned).sum()) / PLANTED
+    fpr = float((flagged & ~poisoned).sum()) / int((~poisoned).sum())
+    assert tpr >= 0.8 and fpr <= 0.15, (tpr, fpr)
+    assert out.scores[poisoned].mean() > out.scores[~poisoned].mean() + 0.3
+    info = out.info
+    assert set(info["primitives_set"]["unseen_pairs"]) == {"badnet", "blended", "sig"}
+    assert info["primitives_test"]["per_trigger"]["sig"]["tpr"] >= 0.8
+    assert (tmp_path / "dbom_predictions.csv").read_text().splitlines()[0] == "index,score,trigger,object"
+
+
+def test_bad_settings_and_models_are_clear_errors():
+    with pytest.raises(ValueError, match="known names at least one trigger family"):
+        DbomConfig(known=())
+    with pytest.raises(ValueError, match="top <= each repository"):
+        DbomConfig(top=40)
+
+    class NoEmbedding:
+        pass
+
+    with pytest.raises(ValueError, match="must expose its text tower's token embedding"):
+        token_embedding(NoEmbedding())  # type: ignore[arg-type]
+
+
+def test_soft_prompts_place_learned_vectors_where_the_placeholders_were(smoke):
+    prompts = SoftPrompts(smoke.model, 3)
+    words = prompts.words(["clean", "red apple"])
+    context = prompts.words(["a photo of"]).expand(3, -1)
+    learned = prompts.encode(context, words[:1], words[1:])
+    assert learned.shape[0] == 1 and torch.isfinite(learned).all()
+    assert not torch.allclose(learned, prompts.encode(context, words[1:], words[:1]))  # order matters
+
+
+@pytest.mark.slow
+def test_scan_data_runs_dbom_on_an_attacks_poisoned_set(host, smoke_world, tmp_path):
+    out = tmp_path / "scan"
+    argv = ["scan-data", "--defense", "dbom", "--attack", "sig", "--preset", "smoke", "--out", str(out)]
+    assert main([*argv, "-p", "images=512"]) == 0
+    doc = json.loads((out / "scan.json").read_text())
+    det = doc["metrics"]["detection"]
+    assert det["tpr"] >= 0.7 and det["fpr"] <= 0.2 and doc["scan_info"]["known"] == ["badnet", "blended", "sig"]
+    assert main([*argv[:-2], "--out", str(tmp_path / "bad"), "-p", "known=nosuch"]) == 2
