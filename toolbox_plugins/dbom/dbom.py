@@ -67,6 +67,7 @@ class DbomConfig:
     epochs: int = 20  # DBOM's earlier detector: 10 at lr 1e-5 on ViT-B; a tiny CLIP learns at 1e-3 (ours)
     lr: float = 1e-3
     batch_size: int = 256
+    negatives: int = 64  # pairs and objects drawn besides a batch's own for its softmax (ours)
     threshold: float = 0.5  # flagged when 1 - P(clean) exceeds this
     encoder: str = "base"  # "base": the model before the run's attack (a clean frozen VLM); "suspect"
 
@@ -79,6 +80,8 @@ class DbomConfig:
             raise ValueError("images, context_tokens, trigger_prompts, object_prompts and top must be >= 1")
         if self.top > min(self.trigger_prompts, self.object_prompts) or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("top <= each repository's size, epochs and batch_size >= 1")
+        if self.negatives < 0:
+            raise ValueError("negatives must be >= 0")
         if self.encoder not in ("base", "suspect"):
             raise ValueError(f"encoder is 'base' or 'suspect', got {self.encoder!r}")
         from toolbox.lookup import registered
@@ -168,13 +171,13 @@ class DbomModel(nn.Module):
         f_o = F.normalize(q_o + p_o, dim=-1)
         return F.normalize(emb + f_t + f_o, dim=-1), f_t, f_o, (key_t + key_o) / 2
 
-    def text_features(self, pairs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Text features of ``pairs`` ([P, 2] trigger, object), of every trigger and of every object."""
+    def text_features(self, pairs: Tensor, objects: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Text features of ``pairs`` ([P, 2] trigger, object), of every trigger and of ``objects`` (all)."""
         pair = self.text.encode(self.context[0], self.trigger_words[pairs[:, 0]], self.object_words[pairs[:, 1]])
         return (
             pair,
             self.text.encode(self.context[1], self.trigger_words),
-            self.text.encode(self.context[2], self.object_words),
+            self.text.encode(self.context[2], self.object_words if objects is None else self.object_words[objects]),
         )
 
     def separation(self) -> tuple[Tensor, Tensor]:
@@ -287,10 +290,14 @@ def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dic
         for s in range(steps):
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             fused, f_t, f_o, key = net.image_features(feats[idx])
-            text_pair, text_t, text_o = net.text_features(seen)
-            loss = F.cross_entropy(net.scale * fused @ text_pair.T, labels[idx])
+            # sampled softmax (ours): the batch's own pairs and objects and a few others, not all of them,
+            # so a step encodes a few hundred prompts through the text tower instead of every pair
+            pairs, pair_labels = sampled(labels[idx], len(seen), cfg.negatives, gen)
+            objects, object_labels = sampled(objs[idx], len(net.classnames), cfg.negatives, gen)
+            text_pair, text_t, text_o = net.text_features(seen[pairs], objects)
+            loss = F.cross_entropy(net.scale * fused @ text_pair.T, pair_labels)
             primitive = F.cross_entropy(net.scale * f_t @ text_t.T, trig[idx]) + F.cross_entropy(
-                net.scale * f_o @ text_o.T, objs[idx]
+                net.scale * f_o @ text_o.T, object_labels
             )
             separation, diversity = net.separation()
             loss = (
@@ -306,6 +313,14 @@ def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dic
             total += float(loss.detach())
         history.append({"epoch": epoch + 1, "loss": round(total / steps, 4)})
     return history
+
+
+def sampled(labels: Tensor, n: int, negatives: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The classes a batch's softmax runs over (its own labels and ``negatives`` others drawn at random,
+    sorted) and the labels as positions among them."""
+    others = torch.randperm(n, generator=gen)[:negatives]
+    classes = torch.unique(torch.cat([labels, others]))  # sorted
+    return classes, torch.searchsorted(classes, labels)
 
 
 def rates(flagged: Tensor, poisoned: Tensor) -> dict[str, Any]:
