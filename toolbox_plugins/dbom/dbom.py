@@ -64,7 +64,9 @@ class DbomConfig:
     w_separation: float = 0.1  # ours: the paper names the loss, not its weight
     w_diversity: float = 0.1
     w_key: float = 0.1
-    epochs: int = 20  # DBOM's earlier detector: 10 at lr 1e-5 on ViT-B; a tiny CLIP learns at 1e-3 (ours)
+    # DBOM's earlier detector: 10 epochs at lr 1e-5 on ViT-B; a tiny CLIP learns at 1e-3, in steps so a
+    # small primitives set trains as long as a large one (ours)
+    steps: int = 600
     lr: float = 1e-3
     batch_size: int = 256
     negatives: int = 64  # pairs and objects drawn besides a batch's own for its softmax (ours)
@@ -78,8 +80,8 @@ class DbomConfig:
             raise ValueError("unseen_pairs in [0, 1), test_images and threshold in (0, 1)")
         if min(self.images, self.context_tokens, self.trigger_prompts, self.object_prompts, self.top) < 1:
             raise ValueError("images, context_tokens, trigger_prompts, object_prompts and top must be >= 1")
-        if self.top > min(self.trigger_prompts, self.object_prompts) or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("top <= each repository's size, epochs and batch_size >= 1")
+        if self.top > min(self.trigger_prompts, self.object_prompts) or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("top <= each repository's size, steps and batch_size >= 1")
         if self.negatives < 0:
             raise ValueError("negatives must be >= 0")
         if self.encoder not in ("base", "suspect"):
@@ -283,35 +285,38 @@ def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dic
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    steps = max(1, math.ceil(len(feats) / cfg.batch_size))
-    for epoch in progress(range(cfg.epochs), desc="dbom: train"):
-        order = torch.randperm(len(feats), generator=gen)
-        total = 0.0
-        for s in range(steps):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            fused, f_t, f_o, key = net.image_features(feats[idx])
-            # sampled softmax (ours): the batch's own pairs and objects and a few others, not all of them,
-            # so a step encodes a few hundred prompts through the text tower instead of every pair
-            pairs, pair_labels = sampled(labels[idx], len(seen), cfg.negatives, gen)
-            objects, object_labels = sampled(objs[idx], len(net.classnames), cfg.negatives, gen)
-            text_pair, text_t, text_o = net.text_features(seen[pairs], objects)
-            loss = F.cross_entropy(net.scale * fused @ text_pair.T, pair_labels)
-            primitive = F.cross_entropy(net.scale * f_t @ text_t.T, trig[idx]) + F.cross_entropy(
-                net.scale * f_o @ text_o.T, object_labels
-            )
-            separation, diversity = net.separation()
-            loss = (
-                loss
-                + cfg.w_primitive * primitive
-                + cfg.w_separation * separation
-                + cfg.w_diversity * diversity
-                + cfg.w_key * (1 - key).mean()
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        history.append({"epoch": epoch + 1, "loss": round(total / steps, 4)})
+    total, order = 0.0, torch.randperm(len(feats), generator=gen)
+    per_epoch = max(1, math.ceil(len(feats) / cfg.batch_size))
+    for step in progress(range(cfg.steps), desc="dbom: train"):
+        s = step % per_epoch
+        if s == 0 and step:
+            order = torch.randperm(len(feats), generator=gen)
+        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        fused, f_t, f_o, key = net.image_features(feats[idx])
+        # sampled softmax (ours): the batch's own pairs and objects and a few others, not all of them,
+        # so a step encodes a few hundred prompts through the text tower instead of every pair
+        pairs, pair_labels = sampled(labels[idx], len(seen), cfg.negatives, gen)
+        objects, object_labels = sampled(objs[idx], len(net.classnames), cfg.negatives, gen)
+        text_pair, text_t, text_o = net.text_features(seen[pairs], objects)
+        loss = F.cross_entropy(net.scale * fused @ text_pair.T, pair_labels)
+        primitive = F.cross_entropy(net.scale * f_t @ text_t.T, trig[idx]) + F.cross_entropy(
+            net.scale * f_o @ text_o.T, object_labels
+        )
+        separation, diversity = net.separation()
+        loss = (
+            loss
+            + cfg.w_primitive * primitive
+            + cfg.w_separation * separation
+            + cfg.w_diversity * diversity
+            + cfg.w_key * (1 - key).mean()
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": round(total / ((step % 100) + 1), 4)})
+            total = 0.0
     return history
 
 
