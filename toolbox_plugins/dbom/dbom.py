@@ -30,7 +30,6 @@ its claims testable, each marked "ours" below: see docs/dataset-defenses.md.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.api import ClipModel, DataScanContext, DataScanOutcome, DatasetDefense, ImageData
+from toolbox.api import ClipModel, DataScanContext, DataScanOutcome, DatasetDefense
 from toolbox.lookup import lookup
-from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
+from .primitives import Primitives, build_primitives, clean_images, embed, is_unseen
 from .prompts import SoftPrompts
 
 CLEAN = "clean"
@@ -92,17 +91,6 @@ class DbomConfig:
         unknown = [name for name in self.known if name not in attacks]
         if unknown:
             raise ValueError(f"known: no attack {', '.join(unknown)}; registered: {', '.join(sorted(attacks))}")
-
-
-@dataclass
-class Primitives:
-    """The primitives set: frozen embeddings with their (trigger, object) labels and splits."""
-
-    features: Tensor  # [N, embed + block statistics]: the frozen tower's (``embed``), concatenated
-    triggers: Tensor  # [N] index into DbomModel.trigger_names
-    objects: Tensor  # [N] class index
-    test: Tensor  # [N] bool: an image kept out of training
-    unseen: dict[int, list[int]]  # trigger index -> its held-out objects
 
 
 class Repository(nn.Module):
@@ -210,71 +198,6 @@ class DbomModel(nn.Module):
         return tuple(torch.cat(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
 
 
-def block_statistics(output: Any, batch: int) -> Tensor:
-    """[B, 2C]: the max and the mean over positions of one vision block's output (ViT tokens, either
-    layout, or a ResNet stage's [B, C, H, W] map)."""
-    x = output[0] if isinstance(output, tuple) else output
-    if x.dim() == 4:
-        x = x.flatten(2).transpose(1, 2)
-    elif x.shape[0] != batch:  # a sequence-first transformer
-        x = x.transpose(0, 1)
-    x = x.float()
-    return torch.cat([x.amax(1), x.mean(1)], 1)
-
-
-def embed(model: ClipModel, images: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
-    """(final embeddings [N, E], every vision block's token max and mean [N, D]) of the frozen tower."""
-    blocks = list(model.vision_layers().values())
-    seen: dict[int, Tensor] = {}
-    hooks = [b.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out)) for k, b in enumerate(blocks)]
-    emb, tokens = [], []
-    try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch):
-                x = as_float(images[i : i + batch])
-                emb.append(model.encode_image(x))
-                tokens.append(torch.cat([block_statistics(seen[k], len(x)) for k in range(len(blocks))], 1))
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.cat(emb), torch.cat(tokens)
-
-
-def build_primitives(
-    model: ClipModel, head: ZeroShotHead, clean: Tensor, triggers: list[Any], cfg: DbomConfig, seed: int
-) -> Primitives:
-    """Each clean image as it is and with one known trigger, labelled by the frozen model's zero-shot
-    object; a seeded share of each trigger's objects held out of training, and of the images kept to test."""
-    rng = random.Random(seed)
-    x = as_float(clean)
-    objects = head.predict(model, x)
-    # each image twice: as it is, and with one known trigger (seeded, in turn): clean is half the set
-    which = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % len(triggers)
-    stamped = x.clone()
-    for t, attack in enumerate(triggers):
-        stamped[which == t] = attack.apply_trigger(x[which == t]).clamp(0, 1)
-    feats = [torch.cat(embed(model, clean), 1), torch.cat(embed(model, stamped), 1)]
-    trig = [torch.zeros(len(x), dtype=torch.long), which + 1]
-    objs = [objects, objects]
-    classes = sorted(set(objects.tolist()))
-    unseen = {
-        t: sorted(rng.sample(classes, int(round(cfg.unseen_pairs * len(classes))))) for t in range(1, len(triggers) + 1)
-    }
-    test_images = torch.zeros(len(x), dtype=torch.bool)
-    test_images[
-        torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: int(cfg.test_images * len(x))]
-    ] = True
-    return Primitives(torch.cat(feats), torch.cat(trig), torch.cat(objs), test_images.repeat(2), unseen)
-
-
-def is_unseen(p: Primitives) -> Tensor:
-    """[N] bool: the sample's (trigger, object) pair is one held out of training."""
-    out = torch.zeros(len(p.triggers), dtype=torch.bool)
-    for t, objs in p.unseen.items():
-        out |= (p.triggers == t) & torch.isin(p.objects, torch.tensor(objs, dtype=torch.long))
-    return out
-
-
 def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dict[str, float]]:
     """Adam on the prompts, repositories and views over the seen pairs of the training images."""
     keep = ~p.test & ~is_unseen(p)
@@ -357,7 +280,7 @@ class Dbom(DatasetDefense):
         triggers = [lookup("attack", name)() for name in cfg.known]  # each at its defaults
         head = ZeroShotHead(encoder, ctx.classnames, ctx.templates, ctx.device)
         clean = clean_images(ctx.clean_data, cfg.images, ctx.seed).to(ctx.device)
-        prims = build_primitives(encoder, head, clean, triggers, cfg, ctx.seed)
+        prims = build_primitives(encoder, head, clean, triggers, cfg.unseen_pairs, cfg.test_images, ctx.seed)
         timings["primitives"] = time.perf_counter() - start
         start = time.perf_counter()
         train_rows = ~prims.test & ~is_unseen(prims)
@@ -415,11 +338,6 @@ def held_out_rates(net: DbomModel, p: Primitives, cfg: DbomConfig) -> dict[str, 
         "unseen": among(unseen),
         "per_trigger": {name: among(trig == t) for t, name in enumerate(cfg.known, 1)},
     }
-
-
-def clean_images(data: ImageData, n: int, seed: int) -> Tensor:
-    total = len(data.dataset)
-    return data.uint8(seeded_subset(total, n, seed) if total > n else None)
 
 
 def write_predictions(
