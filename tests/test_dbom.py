@@ -51,13 +51,22 @@ def test_dbom_flags_most_of_a_planted_known_trigger(smoke_world, smoke, tmp_path
     assert set(info["primitives_set"]["unseen_pairs"]) == {"badnet", "blended", "sig"}
     assert info["primitives_test"]["per_trigger"]["sig"]["tpr"] >= 0.8
     assert (tmp_path / "dbom_predictions.csv").read_text().splitlines()[0] == "index,score,trigger,object"
+    assert all(q.requires_grad for q in smoke.model.parameters()), "the frozen encoder's flags come back"
 
 
 def test_bad_settings_and_models_are_clear_errors():
+    from toolbox_plugins.dbom.dbom import known_triggers
+
     with pytest.raises(ValueError, match="known names at least one trigger family"):
         DbomConfig(known=())
     with pytest.raises(ValueError, match="top <= each repository"):
         DbomConfig(top=40)
+    with pytest.raises(ValueError, match="each a registered attack, once"):
+        known_triggers(("badnet", "nosuch"), 32)
+    with pytest.raises(ValueError, match="each a registered attack, once"):
+        known_triggers(("badnet", "badnet"), 32)
+    with pytest.raises(ValueError, match="badclip's trigger cannot be applied before its backdoor"):
+        known_triggers(("badclip",), 32)
 
     class NoEmbedding:
         pass

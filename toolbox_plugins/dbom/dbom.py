@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.api import ClipModel, DataScanContext, DataScanOutcome, DatasetDefense
-from toolbox.lookup import lookup
+from toolbox.primitives.tensors import as_float, frozen
 from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
 from .primitives import Primitives, build_primitives, clean_images, embed, is_unseen
-from .prompts import SoftPrompts
+from .prompts import SoftPrompts, token_embedding
 
 CLEAN = "clean"
 
@@ -85,12 +85,6 @@ class DbomConfig:
             raise ValueError("negatives must be >= 0")
         if self.encoder not in ("base", "suspect"):
             raise ValueError(f"encoder is 'base' or 'suspect', got {self.encoder!r}")
-        from toolbox.lookup import registered
-
-        attacks = registered("attack")
-        unknown = [name for name in self.known if name not in attacks]
-        if unknown:
-            raise ValueError(f"known: no attack {', '.join(unknown)}; registered: {', '.join(sorted(attacks))}")
 
 
 class Repository(nn.Module):
@@ -123,7 +117,8 @@ class DbomModel(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.text = SoftPrompts(clip, cfg.context_tokens)
-        dim = int(clip.encode_text(clip.tokenize(["a"])).shape[-1])
+        device = features.device
+        dim = int(clip.encode_text(clip.tokenize(["a"]).to(device)).shape[-1])
         self.dim, self.trigger_names, self.classnames, self.cfg = dim, trigger_names, classnames, cfg
         blocks = features[:, dim:]
         self.register_buffer("block_mean", blocks.mean(0))
@@ -185,7 +180,7 @@ class DbomModel(nn.Module):
     def poison_scores(self, emb: Tensor, batch: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
         """(1 - P(clean), predicted trigger, predicted object) per embedding, over every pair."""
         n_t, n_o = len(self.trigger_names), len(self.classnames)
-        pairs = torch.cartesian_prod(torch.arange(n_t), torch.arange(n_o))
+        pairs = torch.cartesian_prod(torch.arange(n_t), torch.arange(n_o)).to(emb.device)
         with torch.no_grad():
             text_pair, text_t, text_o = self.text_features(pairs)
             out = []
@@ -204,16 +199,18 @@ def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dic
     feats, trig, objs = p.features[keep], p.triggers[keep], p.objects[keep]
     seen = torch.unique(torch.stack([trig, objs], 1), dim=0)  # [P, 2]
     pair_index = {(int(t), int(o)): i for i, (t, o) in enumerate(seen.tolist())}
-    labels = torch.tensor([pair_index[(int(t), int(o))] for t, o in zip(trig, objs, strict=True)])
+    labels = torch.tensor(
+        [pair_index[(int(t), int(o))] for t, o in zip(trig.tolist(), objs.tolist(), strict=True)], device=feats.device
+    )
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    total, order = 0.0, torch.randperm(len(feats), generator=gen)
+    total, order = 0.0, torch.randperm(len(feats), generator=gen).to(feats.device)
     per_epoch = max(1, math.ceil(len(feats) / cfg.batch_size))
     for step in progress(range(cfg.steps), desc="dbom: train"):
         s = step % per_epoch
         if s == 0 and step:
-            order = torch.randperm(len(feats), generator=gen)
+            order = torch.randperm(len(feats), generator=gen).to(feats.device)
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
         fused, f_t, f_o, key = net.image_features(feats[idx])
         # sampled softmax (ours): the batch's own pairs and objects and a few others, not all of them,
@@ -246,7 +243,7 @@ def train(net: DbomModel, p: Primitives, cfg: DbomConfig, seed: int) -> list[dic
 def sampled(labels: Tensor, n: int, negatives: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """The classes a batch's softmax runs over (its own labels and ``negatives`` others drawn at random,
     sorted) and the labels as positions among them."""
-    others = torch.randperm(n, generator=gen)[:negatives]
+    others = torch.randperm(n, generator=gen)[:negatives].to(labels.device)
     classes = torch.unique(torch.cat([labels, others]))  # sorted
     return classes, torch.searchsorted(classes, labels)
 
@@ -272,31 +269,33 @@ class Dbom(DatasetDefense):
         if ctx.clean_data is None:
             raise ValueError("DBOM builds its primitives set from the defender's clean images: none were given")
         encoder = ctx.base_model if cfg.encoder == "base" and ctx.base_model is not None else ctx.model
-        encoder.eval()
-        for q in encoder.parameters():
-            q.requires_grad_(False)
+        token_embedding(encoder)  # a model DBOM cannot prompt is refused before any work
+        triggers = known_triggers(cfg.known, encoder.image_size)
+        with frozen(encoder):  # the flags come back: a --retrain after the scan trains this model's clone
+            return self._scan(ctx, cfg, encoder, triggers)
+
+    def _scan(self, ctx: DataScanContext, cfg: DbomConfig, encoder: ClipModel, triggers: list[Any]) -> DataScanOutcome:
+        assert ctx.clean_data is not None
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        triggers = [lookup("attack", name)() for name in cfg.known]  # each at its defaults
         head = ZeroShotHead(encoder, ctx.classnames, ctx.templates, ctx.device)
         clean = clean_images(ctx.clean_data, cfg.images, ctx.seed).to(ctx.device)
         prims = build_primitives(encoder, head, clean, triggers, cfg.unseen_pairs, cfg.test_images, ctx.seed)
         timings["primitives"] = time.perf_counter() - start
         start = time.perf_counter()
         train_rows = ~prims.test & ~is_unseen(prims)
-        net = DbomModel(encoder, ctx.classnames, [CLEAN, *cfg.known], cfg, ctx.seed, prims.features[train_rows]).to(
-            ctx.device
-        )
+        names = [CLEAN, *cfg.known]
+        net = DbomModel(encoder, ctx.classnames, names, cfg, ctx.seed, prims.features[train_rows]).to(ctx.device)
         history = train(net, prims, cfg, ctx.seed)
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
         primitives = held_out_rates(net, prims, cfg)
-        feats = torch.cat(embed(encoder, ctx.data.uint8().to(ctx.device)), 1)
-        scores, trig, objs = net.poison_scores(feats)
+        images = ctx.data.uint8().to(ctx.device)
+        scores, trig, _ = net.poison_scores(torch.cat(embed(encoder, images), 1))
+        objects = head.predict(encoder, as_float(images))  # the frozen model's object, as the primitives set's
         timings["scan"] = time.perf_counter() - start
         flagged = scores > cfg.threshold
-        names = [CLEAN, *cfg.known]
-        unseen_by_trigger = {names[t]: [ctx.classnames[o] for o in objs_] for t, objs_ in prims.unseen.items()}
+        unseen_by_trigger = {names[t]: [ctx.classnames[o] for o in objs] for t, objs in prims.unseen.items()}
         info = {
             "known": list(cfg.known),
             "primitives_set": {
@@ -312,14 +311,34 @@ class Dbom(DatasetDefense):
                 "flagged": int(flagged.sum()),
             },
         }
-        artifacts = write_predictions(ctx.workdir, scores, trig, objs, names, ctx.classnames)
         return DataScanOutcome(
             scores=scores.cpu().float(),
             flagged=flagged.cpu(),
             info=info,
             timings_s={k: round(v, 3) for k, v in timings.items()},
-            artifacts=artifacts,
+            artifacts=write_predictions(ctx.workdir, scores, trig, objects, names, ctx.classnames),
         )
+
+
+def known_triggers(names: tuple[str, ...], image_size: int) -> list[Any]:
+    """Each known family's attack at its defaults; one whose trigger is learned with its backdoor
+    (BadCLIP's patch) or that applies no trigger to a plain image is refused with a clear error."""
+    from toolbox.lookup import registered
+
+    attacks = registered("attack")
+    if any(n not in attacks for n in names) or len(set(names)) != len(names):
+        have = ", ".join(sorted(attacks))
+        raise ValueError(f"known: each a registered attack, once; got {', '.join(names)} (registered: {have})")
+    triggers = [attacks[n]() for n in names]
+    probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    for name, attack in zip(names, triggers, strict=True):
+        try:
+            changed = not torch.equal(attack.apply_trigger(probe.clone()), probe)
+        except Exception as err:  # an attack's own reason is the message
+            raise ValueError(f"known: {name}'s trigger cannot be applied before its backdoor is built ({err})") from err
+        if not changed:
+            raise ValueError(f"known: {name} applies no trigger to an image")
+    return triggers
 
 
 def held_out_rates(net: DbomModel, p: Primitives, cfg: DbomConfig) -> dict[str, Any]:
@@ -343,7 +362,8 @@ def held_out_rates(net: DbomModel, p: Primitives, cfg: DbomConfig) -> dict[str, 
 def write_predictions(
     workdir: Any, scores: Tensor, trig: Tensor, objs: Tensor, names: list[str], classnames: list[str]
 ) -> dict[str, str]:
-    """Per scanned sample: its score, predicted trigger and object (a benchmark splits seen / unseen by them)."""
+    """Per scanned sample: its score, predicted trigger and the frozen model's object (what the primitives
+    set was labelled by: a benchmark splits seen / unseen pairings by it)."""
     import csv
 
     workdir.mkdir(parents=True, exist_ok=True)

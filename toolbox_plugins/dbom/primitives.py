@@ -67,36 +67,41 @@ def build_primitives(
 ) -> Primitives:
     """Each clean image as it is and with one known trigger, labelled by the frozen model's zero-shot
     object; a seeded share of each trigger's objects held out of training, and of the images kept to test."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # the held-out pairs
     x = as_float(clean)
+    device = x.device
     objects = head.predict(model, x)
     # each image twice: as it is, and with one known trigger (seeded, in turn): clean is half the set
-    which = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % len(triggers)
+    which = (torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % len(triggers)).to(device)
     stamped = x.clone()
     for t, attack in enumerate(triggers):
         stamped[which == t] = attack.apply_trigger(x[which == t]).clamp(0, 1)
     feats = [torch.cat(embed(model, clean), 1), torch.cat(embed(model, stamped), 1)]
-    trig = [torch.zeros(len(x), dtype=torch.long), which + 1]
-    objs = [objects, objects]
+    trig = [torch.zeros(len(x), dtype=torch.long, device=device), which + 1]
     classes = sorted(set(objects.tolist()))
-    unseen = {
-        t: sorted(rng.sample(classes, int(round(unseen_pairs * len(classes))))) for t in range(1, len(triggers) + 1)
-    }
-    test_images = torch.zeros(len(x), dtype=torch.bool)
-    test_images[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: int(test_images * len(x))]] = (
-        True
-    )
-    return Primitives(torch.cat(feats), torch.cat(trig), torch.cat(objs), test_images.repeat(2), unseen)
+    n_unseen = min(int(round(unseen_pairs * len(classes))), len(classes) - 1)  # every trigger keeps a seen object
+    unseen = {t: sorted(rng.sample(classes, n_unseen)) for t in range(1, len(triggers) + 1)}
+    held = torch.zeros(len(x), dtype=torch.bool, device=device)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))  # apart from the triggers
+    held[order[: int(test_images * len(x))].to(device)] = True
+    return Primitives(torch.cat(feats), torch.cat(trig), torch.cat([objects, objects]), held.repeat(2), unseen)
 
 
 def is_unseen(p: Primitives) -> Tensor:
     """[N] bool: the sample's (trigger, object) pair is one held out of training."""
-    out = torch.zeros(len(p.triggers), dtype=torch.bool)
+    out = torch.zeros(len(p.triggers), dtype=torch.bool, device=p.triggers.device)
     for t, objs in p.unseen.items():
-        out |= (p.triggers == t) & torch.isin(p.objects, torch.tensor(objs, dtype=torch.long))
+        out |= (p.triggers == t) & torch.isin(p.objects, torch.tensor(objs, dtype=torch.long, device=p.objects.device))
     return out
+
+
+MIN_IMAGES = 20  # fewer clean images hold no test split and no spread to standardise by
 
 
 def clean_images(data: ImageData, n: int, seed: int) -> Tensor:
     total = len(data.dataset)
+    if total < MIN_IMAGES:
+        raise ValueError(
+            f"DBOM builds its primitives set from at least {MIN_IMAGES} clean images; {data.source} has {total}"
+        )
     return data.uint8(seeded_subset(total, n, seed) if total > n else None)

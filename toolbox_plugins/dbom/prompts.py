@@ -45,7 +45,7 @@ class SoftPrompts:
 
     def words(self, texts: list[str]) -> Tensor:
         """[N, width]: each text's mean token embedding (a learned word's starting value)."""
-        tokens = self.model.tokenize(texts)
+        tokens = self.model.tokenize(texts).to(self.embedding.weight.device)
         with torch.no_grad():
             rows = self.embedding(tokens)  # [N, L, width]
         keep = torch.zeros_like(tokens, dtype=torch.bool)
