@@ -75,6 +75,19 @@ def test_bad_settings_and_models_are_clear_errors():
         token_embedding(NoEmbedding())  # type: ignore[arg-type]
 
 
+def test_soft_prompts_with_the_words_own_vectors_encode_the_sentence(smoke):
+    """Placed where the placeholders were, the token vectors of "a photo of clean apple" give exactly
+    the tower's own encoding of that sentence: positions, mask and pooling are the tower's."""
+    prompts = SoftPrompts(smoke.model, 3)
+    tokens = smoke.model.tokenize(["a photo of clean apple"])[0]
+    assert int(tokens[6]) == int(tokens.max()), "one token per word (end of text at position 6)"
+    rows = token_embedding(smoke.model)(tokens[None])[0].detach()
+    with torch.no_grad():
+        soft = prompts.encode(rows[1:4], rows[4:5], rows[5:6])
+        plain = smoke.model.encode_text(tokens[None])
+    assert torch.allclose(soft, plain, atol=1e-5)
+
+
 def test_soft_prompts_place_learned_vectors_where_the_placeholders_were(smoke):
     prompts = SoftPrompts(smoke.model, 3)
     words = prompts.words(["clean", "red apple"])
