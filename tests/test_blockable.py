@@ -13,7 +13,7 @@ from toolbox import plugins
 from toolbox.cli import main
 from toolbox.hookspecs import ENTRY_POINT_GROUP
 
-OURS = ("invertune", "attacks", "baselines", "segoracle", "flare", "world")
+OURS = ("invertune", "attacks", "baselines", "segoracle", "flare", "world", "dbom")
 
 
 def _user_sources(world) -> list[str]:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_registry_yaml_matches_the_hooks(host):
     committed = yaml.safe_load((ROOT / "registry.yaml").read_text())
-    ours = ["adapters", "attacks", "baselines", "flare", "invertune", "segoracle", "toolbox", "world"]
+    ours = ["adapters", "attacks", "baselines", "dbom", "flare", "invertune", "segoracle", "toolbox", "world"]
     assert committed["plugins"] == ours
     assert {e["kind"] for e in committed["entries"]} >= {"defense", "attack", "dataset_defense"}
     live = [e for e in catalogue(host.build_registry())["entries"] if e["plugin"] in committed["plugins"]]

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from . import atomic, outputs, results
-from .api import Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, InMemoryImages, config_values
+from .api import Attack, AttackContext, DataScanContext, DataScanOutcome, ImageData, config_values
 from .errors import InputError
-from .evaluation import EvalInputs, MetricConfig, evaluate
 from .plugins import get_host
+from .retrain import retrain
 from .runner import (
     Sources,
     StageTimer,
@@ -36,7 +36,6 @@ from .runner import (
     seed_everything,
     vocabulary,
 )
-from .zeroshot import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +97,6 @@ def check_outcome(outcome: DataScanOutcome, n: int, name: str) -> None:
         )
     if not (isinstance(f, torch.Tensor) and f.dtype == torch.bool and f.shape == (n,)):
         raise RuntimeError(f"dataset defense {name!r} must flag with a bool tensor of shape ({n},)")
-
-
-def subset(data: ImageData, keep: torch.Tensor, what: str) -> ImageData:
-    """The samples at ``keep`` of a captioned set (a labelled one would lose its labels here)."""
-    if data.kind != "captioned":
-        raise ValueError(f"a purified subset is taken of captioned data; {data.source} is {data.kind}")
-    return ImageData(
-        InMemoryImages(data.uint8(keep)),
-        data.kind,
-        f"{data.source} ({what})",
-        classnames=data.classnames,
-        captions=None if data.captions is None else [data.captions[i] for i in keep.tolist()],
-    )
 
 
 def default_out(req: ScanRequest) -> Path:
@@ -324,54 +310,6 @@ def _poison(
         **record,
     }
     return suspect, poisoned.data, truth, attack_doc
-
-
-def retrain(
-    attack: Any,
-    clean: Any,
-    suspect: Any,
-    data: ImageData,
-    flagged: torch.Tensor,
-    eval_data: ImageData,
-    classnames: list[str],
-    templates: list[str],
-    req: ScanRequest,
-    registry: Any,
-    device: torch.device,
-    timer: StageTimer,
-) -> dict[str, Any]:
-    """The clean model trained on the unflagged samples with the attack's recipe, beside the suspect."""
-    src = req.sources
-    mcfg = MetricConfig(
-        asr_exclude_target=not src.asr_include_target,
-        batch_size=src.eval_batch_size,
-        workers=loader_workers(src.workers, device),
-    )
-    inputs = EvalInputs(
-        eval_data=eval_data,
-        classnames=classnames,
-        templates=templates,
-        trigger=attack.apply_trigger,
-        target=attack.target_label(),
-        trigger_source="real",
-    )
-    keep = torch.nonzero(~flagged).flatten()
-    with timer.stage("evaluate"):
-        before = _ca_asr(evaluate(suspect, inputs, mcfg, registry, device))
-    doc: dict[str, Any] = {"n_train": len(keep), "poisoned_set": before}
-    if len(keep) == 0:
-        return {**doc, "purified_set": None, "note": "every sample was flagged: nothing left to train on"}
-    if len(keep) == len(flagged):  # the same set, seed and recipe: the attacked model itself
-        return {**doc, "purified_set": before, "note": "nothing was flagged: the purified set is the poisoned set"}
-    with timer.stage("retrain"):
-        retrained = attack.train_on(clean, subset(data, keep, f"purified by {req.defense}"), src.seed)
-    with timer.stage("evaluate_retrained"):
-        doc["purified_set"] = _ca_asr(evaluate(retrained, inputs, mcfg, registry, device))
-    return doc
-
-
-def _ca_asr(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("ca", "asr", "asr_untriggered")}
 
 
 def _write_scores(path: Path, scores: torch.Tensor, flagged: torch.Tensor, poisoned: torch.Tensor | None) -> None:

@@ -85,6 +85,12 @@ class DbomConfig:
             raise ValueError("negatives must be >= 0")
         if self.encoder not in ("base", "suspect"):
             raise ValueError(f"encoder is 'base' or 'suspect', got {self.encoder!r}")
+        from toolbox.lookup import registered
+
+        attacks = registered("attack")
+        if any(n not in attacks for n in self.known) or len(set(self.known)) != len(self.known):
+            have = ", ".join(sorted(attacks))
+            raise ValueError(f"known: each a registered attack, once; got {', '.join(self.known)} (registered: {have})")
 
 
 class Repository(nn.Module):
@@ -326,10 +332,7 @@ def known_triggers(names: tuple[str, ...], image_size: int) -> list[Any]:
     from toolbox.lookup import registered
 
     attacks = registered("attack")
-    if any(n not in attacks for n in names) or len(set(names)) != len(names):
-        have = ", ".join(sorted(attacks))
-        raise ValueError(f"known: each a registered attack, once; got {', '.join(names)} (registered: {have})")
-    triggers = [attacks[n]() for n in names]
+    triggers = [attacks[n]() for n in names]  # names were checked by DbomConfig
     probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     for name, attack in zip(names, triggers, strict=True):
         try:
