@@ -8,9 +8,9 @@ ground truth) is scanned by `toolbox scan-data --defense dbom` and by `--defense
 the trigger families in its ``known`` setting (default badnet, blended, sig) and learns them on the
 defender's clean images; a quarter of each known trigger's objects is held out of its training.
 A poisoned sample of a known family is a *seen* pairing when its object (the frozen clean model's
-label, DBOM's object prediction) was paired with that trigger in training, *unseen* when the pair
-was held out; every sample of a family DBOM does not know (wanet, badclip) is unseen. TPR is given
-per kind against the FPR over all clean samples; then DBOM's own held-out test on its primitives set.
+zero-shot label of the sample's clean image, as the primitives set labels objects) is not among
+that trigger's held-out objects, *unseen* when it is; every sample of a family DBOM does not know
+(wanet, badclip) is unseen. TPR is given per kind against the FPR over all clean samples; then DBOM's own held-out test on its primitives set.
 With ``--retrain`` the clean model is trained on DBOM's purified set with the attack's recipe.
 """
 
@@ -45,19 +45,34 @@ def scan(defense: str, attack: str, preset: str, out: Path, params: list[str], r
     return json.loads((out / "scan.json").read_text())
 
 
-def pairing_rates(out: Path, doc: dict, attack: str) -> tuple[float | None, float | None, int, int]:
+def clean_objects(preset: str, doc: dict, rows: list[int]) -> list[str]:
+    """The frozen clean model's zero-shot object of each poisoned sample's clean image: the sample at the
+    same index of the world's training set (a poisoned set is that set, some samples stamped)."""
+    import torch
+
+    import toolbox
+    from toolbox.primitives.tensors import as_float
+    from toolbox.zeroshot import ZeroShotHead
+
+    source = doc["data"]["source"].rsplit(" (poisoned by ", 1)[0]
+    world = toolbox.load(preset=preset, clean_data=source, device="cpu")
+    if len(world.clean.dataset) != doc["data"]["n"]:
+        raise SystemExit(f"{source} and the poisoned set differ in length: no index to pair them by")
+    head = ZeroShotHead(world.model, world.classnames, world.templates, world.device)
+    predicted = head.predict(world.model, as_float(world.clean.uint8(torch.tensor(rows, dtype=torch.long))))
+    return [world.classnames[i] for i in predicted.tolist()]
+
+
+def pairing_rates(out: Path, doc: dict, attack: str, preset: str) -> tuple[float | None, float | None, int, int]:
     """(TPR over seen-pairing poisoned samples, over unseen ones, how many of each) from scores.csv and
-    DBOM's per-sample object predictions."""
+    the poisoned samples' clean objects."""
     unseen_objects = set((doc["scan_info"]["primitives_set"]["unseen_pairs"] or {}).get(attack, []))
     known = attack in doc["scan_info"]["known"]
     with open(out / "scores.csv", newline="") as fh:
-        scores = list(csv.DictReader(fh))
-    with open(out / doc["artifacts"]["predictions"], newline="") as fh:
-        objects = [row["object"] for row in csv.DictReader(fh)]
+        poisoned = [row for row in csv.DictReader(fh) if row["poisoned"] == "1"]
+    objects = clean_objects(preset, doc, [int(row["index"]) for row in poisoned]) if known else [""] * len(poisoned)
     counts = {"seen": [0, 0], "unseen": [0, 0]}  # [flagged, all]
-    for row, obj in zip(scores, objects, strict=True):
-        if row["poisoned"] != "1":
-            continue
+    for row, obj in zip(poisoned, objects, strict=True):
         kind = "seen" if known and obj not in unseen_objects else "unseen"
         counts[kind][0] += row["flagged"] == "1"
         counts[kind][1] += 1
@@ -92,8 +107,11 @@ def main() -> int:
         doc = scan("dbom", attack, args.preset, tmp / f"dbom-{attack}", args.param, args.retrain)
         flare = scan("flare", attack, args.preset, tmp / f"flare-{attack}", [], False)["metrics"]["detection"]
         det, re = doc["metrics"]["detection"], doc["metrics"].get("retrain")
-        seen, unseen, n_seen, n_unseen = pairing_rates(tmp / f"dbom-{attack}", doc, attack)
-        purified = "-" if not re else f"{pct(re['purified_set']['ca'])} / {pct(re['purified_set']['asr'])}"
+        seen, unseen, n_seen, n_unseen = pairing_rates(tmp / f"dbom-{attack}", doc, attack, args.preset)
+        after = (re or {}).get("purified_set")
+        purified = "-" if not after else f"{pct(after['ca'])} / {pct(after['asr'])}"
+        if re and not after:
+            purified = re.get("note", "-")
         table.append(
             f"| {attack} | {'yes' if attack in doc['scan_info']['known'] else 'no'} | {det['n_poisoned']} of "
             f"{det['n']} | {pct(seen)} (n={n_seen}) | {pct(unseen)} (n={n_unseen}) | {pct(det['fpr'])} | "

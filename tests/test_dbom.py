@@ -48,14 +48,17 @@ def test_dbom_flags_most_of_a_planted_known_trigger(smoke_world, smoke, tmp_path
     assert tpr >= 0.8 and fpr <= 0.15, (tpr, fpr)
     assert out.scores[poisoned].mean() > out.scores[~poisoned].mean() + 0.3
     info = out.info
-    assert set(info["primitives_set"]["unseen_pairs"]) == {"badnet", "blended", "sig"}
+    unseen = info["primitives_set"]["unseen_pairs"]
+    assert set(unseen) == {"badnet", "blended", "sig"} and all(unseen.values())
+    held = [o for objs in unseen.values() for o in objs]
+    assert len(held) == len(set(held)), "an object is held out for one trigger, seen with the others"
     assert info["primitives_test"]["per_trigger"]["sig"]["tpr"] >= 0.8
-    assert (tmp_path / "dbom_predictions.csv").read_text().splitlines()[0] == "index,score,trigger,object"
+    assert (tmp_path / "dbom_predictions.csv").read_text().splitlines()[0] == "index,score,trigger,object,dbom_object"
     assert all(q.requires_grad for q in smoke.model.parameters()), "the frozen encoder's flags come back"
 
 
 def test_bad_settings_and_models_are_clear_errors():
-    from toolbox_plugins.dbom.dbom import known_triggers
+    from toolbox_plugins.dbom.primitives import known_triggers
 
     with pytest.raises(ValueError, match="known names at least one trigger family"):
         DbomConfig(known=())
@@ -104,6 +107,27 @@ def test_scan_data_runs_dbom_on_an_attacks_poisoned_set(host, smoke_world, tmp_p
     assert main([*argv, "-p", "images=512"]) == 0
     doc = json.loads((out / "scan.json").read_text())
     det = doc["metrics"]["detection"]
-    # smoke scale (256 defender images): the argmax flags about a fifth of clean samples; recall and ranking hold
+    # smoke scale (256 defender images): the 0.5 threshold flags about a fifth of clean samples; recall and ranking hold
     assert det["tpr"] >= 0.7 and det["auroc"] >= 0.9 and doc["scan_info"]["known"] == ["badnet", "blended", "sig"]
+    assert doc["scan_info"]["encoder"] == "base" and doc["clean_data"]["n"] >= 20
     assert main([*argv[:-2], "--out", str(tmp_path / "bad"), "-p", "known=nosuch"]) == 2
+
+
+def test_dbom_is_listed_with_the_attacks_plugin_blocked(monkeypatch):
+    """Its config checks ``known`` against the attacks; a listing without them still shows its defaults."""
+    from toolbox import plugins
+
+    monkeypatch.setenv(plugins.BLOCK_ENV, "attacks")
+    plugins.reset_host()
+    try:
+        entry = plugins.get_host().build_registry().get("dataset_defense", "dbom")
+        assert entry.params["known"] == ["badnet", "blended", "sig"] and entry.params["images"] == 2000
+    finally:
+        monkeypatch.delenv(plugins.BLOCK_ENV)
+        plugins.reset_host()
+
+
+def test_clean_data_for_a_defense_that_learns_from_none_is_refused(host, tmp_path):
+    argv = ["scan-data", "--defense", "flare", "--preset", "smoke", "--clean-data", str(tmp_path)]
+    argv += ["--out", str(tmp_path / "o")]
+    assert main(argv) == 2 and not (tmp_path / "o").exists()

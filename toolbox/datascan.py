@@ -120,9 +120,7 @@ def scan(req: ScanRequest) -> Path:
             _adapter, loaded = load_model(registry, src.model_source, src.model_format, device)
         with timer.stage("load_data"):
             classnames, templates, train, eval_data = _load_sets(req, registry, loaded, attack is not None)
-            clean = (
-                _clean_data(req, registry, loaded, classnames) if getattr(defense, "uses_clean_data", False) else None
-            )
+            clean = _clean_data(req, registry, loaded, classnames, getattr(defense, "uses_clean_data", False))
         assert staging.path is not None
         suspect, data, truth, attack_doc = loaded.model, train, None, None
         if attack is not None and areg is not None:
@@ -171,7 +169,8 @@ def scan(req: ScanRequest) -> Path:
                 timer,
             )
         _write_scores(staging.path / "scores.csv", scores, flagged, truth)
-        doc = _document(req, host, loaded, attack_doc, dreg, defense, data, train, metrics, outcome, timer, device)
+        sets = (data, train, clean)
+        doc = _document(req, host, loaded, attack_doc, dreg, defense, sets, metrics, outcome, timer, device)
         atomic.write_json(staging.path / "scan.json", doc)
         return staging.commit()
 
@@ -183,15 +182,14 @@ def _document(
     attack_doc: dict[str, Any] | None,
     dreg: Any,
     defense: Any,
-    data: ImageData,
-    train: ImageData,
+    sets: tuple[ImageData, ImageData, ImageData | None],
     metrics: dict[str, Any],
     outcome: DataScanOutcome,
     timer: StageTimer,
     device: torch.device,
 ) -> dict[str, Any]:
     """scan.json: what was scanned, with which model and settings, and what came out."""
-    src = req.sources
+    src, (data, train, clean) = req.sources, sets
     return {
         "schema": SCHEMA_ID,
         "created": results.now_iso(),
@@ -206,6 +204,9 @@ def _document(
             "n": len(data.dataset),
             "skipped_unreadable": list(train.skipped),
         },
+        "clean_data": None  # the defender's own images, for a defense that learns from them
+        if clean is None
+        else {"source": clean.source, "n": len(clean.dataset), "skipped_unreadable": list(clean.skipped)},
         "definitions": DEFINITIONS,
         "metrics": metrics,
         "scan_info": outcome.info,
@@ -262,8 +263,12 @@ def _load_sets(
     return classnames, templates, train, eval_data
 
 
-def _clean_data(req: ScanRequest, registry: Any, loaded: Any, classnames: list[str]) -> ImageData:
+def _clean_data(req: ScanRequest, registry: Any, loaded: Any, classnames: list[str], used: bool) -> ImageData | None:
     """The defender's clean images (--clean-data, else the model's own), for a defense that learns from them."""
+    if not used:
+        if req.sources.clean_data:
+            raise InputError(f"dataset defense {req.defense!r} learns from no clean images: drop --clean-data")
+        return None
     source = req.sources.clean_data or loaded.data_defaults.get("clean_data")
     if not source:
         raise InputError(f"dataset defense {req.defense!r} learns from clean images: pass --clean-data")

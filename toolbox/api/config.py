@@ -70,7 +70,16 @@ def config_defaults(cls: type) -> dict[str, Any]:
     cfg = getattr(cls, "Config", None)
     if not isinstance(cfg, type) or not dataclasses.is_dataclass(cfg):
         return {}
-    return _jsonable(dataclasses.asdict(cfg()))
+    try:
+        return _jsonable(dataclasses.asdict(cfg()))
+    except ValueError:  # a check that needs another plugin (blocked, say) must not break a listing
+        return {f.name: _jsonable(_default(f)) for f in dataclasses.fields(cfg) if f.init}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def config_values(config: Any) -> dict[str, Any]:
@@ -81,6 +90,8 @@ def config_values(config: Any) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -39,11 +39,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.api import ClipModel, DataScanContext, DataScanOutcome, DatasetDefense
-from toolbox.primitives.tensors import as_float, frozen
+from toolbox.primitives.tensors import frozen
 from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
-from .primitives import Primitives, build_primitives, clean_images, embed, is_unseen
+from .primitives import (
+    MIN_IMAGES,
+    Primitives,
+    build_primitives,
+    clean_images,
+    embed,
+    is_unseen,
+    known_triggers,
+    seen_in_training,
+)
 from .prompts import SoftPrompts, token_embedding
 
 CLEAN = "clean"
@@ -52,33 +61,38 @@ CLEAN = "clean"
 @dataclass(frozen=True)
 class DbomConfig:
     known: tuple[str, ...] = ("badnet", "blended", "sig")  # trigger families the defender knows (ours)
-    images: int = 2000  # the defender's clean images the primitives set is built from (ours)
+    images: int = 2000  # the defender's clean images the primitives set is built from (ours; >= 20)
     unseen_pairs: float = 0.25  # share of each known trigger's objects held out of training (ours)
     test_images: float = 0.2  # share of the primitives set's images kept to measure seen / unseen (ours)
     context_tokens: int = 3  # learned context tokens, initialised from "a photo of" (CSP / DFSP: 3)
     trigger_prompts: int = 8  # repository prompts for triggers (VAPS: 20 in all; ours)
-    object_prompts: int = 32
+    object_prompts: int = 32  # ours: objects outnumber triggers
     top: int = 2  # prompts retrieved per image (VAPS: 2)
     w_primitive: float = 0.1  # trigger and object heads beside the pair head (DFSP 0.01; ours)
     w_separation: float = 0.1  # ours: the paper names the loss, not its weight
-    w_diversity: float = 0.1
-    w_key: float = 0.1
+    w_diversity: float = 0.1  # ours, as w_separation
+    w_key: float = 0.1  # ours: L2P / VAPS pull retrieved keys to their queries with weight 0.1
     # DBOM's earlier detector: 10 epochs at lr 1e-5 on ViT-B; a tiny CLIP learns at 1e-3, in steps so a
     # small primitives set trains as long as a large one (ours)
     steps: int = 600
     lr: float = 1e-3
     batch_size: int = 256
     negatives: int = 64  # pairs and objects drawn besides a batch's own for its softmax (ours)
-    threshold: float = 0.5  # flagged when 1 - P(clean) exceeds this
-    encoder: str = "base"  # "base": the model before the run's attack (a clean frozen VLM); "suspect"
+    threshold: float = 0.5  # flagged when 1 - P(clean) exceeds this: the paper's argmax for two outcomes
+    # the paper's frozen VLM is a clean public one: "base", the model before the run's attack; or "suspect"
+    encoder: str = "base"
 
     def __post_init__(self) -> None:
         if not self.known or CLEAN in self.known:
             raise ValueError(f"known names at least one trigger family (an attack), not {CLEAN!r}")
         if not 0 <= self.unseen_pairs < 1 or not 0 < self.test_images < 1 or not 0 < self.threshold < 1:
             raise ValueError("unseen_pairs in [0, 1), test_images and threshold in (0, 1)")
-        if min(self.images, self.context_tokens, self.trigger_prompts, self.object_prompts, self.top) < 1:
-            raise ValueError("images, context_tokens, trigger_prompts, object_prompts and top must be >= 1")
+        if self.images < MIN_IMAGES:
+            raise ValueError(
+                f"images must be >= {MIN_IMAGES}: fewer hold no test split and no spread to standardise by"
+            )
+        if min(self.context_tokens, self.trigger_prompts, self.object_prompts, self.top) < 1:
+            raise ValueError("context_tokens, trigger_prompts, object_prompts and top must be >= 1")
         if self.top > min(self.trigger_prompts, self.object_prompts) or self.steps < 1 or self.batch_size < 1:
             raise ValueError("top <= each repository's size, steps and batch_size >= 1")
         if self.negatives < 0:
@@ -296,14 +310,13 @@ class Dbom(DatasetDefense):
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
         primitives = held_out_rates(net, prims, cfg)
-        images = ctx.data.uint8().to(ctx.device)
-        scores, trig, _ = net.poison_scores(torch.cat(embed(encoder, images), 1))
-        objects = head.predict(encoder, as_float(images))  # the frozen model's object, as the primitives set's
+        scores, trig, objects, own = scan_set(net, head, encoder, ctx.data, ctx.device)
         timings["scan"] = time.perf_counter() - start
         flagged = scores > cfg.threshold
         unseen_by_trigger = {names[t]: [ctx.classnames[o] for o in objs] for t, objs in prims.unseen.items()}
         info = {
             "known": list(cfg.known),
+            "encoder": "base" if encoder is not ctx.model else "suspect",  # suspect: the scanned set's own model
             "primitives_set": {
                 "images": len(clean),
                 "samples": len(prims.features),
@@ -322,26 +335,21 @@ class Dbom(DatasetDefense):
             flagged=flagged.cpu(),
             info=info,
             timings_s={k: round(v, 3) for k, v in timings.items()},
-            artifacts=write_predictions(ctx.workdir, scores, trig, objects, names, ctx.classnames),
+            artifacts=write_predictions(ctx.workdir, scores, trig, objects, own, names, ctx.classnames),
         )
 
 
-def known_triggers(names: tuple[str, ...], image_size: int) -> list[Any]:
-    """Each known family's attack at its defaults; one whose trigger is learned with its backdoor
-    (BadCLIP's patch) or that applies no trigger to a plain image is refused with a clear error."""
-    from toolbox.lookup import registered
-
-    attacks = registered("attack")
-    triggers = [attacks[n]() for n in names]  # names were checked by DbomConfig
-    probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    for name, attack in zip(names, triggers, strict=True):
-        try:
-            changed = not torch.equal(attack.apply_trigger(probe.clone()), probe)
-        except Exception as err:  # an attack's own reason is the message
-            raise ValueError(f"known: {name}'s trigger cannot be applied before its backdoor is built ({err})") from err
-        if not changed:
-            raise ValueError(f"known: {name} applies no trigger to an image")
-    return triggers
+def scan_set(
+    net: DbomModel, head: ZeroShotHead, encoder: ClipModel, data: Any, device: torch.device, chunk: int = 4096
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(score, predicted trigger, the frozen model's object, DBOM's object) per sample, a chunk of images
+    on the device at a time."""
+    n, out = len(data.dataset), []
+    for i in range(0, n, chunk):
+        emb, blocks = embed(encoder, data.uint8(torch.arange(i, min(i + chunk, n))).to(device))
+        scores, trig, own = net.poison_scores(torch.cat([emb, blocks], 1))
+        out.append((scores, trig, (emb.float() @ head.weights.T).argmax(1), own))  # as head.predict, no re-encoding
+    return tuple(torch.cat(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
 
 
 def held_out_rates(net: DbomModel, p: Primitives, cfg: DbomConfig) -> dict[str, Any]:
@@ -356,23 +364,30 @@ def held_out_rates(net: DbomModel, p: Primitives, cfg: DbomConfig) -> dict[str, 
         return rates(flagged[keep], poisoned[keep])
 
     return {
-        "seen": among((trig > 0) & ~unseen),
+        "seen": among((trig > 0) & seen_in_training(p)[held]),  # a pair trained on, on new images
         "unseen": among(unseen),
         "per_trigger": {name: among(trig == t) for t, name in enumerate(cfg.known, 1)},
     }
 
 
 def write_predictions(
-    workdir: Any, scores: Tensor, trig: Tensor, objs: Tensor, names: list[str], classnames: list[str]
+    workdir: Any,
+    scores: Tensor,
+    trig: Tensor,
+    objs: Tensor,
+    own: Tensor,
+    names: list[str],
+    classnames: list[str],
 ) -> dict[str, str]:
-    """Per scanned sample: its score, predicted trigger and the frozen model's object (what the primitives
-    set was labelled by: a benchmark splits seen / unseen pairings by it)."""
+    """Per scanned sample: its score, predicted trigger, the frozen model's zero-shot object (how the
+    primitives set is labelled) and DBOM's own object prediction."""
     import csv
 
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "dbom_predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "score", "trigger", "object"])
-        for i, (s, t, o) in enumerate(zip(scores.tolist(), trig.tolist(), objs.tolist(), strict=True)):
-            w.writerow([i, f"{s:.5f}", names[t], classnames[o]])
+        w.writerow(["index", "score", "trigger", "object", "dbom_object"])
+        rows = zip(scores.tolist(), trig.tolist(), objs.tolist(), own.tolist(), strict=True)
+        for i, (s, t, o, d) in enumerate(rows):
+            w.writerow([i, f"{s:.5f}", names[t], classnames[o], classnames[d]])
     return {"predictions": "dbom_predictions.csv"}

@@ -26,13 +26,13 @@ class Primitives:
     unseen: dict[int, list[int]]  # trigger index -> its held-out objects
 
 
-def block_statistics(output: Any, batch: int) -> Tensor:
+def block_statistics(output: Any, sequence_first: bool) -> Tensor:
     """[B, 2C]: the max and the mean over positions of one vision block's output (ViT tokens, either
     layout, or a ResNet stage's [B, C, H, W] map)."""
     x = output[0] if isinstance(output, tuple) else output
     if x.dim() == 4:
         x = x.flatten(2).transpose(1, 2)
-    elif x.shape[0] != batch:  # a sequence-first transformer
+    elif sequence_first:
         x = x.transpose(0, 1)
     x = x.float()
     return torch.cat([x.amax(1), x.mean(1)], 1)
@@ -46,14 +46,20 @@ def embed(model: ClipModel, images: Tensor, batch: int = 256) -> tuple[Tensor, T
     emb, tokens = [], []
     try:
         with torch.no_grad():
+            model.encode_image(as_float(images[:1]))  # one image: its batch dimension is the one of size 1
+            first = [_out(seen[k]).dim() == 3 and _out(seen[k]).shape[0] != 1 for k in range(len(blocks))]
             for i in range(0, len(images), batch):
                 x = as_float(images[i : i + batch])
                 emb.append(model.encode_image(x))
-                tokens.append(torch.cat([block_statistics(seen[k], len(x)) for k in range(len(blocks))], 1))
+                tokens.append(torch.cat([block_statistics(seen[k], first[k]) for k in range(len(blocks))], 1))
     finally:
         for h in hooks:
             h.remove()
     return torch.cat(emb), torch.cat(tokens)
+
+
+def _out(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
 
 
 def build_primitives(
@@ -75,16 +81,29 @@ def build_primitives(
     which = (torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % len(triggers)).to(device)
     stamped = x.clone()
     for t, attack in enumerate(triggers):
-        stamped[which == t] = attack.apply_trigger(x[which == t]).clamp(0, 1)
+        if (which == t).any():
+            stamped[which == t] = attack.apply_trigger(x[which == t]).clamp(0, 1)
     feats = [torch.cat(embed(model, clean), 1), torch.cat(embed(model, stamped), 1)]
     trig = [torch.zeros(len(x), dtype=torch.long, device=device), which + 1]
     classes = sorted(set(objects.tolist()))
     n_unseen = min(int(round(unseen_pairs * len(classes))), len(classes) - 1)  # every trigger keeps a seen object
-    unseen = {t: sorted(rng.sample(classes, n_unseen)) for t in range(1, len(triggers) + 1)}
+    # consecutive runs of one shuffled list: an object is held out for one trigger, seen with the others
+    rng.shuffle(classes)
+    unseen = {
+        t: sorted(classes[(i * n_unseen + j) % len(classes)] for j in range(n_unseen))
+        for i, t in enumerate(range(1, len(triggers) + 1))
+    }
     held = torch.zeros(len(x), dtype=torch.bool, device=device)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))  # apart from the triggers
-    held[order[: int(test_images * len(x))].to(device)] = True
+    n_test = min(max(1, int(test_images * len(x))), len(x) - 2)  # a test image, and two to train on
+    held[order[:n_test].to(device)] = True
     return Primitives(torch.cat(feats), torch.cat(trig), torch.cat([objects, objects]), held.repeat(2), unseen)
+
+
+def seen_in_training(p: Primitives) -> Tensor:
+    """[N] bool: the sample's (trigger, object) pair occurs among the training rows."""
+    pairs = p.triggers * (int(p.objects.max()) + 1) + p.objects
+    return torch.isin(pairs, pairs[~p.test & ~is_unseen(p)])
 
 
 def is_unseen(p: Primitives) -> Tensor:
@@ -100,8 +119,26 @@ MIN_IMAGES = 20  # fewer clean images hold no test split and no spread to standa
 
 def clean_images(data: ImageData, n: int, seed: int) -> Tensor:
     total = len(data.dataset)
-    if total < MIN_IMAGES:
+    if min(total, n) < MIN_IMAGES:
         raise ValueError(
             f"DBOM builds its primitives set from at least {MIN_IMAGES} clean images; {data.source} has {total}"
         )
     return data.uint8(seeded_subset(total, n, seed) if total > n else None)
+
+
+def known_triggers(names: tuple[str, ...], image_size: int) -> list[Any]:
+    """Each known family's attack at its defaults; one whose trigger is learned with its backdoor
+    (BadCLIP's patch) or that applies no trigger to a plain image is refused with a clear error."""
+    from toolbox.lookup import registered
+
+    attacks = registered("attack")
+    triggers = [attacks[n]() for n in names]  # names were checked by DbomConfig
+    probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    for name, attack in zip(names, triggers, strict=True):
+        try:
+            changed = not torch.equal(attack.apply_trigger(probe.clone()), probe)
+        except Exception as err:  # an attack's own reason is the message
+            raise ValueError(f"known: {name}'s trigger cannot be applied before its backdoor is built ({err})") from err
+        if not changed:
+            raise ValueError(f"known: {name} applies no trigger to an image")
+    return triggers
