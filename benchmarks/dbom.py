@@ -10,8 +10,9 @@ defender's clean images; a quarter of each known trigger's objects is held out o
 A poisoned sample of a known family is a *seen* pairing when its object (the frozen clean model's
 zero-shot label of the sample's clean image, as the primitives set labels objects) is not among
 that trigger's held-out objects, *unseen* when it is; every sample of a family DBOM does not know
-(wanet, badclip) is unseen. TPR is given per kind against the FPR over all clean samples; then DBOM's own held-out test on its primitives set.
-With ``--retrain`` the clean model is trained on DBOM's purified set with the attack's recipe.
+(wanet, badclip) is unseen. TPR is given per kind against the FPR over all clean samples; then
+DBOM's own held-out test on its primitives set. With ``--retrain`` the clean model is trained on
+DBOM's purified set with the attack's recipe.
 """
 
 from __future__ import annotations
