@@ -53,7 +53,7 @@ def test_blocking_one_plugin_leaves_the_others_loaded(blocked, host, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("blocked", OURS)
-def test_defense_none_runs_on_a_users_model_with_one_plugin_blocked(blocked, smoke_world, tmp_path, monkeypatch):
+def test_defense_none_runs_on_a_users_model_with_one_plugin_blocked(blocked, host, smoke_world, tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.BLOCK_ENV, blocked)
     plugins.reset_host()
     out = tmp_path / "out"
@@ -63,7 +63,7 @@ def test_defense_none_runs_on_a_users_model_with_one_plugin_blocked(blocked, smo
 
 
 @pytest.mark.slow
-def test_invertune_runs_on_a_users_model_with_every_other_plugin_blocked(smoke_world, tmp_path, monkeypatch):
+def test_invertune_runs_on_a_users_model_with_every_other_plugin_blocked(host, smoke_world, tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.BLOCK_ENV, ",".join(p for p in OURS if p != "invertune"))
     plugins.reset_host()
     out = tmp_path / "out"
