@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from toolbox.cli import main as toolbox
 from toolbox.results import provenance, write_page
@@ -46,17 +48,23 @@ def scan(defense: str, attack: str, preset: str, out: Path, params: list[str], r
     return json.loads((out / "scan.json").read_text())
 
 
+@functools.cache
+def _training_set(preset: str, source: str) -> Any:  # toolbox.Suspect, loaded once for every attack
+    import toolbox
+
+    return toolbox.load(preset=preset, clean_data=source, device="cpu")
+
+
 def clean_objects(preset: str, doc: dict, rows: list[int]) -> list[str]:
     """The frozen clean model's zero-shot object of each poisoned sample's clean image: the sample at the
     same index of the world's training set (a poisoned set is that set, some samples stamped)."""
     import torch
 
-    import toolbox
     from toolbox.primitives.tensors import as_float
     from toolbox.zeroshot import ZeroShotHead
 
     source = doc["data"]["source"].rsplit(" (poisoned by ", 1)[0]
-    world = toolbox.load(preset=preset, clean_data=source, device="cpu")
+    world = _training_set(preset, source)
     if len(world.clean.dataset) != doc["data"]["n"]:
         raise SystemExit(f"{source} and the poisoned set differ in length: no index to pair them by")
     head = ZeroShotHead(world.model, world.classnames, world.templates, world.device)

@@ -52,6 +52,7 @@ from .primitives import (
     is_unseen,
     known_triggers,
     seen_in_training,
+    zero_shot,
 )
 from .prompts import SoftPrompts, token_embedding
 
@@ -348,7 +349,7 @@ def scan_set(
     for i in range(0, n, chunk):
         emb, blocks = embed(encoder, data.uint8(torch.arange(i, min(i + chunk, n))).to(device))
         scores, trig, own = net.poison_scores(torch.cat([emb, blocks], 1))
-        out.append((scores, trig, (emb.float() @ head.weights.T).argmax(1), own))  # as head.predict, no re-encoding
+        out.append((scores, trig, zero_shot(head, emb), own))
     return tuple(torch.cat(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
 
 

@@ -58,6 +58,12 @@ def embed(model: ClipModel, images: Tensor, batch: int = 256) -> tuple[Tensor, T
     return torch.cat(emb), torch.cat(tokens)
 
 
+def zero_shot(head: ZeroShotHead, feats: Tensor) -> Tensor:
+    """The frozen model's zero-shot class of each image from ``embed``'s features (its final embedding
+    leads them): ``head.predict`` without encoding the images again."""
+    return (feats[:, : head.weights.shape[1]].float() @ head.weights.T).argmax(1)
+
+
 def _out(output: Any) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -76,14 +82,15 @@ def build_primitives(
     rng = random.Random(seed)  # the held-out pairs
     x = as_float(clean)
     device = x.device
-    objects = head.predict(model, x)
+    clean_feats = torch.cat(embed(model, clean), 1)
+    objects = zero_shot(head, clean_feats)
     # each image twice: as it is, and with one known trigger (seeded, in turn): clean is half the set
     which = (torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) % len(triggers)).to(device)
     stamped = x.clone()
     for t, attack in enumerate(triggers):
         if (which == t).any():
             stamped[which == t] = attack.apply_trigger(x[which == t]).clamp(0, 1)
-    feats = [torch.cat(embed(model, clean), 1), torch.cat(embed(model, stamped), 1)]
+    feats = [clean_feats, torch.cat(embed(model, stamped), 1)]
     trig = [torch.zeros(len(x), dtype=torch.long, device=device), which + 1]
     classes = sorted(set(objects.tolist()))
     n_unseen = min(int(round(unseen_pairs * len(classes))), len(classes) - 1)  # every trigger keeps a seen object
