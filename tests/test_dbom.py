@@ -111,6 +111,7 @@ def test_scan_data_runs_dbom_on_an_attacks_poisoned_set(host, smoke_world, tmp_p
     assert det["tpr"] >= 0.7 and det["auroc"] >= 0.9 and doc["scan_info"]["known"] == ["badnet", "blended", "sig"]
     assert doc["scan_info"]["encoder"] == "base" and doc["clean_data"]["n"] >= 20
     assert main([*argv[:-2], "--out", str(tmp_path / "bad"), "-p", "known=nosuch"]) == 2
+    assert main([*argv[:-2], "--out", str(tmp_path / "learned"), "-p", "known=badclip"]) == 2  # bad input
 
 
 def test_dbom_is_listed_with_the_attacks_plugin_blocked(monkeypatch):

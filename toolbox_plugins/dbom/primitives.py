@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from toolbox.api import ClipModel, ImageData
+from toolbox.errors import InputError  # a bad ``known`` shows once the image size is known: exit 2
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
@@ -145,7 +146,7 @@ def known_triggers(names: tuple[str, ...], image_size: int) -> list[Any]:
         try:
             changed = not torch.equal(attack.apply_trigger(probe.clone()), probe)
         except Exception as err:  # an attack's own reason is the message
-            raise ValueError(f"known: {name}'s trigger cannot be applied before its backdoor is built ({err})") from err
+            raise InputError(f"known: {name}'s trigger cannot be applied before its backdoor is built ({err})") from err
         if not changed:
-            raise ValueError(f"known: {name} applies no trigger to an image")
+            raise InputError(f"known: {name} applies no trigger to an image")
     return triggers
