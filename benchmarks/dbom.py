@@ -24,7 +24,6 @@ import functools
 import io
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,16 @@ def pct(v: float | None) -> str:
 
 
 def scan(defense: str, attack: str, preset: str, out: Path, params: list[str], retrain: bool) -> dict:
+    """One scan-data run into ``out``; a finished one with the same arguments is read back (resumable)."""
     argv = ["scan-data", "--defense", defense, "--attack", attack, "--preset", preset, "--out", str(out)]
     argv += [x for p in params for x in ("-p", p)] + (["--retrain"] if retrain else [])
+    done = out.with_name(out.name + ".argv.json")  # written after the scan: its arguments, so a rerun reuses it
+    if (out / "scan.json").exists() and done.exists() and json.loads(done.read_text()) == argv:
+        return json.loads((out / "scan.json").read_text())
     with contextlib.redirect_stdout(io.StringIO()):
         if toolbox(argv) != 0:
             raise SystemExit(f"scan failed: {argv}")
+    done.write_text(json.dumps(argv))
     return json.loads((out / "scan.json").read_text())
 
 
@@ -99,10 +103,11 @@ def main() -> int:
     ap.add_argument("--retrain", action="store_true", help="also train on DBOM's purified set (the attack's recipe)")
     ap.add_argument("-p", "--param", action="append", default=[], help="DBOM setting KEY=VALUE (repeatable)")
     ap.add_argument("--docs", type=Path, help="also write DOCS/results/dbom-PRESET.md")
+    ap.add_argument("--work", type=Path, help="where each scan is kept, and reused by a rerun (results/dbom-PRESET)")
     args = ap.parse_args()
     prov = provenance(["python", "benchmarks/dbom.py", *sys.argv[1:]])
-    tmp_dir = tempfile.TemporaryDirectory(prefix="bench-dbom-")
-    tmp = Path(tmp_dir.name)
+    work = args.work or Path("results") / f"dbom-{args.preset}"  # an attack's scans take up to half an hour
+    work.mkdir(parents=True, exist_ok=True)
     table = [
         "| attack | DBOM knows it | poisoned | DBOM TPR seen pairs | DBOM TPR unseen pairs | DBOM FPR | DBOM AUROC | "
         "FLARE TPR | FLARE FPR | FLARE AUROC | on DBOM's purified set: CA / ASR@1 | DBOM s |",
@@ -113,10 +118,10 @@ def main() -> int:
     print("\n".join(table), flush=True)
     for attack in args.attacks.split(","):
         start = time.perf_counter()
-        doc = scan("dbom", attack, args.preset, tmp / f"dbom-{attack}", args.param, args.retrain)
-        flare = scan("flare", attack, args.preset, tmp / f"flare-{attack}", [], False)["metrics"]["detection"]
+        doc = scan("dbom", attack, args.preset, work / f"dbom-{attack}", args.param, args.retrain)
+        flare = scan("flare", attack, args.preset, work / f"flare-{attack}", [], False)["metrics"]["detection"]
         det, re = doc["metrics"]["detection"], doc["metrics"].get("retrain")
-        seen, unseen, n_seen, n_unseen = pairing_rates(tmp / f"dbom-{attack}", doc, attack, args.preset)
+        seen, unseen, n_seen, n_unseen = pairing_rates(work / f"dbom-{attack}", doc, attack, args.preset)
         after = (re or {}).get("purified_set")
         purified = "-" if not after else f"{pct(after['ca'])} / {pct(after['asr'])}"
         if re and not after:
