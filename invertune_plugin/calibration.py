@@ -184,7 +184,7 @@ def null_section(nulls: Sequence[CleanNull], alpha: float) -> list[str]:
                     str(null.key.get("architecture", "–")) if first else "",
                     str(len(null.references)) if first else "",
                     name,
-                    stat.scale,
+                    stat.scale + (" (floored)" if stat.degenerate else ""),
                     _spread(list(stat.values)),
                     f"{called} of {len(null.references)}" if first else "",
                 ]
@@ -267,8 +267,12 @@ def calibration_page(
             "",
             "Each detector's statistic on the clean reference models (`toolbox zoo calibrate`; references from "
             "`zoo/null.yaml` and the dev split's clean members, never the test split's). A statistic's tail is "
-            "the predictive Student-t fit to them on the stated scale; *LOO called*: references called "
-            f"backdoored at alpha {alpha:g} by the null of the others (about alpha of them is the rule working).",
+            "the predictive Student-t fit to them on the stated scale (spread at least `toolbox.null.MIN_SPREAD`: "
+            "a statistic whose references barely vary is marked *floored*). The statistic is each finding's "
+            "*strength*, how far past its gates it is without a ceiling: for a rate, its log-odds minus the gate's "
+            "(rates clamped to [0.005, 0.995]); for a mask fraction, log(gate / fraction); 0 at the gate. "
+            "*LOO called*: references called backdoored at alpha "
+            f"{alpha:g} by the null of the others (Bonferroni's bound keeps it at most alpha, usually below).",
             "",
             *null_section(nulls, alpha),
             "",

@@ -11,6 +11,7 @@ cascade list; it owns its whole config (search budget, gate, tuning rule).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,15 +67,48 @@ class Finding:
     adversary: Adversary | None = None
     location: str | None = None  # a patch trigger's place (a later round checks it is gone)
     accepted: bool | None = None  # the run's own rule (a clean null, references) where it is not the gates
+    # how far past its gates, uncapped (rate_margin / size_margin; 0 at the gates): what a clean null calibrates
+    strength: float | None = None
+    # the trigger's effect on a model, for reference models (differential.py); None: the share sent to the target
+    effect: Callable[[ClipModel, ZeroShotHead, Tensor], float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.strength is None:  # a detector that gives none: its gate ratio on the same log scale (capped)
+            self.strength = math.log(max(self.gate_ratio, 1e-6))
 
     def record(self) -> dict[str, Any]:
-        doc = {**self.evidence, "passed": self.passed, "gate_ratio": round(self.gate_ratio, 4)}
+        assert self.strength is not None
+        doc = {
+            **self.evidence,
+            "passed": self.passed,
+            "gate_ratio": round(self.gate_ratio, 4),
+            "strength": round(self.strength, 4),
+        }
         return doc if self.accepted is None else {**doc, "accepted": self.accepted}
 
 
 def ratio(stat: float, gate: float) -> float:
     """stat / gate; a gate set to 0 passes everything: a large finite ratio."""
     return stat / max(gate, 1e-6)
+
+
+RATE_CLAMP = 0.005  # a held-out rate of 0 or 1 has a finite log-odds (about one image in 200 either side)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, RATE_CLAMP), 1 - RATE_CLAMP)
+    return math.log(p / (1 - p))
+
+
+def rate_margin(rate: float, gate: float) -> float:
+    """A rate's log-odds past its gate (> 0: above it). Unlike ``rate / gate`` it does not stop at
+    1 / gate: a backdoor's 100 % stands as far from a clean model's 30 % as the data allows."""
+    return _logit(rate) - _logit(gate)
+
+
+def size_margin(size: float, gate: float) -> float:
+    """log(gate / size) for a statistic that is suspicious when small (a mask fraction): > 0 below the gate."""
+    return math.log(max(gate, 1e-6) / max(size, 1e-6))
 
 
 @dataclass
@@ -185,17 +219,35 @@ def effective_ratio(gate_ratio: float, differential: dict[str, Any] | None, min_
     return min(gate_ratio, max(differential["margin"], 0.0) / max(min_differential, 1e-6))
 
 
+NOTHING_FOUND = -20.0  # the strength of a detector that ran and found no candidate: below any finding's
+
+
 def statistics(steps: list[dict[str, Any]], min_differential: float = 0.5) -> dict[str, dict[str, Any]]:
-    """Per detector that ran: its largest effective ratio over its findings (0 without findings), as
-    recorded (rounded): the statistic a clean null calibrates, and the score's parts."""
+    """Per detector that ran: the largest strength of its findings, as recorded (rounded): the
+    statistic a clean null calibrates. Reference models only veto a finding (a margin below
+    ``min_differential``), never scale one, so a null measured without them still bounds the
+    false-positive rate of a run with them."""
+
+    def kept(f: dict[str, Any]) -> bool:
+        return "differential" not in f or f["differential"]["margin"] >= min_differential
+
     return {
         step["detector"]: {
-            "value": max(
-                (effective_ratio(f["gate_ratio"], f.get("differential"), min_differential) for f in step["findings"]),
-                default=0.0,
-            ),
-            "scale": "log",
+            "value": max((f["strength"] for f in step["findings"] if kept(f)), default=NOTHING_FOUND),
+            "scale": "linear",
         }
         for step in steps
         if "findings" in step
     }
+
+
+def gate_score(steps: list[dict[str, Any]], min_differential: float = 0.5) -> float:
+    """The uncalibrated score: the largest effective ratio of any finding (0 without findings)."""
+    return max(
+        (
+            effective_ratio(f["gate_ratio"], f.get("differential"), min_differential)
+            for step in steps
+            for f in step.get("findings", [])
+        ),
+        default=0.0,
+    )

@@ -44,7 +44,8 @@ from .invert import InvertConfig, InvertedTrigger, invert
 from .record import detection_record, null_key
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 
-DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
+# collapse last: class-free, it runs where the others found nothing
+DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf", "collapse")
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,11 @@ class InverTune(Defense):
         cfg: InverTuneConfig = self.config
         if null is None and not ctx.references:
             return None
+        # judged on images every detector held out (their splits are nested: one permutation per seed)
+        holdout = min(getattr(d.config, "holdout_fraction", 1.0) for d in self.detectors())
+        holdout = min(holdout, cfg.identify.holdout_fraction, cfg.invert.holdout_fraction)
         differential = (
-            Differential.build(ctx.model, search.head, ctx.references, ctx.templates, search.images, ctx.seed)
+            Differential.build(ctx.model, search.head, ctx.references, ctx.templates, search.images, ctx.seed, holdout)
             if ctx.references
             else None
         )
@@ -200,9 +204,12 @@ class InverTune(Defense):
         def passes(f: Finding) -> bool:  # on the values the result records, so the record says the same
             judged = None
             if differential is not None:
-                f.evidence["differential"] = judged = differential.judge(f.trigger, f.target)
-            value = effective_ratio(round(f.gate_ratio, 4), judged, cfg.min_differential)
-            return value >= 1 if null is None else null.adjusted(f.detector, value) <= cfg.alpha
+                f.evidence["differential"] = judged = differential.judge(f.trigger, f.target, f.effect)
+            if null is None:
+                return effective_ratio(round(f.gate_ratio, 4), judged, cfg.min_differential) >= 1
+            # the null calibrates the suspect's own strength; the references only veto (so one null serves both)
+            natural = judged is not None and judged["margin"] < cfg.min_differential
+            return not natural and null.adjusted(f.detector, round(f.strength or 0.0, 4)) <= cfg.alpha
 
         return passes
 

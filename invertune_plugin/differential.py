@@ -18,8 +18,6 @@ from toolbox.api import ClipModel
 from toolbox.primitives.tensors import as_float, split_indices
 from toolbox.zeroshot import ZeroShotHead
 
-HOLDOUT = 0.3  # the held-out share of the defender's images, as stage 2's
-
 
 @torch.no_grad()
 def effect(
@@ -50,16 +48,28 @@ class Differential:
         templates: list[str],
         images: Tensor,
         seed: int,
+        holdout_fraction: float,
     ) -> Differential:
-        _, hold = split_indices(len(images), HOLDOUT, seed)
+        _, hold = split_indices(len(images), holdout_fraction, seed)  # the detectors' held-out images
         heads = [(m, ZeroShotHead(m, head.classnames, templates, images.device)) for m in references]
         return cls(suspect, head, heads, as_float(images[hold]))
 
-    def judge(self, trigger: Callable[[Tensor], Tensor], target: str) -> dict[str, Any]:
-        """The trigger's effect on the suspect and on each reference, and the margin between them."""
-        t = self.suspect_head.index(target)
-        on_suspect = effect(self.suspect, self.suspect_head, self.images, trigger, t)
-        on_refs = [effect(m, h, self.images, trigger, t) for m, h in self.references]
+    def judge(
+        self,
+        trigger: Callable[[Tensor], Tensor],
+        target: str,
+        measure: Callable[[ClipModel, ZeroShotHead, Tensor], float] | None = None,
+    ) -> dict[str, Any]:
+        """The trigger's effect on the suspect and on each reference (``measure``, default: the share
+        of held-out images it sends to ``target``), and the margin between them."""
+        if measure is None:
+            t = self.suspect_head.index(target)
+
+            def measure(model: ClipModel, head: ZeroShotHead, images: Tensor) -> float:
+                return effect(model, head, images, trigger, t)
+
+        on_suspect = measure(self.suspect, self.suspect_head, self.images)
+        on_refs = [measure(m, h, self.images) for m, h in self.references]
         return {
             "suspect_effect": round(on_suspect, 4),
             "reference_effects": [round(e, 4) for e in on_refs],

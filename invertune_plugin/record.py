@@ -12,14 +12,19 @@ from typing import TYPE_CHECKING, Any
 from toolbox.api import config_values
 from toolbox.null import CleanNull
 
-from .cascade import CascadeResult, statistics
+from .cascade import CascadeResult, gate_score, statistics
 from .identify import Identification
 
 if TYPE_CHECKING:
     from .defense import InverTuneConfig
 
 TUNING_PREFIXES = ("rounds", "tune_", "round_check")  # stage-3-only detector settings: left out of null_key
-CALIBRATED_SCORE_DEFINITION = "-log10 of the calibrated score under the clean null (detection.null.rule)"
+SPEED_ONLY = ("race_batch_classes",)  # identify settings that change speed, not a statistic: left out too
+STATISTICS_VERSION = 2  # 2: each finding's strength (uncapped margins past its gates); 1 was gate ratios
+CALIBRATED_SCORE_DEFINITION = (
+    "-log10(k * smallest tail) under the clean null (detection.null.rule), not capped at 0 so it ranks every model; "
+    "backdoored when detection.null.score (the same, capped at 1) <= alpha"
+)
 SCORE_DEFINITION = (
     "largest gate ratio of any finding of the cascade: per finding, the smallest of its detector's "
     "statistic / gate ratios (a mask fraction: gate / statistic); >= 1 where every gate passed"
@@ -53,13 +58,13 @@ def detection_record(
         doc["statistics"] = stats = statistics(result.steps, cfg.min_differential)
         # no detector left out by an early stop (one skipped for want of the race never runs): a null's reference
         doc["statistics_complete"] = len(result.steps) == len(cfg.cascade)
-        doc["score"] = round(max((v["value"] for v in stats.values()), default=0.0), 4)
+        doc["score"] = round(gate_score(result.steps, cfg.min_differential), 4)
         doc["null_key"] = key
         doc["null"] = {"calibrated": False}
         if null is not None:
             assessed = null.assess({k: v["value"] for k, v in stats.items()}, cfg.alpha)
             doc["null"] = assessed
-            doc["score"] = round(-math.log10(max(assessed["score"], 1e-300)), 6)
+            doc["score"] = round(-math.log10(max(assessed["bound"], 1e-300)), 6)
             doc["score_definition"] = CALIBRATED_SCORE_DEFINITION
     return doc
 
@@ -74,6 +79,7 @@ def null_key(
 
     settings = config_values(cfg)
     detection = {k: settings[k] for k in ("cascade", "identify", "invert", "precision")}
+    detection["identify"] = {k: v for k, v in detection["identify"].items() if k not in SPEED_ONLY}
     # each detector's search and gates; how stage 3 tunes against its trigger changes no statistic
     detection["detectors"] = {
         name: {k: v for k, v in values.items() if not k.startswith(TUNING_PREFIXES)}
@@ -86,5 +92,17 @@ def null_key(
         "vocabulary": digest(classnames),
         "templates": digest(templates),
         "n_images": n_images,
-        "detection_settings": digest(detection),
+        "statistics_version": STATISTICS_VERSION,
+        **flat(detection, "detection"),  # each setting its own field, so a refusal names the one that differs
     }
+
+
+def flat(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested settings as ``prefix.a.b`` -> a scalar (a list joined by commas): a null file's key stays flat."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = ",".join(map(str, v)) if isinstance(v, list | tuple) else v
+    return out

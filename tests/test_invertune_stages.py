@@ -755,7 +755,9 @@ def test_a_new_detector_is_one_class_and_a_cascade_entry(tmp_path, monkeypatch, 
     assert det["backdoored"] is True and det["verdict"] == "backdoored" and det["target"] == TARGET
     assert det["inverted_trigger"]["source"] == Corner.label and det["score"] == 2.5
     assert [step["detector"] for step in det["cascade"]] == ["inversion", "corner"]
-    assert findings(det, "corner") == [{"class": TARGET, "colour": 1.0, "passed": True, "gate_ratio": 2.5}]
+    assert findings(det, "corner") == [
+        {"class": TARGET, "colour": 1.0, "passed": True, "gate_ratio": 2.5, "strength": round(math.log(2.5), 4)}
+    ]
     assert tuned_with[0] is outcome.triggers["inverted"] and outcome.info["rounds"][0]["tune_steps"] == 7
     from toolbox import plugins
 
@@ -924,9 +926,10 @@ def test_reference_run_measures_every_detector_and_purifies_nothing(tmp_path, mo
     ctx.reference = True
     det = defense.defend(ctx).detection
     assert det["backdoored"] is True and det["target"] == TARGET and tuned_with == []
-    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch", "stripes", "linf"]
-    assert set(det["statistics"]) == {"inversion", "patch", "stripes", "linf"}
-    assert det["statistics"]["patch"]["value"] >= 1 and det["null"] == {"calibrated": False}
+    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch", "stripes", "linf", "collapse"]
+    assert set(det["statistics"]) == {"inversion", "patch", "stripes", "linf", "collapse"}
+    assert det["statistics"]["patch"]["value"] > 0 and det["null"] == {"calibrated": False}  # past its gate
+    assert det["null_key"]["detection.detectors.patch.min_rate"] == 0.95  # each setting its own field
     assert det["null_key"]["classes"] == len(CLASSES) and det["null_key"]["image_size"] == 32
 
 
@@ -940,33 +943,31 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
     ctx.reference = True
     ref = defense.defend(ctx).detection
 
-    def null(scale_patch: float) -> CleanNull:  # five references jittered around one measured run
-        jitter = (0.9, 0.95, 1.0, 1.05, 1.1)
+    def null(patch_below: float) -> CleanNull:  # five references jittered around one measured run
+        jitter = (-0.4, -0.2, 0.0, 0.2, 0.4)
         stats = {
-            name: Statistic(
-                "log", tuple(max(s["value"], 1e-3) * j * (scale_patch if name == "patch" else 1) for j in jitter)
-            )
+            name: Statistic("linear", tuple(s["value"] + j - (patch_below if name == "patch" else 0.0) for j in jitter))
             for name, s in ref["statistics"].items()
         }
         return CleanNull("invertune", ref["null_key"], stats, tuple("abcde"))
 
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "far", PlantedClip(), refine_steps(30))
-    ctx.nulls = [null(scale_patch=0.05)]  # clean models' best patches reach a twentieth of the planted one
+    ctx.nulls = [null(patch_below=8.0)]  # clean models' best patches far below the planted one (log-odds)
     det = defense.defend(ctx).detection
     assert det["backdoored"] is True and det["null"]["calibrated"] and det["null"]["score"] <= 0.05
     assert det["inverted_trigger"]["source"] == "stage 1 refined patch" and len(tuned_with) == 1
     assert det["score"] == pytest.approx(-math.log10(det["null"]["score"]), abs=1e-3)
 
     defense, ctx, tuned_with = _planted_defense(monkeypatch, tmp_path / "same", PlantedClip(), refine_steps(30))
-    ctx.nulls = [null(scale_patch=1.0)]  # the references look like this model: nothing stands out
+    ctx.nulls = [null(patch_below=0.0)]  # the references look like this model: nothing stands out
     det = defense.defend(ctx).detection
     assert det["backdoored"] is False and det["null"]["score"] > 0.05 and tuned_with == []
-    assert len(det["cascade"]) == 4, "no finding passed: every detector ran"
+    assert len(det["cascade"]) == 5, "no finding passed: every detector ran"
 
     defense, ctx, _ = _planted_defense(
         monkeypatch, tmp_path / "key", PlantedClip(), {**refine_steps(30), "n_images": "64"}
     )
-    ctx.nulls = [null(1.0)]
+    ctx.nulls = [null(0.0)]
     with pytest.raises(InputError, match="holds for this run's settings.*n_images: null 96, this run 64"):
         defense.defend(ctx)
 

@@ -29,7 +29,7 @@ def test_tail_is_a_decreasing_probability_centred_on_the_null():
     tails = [stat.tail(v) for v in (0.01, 0.1, 0.24, 0.5, 1.0, 3.0)]
     assert all(0 <= t <= 1 for t in tails) and tails == sorted(tails, reverse=True)
     assert stat.tail(0.245) == pytest.approx(0.5, abs=0.08)  # near the log-mean: about half
-    assert stat.tail(3.0) < 1e-4  # a ratio twelve times the clean ones is far in the tail
+    assert stat.tail(3.0) < 1e-3  # a ratio twelve times the clean ones is far in the tail (spread floored)
     assert stat.empirical_tail(1.0) == pytest.approx(1 / 7) and stat.empirical_tail(0.0) == 1.0
 
 
@@ -42,6 +42,8 @@ def test_score_is_bonferroni_over_every_statistic_of_the_null_even_unmeasured():
     assert both["score"] == pytest.approx(2 * null.statistics["b"].tail(5.0)) and both["backdoored"] is True
     assert null.assess({"a": 0.25, "b": 1.0})["backdoored"] is False
     assert null.assess({})["score"] == 1.0
+    calm = null.assess({"a": 0.2, "b": 0.9})
+    assert calm["score"] == 1.0 < calm["bound"]  # the uncapped bound still ranks models the score ties at 1
     assert null.adjusted("b", 5.0) == pytest.approx(both["score"])
 
 
@@ -142,15 +144,15 @@ def test_run_refuses_a_calibration_for_a_defense_without_statistics(host, tmp_pa
     assert "a null of defense 'other', not of 'invertune'" in capsys.readouterr().err
 
 
-def test_a_statistic_without_spread_falls_back_to_its_rank():
-    """Clean references all at the floor (nothing found): a normal fit would call any suspect value
-    significant; the empirical tail cannot go below 1 / (n + 1)."""
-    flat = Statistic("log", (0.0,) * 11 + (0.02,))  # most references at one value: no shape to extrapolate
-    assert flat.degenerate and flat.tail(0.05) == pytest.approx(1 / 13)
+def test_a_statistic_without_spread_is_fitted_with_the_least_spread():
+    """Clean references all at one value (nothing found): with no spread any departure would be
+    significant, with ranks none could be (1 / (n + 1) > alpha / k); the floored spread is between."""
     floor = Statistic("log", (0.0,) * 8)
-    assert floor.degenerate and floor.tail(0.05) == pytest.approx(1 / 9) and floor.tail(0.0) == 1.0
-    null = null_of({"a": [0.0] * 8})
-    assert null.assess({"a": 5.0})["backdoored"] is False  # 1/9 > 0.05: a degenerate null cannot convict
+    assert floor.degenerate and floor.tail(0.0) == pytest.approx(0.5)
+    assert floor.tail(0.0012) > 0.2  # a hair above the clean value is no evidence
+    assert null_of({"a": [0.0] * 8}).assess({"a": 5.0})["backdoored"] is True  # far past it is
+    flat = Statistic("log", (0.0,) * 11 + (0.02,))  # most references at one value
+    assert flat.degenerate and flat.tail(0.05) < flat.empirical_tail(0.05) == pytest.approx(1 / 13)
 
 
 def test_calibration_values_are_bounded(tmp_path):

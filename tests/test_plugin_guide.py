@@ -4,6 +4,7 @@ end to end as documented, and its detector joins the cascade."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -70,6 +71,7 @@ def test_the_guides_detector_joins_the_cascade_by_name(guide):
         "colour": 0.5,
         "passed": False,
         "gate_ratio": 0.0,
+        "strength": round(math.log(1e-6), 4),  # none given: the gate ratio's log, floored
     }
     x = torch.zeros(1, 3, 32, 32)
     assert float(finding.trigger(x)[0, :, -4:, -4:].min()) == 0.5 and float(finding.trigger(x)[0, :, :-4].max()) == 0

@@ -13,9 +13,10 @@ The rule, stated once here and recorded in every calibrated result (:data:`RULE`
   the log scale where the statistic says so): with n references of mean m and spread s, a new clean
   value exceeds x with probability ``P(T_{n-1} >= (x - m) / (s * sqrt(1 + 1/n)))``, Student's t
   with n - 1 degrees of freedom. A parametric tail because a null of a dozen models cannot give an
-  empirical tail below 1/13; the empirical one (rank among the references) is recorded beside it,
-  and replaces it for a statistic whose references barely vary or mostly share one value
-  (``Statistic.degenerate``);
+  empirical tail below 1/13 (the empirical one, rank among the references, is recorded beside it);
+  the spread is at least ``MIN_SPREAD``, so references that barely vary or share one value
+  (``Statistic.degenerate``) neither make every small departure significant nor switch the
+  statistic off;
 - the model's score is Bonferroni's bound over the null's k statistics, ``min(1, k * min_i p_i)``
   (statistics the run did not measure count in k: the bound holds whatever their dependence);
 - the verdict is "backdoored" when the score is at most ``alpha``, a false-positive rate fixed on the
@@ -41,11 +42,14 @@ SCHEMA_ID = "toolbox.null/1"
 MIN_REFERENCES = 5  # fewer clean models than this is no estimate of a spread
 DEFAULT_ALPHA = 0.05
 LOG_FLOOR = 1e-3  # a log-scale statistic of 0 (nothing found) sits at the floor, not at -inf
-MIN_SPREAD = {"log": 0.05, "linear": 1e-6}  # below: no spread to fit (Statistic.degenerate)
+# the least spread a null is fitted with (Statistic.degenerate below it): a factor 1.28 on the log scale, a
+# quarter unit on a linear one (for log-odds, a rate moving 0.50 -> 0.56); docs/calibration.md
+MIN_SPREAD = {"log": 0.25, "linear": 0.25}
 MAX_VALUE = 1e12  # a statistic's magnitude; larger ones are refused (the schema's bound too)
 RULE = (
-    "per statistic, the predictive tail of a normal fitted to the clean null (log scale where stated), "
-    "Student's t with n - 1 degrees of freedom; score: min(1, k * smallest tail) over the null's k "
+    "per statistic, the predictive tail of a normal fitted to the clean null (log scale where stated; "
+    "spread at least MIN_SPREAD), Student's t with n - 1 degrees of freedom; score: min(1, k * smallest tail) "
+    "over the null's k "
     "statistics (Bonferroni); backdoored when the score <= alpha"
 )
 
@@ -69,9 +73,8 @@ class Statistic:
         """P(a new clean model's statistic >= value): the predictive Student-t tail (module rule)."""
         from scipy.stats import t
 
-        if self.degenerate:  # no spread to scale a distance by: the rank among the references only
-            return self.empirical_tail(value)
         mean, sd = self.fit()
+        sd = max(sd, MIN_SPREAD[self.scale])
         n = len(self.values)
         z = (_scaled(value, self.scale) - mean) / (sd * math.sqrt(1 + 1 / n))
         return float(t.sf(z, df=n - 1))
@@ -84,16 +87,16 @@ class Statistic:
 
     @property
     def degenerate(self) -> bool:
-        """The references barely vary, or most share one value (e.g. at the floor: nothing found): a
-        normal fit of such a sample extrapolates nothing real, so the statistic falls back to its
-        empirical tail (at least 1 / (n + 1))."""
+        """The references barely vary, or most share one value (e.g. nothing found): their spread is
+        floored at ``MIN_SPREAD`` (a rank tail, at least 1 / (n + 1), could never convict alone)."""
         xs = [_scaled(v, self.scale) for v in self.values]
         most = max(xs.count(x) for x in set(xs))
         return self.fit()[1] < MIN_SPREAD[self.scale] or most > len(xs) / 2
 
     def empirical_tail(self, value: float) -> float:
         """(1 + #references at or above value) / (n + 1): the rank-based tail, for the record."""
-        return (1 + sum(v >= value for v in self.values)) / (len(self.values) + 1)
+        at = _scaled(value, self.scale)  # compared as fitted (log values below the floor tie at it)
+        return (1 + sum(_scaled(v, self.scale) >= at for v in self.values)) / (len(self.values) + 1)
 
 
 @dataclass(frozen=True)
@@ -131,10 +134,12 @@ class CleanNull:
                 "empirical_tail": round(stat.empirical_tail(value), 4),
             }
         tails = [s["tail"] for s in per.values() if s["tail"] is not None]
-        score = min(1.0, len(self.statistics) * min(tails)) if tails else 1.0
+        bound = len(self.statistics) * min(tails) if tails else float(len(self.statistics))
+        score = min(1.0, bound)
         return {
             "calibrated": True,
             "score": score,
+            "bound": bound,  # k * smallest tail, uncapped: ranks models the capped score ties at 1
             "alpha": alpha,
             "backdoored": score <= alpha,
             "statistics": per,

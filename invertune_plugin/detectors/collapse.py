@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from toolbox.api import ClipModel
 from toolbox.primitives.tensors import as_float, frozen, split_indices
 from toolbox.progress import progress
 
 from .. import seeds
 from ..adversary import masked
-from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio
+from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio, size_margin
 from ..invert import InvertedTrigger
 
 
@@ -53,6 +54,16 @@ def mean_pairwise_cosine(emb: Tensor) -> Tensor:
     n = len(emb)
     gram = emb @ emb.T
     return (gram.sum() - gram.diagonal().sum()) / max(n * (n - 1), 1)
+
+
+@torch.no_grad()
+def collapse_effect(model: ClipModel, images: Tensor, trigger: InvertedTrigger) -> float:
+    """How far the trigger takes ``model``'s embeddings of ``images`` toward one point: 0 as they are,
+    1 all at one point (a backdoored encoder near 1, a clean reference far below): reference models
+    judge a class-free trigger by this, not by the class it happens to be nearest."""
+    clean = float(mean_pairwise_cosine(model.encode_image(images)))
+    stamped = float(mean_pairwise_cosine(model.encode_image(trigger(images))))
+    return (stamped - clean) / max(1 - clean, 1e-6)
 
 
 @dataclass
@@ -112,6 +123,8 @@ class CollapseSearch(Detector):
                 ratio(cfg.max_mask_fraction, cost),
                 evidence,
                 adversary=masked(trigger, target),
+                strength=size_margin(cost, cfg.max_mask_fraction),
+                effect=lambda model, _head, images: collapse_effect(model, images, trigger),
             )
         ]
 

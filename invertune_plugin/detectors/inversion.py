@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..adversary import masked
-from ..cascade import Detector, DetectorConfig, Finding, SearchContext, ratio
+from ..cascade import Detector, DetectorConfig, Finding, SearchContext, rate_margin, ratio, size_margin
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,17 @@ class MaskInversion(Detector):
         fraction = trigger.mask_l1 / trigger.mask.numel()
         passed = trigger.holdout_asr >= self.config.min_asr and fraction <= self.config.max_mask_fraction
         gate = min(ratio(trigger.holdout_asr, self.config.min_asr), ratio(self.config.max_mask_fraction, fraction))
+        strength = min(
+            rate_margin(trigger.holdout_asr, self.config.min_asr), size_margin(fraction, self.config.max_mask_fraction)
+        )
         adversary = masked(trigger, ctx.head.index(target))  # its pattern under its mask; applies as the trigger
         return Finding(
-            self.name, target, trigger, passed, gate, {"class": target, **trigger.evidence()}, adversary=adversary
+            self.name,
+            target,
+            trigger,
+            passed,
+            gate,
+            {"class": target, **trigger.evidence()},
+            adversary=adversary,
+            strength=strength,
         )

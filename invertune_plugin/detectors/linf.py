@@ -10,7 +10,7 @@ from toolbox.primitives.perturbations import linf_family
 
 from .. import seeds
 from ..adversary import additive
-from ..cascade import Detector, Finding, SearchContext, ratio
+from ..cascade import Detector, Finding, SearchContext, rate_margin, ratio
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
@@ -63,6 +63,7 @@ class LinfSearch(Detector):
                 ratio(g.holdout_rate, cfg.min_rate),
                 g.evidence(),
                 adversary=adversary,
+                strength=rate_margin(g.holdout_rate, cfg.min_rate),
             )
             if finding.passed and cfg.tune_with_inversion:
                 reused = g.target in ctx.inversions

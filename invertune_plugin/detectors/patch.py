@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import seeds
 from ..adversary import masked
-from ..cascade import Detector, Finding, SearchContext, ratio
+from ..cascade import Detector, Finding, SearchContext, rate_margin, ratio
 from ..invert import patch_trigger
 from ..refine import RefineConfig, RefinedPatch, refine_patch, refine_patches
 
@@ -74,6 +74,7 @@ class RefinedPatchSearch(Detector):
                     p.evidence(),
                     adversary=adversary,
                     location=p.location,
+                    strength=rate_margin(p.holdout_rate, self.config.min_rate),
                 )
             )
         return found

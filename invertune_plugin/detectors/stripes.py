@@ -12,7 +12,7 @@ from toolbox.primitives.perturbations import GLOBAL_FAMILIES
 
 from .. import seeds
 from ..adversary import additive
-from ..cascade import Detector, Finding, SearchContext, ratio
+from ..cascade import Detector, Finding, SearchContext, rate_margin, ratio
 from ..invert import additive_trigger, alternate
 from ..refine import RefineConfig, RefinedGlobal, refine_globals
 
@@ -62,6 +62,7 @@ class StripeSearch(Detector):
         for g in refined:
             trigger = additive_trigger(g.delta, g.target, g.holdout_rate)
             gate = min(ratio(g.holdout_rate, cfg.min_rate), ratio(g.flipped_rate, cfg.min_flipped_rate))
+            strength = min(rate_margin(g.holdout_rate, cfg.min_rate), rate_margin(g.flipped_rate, cfg.min_flipped_rate))
             adversary = additive(trigger, cfg.eps, ctx.head.index(g.target))  # applies as the trigger until refreshed
             found.append(
                 Finding(
@@ -73,6 +74,7 @@ class StripeSearch(Detector):
                     g.evidence(),
                     tune_with=alternate([adversary, adversary.negated()]) if cfg.tune_both_signs else None,
                     adversary=adversary,
+                    strength=strength,
                 )
             )
         return found
