@@ -972,6 +972,16 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
         defense.defend(ctx)
 
 
+def test_strength_has_no_ceiling_where_the_gate_ratio_has_one():
+    """A clean null calibrates strengths: a backdoor's 100 % stands far past the gate, not at 1 / gate."""
+    from invertune_plugin.cascade import rate_margin, ratio, size_margin
+
+    assert ratio(1.0, 0.95) < 1.06 and rate_margin(1.0, 0.95) > 2.3
+    assert rate_margin(0.95, 0.95) == 0 and size_margin(0.05, 0.05) == 0
+    assert rate_margin(0.3, 0.95) < 0 and rate_margin(0.0, 0.95) == rate_margin(0.001, 0.95)  # clamped, finite
+    assert size_margin(0.005, 0.05) == pytest.approx(math.log(10)) and size_margin(1.2, 0.05) < 0
+
+
 def test_class_free_collapse_finds_the_planted_patch_without_the_vocabulary():
     """DECREE's search: on the backdoored model a mask of about 2 % of the image collapses every
     embedding onto the target; on the clean one nothing that small collapses them (statistic > 1).
