@@ -44,8 +44,7 @@ from .invert import InvertConfig, InvertedTrigger, invert
 from .record import detection_record, null_key
 from .tune import TuneConfig, TuneReport, guard_reference, tune
 
-# collapse last: class-free, it runs where the others found nothing
-DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf", "collapse")
+DEFAULT_CASCADE = ("inversion", "patch", "stripes", "linf")
 
 
 @dataclass(frozen=True)

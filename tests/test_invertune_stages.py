@@ -926,8 +926,8 @@ def test_reference_run_measures_every_detector_and_purifies_nothing(tmp_path, mo
     ctx.reference = True
     det = defense.defend(ctx).detection
     assert det["backdoored"] is True and det["target"] == TARGET and tuned_with == []
-    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch", "stripes", "linf", "collapse"]
-    assert set(det["statistics"]) == {"inversion", "patch", "stripes", "linf", "collapse"}
+    assert [step["detector"] for step in det["cascade"]] == ["inversion", "patch", "stripes", "linf"]
+    assert set(det["statistics"]) == {"inversion", "patch", "stripes", "linf"}
     assert det["statistics"]["patch"]["value"] > 0 and det["null"] == {"calibrated": False}  # past its gate
     assert det["null_key"]["detection.detectors.patch.min_rate"] == 0.95  # each setting its own field
     assert det["null_key"]["classes"] == len(CLASSES) and det["null_key"]["image_size"] == 32
@@ -962,7 +962,7 @@ def test_a_calibrated_verdict_follows_the_null_not_the_gates(tmp_path, monkeypat
     ctx.nulls = [null(patch_below=0.0)]  # the references look like this model: nothing stands out
     det = defense.defend(ctx).detection
     assert det["backdoored"] is False and det["null"]["score"] > 0.05 and tuned_with == []
-    assert len(det["cascade"]) == 5, "no finding passed: every detector ran"
+    assert len(det["cascade"]) == 4, "no finding passed: every detector ran"
 
     defense, ctx, _ = _planted_defense(
         monkeypatch, tmp_path / "key", PlantedClip(), {**refine_steps(30), "n_images": "64"}

@@ -314,7 +314,7 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     assert f"(5 references: {complete} from earlier evaluations, {5 - complete} measured now)" in out
     doc = json.loads(null.read_text())
     assert doc["schema"] == "toolbox.null/1" and len(doc["references"]) == 5
-    assert set(doc["statistics"]) == {"inversion", "patch", "stripes", "linf", "collapse"}
+    assert set(doc["statistics"]) == {"inversion", "patch", "stripes", "linf"}
     [ref_dir] = zoo.glob("evals/invertune-*-reference")
     for member in ref_dir.glob("*/run/result.json"):  # reference runs purify nothing
         assert json.loads(member.read_text())["model"]["purified_sha256"] is None
