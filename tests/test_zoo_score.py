@@ -466,8 +466,9 @@ def test_calibration_page_shows_the_nulls_and_the_calibrated_verdict():
     )
     calibrated = {"dev": [rows["b1"], rows["b3"], rows["c1"], rows["c2"]]}
     page = calibration_page(dev, None, None, {"cascade": ["inversion"]}, "Today.", (), [null], calibrated)
-    assert "| null-vit.json | abc | 5 | inversion | log | 0.200 / 0.250 / 0.300 (n=5) |" in page
-    assert "|  |  |  | patch | log | 1.000 / 1.000 / 1.000 (n=5) |  |" in page
+    # both spreads under MIN_SPREAD (0.25 in log units): fitted with it, and marked so
+    assert "| null-vit.json | abc | 5 | inversion | log (floored) | 0.200 / 0.250 / 0.300 (n=5) |" in page
+    assert "|  |  |  | patch | log (floored) | 1.000 / 1.000 / 1.000 (n=5) |  |" in page
     # verdicts: b1 backdoored (right), b3 not called, c1 called, c2 not: scores 0.9, 0.4 / 0.5, 0.2
     assert "| dev | 2 / 2 | 0.750 | TPR 1/2, FPR 1/2 |" in page
 

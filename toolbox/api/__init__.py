@@ -11,6 +11,7 @@ Import every name from ``toolbox.api``: the submodules are its layout, not its c
 
 from __future__ import annotations
 
+from ..errors import InputError  # raised by a plugin: the user's input or setting is bad (exit 2, not a failed run)
 from .components import (
     Attack,
     AttackContext,
@@ -57,6 +58,7 @@ __all__ = [
     "DefenseOutcome",
     "ImageData",
     "InMemoryImages",
+    "InputError",
     "Kind",
     "LoadedModel",
     "ModelAdapter",

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from toolbox.api import ClipModel, ImageData
-from toolbox.errors import InputError  # a bad ``known`` shows once the image size is known: exit 2
+from toolbox.api import ClipModel, ImageData, InputError  # a bad ``known`` shows once the image size is known
 from toolbox.primitives.tensors import as_float, seeded_subset
 from toolbox.zeroshot import ZeroShotHead
 
