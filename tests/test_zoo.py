@@ -147,6 +147,7 @@ def test_localisation_is_the_inverted_masks_share_inside_a_small_real_trigger(ho
         ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {a: {uniform: [2, 1]}}}\n", "low <= high"),
         ("name: x\nseed: 1\nmembers: 0\npresets: [smoke]\nfamilies: {badnet: {}}\n", "members >= 1"),
         ("- just\n- a list\n", "not a mapping"),
+        ("name: null\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\n", "name must be"),
         ("name: x\nseed: 1\nmembers: 3\npresets: [smoke]\nfamilies: {badnet: {}}\ntrain_pairs: 0\n", "train_pairs"),
     ],
 )

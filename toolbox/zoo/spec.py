@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -158,6 +159,10 @@ def load_spec(path: str | Path, members: int | None = None) -> ZooSpec:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"zoo spec {path}: unknown keys {unknown}; known: {sorted(known)}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}", name):
+        # member ids and folders are NAME-000: YAML reads an unquoted null, yes or 12 as another type
+        raise InputError(f"zoo spec {path}: name must be letters, digits, - or _ (quoted in YAML); got {name!r}")
     try:
         families = tuple(_family(name, entry) for name, entry in (doc.get("families") or {}).items())
         clean = doc.get("clean") or {}
