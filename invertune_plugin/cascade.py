@@ -219,6 +219,11 @@ def effective_ratio(gate_ratio: float, differential: dict[str, Any] | None, min_
     return min(gate_ratio, max(differential["margin"], 0.0) / max(min_differential, 1e-6))
 
 
+def vetoed(differential: dict[str, Any] | None, min_differential: float) -> bool:
+    """A reference model moved as much (margin below ``min_differential``): a natural feature, not a trigger."""
+    return differential is not None and differential["margin"] < min_differential
+
+
 NOTHING_FOUND = -20.0  # the strength of a detector that ran and found no candidate: below any finding's
 
 
@@ -227,13 +232,12 @@ def statistics(steps: list[dict[str, Any]], min_differential: float = 0.5) -> di
     statistic a clean null calibrates. Reference models only veto a finding (a margin below
     ``min_differential``), never scale one, so a null measured without them still bounds the
     false-positive rate of a run with them."""
-
-    def kept(f: dict[str, Any]) -> bool:
-        return "differential" not in f or f["differential"]["margin"] >= min_differential
-
     return {
         step["detector"]: {
-            "value": max((f["strength"] for f in step["findings"] if kept(f)), default=NOTHING_FOUND),
+            "value": max(
+                (f["strength"] for f in step["findings"] if not vetoed(f.get("differential"), min_differential)),
+                default=NOTHING_FOUND,
+            ),
             "scale": "linear",
         }
         for step in steps

@@ -37,6 +37,7 @@ from .cascade import (
     detector_class,
     effective_ratio,
     run_cascade,
+    vetoed,
 )
 from .differential import Differential
 from .identify import Identification, IdentifyConfig, identify
@@ -207,8 +208,10 @@ class InverTune(Defense):
             if null is None:
                 return effective_ratio(round(f.gate_ratio, 4), judged, cfg.min_differential) >= 1
             # the null calibrates the suspect's own strength; the references only veto (so one null serves both)
-            natural = judged is not None and judged["margin"] < cfg.min_differential
-            return not natural and null.adjusted(f.detector, round(f.strength or 0.0, 4)) <= cfg.alpha
+            return (
+                not vetoed(judged, cfg.min_differential)
+                and null.adjusted(f.detector, round(f.strength or 0.0, 4)) <= cfg.alpha
+            )
 
         return passes
 
