@@ -3,14 +3,15 @@ the vocabulary grows from the world's classes to every usable emoji name and to 
 
     python benchmarks/stage1.py --zoo ~/.cache/invertune-toolbox/zoos/dev               # 4 members
     python benchmarks/stage1.py --zoo ZOO --members 6 --sizes 200,all,1000 --docs docs
+    python benchmarks/stage1.py --zoo ZOO --ids dev-007,dev-011 --sizes 200 --screens untargeted,groups,both
 
 Members are the zoo's first backdoored and clean members of the preset (ViT by default), read from
 its manifest. A vocabulary of size N is the world's own classes (the target among them), then the
 other usable emoji names of the world's catalogue (``all``: every one), then ImageNet-1K names
 (open_clip's) up to N: names the model never saw are distractors, as a user's long class list is.
-Stage 1 runs with the default settings (the untargeted screen, then the race on its top
-``max_race_classes``); the table gives its seconds and the true target's rank. Timings taken while
-anything else runs on the machine are not timings.
+Stage 1 runs with the default settings but for ``--screens`` (which screen picks the
+``max_race_classes`` raced classes: identify.screen); the table gives its seconds, whether the true
+target was raced, and its final rank. Timings taken while anything else runs on the machine are not timings.
 """
 
 from __future__ import annotations
@@ -55,19 +56,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--members", type=int, default=4, help="members measured, half backdoored (default 4)")
     ap.add_argument("--sizes", default="200,all,1000", help="vocabulary sizes; 'all': the world's whole catalogue")
+    ap.add_argument("--ids", help="comma-separated member ids instead of --members (any preset's)")
+    ap.add_argument("--screens", default="untargeted", help="identify.screen values to compare (comma-separated)")
+    ap.add_argument("--max-race-classes", type=int, default=IdentifyConfig().max_race_classes)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--docs", type=Path, help="also write DOCS/results/stage1-PRESET.md")
     args = ap.parse_args(argv)
 
-    records = [r for r in read_manifest(args.zoo) if r["preset"] == args.preset]
-    chosen = [r for r in records if r["label"] == "backdoored"][: (args.members + 1) // 2]
-    chosen += [r for r in records if r["label"] == "clean"][: args.members // 2]
+    if args.ids:
+        by_id = {r["id"]: r for r in read_manifest(args.zoo)}
+        missing = [i for i in args.ids.split(",") if i not in by_id]
+        if missing:
+            raise SystemExit(f"not in {args.zoo}'s manifest: {', '.join(missing)}")
+        chosen = [by_id[i] for i in args.ids.split(",")]
+        if len({r["preset"] for r in chosen}) > 1:
+            raise SystemExit("--ids: members of one preset at a time (their world's vocabulary differs)")
+        args.preset = chosen[0]["preset"]
+    else:
+        records = [r for r in read_manifest(args.zoo) if r["preset"] == args.preset]
+        chosen = [r for r in records if r["label"] == "backdoored"][: (args.members + 1) // 2]
+        chosen += [r for r in records if r["label"] == "clean"][: args.members // 2]
+    configs = {s: IdentifyConfig(screen=s, max_race_classes=args.max_race_classes) for s in args.screens.split(",")}
     world = world_of(args.preset, world=chosen[0].get("world", DEFAULT_WORLD)).data
     base = [line.strip() for line in Path(world["classes"]).read_text().splitlines() if line.strip()]
     rest, imagenet = extra_names(base)
     extra = rest + imagenet
     sizes = [len(base) + len(rest) if s == "all" else int(s) for s in args.sizes.split(",")]
-    rows, seconds = [], {n: [] for n in sizes}
+    rows: list[list[str]] = []
+    seconds: dict[tuple[int, str], list[float]] = {(n, s): [] for n in sizes for s in configs}
+    raced: dict[tuple[int, str], list[bool]] = {(n, s): [] for n in sizes for s in configs}
+    top1: dict[tuple[int, str], list[bool]] = {(n, s): [] for n in sizes for s in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             classes = Path(tmp) / f"classes-{n}.txt"
@@ -82,30 +100,55 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 head = ZeroShotHead(suspect.model, suspect.classnames, suspect.templates, suspect.device)
                 images = suspect.images(1024, seed=args.seed)
-                start = time.perf_counter()
-                ident = identify(suspect.model, images, head, IdentifyConfig(), args.seed)
-                took = time.perf_counter() - start
-                seconds[n].append(took)
-                order = [c for c, _ in ident.ranking]
-                rank = order.index(r["target"]) + 1 if r.get("target") in order else None
-                rows.append(
-                    [str(n), r["id"], r["label"], r["family"], r.get("target") or "–", str(rank or "–"), f"{took:.1f}"]
-                )
-                print(" | ".join(rows[-1]), flush=True)
+                for screen, cfg in configs.items():
+                    start = time.perf_counter()
+                    ident = identify(suspect.model, images, head, cfg, args.seed)
+                    took = time.perf_counter() - start
+                    seconds[n, screen].append(took)
+                    order = [c for c, _ in ident.ranking]
+                    rank = order.index(r["target"]) + 1 if r.get("target") in order else None
+                    in_race = "–"
+                    if rank is not None:  # a raced class has a race rate; the others stay NaN
+                        rates = ident.uaps[0].rates
+                        target = ident.classnames.index(r["target"])
+                        in_race = "yes" if rates is not None and not rates[target].isnan() else "no"
+                        raced[n, screen].append(in_race == "yes")
+                        top1[n, screen].append(rank == 1)
+                    rows.append(
+                        [
+                            str(n),
+                            screen,
+                            r["id"],
+                            r["label"],
+                            r["family"],
+                            r.get("target") or "–",
+                            in_race,
+                            str(rank or "–"),
+                            f"{took:.1f}",
+                        ]
+                    )
+                    print(" | ".join(rows[-1]), flush=True)
     table = [
-        "| vocabulary | member | label | family | target | target rank | stage 1 s |",
-        "|---|---|---|---|---|---|---|",
+        "| vocabulary | screen | member | label | family | target | target raced | target rank | stage 1 s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     table += ["| " + " | ".join(row) + " |" for row in rows]
-    summary = ["| vocabulary | median stage 1 s | x the smallest |", "|---|---|---|"]
-    first = statistics.median(seconds[sizes[0]])
-    summary += [
-        f"| {n} | {statistics.median(s):.1f} | {statistics.median(s) / first:.2f} |" for n, s in seconds.items()
+    summary = [
+        "| vocabulary | screen | median stage 1 s | x the smallest | targets raced | targets ranked first |",
+        "|---|---|---|---|---|---|",
     ]
+    for (n, screen), took in seconds.items():
+        first = statistics.median(seconds[sizes[0], screen])
+        hits, tops = raced[n, screen], top1[n, screen]
+        summary.append(
+            f"| {n} | {screen} | {statistics.median(took):.1f} | {statistics.median(took) / first:.2f} "
+            f"| {sum(hits)} of {len(hits)} | {sum(tops)} of {len(tops)} |"
+        )
     intro = (
         "Generated by `benchmarks/stage1.py`; do not edit by hand. The world's classes, then the rest of its "
-        "emoji catalogue, then ImageNet-1K names; default stage-1 settings (the untargeted screen, then the "
-        f"race on its top {IdentifyConfig().max_race_classes}); 1,024 clean images; {torch.get_num_threads()} threads."
+        "emoji catalogue, then ImageNet-1K names; default stage-1 settings but for the screen (identify.screen: "
+        f"untargeted, groups or both), then the race on its top {args.max_race_classes}; 1,024 clean images; "
+        f"{torch.get_num_threads()} threads."
     )
     prov = provenance(["python", "benchmarks/stage1.py", *(argv or [])])
     body = [*summary, "", *table]

@@ -19,7 +19,8 @@ methods (``IdentifyConfig.method``):
   targeted UAP is optimised; a class's score is its held-out targeted success rate minus
   the family's median over classes, the best over families (``race_aggregate``). A backdoor target is reachable
   from every family that can express its trigger, attractors mostly from one. Large
-  vocabularies race only the untargeted screen's top ``max_race_classes``. The race's UAPs are
+  vocabularies race only the screen's top ``max_race_classes`` (``screen``: the untargeted UAPs above,
+  :mod:`invertune_plugin.screen`'s group UAPs, or both). The race's UAPs are
   optimised in :mod:`invertune_plugin.race`; this module scores and ranks them.
   The detectors of the cascade (:mod:`invertune_plugin.cascade`) then search for a trigger
   toward the ranked classes.
@@ -54,7 +55,8 @@ from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
-from .race import race_families, race_family
+from .race import RACE_GLOBAL, race_families, race_family
+from .screen import group_screen
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,15 @@ class IdentifyConfig:
     # init: 20 steps of lr 0.1 can reach any colour. ("sigmoid": the untargeted UAPs' logit
     # parameterisation; from a N(0, 0.5) init 20 steps reach at most sigmoid(+-2.5) = 0.08..0.92.)
     race_patch_param: str = "pixel"
-    max_race_classes: int = 16  # larger vocabularies race the untargeted screen's top classes; cost grows with it
+    max_race_classes: int = 16  # larger vocabularies race the screen's top classes; cost grows with it
+    # Which screen picks the raced classes of a larger vocabulary: "untargeted" (the paper's UAPs),
+    # "groups" (screen.py: one UAP per random group of classes) or "both" (their top classes interleaved):
+    # each screen alone loses targets the other finds (docs/invertune.md, stage 1).
+    screen: str = "both"
+    screen_groups: int = 0  # groups per partition; 0: about sqrt(C)
+    screen_rounds: int = 1  # random partitions; a target sharing a group with an attractor gets another draw
+    screen_steps: int = 20  # Adam steps per group UAP
+    screen_families: str = "global"  # the race's families the group screen uses: "global" or "all"
     race_aggregate: str = "max"  # a class's score over families: "max" or "mean" (see the closing note)
     # untargeted UAPs (the paper's method, and the screen for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)
@@ -98,6 +108,8 @@ class IdentifyConfig:
             "method": ("targeted", "untargeted"),
             "race_patch_param": ("pixel", "sigmoid"),
             "race_aggregate": ("max", "mean"),
+            "screen": ("untargeted", "groups", "both"),
+            "screen_families": ("global", "all"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -113,6 +125,9 @@ class IdentifyConfig:
             "batch_size": 1,
             "max_race_classes": 1,
             "race_batch_classes": 1,
+            "screen_groups": 0,
+            "screen_rounds": 1,
+            "screen_steps": 1,
         }
         for name, least in counts.items():
             if getattr(self, name) < least:
@@ -242,19 +257,38 @@ def identify(
 
 
 def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
-    screen = (
-        _untargeted(model, images, head, cfg, seed)
-        if (cfg.method == "untargeted" or len(head.classnames) > cfg.max_race_classes)
-        else None
-    )
     if cfg.method == "untargeted":
-        return screen  # type: ignore[return-value]
-    candidates = (
-        list(range(len(head.classnames)))
-        if screen is None
-        else [head.classnames.index(c) for c, _ in screen.ranking[: cfg.max_race_classes]]
-    )
-    return _race(model, images, head, cfg, seed, candidates)
+        return _untargeted(model, images, head, cfg, seed)
+    n_classes = len(head.classnames)
+    if n_classes <= cfg.max_race_classes:
+        return _race(model, images, head, cfg, seed, list(range(n_classes)))
+    return _race(model, images, head, cfg, seed, screened(model, images, head, cfg, seed))
+
+
+def screened(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> list[int]:
+    """The ``max_race_classes`` classes the screen (``cfg.screen``) ranks first; with "both", the two
+    screens' rankings interleaved (untargeted first), each class once."""
+    rankings = screen_rankings(model, images, head, cfg, seed)
+    order = [c for tier in zip(*rankings.values()) for c in tier]
+    return list(dict.fromkeys(order))[: cfg.max_race_classes]
+
+
+def screen_rankings(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int
+) -> dict[str, list[int]]:
+    """Every class index, best first, by each screen ``cfg.screen`` runs ("untargeted", "groups")."""
+    rankings: dict[str, list[int]] = {}
+    if cfg.screen in ("untargeted", "both"):
+        ranking = _untargeted(model, images, head, cfg, seed).ranking
+        rankings["untargeted"] = [head.classnames.index(c) for c, _ in ranking]
+    if cfg.screen in ("groups", "both"):
+        fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
+        families = race_families(images.shape[-1], cfg)
+        if cfg.screen_families == "global":
+            families = [f for f in families if f.kind.startswith(RACE_GLOBAL)]
+        score = group_screen(model, head, fit_images, hold_images, hold_pred, families, cfg, seed)
+        rankings["groups"] = score.argsort(descending=True, stable=True).tolist()
+    return rankings
 
 
 def fit_and_holdout(

@@ -10,11 +10,17 @@ RESTART_STRIDE = 777_767  # refinements: one stream per restart of a class's sea
 # each refinement detector's block of streams (one per class inside it)
 PATCH_STREAM, STRIPES_STREAM, LINF_STREAM = 0, 500_009, 700_001
 COLLAPSE_STREAM = 900_007  # the class-free collapse search (one search, no class)
+SCREEN_STREAM, SCREEN_ROUND_STRIDE = 300_007, 20_011  # stage 1's group screen: per round, a partition then one per UAP
 
 
 def race(seed: int, family: int, cls: int) -> int:
     """The generator seed of stage 1's short targeted UAP of race family ``family`` toward class ``cls``."""
     return seed * RUN_STRIDE + family * RACE_FAMILY_STRIDE + cls
+
+
+def screen(seed: int, round_: int, k: int) -> int:
+    """The generator seed of the group screen's round ``round_``: its partition (k = 0), then its UAPs (k >= 1)."""
+    return seed * RUN_STRIDE + SCREEN_STREAM + round_ * SCREEN_ROUND_STRIDE + k
 
 
 def refinement(seed: int, stream: int, cls: int) -> int:

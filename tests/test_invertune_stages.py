@@ -363,6 +363,8 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
         ("detectors.inversion.rounds", "0", "rounds must be >= 1"),
         ("cascade", "inversion,nonesuch", "unknown detector 'nonesuch'"),
         ("identify.holdout_fraction", "1.0", "holdout_fraction"),
+        ("identify.screen", "fast", "identify.screen must be one of"),
+        ("identify.screen_rounds", "0", "screen_rounds must be >= 1"),
     ],
 )
 def test_bad_stage_settings_are_refused_when_configured(key, value, message):
@@ -380,9 +382,60 @@ def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
     monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
     model = PlantedClip()
     head = head_for(model)
-    cfg = IdentifyConfig(max_race_classes=2, steps=5, batch_size=16)
+    cfg = IdentifyConfig(max_race_classes=2, steps=5, batch_size=16, screen="untargeted")
     assert identify(model, colour_images(32), head, cfg) == "raced"
     assert len(raced[0]) == 2  # only the screen's top classes race
+
+
+def test_group_screen_partitions_every_class_once():
+    from invertune_plugin.screen import group_count, partition
+
+    groups = partition(10, group_count(10, 0), torch.Generator().manual_seed(0))
+    assert len(groups) == 4  # ceil(sqrt(10))
+    assert sorted(torch.cat(groups).tolist()) == list(range(10))
+    assert group_count(3, 8) == 3  # never more groups than classes
+
+
+def test_group_loss_is_the_group_log_probability():
+    from invertune_plugin.screen import group_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    member = torch.tensor([[True, True, False], [True, False, False]])
+    expected = -torch.log(logits.softmax(1)[member.nonzero(as_tuple=True)].view(-1).split([2, 1])[0].sum())
+    assert torch.isclose(group_loss(logits, member)[0], expected)
+    assert group_loss(logits, member)[1] > 4  # all mass outside the group: a large loss
+
+
+@pytest.mark.parametrize("stripes", [None, "texture"])
+def test_group_screen_ranks_the_planted_target_first(stripes):
+    """Each group's UAP can land only on its own classes: the planted target wins its group, and the
+    screen's score puts it first (patch families for the corner patch, the global one for stripes)."""
+    from invertune_plugin.identify import fit_and_holdout
+    from invertune_plugin.race import race_families
+    from invertune_plugin.screen import group_screen
+
+    model = PlantedClip(stripes=stripes)
+    head, images = head_for(model), colour_images(96)
+    cfg = IdentifyConfig(screen_groups=2, screen_steps=20, batch_size=16, screen_rounds=2)
+    fit, hold, hold_pred = fit_and_holdout(model, images, head, cfg, 0)
+    families = race_families(32, cfg)
+    score = group_screen(model, head, fit, hold, hold_pred, families, cfg, 0)
+    assert CLASSES[int(score.argmax())] == TARGET
+
+
+def test_both_screens_interleave_their_rankings(monkeypatch):
+    import invertune_plugin.identify as ident_mod
+
+    raced: list[list[int]] = []
+    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    monkeypatch.setattr(ident_mod, "group_screen", lambda *a, **k: torch.tensor([0.0, 0.3, 0.1, 0.2]))
+    model = PlantedClip()
+    head = head_for(model)
+    cfg = IdentifyConfig(max_race_classes=3, steps=5, batch_size=16, screen="both")
+    untargeted = [CLASSES.index(c) for c, _ in ident_mod._untargeted(model, colour_images(32), head, cfg, 0).ranking]
+    identify(model, colour_images(32), head, cfg)
+    expected = list(dict.fromkeys([untargeted[0], 1, untargeted[1], 3, untargeted[2], 2]))[:3]
+    assert raced == [expected]
 
 
 def test_inversion_recovers_the_planted_patch_location():

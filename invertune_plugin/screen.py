@@ -1,0 +1,131 @@
+"""Stage 1's group screen: which few classes of a large vocabulary are worth racing, at a cost that
+grows with about sqrt(C) groups, not with the C classes.
+
+The vocabulary is split at random into groups; per group one short UAP of each screen family (by
+default the race's global L-inf family) is optimised to move images into *any* class of the group,
+its loss the group's negative log-probability. A backdoor target pulls its group's UAP toward
+itself, so the held-out images that UAP moves land on the target; a class's screen score is the
+fraction of held-out images (not of that class before) landing on it, minus the family's median
+over classes, best over families and rounds. Unlike the untargeted screen (which lets every UAP
+fall into the model's strongest natural attractor), each group's UAP can only reach its own
+classes, so a target that loses to an attractor overall can still win its group.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from toolbox import precision
+from toolbox.api import ClipModel
+from toolbox.primitives.perturbations import PerturbationFamily
+from toolbox.primitives.tensors import as_float
+from toolbox.progress import progress
+from toolbox.zeroshot import ZeroShotHead
+
+from . import seeds
+
+if TYPE_CHECKING:  # annotations only: identify.py imports this module
+    from .identify import IdentifyConfig
+
+
+def group_count(n_classes: int, groups: int) -> int:
+    """``groups``, or about sqrt(C) when 0; never more groups than classes."""
+    return max(1, min(n_classes, groups or math.ceil(math.sqrt(n_classes))))
+
+
+def partition(n_classes: int, n_groups: int, gen: torch.Generator) -> list[Tensor]:
+    """A random split of the class indices into ``n_groups`` groups of (nearly) equal size."""
+    return list(torch.randperm(n_classes, generator=gen).tensor_split(n_groups))
+
+
+def group_loss(logits: Tensor, member: Tensor) -> Tensor:
+    """Per image: minus the log-probability that its prediction falls in its group (``member``: [N, C] bool)."""
+    return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~member, float("-inf")), 1)
+
+
+class GroupUAPs:
+    """One UAP of ``family`` per group, each with its own init, batches and Adam state (as the race's
+    :class:`~invertune_plugin.race.TargetedUAPs`), ``chunk`` groups a forward pass."""
+
+    def __init__(
+        self,
+        model: ClipModel,
+        head: ZeroShotHead,
+        fit_images: Tensor,
+        family: PerturbationFamily,
+        groups: list[Tensor],
+        cfg: IdentifyConfig,
+        gens: list[torch.Generator],
+    ) -> None:
+        self.model, self.head, self.fit_images, self.family, self.gens = model, head, fit_images, family, gens
+        n_classes = len(head.classnames)
+        self.member = torch.zeros(len(groups), n_classes, dtype=torch.bool, device=fit_images.device)
+        for g, classes in enumerate(groups):
+            self.member[g, classes.to(fit_images.device)] = True
+        self.params = [family.init(gen).to(fit_images.device).requires_grad_(True) for gen in gens]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.batch = min(cfg.batch_size, len(fit_images))
+
+    def step(self, chunk: int) -> None:
+        for start in range(0, len(self.params), chunk):
+            ids = list(range(start, min(start + chunk, len(self.params))))
+            idx = torch.stack([torch.randint(len(self.fit_images), (self.batch,), generator=self.gens[i]) for i in ids])
+            adv = self.family.apply(as_float(self.fit_images[idx]), torch.stack([self.params[i] for i in ids])[:, None])
+            logits = self.head.logits(self.model, adv.flatten(0, 1)).float()
+            member = self.member[ids].repeat_interleave(self.batch, 0)
+            precision.step(self.opt, group_loss(logits, member).sum() / self.batch)
+            with torch.no_grad():
+                for i in ids:
+                    self.family.project(self.params[i])
+
+
+@torch.no_grad()
+def landings(
+    model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, classes: Tensor, batch_size: int = 256
+) -> Tensor:
+    """Per class of ``classes``: the fraction of ``images`` (already perturbed) not of it before that now are."""
+    pred = torch.cat([lg.argmax(1) for lg in head.batched_logits(model, images, batch_size)]).cpu()
+    clean_pred = clean_pred.cpu()
+    out = torch.zeros(len(classes))
+    for j, c in enumerate(classes.tolist()):
+        others = clean_pred != c
+        out[j] = (pred[others] == c).float().mean() if others.any() else 0.0
+    return out
+
+
+def group_screen(
+    model: ClipModel,
+    head: ZeroShotHead,
+    fit_images: Tensor,
+    hold_images: Tensor,
+    hold_pred: Tensor,
+    families: list[PerturbationFamily],
+    cfg: IdentifyConfig,
+    seed: int,
+) -> Tensor:
+    """Every class's screen score [C]: held-out landing rate under its group's UAP minus the family's
+    median over classes, best over ``families`` and ``cfg.screen_rounds`` random partitions."""
+    n_classes = len(head.classnames)
+    n_groups = group_count(n_classes, cfg.screen_groups)
+    best = torch.full((n_classes,), float("-inf"))
+    for r in range(cfg.screen_rounds):
+        groups = partition(n_classes, n_groups, torch.Generator().manual_seed(seeds.screen(seed, r, 0)))
+        for f_index, family in enumerate(families):
+            gens = [
+                torch.Generator().manual_seed(seeds.screen(seed, r, 1 + f_index * n_groups + g))
+                for g in range(n_groups)
+            ]
+            uaps = GroupUAPs(model, head, fit_images, family, groups, cfg, gens)
+            for _ in progress(range(cfg.screen_steps), desc=f"stage 1: screen {family.kind} ({n_groups} groups)"):
+                uaps.step(cfg.race_batch_classes)
+            rate = torch.zeros(n_classes)
+            for g, classes in enumerate(groups):
+                rate[classes] = landings(
+                    model, head, family.apply(hold_images, uaps.params[g].detach()), hold_pred, classes
+                )
+            best = torch.maximum(best, rate - rate.median())
+    return best
