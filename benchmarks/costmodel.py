@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import toolbox  # noqa: F401  (the torchvision fix before open_clip loads)
 from invertune_plugin.defense import InverTune, InverTuneConfig
 from invertune_plugin.identify import IdentifyConfig
+from invertune_plugin.screen import group_count
 from toolbox.compat import import_open_clip
 
 
@@ -61,12 +62,13 @@ Row = tuple[str, str, int, str]  # (stage, kind, count, how it is counted)
 
 
 def stage1_rows(ident: IdentifyConfig, n_classes: int, fit: int, hold: int) -> list[Row]:
-    """Stage 1: the untargeted screen (when the vocabulary is too big to race, or by choice) and the race."""
+    """Stage 1: the screens (when the vocabulary is too big to race; the untargeted one also by choice) and the race."""
     rows: list[Row] = []
     screened = n_classes > ident.max_race_classes
     raced = min(n_classes, ident.max_race_classes)
     uaps = len(ident.patch_locations) + len(ident.global_eps)
-    if screened or ident.method == "untargeted":
+    untargeted_screen = screened and ident.screen in ("untargeted", "both")
+    if untargeted_screen or ident.method == "untargeted":
         rows.append(
             (
                 "stage 1 screen",
@@ -76,6 +78,20 @@ def stage1_rows(ident: IdentifyConfig, n_classes: int, fit: int, hold: int) -> l
             )
         )
         rows.append(("stage 1 screen", "fwd", fit + hold * (1 + uaps), "fit + held-out predictions per UAP"))
+    if screened and ident.method == "targeted" and ident.screen in ("groups", "both"):
+        groups = group_count(n_classes, ident.screen_groups)
+        fams = len(ident.race_global_eps) + (len(ident.race_patch_locations) if ident.screen_families == "all" else 0)
+        uaps = groups * fams * ident.screen_rounds
+        rows.append(
+            (
+                "stage 1 group screen",
+                "fwd_bwd_input",
+                uaps * ident.screen_steps * min(ident.batch_size, fit),
+                f"{groups} groups x {fams} families x {ident.screen_rounds} rounds x {ident.screen_steps} steps "
+                f"x batch {ident.batch_size}",
+            )
+        )
+        rows.append(("stage 1 group screen", "fwd", uaps * hold, "held-out landings per group UAP"))
     if ident.method == "targeted":
         families = len(ident.race_patch_locations) + len(ident.race_global_eps)
         # the cut: after race_cut_after steps only the upper half + 1 goes on (saturation stops not counted)

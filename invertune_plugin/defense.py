@@ -105,7 +105,9 @@ def quick_profile() -> InverTuneConfig:
             "inversion": detector_class("inversion").Config(candidates=1, tune_steps=3),
             **{name: detector_class(name).Config(**refine) for name in ("patch", "stripes", "linf")},
         },
-        identify=IdentifyConfig(race_steps=2, max_race_classes=4, race_batch_classes=4, steps=2, batch_size=4),
+        identify=IdentifyConfig(
+            race_steps=2, max_race_classes=4, race_batch_classes=4, steps=2, batch_size=4, screen_steps=2
+        ),
         invert=InvertConfig(steps=3, batch_size=4),
         tune=TuneConfig(steps=3, batch_size=4, guard_every=0),
     )

@@ -76,7 +76,7 @@ class IdentifyConfig:
     # Classes whose UAPs of one family are optimised together, in one forward pass per step: the
     # same initialisations, batches and Adam updates as one at a time (Adam is elementwise), equal up
     # to float rounding (larger matmuls round differently), in fewer, larger passes; memory grows with
-    # it (8 x batch_size images with gradients). 1: one class at a time.
+    # it (8 x batch_size images with gradients). 1: one class at a time. The group screen's UAPs share passes alike.
     race_batch_classes: int = 8
     # Race patches live in pixel space, projected onto [0, 1] after each Adam step, from a uniform
     # init: 20 steps of lr 0.1 can reach any colour. ("sigmoid": the untargeted UAPs' logit
@@ -92,7 +92,7 @@ class IdentifyConfig:
     screen_steps: int = 20  # Adam steps per group UAP
     screen_families: str = "global"  # the race's families the group screen uses: "global" or "all"
     race_aggregate: str = "max"  # a class's score over families: "max" or "mean" (see the closing note)
-    # untargeted UAPs (the paper's method, and the screen for large vocabularies)
+    # untargeted UAPs (the paper's method, and one of the screens for large vocabularies)
     patch_fraction: float = 0.1875  # 6 px at 32 px (feasibility study)
     patch_locations: tuple[str, ...] = ("bottom-right", "top-left", "center")
     global_eps: tuple[float, ...] = (16 / 255,)  # L-inf budget of the global UAP (8/255 fooled 8 %: dropped)
@@ -125,13 +125,16 @@ class IdentifyConfig:
             "batch_size": 1,
             "max_race_classes": 1,
             "race_batch_classes": 1,
-            "screen_groups": 0,
             "screen_rounds": 1,
             "screen_steps": 1,
         }
         for name, least in counts.items():
             if getattr(self, name) < least:
                 raise ValueError(f"identify.{name} must be >= {least}, got {getattr(self, name)}")
+        if self.screen_groups == 1 or self.screen_groups < 0:  # one group holds every class: its loss is always 0
+            raise ValueError(f"identify.screen_groups must be 0 (about sqrt(C)) or >= 2, got {self.screen_groups}")
+        if self.screen != "untargeted" and self.screen_families == "global" and not self.race_global_eps:
+            raise ValueError("identify.screen_families=global needs a global family: identify.race_global_eps is empty")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"identify.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
@@ -286,8 +289,9 @@ def screen_rankings(
         families = race_families(images.shape[-1], cfg)
         if cfg.screen_families == "global":
             families = [f for f in families if f.kind.startswith(RACE_GLOBAL)]
-        score = group_screen(model, head, fit_images, hold_images, hold_pred, families, cfg, seed)
-        rankings["groups"] = score.argsort(descending=True, stable=True).tolist()
+        score, logprob = group_screen(model, head, fit_images, hold_images, hold_pred, families, cfg, seed)
+        by_logprob = logprob.argsort(descending=True, stable=True)  # breaks the ties of classes nothing landed on
+        rankings["groups"] = by_logprob[score[by_logprob].argsort(descending=True, stable=True)].tolist()
     return rankings
 
 

@@ -86,15 +86,19 @@ class GroupUAPs:
 @torch.no_grad()
 def landings(
     model: ClipModel, head: ZeroShotHead, images: Tensor, clean_pred: Tensor, classes: Tensor, batch_size: int = 256
-) -> Tensor:
-    """Per class of ``classes``: the fraction of ``images`` (already perturbed) not of it before that now are."""
-    pred = torch.cat([lg.argmax(1) for lg in head.batched_logits(model, images, batch_size)]).cpu()
+) -> tuple[Tensor, Tensor]:
+    """Per class of ``classes``: the fraction of ``images`` (already perturbed) not of it before that now
+    are, and its mean log-probability over those images (it still orders the classes nothing landed on)."""
+    logits = torch.cat([lg.float() for lg in head.batched_logits(model, images, batch_size)]).cpu()
+    pred, logprob = logits.argmax(1), logits.log_softmax(1)
     clean_pred = clean_pred.cpu()
-    out = torch.zeros(len(classes))
+    rate, mean_logprob = torch.zeros(len(classes)), torch.full((len(classes),), float("-inf"))
     for j, c in enumerate(classes.tolist()):
         others = clean_pred != c
-        out[j] = (pred[others] == c).float().mean() if others.any() else 0.0
-    return out
+        if others.any():
+            rate[j] = (pred[others] == c).float().mean()
+            mean_logprob[j] = logprob[others, c].mean()
+    return rate, mean_logprob
 
 
 def group_screen(
@@ -106,26 +110,29 @@ def group_screen(
     families: list[PerturbationFamily],
     cfg: IdentifyConfig,
     seed: int,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Every class's screen score [C]: held-out landing rate under its group's UAP minus the family's
-    median over classes, best over ``families`` and ``cfg.screen_rounds`` random partitions."""
+    median over classes, best over ``families`` and ``cfg.screen_rounds`` random partitions; and its
+    best mean held-out log-probability under those UAPs [C], to order equal scores."""
+    if not families:
+        raise ValueError("the group screen needs at least one perturbation family")
     n_classes = len(head.classnames)
     n_groups = group_count(n_classes, cfg.screen_groups)
     best = torch.full((n_classes,), float("-inf"))
+    best_logprob = torch.full((n_classes,), float("-inf"))
     for r in range(cfg.screen_rounds):
         groups = partition(n_classes, n_groups, torch.Generator().manual_seed(seeds.screen(seed, r, 0)))
         for f_index, family in enumerate(families):
-            gens = [
-                torch.Generator().manual_seed(seeds.screen(seed, r, 1 + f_index * n_groups + g))
-                for g in range(n_groups)
-            ]
+            first = 1 + f_index * n_groups
+            gens = [torch.Generator().manual_seed(seeds.screen(seed, r, first + g)) for g in range(n_groups)]
             uaps = GroupUAPs(model, head, fit_images, family, groups, cfg, gens)
-            for _ in progress(range(cfg.screen_steps), desc=f"stage 1: screen {family.kind} ({n_groups} groups)"):
+            desc = f"stage 1: group screen {r + 1}/{cfg.screen_rounds} {family.kind} ({n_groups} groups)"
+            for _ in progress(range(cfg.screen_steps), desc=desc):
                 uaps.step(cfg.race_batch_classes)
-            rate = torch.zeros(n_classes)
+            rate, logprob = torch.zeros(n_classes), torch.zeros(n_classes)
             for g, classes in enumerate(groups):
-                rate[classes] = landings(
-                    model, head, family.apply(hold_images, uaps.params[g].detach()), hold_pred, classes
-                )
+                adv = family.apply(hold_images, uaps.params[g].detach())
+                rate[classes], logprob[classes] = landings(model, head, adv, hold_pred, classes)
             best = torch.maximum(best, rate - rate.median())
-    return best
+            best_logprob = torch.maximum(best_logprob, logprob)
+    return best, best_logprob

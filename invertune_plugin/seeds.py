@@ -10,7 +10,9 @@ RESTART_STRIDE = 777_767  # refinements: one stream per restart of a class's sea
 # each refinement detector's block of streams (one per class inside it)
 PATCH_STREAM, STRIPES_STREAM, LINF_STREAM = 0, 500_009, 700_001
 COLLAPSE_STREAM = 900_007  # the class-free collapse search (one search, no class)
-SCREEN_STREAM, SCREEN_ROUND_STRIDE = 300_007, 20_011  # stage 1's group screen: per round, a partition then one per UAP
+# stage 1's group screen: per round, a partition then one stream per UAP (distinct while groups x families
+# < the stride: sqrt(C) groups keep that up to 10^8 classes)
+SCREEN_STREAM, SCREEN_ROUND_STRIDE = 300_007, 20_011
 
 
 def race(seed: int, family: int, cls: int) -> int:

@@ -365,6 +365,7 @@ def test_global_refinement_takes_its_classes_from_the_race_global_family():
         ("identify.holdout_fraction", "1.0", "holdout_fraction"),
         ("identify.screen", "fast", "identify.screen must be one of"),
         ("identify.screen_rounds", "0", "screen_rounds must be >= 1"),
+        ("identify.screen_groups", "1", "screen_groups must be 0"),
     ],
 )
 def test_bad_stage_settings_are_refused_when_configured(key, value, message):
@@ -384,7 +385,8 @@ def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
     head = head_for(model)
     cfg = IdentifyConfig(max_race_classes=2, steps=5, batch_size=16, screen="untargeted")
     assert identify(model, colour_images(32), head, cfg) == "raced"
-    assert len(raced[0]) == 2  # only the screen's top classes race
+    untargeted = ident_mod._untargeted(model, colour_images(32), head, cfg, 0).ranking
+    assert raced[0] == [CLASSES.index(c) for c, _ in untargeted[:2]]  # only the screen's top classes race, in order
 
 
 def test_group_screen_partitions_every_class_once():
@@ -401,8 +403,7 @@ def test_group_loss_is_the_group_log_probability():
 
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     member = torch.tensor([[True, True, False], [True, False, False]])
-    expected = -torch.log(logits.softmax(1)[member.nonzero(as_tuple=True)].view(-1).split([2, 1])[0].sum())
-    assert torch.isclose(group_loss(logits, member)[0], expected)
+    assert torch.isclose(group_loss(logits, member)[0], -logits.softmax(1)[0, :2].sum().log())
     assert group_loss(logits, member)[1] > 4  # all mass outside the group: a large loss
 
 
@@ -419,8 +420,22 @@ def test_group_screen_ranks_the_planted_target_first(stripes):
     cfg = IdentifyConfig(screen_groups=2, screen_steps=20, batch_size=16, screen_rounds=2)
     fit, hold, hold_pred = fit_and_holdout(model, images, head, cfg, 0)
     families = race_families(32, cfg)
-    score = group_screen(model, head, fit, hold, hold_pred, families, cfg, 0)
+    score, _ = group_screen(model, head, fit, hold, hold_pred, families, cfg, 0)
     assert CLASSES[int(score.argmax())] == TARGET
+    again, _ = group_screen(model, head, fit, hold, hold_pred, families, cfg, 0)
+    assert torch.equal(score, again)  # the same seed, the same screen
+
+
+def test_default_group_screen_puts_the_stripes_target_among_the_raced(monkeypatch):
+    """Through identify, with the default (global-only) screen families: the stripe backdoor's target races."""
+    import invertune_plugin.identify as ident_mod
+
+    raced: list[list[int]] = []
+    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    model = PlantedClip(stripes="texture")
+    cfg = IdentifyConfig(screen="groups", max_race_classes=2, screen_groups=2, batch_size=16)
+    identify(model, colour_images(96), head_for(model), cfg)
+    assert CLASSES.index(TARGET) in raced[0]
 
 
 def test_both_screens_interleave_their_rankings(monkeypatch):
@@ -428,7 +443,7 @@ def test_both_screens_interleave_their_rankings(monkeypatch):
 
     raced: list[list[int]] = []
     monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
-    monkeypatch.setattr(ident_mod, "group_screen", lambda *a, **k: torch.tensor([0.0, 0.3, 0.1, 0.2]))
+    monkeypatch.setattr(ident_mod, "group_screen", lambda *a, **k: (torch.tensor([0.0, 0.3, 0.1, 0.2]), torch.zeros(4)))
     model = PlantedClip()
     head = head_for(model)
     cfg = IdentifyConfig(max_race_classes=3, steps=5, batch_size=16, screen="both")
