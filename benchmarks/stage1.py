@@ -50,6 +50,69 @@ def vocabulary(base: list[str], extra: list[str], size: int) -> list[str]:
     return base + extra[: size - len(base)]
 
 
+def members(args: argparse.Namespace) -> list[dict]:
+    """The manifest records measured: ``--ids`` (one preset's; ``args.preset`` follows them), or the
+    preset's first backdoored and clean members."""
+    if not args.ids:
+        records = [r for r in read_manifest(args.zoo) if r["preset"] == args.preset]
+        chosen = [r for r in records if r["label"] == "backdoored"][: (args.members + 1) // 2]
+        return chosen + [r for r in records if r["label"] == "clean"][: args.members // 2]
+    by_id = {r["id"]: r for r in read_manifest(args.zoo)}
+    missing = [i for i in args.ids.split(",") if i not in by_id]
+    if missing:
+        raise SystemExit(f"not in {args.zoo}'s manifest: {', '.join(missing)}")
+    chosen = [by_id[i] for i in args.ids.split(",")]
+    if len({r["preset"] for r in chosen}) > 1:
+        raise SystemExit("--ids: members of one preset at a time (their world's vocabulary differs)")
+    args.preset = chosen[0]["preset"]
+    return chosen
+
+
+def measure(
+    suspect: toolbox.Suspect, head: ZeroShotHead, images: torch.Tensor, r: dict, cfg: IdentifyConfig, seed: int
+) -> tuple[list[str], float, bool, int | None]:
+    """One stage-1 run: its table row (from the member on), seconds, whether the target raced, its rank."""
+    start = time.perf_counter()
+    ident = identify(suspect.model, images, head, cfg, seed)
+    took = time.perf_counter() - start
+    order = [c for c, _ in ident.ranking]
+    rank = order.index(r["target"]) + 1 if r.get("target") in order else None
+    in_race = False
+    if rank is not None:  # a raced class has a race rate; the others stay NaN
+        rates = ident.uaps[0].rates
+        in_race = rates is not None and not bool(rates[ident.classnames.index(r["target"])].isnan())
+    shown = ("yes" if in_race else "no") if rank is not None else "–"
+    row = [r["id"], r["label"], r["family"], r.get("target") or "–", shown, str(rank or "–"), f"{took:.1f}"]
+    return row, took, in_race, rank
+
+
+def report(
+    rows: list[list[str]],
+    seconds: dict[tuple[int, str], list[float]],
+    raced: dict[tuple[int, str], list[bool]],
+    top1: dict[tuple[int, str], list[bool]],
+    sizes: list[int],
+) -> list[str]:
+    """The summary (per vocabulary size and screen) above the per-member table."""
+    table = [
+        "| vocabulary | screen | member | label | family | target | target raced | target rank | stage 1 s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    summary = [
+        "| vocabulary | screen | median stage 1 s | x the smallest | targets raced | targets ranked first |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (n, screen), took in seconds.items():
+        first = statistics.median(seconds[sizes[0], screen])
+        hits, tops = raced[n, screen], top1[n, screen]
+        summary.append(
+            f"| {n} | {screen} | {statistics.median(took):.1f} | {statistics.median(took) / first:.2f} "
+            f"| {sum(hits)} of {len(hits)} | {sum(tops)} of {len(tops)} |"
+        )
+    return [*summary, "", *table]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path, required=True, help="a built zoo (its manifest names the members)")
@@ -68,19 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", type=Path, help="also write DOCS/results/stage1-PRESET.md")
     args = ap.parse_args(argv)
 
-    if args.ids:
-        by_id = {r["id"]: r for r in read_manifest(args.zoo)}
-        missing = [i for i in args.ids.split(",") if i not in by_id]
-        if missing:
-            raise SystemExit(f"not in {args.zoo}'s manifest: {', '.join(missing)}")
-        chosen = [by_id[i] for i in args.ids.split(",")]
-        if len({r["preset"] for r in chosen}) > 1:
-            raise SystemExit("--ids: members of one preset at a time (their world's vocabulary differs)")
-        args.preset = chosen[0]["preset"]
-    else:
-        records = [r for r in read_manifest(args.zoo) if r["preset"] == args.preset]
-        chosen = [r for r in records if r["label"] == "backdoored"][: (args.members + 1) // 2]
-        chosen += [r for r in records if r["label"] == "clean"][: args.members // 2]
+    chosen = members(args)
     if args.ids and args.docs:
         raise SystemExit("--docs writes the preset's page: measure --members, not a hand-picked --ids")
     try:
@@ -111,49 +162,14 @@ def main(argv: list[str] | None = None) -> None:
                 head = ZeroShotHead(suspect.model, suspect.classnames, suspect.templates, suspect.device)
                 images = suspect.images(1024, seed=args.seed)
                 for screen, cfg in configs.items():
-                    start = time.perf_counter()
-                    ident = identify(suspect.model, images, head, cfg, args.seed)
-                    took = time.perf_counter() - start
+                    row, took, in_race, rank = measure(suspect, head, images, r, cfg, args.seed)
                     seconds[n, screen].append(took)
-                    order = [c for c, _ in ident.ranking]
-                    rank = order.index(r["target"]) + 1 if r.get("target") in order else None
-                    in_race = "–"
-                    if rank is not None:  # a raced class has a race rate; the others stay NaN
-                        rates = ident.uaps[0].rates
-                        target = ident.classnames.index(r["target"])
-                        in_race = "yes" if rates is not None and not rates[target].isnan() else "no"
-                        raced[n, screen].append(in_race == "yes")
+                    if r.get("target"):
+                        raced[n, screen].append(in_race)
                         top1[n, screen].append(rank == 1)
-                    rows.append(
-                        [
-                            str(n),
-                            screen,
-                            r["id"],
-                            r["label"],
-                            r["family"],
-                            r.get("target") or "–",
-                            in_race,
-                            str(rank or "–"),
-                            f"{took:.1f}",
-                        ]
-                    )
+                    rows.append([str(n), screen, *row])
                     print(" | ".join(rows[-1]), flush=True)
-    table = [
-        "| vocabulary | screen | member | label | family | target | target raced | target rank | stage 1 s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    table += ["| " + " | ".join(row) + " |" for row in rows]
-    summary = [
-        "| vocabulary | screen | median stage 1 s | x the smallest | targets raced | targets ranked first |",
-        "|---|---|---|---|---|---|",
-    ]
-    for (n, screen), took in seconds.items():
-        first = statistics.median(seconds[sizes[0], screen])
-        hits, tops = raced[n, screen], top1[n, screen]
-        summary.append(
-            f"| {n} | {screen} | {statistics.median(took):.1f} | {statistics.median(took) / first:.2f} "
-            f"| {sum(hits)} of {len(hits)} | {sum(tops)} of {len(tops)} |"
-        )
+    body = report(rows, seconds, raced, top1, sizes)
     intro = (
         "Generated by `benchmarks/stage1.py`; do not edit by hand. The world's classes, then the rest of its "
         "emoji catalogue, then ImageNet-1K names; default stage-1 settings but for the screen (identify.screen: "
@@ -161,7 +177,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads."
     )
     prov = provenance(["python", "benchmarks/stage1.py", *(argv or [])])
-    body = [*summary, "", *table]
     print("\n".join([intro, "", *body]))
     if args.docs:
         write_page(
