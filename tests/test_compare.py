@@ -62,6 +62,20 @@ def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cel
     assert [c.from_cache for c in third] == [True, False]
 
 
+def test_a_cell_whose_defense_code_changed_runs_again(host, smoke_world, tmp_path, cells_cache, monkeypatch):
+    req = CompareRequest(attacks=["none"], defenses=["none"], out=tmp_path / "cmp", sources=Sources(preset="smoke"))
+    (cell,) = compare(req)
+    code_file = cells_cache / "cells" / f"{cell.key}.code.json"
+    assert json.loads(code_file.read_text())["defense"]  # recorded beside the entry, not inside the run's folder
+    assert compare(req)[0].from_cache
+    monkeypatch.setattr(compare_mod, "code_fingerprint", lambda obj: "edited")  # same version, other code
+    again = compare(req)
+    assert not again[0].from_cache and again[0].key == cell.key
+    assert json.loads(code_file.read_text()) == {"defense": "edited"}
+    code_file.unlink()  # a cell saved before codes were recorded is reused, with a warning
+    assert compare(req)[0].from_cache
+
+
 def test_compare_rejects_unknown_names_before_running(host, cells_cache, tmp_path, capsys):
     code = toolbox(["compare", "--attacks", "none", "--defenses", "none,nosuch", "--out", str(tmp_path)])
     assert code == 2 and "nosuch" in capsys.readouterr().err

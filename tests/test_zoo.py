@@ -238,7 +238,7 @@ def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
 def test_source_hash_covers_every_module_of_the_package(tmp_path, monkeypatch):
     import importlib
 
-    from toolbox.zoo.keys import code_fingerprint, source_hash
+    from toolbox.cache import code_fingerprint, source_hash
 
     pkg = tmp_path / "fp_pkg"
     pkg.mkdir()
@@ -264,7 +264,7 @@ def test_one_plugins_fingerprint_holds_its_own_package_not_its_neighbours(tmp_pa
     import importlib
     import sys
 
-    from toolbox.zoo.keys import code_fingerprint, source_hash
+    from toolbox.cache import code_fingerprint, source_hash
 
     for sub in ("a", "b"):
         (tmp_path / "ns_plugins" / sub).mkdir(parents=True)

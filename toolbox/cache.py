@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import importlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -43,3 +46,42 @@ def entry_lock(entry: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def code_fingerprint(obj: Any) -> str:
+    """The code an outcome was measured with: a hash of the source of the package that holds the
+    module defining ``obj`` (a defense; the module itself when it is top-level) and the host's
+    version (its measurement protocol). One plugin's package, not a namespace of several: editing
+    one plugin does not invalidate another's outcomes. Taken once per process, when this process
+    first asks, which is when it loaded the code: files edited during a long evaluation do not
+    count, and a cluster job stamps the code it ran."""
+    module = inspect.getmodule(obj)
+    if module is None:
+        raise ValueError(f"cannot tell which module defines {obj!r}")
+    is_package = hasattr(module, "__path__")
+    return _package_fingerprint(
+        module.__name__ if is_package else module.__name__.rpartition(".")[0] or module.__name__
+    )
+
+
+@functools.cache
+def _package_fingerprint(package_name: str) -> str:
+    from . import __version__
+
+    return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
+
+
+def source_hash(package: Any) -> str:
+    """A hash of every ``.py`` file of ``package`` (its one file for a single-module plugin)."""
+    where = getattr(package, "__file__", None)
+    paths = list(getattr(package, "__path__", []))
+    if paths:  # a package, regular or namespace
+        files = sorted((f, Path(root)) for root in paths for f in Path(root).rglob("*.py"))
+    elif where:
+        files = [(Path(where), Path(where).parent)]
+    else:
+        raise ValueError(f"{package!r} has no source files to fingerprint")
+    digest = hashlib.sha256()
+    for f, root in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -3,8 +3,8 @@
 Every (attack, defense) cell is one ordinary :func:`toolbox.runner.run`, written to a cache
 entry keyed by the cell's full configuration (model source, attack and defense with their
 resolved parameters, data sources, seed, metric switches, the versions of the plugins it uses). A cell
-whose ``result.json`` exists is reused, so an interrupted comparison resumes where it
-stopped; ``--no-reuse`` runs every cell again.
+whose ``result.json`` exists, run by the attack and defense code loaded now, is reused, so an
+interrupted comparison resumes where it stopped; ``--no-reuse`` runs every cell again.
 
 Defense effectiveness rate (BackdoorBench's simplified DER, Wu et al. 2022):
 ``DER = (max(0, ASR_bd - ASR_def) - max(0, CA_bd - CA_def) + 1) / 2``, in [0, 1];
@@ -25,11 +25,12 @@ from typing import Any
 
 from . import atomic, escape, grid, outputs
 from .api import config_values
-from .cache import cache_root, config_hash, entry_lock
+from .cache import cache_root, code_fingerprint, config_hash, entry_lock
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .intake import documents
 from .plugins import HOST_PLUGIN, get_host
+from .primitives.plots import ca_asr_scatter_png
 from .runner import (
     RunRequest,
     Sources,
@@ -158,12 +159,40 @@ def cell_versions(registry: Any, versions: dict[str, Any], attack: str, defense:
     return {p: versions.get(p) for p in sorted(used)}
 
 
-def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
+def cell_code(registry: Any, attack: str, defense: str) -> dict[str, str]:
+    """The code a cell runs, beside its key: its defense's and attack's plugin packages (a development
+    install keeps its version while its code changes; the key's versions alone would reuse stale cells)."""
+    code = {"defense": code_fingerprint(registry.get("defense", defense).obj)}
+    if attack != "none":
+        code["attack"] = code_fingerprint(registry.get("attack", attack).obj)
+    return code
+
+
+def code_matches(entry: Path, code: dict[str, str]) -> bool:
+    """Whether the cell in ``entry`` was run by ``code``; a cell saved before codes were recorded is
+    reused with a warning, as the zoo does with its outcomes."""
+    saved = Path(f"{entry}.code.json")
+    if not saved.is_file():
+        log.warning("compare: cell %s does not record the code it ran; reused as is", entry.name)
+        return True
+    try:
+        ran = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable: run it again rather than trust it
+    if ran != code:
+        log.info("compare: cell %s: its defense or attack code changed since; running it again", entry.name)
+        return False
+    return True
+
+
+def run_cell(req: CompareRequest, attack: str, defense: str, key: str, code: dict[str, str] | None = None) -> Cell:
     entry = cache_root() / "cells" / key
     start = time.perf_counter()
     with entry_lock(entry):
         path = entry / "result.json"
         doc = documents.reusable_result(path) if req.reuse else None  # a damaged entry is run again, not trusted
+        if doc is not None and code is not None and not code_matches(entry, code):
+            doc = None
         if not (cached := doc is not None):
             run(
                 RunRequest(
@@ -177,6 +206,8 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
                 )
             )
             doc = json.loads(path.read_text())
+            if code is not None:  # beside the entry, not in it: the run owns its out folder
+                atomic.write_json(Path(f"{entry}.code.json"), code)
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
 
@@ -208,12 +239,13 @@ def compare(req: CompareRequest) -> list[Cell]:
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
         key = cell_key(req, attack, defense, acfg, dcfg, cell_versions(registry, versions, attack, defense))
+        code = cell_code(registry, attack, defense)  # taken now, as this process loaded it
         jobs.append(
             grid.Cell(
                 key=key,
                 fn=run_cell,
                 label=f"compare: cell {i}/{total} attack={attack} defense={defense} (key {key})",
-                kwargs={"req": req, "attack": attack, "defense": defense, "key": key},
+                kwargs={"req": req, "attack": attack, "defense": defense, "key": key, "code": code},
             )
         )
     with outputs.Staging(req.out, outputs.COMPARE_OUTPUTS, "compare.md") as staging, memoised_data():
@@ -353,44 +385,4 @@ def write_outputs(req: CompareRequest, cells: list[Cell], where: Path | None = N
             "metric_config": cells[0].doc["metric_config"] if cells else None,
         },
     )
-    scatter_plot(rows, out / "compare_scatter.png")
-
-
-def scatter_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """CA after (x) against ASR after (y): one colour per defense, one marker per attack."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    markers = "osD^vP*Xh<>"
-    attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for r in rows:
-        if r["ca_after"] is None or r["asr_after"] is None:
-            continue
-        ax.scatter(
-            100 * r["ca_after"],
-            100 * r["asr_after"],
-            color=colours(defenses.index(r["defense"]) % 10),
-            marker=markers[attacks.index(r["attack"]) % len(markers)],
-            s=48,
-            edgecolors="black",
-            linewidths=0.4,
-        )
-    for i, d in enumerate(defenses):
-        ax.scatter([], [], color=colours(i % 10), label=d)
-    for j, a in enumerate(attacks):
-        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=a)
-    ax.set_xlabel("clean accuracy after defense (%)")
-    ax.set_ylabel("attack success rate after defense (%)")
-    ax.set_title("CA vs ASR per (attack, defense)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
+    atomic.write_bytes(out / "compare_scatter.png", ca_asr_scatter_png(rows))

@@ -1,9 +1,11 @@
-"""PNG artifacts: the stage-1 shift chart and image grids (matplotlib, headless)."""
+"""PNG artifacts: the stage-1 shift chart, image grids and the comparison scatter (matplotlib, headless)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,3 +46,44 @@ def save_shift_chart(ranking: Sequence[tuple[str, float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ca_asr_scatter_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """A comparison's CA after (x) against ASR after (y) as PNG bytes: one colour per defense, one marker
+    per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = "osD^vP*Xh<>"
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for r in rows:
+        if r["ca_after"] is None or r["asr_after"] is None:
+            continue
+        ax.scatter(
+            100 * r["ca_after"],
+            100 * r["asr_after"],
+            color=colours(defenses.index(r["defense"]) % 10),
+            marker=markers[attacks.index(r["attack"]) % len(markers)],
+            s=48,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+    for i, d in enumerate(defenses):
+        ax.scatter([], [], color=colours(i % 10), label=d)
+    for j, a in enumerate(attacks):
+        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=a)
+    ax.set_xlabel("clean accuracy after defense (%)")
+    ax.set_ylabel("attack success rate after defense (%)")
+    ax.set_title("CA vs ASR per (attack, defense)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

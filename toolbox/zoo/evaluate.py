@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import atomic, outputs
-from ..cache import config_hash
+from ..cache import code_fingerprint, config_hash
 from ..errors import InputError
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
@@ -25,7 +25,7 @@ from ..plugins import get_host
 from ..rebound import ReboundConfig, rebound
 from ..runner import RunRequest, Sources, configure, load_model, memoised_data, run
 from .build import MANIFEST, member_trigger, read_manifest, world_data, world_of
-from .keys import BASE, code_fingerprint, comparison_key, outcome_key, reusable
+from .keys import BASE, comparison_key, outcome_key, reusable
 from .score import MemberOutcome
 from .spec import DEFAULT_WORLD
 

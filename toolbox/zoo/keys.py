@@ -4,60 +4,18 @@ it was measured with."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
-from ..cache import config_hash
+from ..cache import config_hash, source_hash
 from ..null import read_null
 from ..runner import configure
 
 log = logging.getLogger("toolbox.zoo.evaluate")  # the messages of the evaluation they belong to
 
 BASE = "base"  # as a --reference of zoo eval: each member's own base preset (what it was fine-tuned from)
-
-
-def code_fingerprint(obj: Any) -> str:
-    """The code an outcome was measured with: a hash of the source of the package that holds the
-    module defining ``obj`` (a defense; the module itself when it is top-level) and the host's
-    version (its measurement protocol). One plugin's package, not a namespace of several: editing
-    one plugin does not invalidate another's outcomes. Taken once per process, when this process
-    first asks, which is when it loaded the code: files edited during a long evaluation do not
-    count, and a cluster job stamps the code it ran."""
-    module = inspect.getmodule(obj)
-    if module is None:
-        raise ValueError(f"cannot tell which module defines {obj!r}")
-    is_package = hasattr(module, "__path__")
-    return _package_fingerprint(
-        module.__name__ if is_package else module.__name__.rpartition(".")[0] or module.__name__
-    )
-
-
-@functools.cache
-def _package_fingerprint(package_name: str) -> str:
-    from .. import __version__
-
-    return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
-
-
-def source_hash(package: Any) -> str:
-    """A hash of every ``.py`` file of ``package`` (its one file for a single-module plugin)."""
-    where = getattr(package, "__file__", None)
-    paths = list(getattr(package, "__path__", []))
-    if paths:  # a package, regular or namespace
-        files = sorted((f, Path(root)) for root in paths for f in Path(root).rglob("*.py"))
-    elif where:
-        files = [(Path(where), Path(where).parent)]
-    else:
-        raise ValueError(f"{package!r} has no source files to fingerprint")
-    digest = hashlib.sha256()
-    for f, root in files:
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def reusable(saved: dict[str, Any], key: str, code: str, member_id: str) -> bool:
