@@ -62,18 +62,35 @@ def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cel
     assert [c.from_cache for c in third] == [True, False]
 
 
-def test_a_cell_whose_defense_code_changed_runs_again(host, smoke_world, tmp_path, cells_cache, monkeypatch):
-    req = CompareRequest(attacks=["none"], defenses=["none"], out=tmp_path / "cmp", sources=Sources(preset="smoke"))
+def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
+    host, smoke_world, tmp_path, cells_cache, monkeypatch
+):
+    req = CompareRequest(
+        attacks=["none"],
+        defenses=["ft"],
+        out=tmp_path / "cmp",
+        sources=Sources(preset="smoke"),
+        defense_params={"ft": dict(TINY_FT)},
+    )
     (cell,) = compare(req)
-    code_file = cells_cache / "cells" / f"{cell.key}.code.json"
-    assert json.loads(code_file.read_text())["defense"]  # recorded beside the entry, not inside the run's folder
+    stamp = cells_cache / "cells" / f"{cell.key}.code.json"
+    saved = json.loads(stamp.read_text())  # beside the entry, not inside the run's folder
+    assert saved["code"]["defense"] and saved["result_sha256"] and stamp.stat().st_mode & 0o044
     assert compare(req)[0].from_cache
     monkeypatch.setattr(compare_mod, "code_fingerprint", lambda obj: "edited")  # same version, other code
     again = compare(req)
     assert not again[0].from_cache and again[0].key == cell.key
-    assert json.loads(code_file.read_text()) == {"defense": "edited"}
-    code_file.unlink()  # a cell saved before codes were recorded is reused, with a warning
+    assert json.loads(stamp.read_text())["code"] == {"defense": "edited"}
+    stamp.write_text(json.dumps({"code": {"defense": "edited"}, "result_sha256": None}))  # killed mid-run
+    assert not compare(req)[0].from_cache
+    stamp.unlink()  # a cell saved before codes were recorded is reused, with a warning
     assert compare(req)[0].from_cache
+
+
+def test_the_host_none_defense_is_not_fingerprinted(host):
+    registry = host.build_registry(quiet=True)
+    assert compare_mod.cell_code(registry, "none", "none") == {}  # the host's version, in the key, stands for it
+    assert set(compare_mod.cell_code(registry, "badnet", "none")) == {"attack"}
 
 
 def test_compare_rejects_unknown_names_before_running(host, cells_cache, tmp_path, capsys):

@@ -14,6 +14,7 @@ Defense effectiveness rate (BackdoorBench's simplified DER, Wu et al. 2022):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -160,16 +161,25 @@ def cell_versions(registry: Any, versions: dict[str, Any], attack: str, defense:
 
 
 def cell_code(registry: Any, attack: str, defense: str) -> dict[str, str]:
-    """The code a cell runs, beside its key: its defense's and attack's plugin packages (a development
-    install keeps its version while its code changes; the key's versions alone would reuse stale cells)."""
-    code = {"defense": code_fingerprint(registry.get("defense", defense).obj)}
+    """The code a cell runs: its defense's and attack's plugin packages (an editable install keeps its version
+    while its code changes); the host's ``none`` is its version, in the key (not every host edit)."""
+    code = {}
+    if (entry := registry.get("defense", defense)).plugin != HOST_PLUGIN:
+        code["defense"] = code_fingerprint(entry.obj)
     if attack != "none":
         code["attack"] = code_fingerprint(registry.get("attack", attack).obj)
     return code
 
 
+def stamp_code(entry: Path, code: dict[str, str], done: bool) -> None:
+    """``KEY.code.json``: the code and the sha256 of the result it made; before a run, none (a run killed
+    before its result and stamp are both written matches nothing, and runs again)."""
+    made = hashlib.sha256((entry / "result.json").read_bytes()).hexdigest() if done else None
+    atomic.write_json(Path(f"{entry}.code.json"), {"code": code, "result_sha256": made})
+
+
 def code_matches(entry: Path, code: dict[str, str]) -> bool:
-    """Whether the cell in ``entry`` was run by ``code``; a cell saved before codes were recorded is
+    """Whether the result in ``entry`` was made by ``code``; a cell saved before codes were recorded is
     reused with a warning, as the zoo does with its outcomes."""
     saved = Path(f"{entry}.code.json")
     if not saved.is_file():
@@ -177,23 +187,26 @@ def code_matches(entry: Path, code: dict[str, str]) -> bool:
         return True
     try:
         ran = json.loads(saved.read_text())
+        made = hashlib.sha256((entry / "result.json").read_bytes()).hexdigest()
     except (OSError, ValueError):
         return False  # unreadable: run it again rather than trust it
-    if ran != code:
-        log.info("compare: cell %s: its defense or attack code changed since; running it again", entry.name)
+    if not isinstance(ran, dict) or ran.get("code") != code or ran.get("result_sha256") != made:
+        log.info("compare: cell %s was not made by this attack and defense code; running it again", entry.name)
         return False
     return True
 
 
-def run_cell(req: CompareRequest, attack: str, defense: str, key: str, code: dict[str, str] | None = None) -> Cell:
+def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     entry = cache_root() / "cells" / key
     start = time.perf_counter()
+    code = cell_code(get_host().build_registry(quiet=True), attack, defense)  # a grid job's own, as it loaded it
     with entry_lock(entry):
         path = entry / "result.json"
         doc = documents.reusable_result(path) if req.reuse else None  # a damaged entry is run again, not trusted
-        if doc is not None and code is not None and not code_matches(entry, code):
+        if doc is not None and not code_matches(entry, code):
             doc = None
         if not (cached := doc is not None):
+            stamp_code(entry, code, done=False)
             run(
                 RunRequest(
                     defense=defense,
@@ -206,8 +219,7 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str, code: dic
                 )
             )
             doc = json.loads(path.read_text())
-            if code is not None:  # beside the entry, not in it: the run owns its out folder
-                atomic.write_json(Path(f"{entry}.code.json"), code)
+            stamp_code(entry, code, done=True)  # beside the entry, not in it: the run owns its out folder
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
 
@@ -239,13 +251,13 @@ def compare(req: CompareRequest) -> list[Cell]:
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):
         key = cell_key(req, attack, defense, acfg, dcfg, cell_versions(registry, versions, attack, defense))
-        code = cell_code(registry, attack, defense)  # taken now, as this process loaded it
+        cell_code(registry, attack, defense)  # this process's code: taken now, as it loaded it
         jobs.append(
             grid.Cell(
                 key=key,
                 fn=run_cell,
                 label=f"compare: cell {i}/{total} attack={attack} defense={defense} (key {key})",
-                kwargs={"req": req, "attack": attack, "defense": defense, "key": key, "code": code},
+                kwargs={"req": req, "attack": attack, "defense": defense, "key": key},
             )
         )
     with outputs.Staging(req.out, outputs.COMPARE_OUTPUTS, "compare.md") as staging, memoised_data():
