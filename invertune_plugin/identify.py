@@ -260,32 +260,36 @@ def identify(
 
 
 def _identify(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
+    split = fit_and_holdout(model, images, head, cfg, seed)  # one split (and one held-out pass) for every stage-1 step
     if cfg.method == "untargeted":
-        return _untargeted(model, images, head, cfg, seed)
+        return _untargeted(model, images, head, cfg, seed, split)
     n_classes = len(head.classnames)
     if n_classes <= cfg.max_race_classes:
-        return _race(model, images, head, cfg, seed, list(range(n_classes)))
-    return _race(model, images, head, cfg, seed, screened(model, images, head, cfg, seed))
+        return _race(model, images, head, cfg, seed, list(range(n_classes)), split)
+    return _race(model, images, head, cfg, seed, screened(model, images, head, cfg, seed, split), split)
 
 
-def screened(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> list[int]:
+def screened(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int, split: Split | None = None
+) -> list[int]:
     """The ``max_race_classes`` classes the screen (``cfg.screen``) ranks first; with "both", the two
     screens' rankings interleaved (untargeted first), each class once."""
-    rankings = screen_rankings(model, images, head, cfg, seed)
+    rankings = screen_rankings(model, images, head, cfg, seed, split)
     order = [c for tier in zip(*rankings.values()) for c in tier]
     return list(dict.fromkeys(order))[: cfg.max_race_classes]
 
 
 def screen_rankings(
-    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int, split: Split | None = None
 ) -> dict[str, list[int]]:
     """Every class index, best first, by each screen ``cfg.screen`` runs ("untargeted", "groups")."""
+    split = split or fit_and_holdout(model, images, head, cfg, seed)
     rankings: dict[str, list[int]] = {}
     if cfg.screen in ("untargeted", "both"):
-        ranking = _untargeted(model, images, head, cfg, seed).ranking
+        ranking = _untargeted(model, images, head, cfg, seed, split).ranking
         rankings["untargeted"] = [head.classnames.index(c) for c, _ in ranking]
     if cfg.screen in ("groups", "both"):
-        fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
+        fit_images, hold_images, hold_pred = split
         families = race_families(images.shape[-1], cfg)
         if cfg.screen_families == "global":
             families = [f for f in families if f.kind.startswith(RACE_GLOBAL)]
@@ -295,9 +299,10 @@ def screen_rankings(
     return rankings
 
 
-def fit_and_holdout(
-    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int
-) -> tuple[Tensor, Tensor, Tensor]:
+Split = tuple[Tensor, Tensor, Tensor]  # fit images, held-out images, the model's predictions on the held-out ones
+
+
+def fit_and_holdout(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Split:
     """Fit images (as given), held-out images (float) and the model's predictions on the held-out ones."""
     fit, hold = split_indices(len(images), cfg.holdout_fraction, seed)
     hold_images = as_float(images[hold])
@@ -305,10 +310,16 @@ def fit_and_holdout(
 
 
 def _race(
-    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int, candidates: list[int]
+    model: ClipModel,
+    images: Tensor,
+    head: ZeroShotHead,
+    cfg: IdentifyConfig,
+    seed: int,
+    candidates: list[int],
+    split: Split | None = None,
 ) -> Identification:
     """Targeted UAP toward each candidate, per family; score = rate minus the family median."""
-    fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
+    fit_images, hold_images, hold_pred = split or fit_and_holdout(model, images, head, cfg, seed)
     n_classes = len(head.classnames)
     results: list[UAPResult] = []
     for f_index, family in enumerate(race_families(images.shape[-1], cfg)):
@@ -360,9 +371,11 @@ def _rank(results: list[UAPResult], head: ZeroShotHead, method: str, aggregate: 
     )
 
 
-def _untargeted(model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int) -> Identification:
+def _untargeted(
+    model: ClipModel, images: Tensor, head: ZeroShotHead, cfg: IdentifyConfig, seed: int, split: Split | None = None
+) -> Identification:
     gen = torch.Generator().manual_seed(seed)
-    fit_images, hold_images, hold_pred = fit_and_holdout(model, images, head, cfg, seed)
+    fit_images, hold_images, hold_pred = split or fit_and_holdout(model, images, head, cfg, seed)
     fit_pred = head.predict(model, as_float(fit_images))
     n_classes = len(head.classnames)
     p_clean = histogram(hold_pred, n_classes)

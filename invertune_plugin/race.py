@@ -2,8 +2,8 @@
 
 A backdoor target is reachable from every family that can express its trigger, attractors mostly from
 one; :mod:`invertune_plugin.identify` turns the held-out success rates measured here into the ranking.
-Each class keeps its own init, batches and Adam state, so classes of one family advance together in
-one forward pass per step (``race_batch_classes``), each reaching what it would alone (up to float rounding).
+Classes of one family advance together (:class:`~invertune_plugin.uaps.BatchedUAPs`), ``race_batch_classes``
+a forward pass.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.primitives.perturbations import PerturbationFamily, linf_family, no_projection, patch_uap
-from toolbox.primitives.tensors import as_float
 from toolbox.primitives.triggers import paste_patch, patch_pixels
 from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
+
+from .uaps import BatchedUAPs
 
 if TYPE_CHECKING:  # annotations only: identify.py imports this module, so a runtime import would cycle
     from .identify import IdentifyConfig
@@ -94,10 +94,10 @@ def success(
     return float((logits.argmax(1) == target).float().mean()), float((logits[:, target] - rest.amax(1)).mean())
 
 
-class TargetedUAPs:
-    """Short targeted UAPs of one family toward several classes. Each class keeps its own init, its own
-    batches (its own generator) and its own Adam state, so advancing them together, ``group`` classes
-    a forward pass, gives what each would alone (up to float rounding); a class can stop at any step."""
+class TargetedUAPs(BatchedUAPs):
+    """Short targeted UAPs of one family, one toward each of ``targets`` (generator ``gens[i]`` for
+    ``targets[i]``); with ``track``, each step's hit rate and margin per class, which the early stops read
+    (a host sync per step otherwise not paid)."""
 
     def __init__(
         self,
@@ -110,43 +110,23 @@ class TargetedUAPs:
         gens: list[torch.Generator],
         track: bool = False,
     ) -> None:
-        self.model, self.head, self.fit_images, self.family, self.targets, self.gens, self.track = (
-            model,
-            head,
-            fit_images,
-            family,
-            targets,
-            gens,
-            track,
+        super().__init__(model, head, fit_images, family, cfg, gens)
+        self.targets, self.track = targets, track
+        self.hits: list[list[float]] = [[] for _ in targets]  # per step: fraction of its batch at its target
+        self.margins: list[list[float]] = [[] for _ in targets]  # per step: its batch's mean logit margin
+
+    def labels(self, chunk: list[int]) -> Tensor:
+        return torch.tensor([self.targets[i] for i in chunk], device=self.fit_images.device).repeat_interleave(
+            self.batch
         )
-        self.params = [family.init(g).to(fit_images.device).requires_grad_(True) for g in gens]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)  # Adam skips a parameter with no gradient
-        self.batch = min(cfg.batch_size, len(fit_images))
-        self.active = list(range(len(targets)))
-        # with ``track`` (the early stops read them; a host sync per step otherwise not paid), per step:
-        self.hits: list[list[float]] = [[] for _ in targets]  # fraction of its batch at its target
-        self.margins: list[list[float]] = [[] for _ in targets]  # its batch's mean logit margin
 
-    def step(self, group: int) -> None:
-        """One Adam step of every active class, ``group`` classes a pass."""
-        for start in range(0, len(self.active), group):
-            chunk = self.active[start : start + group]
-            idx = torch.stack(
-                [torch.randint(len(self.fit_images), (self.batch,), generator=self.gens[i]) for i in chunk]
-            )  # [G, b]
-            adv = self.family.apply(
-                as_float(self.fit_images[idx]), torch.stack([self.params[i] for i in chunk])[:, None]
-            )
-            labels = torch.tensor([self.targets[i] for i in chunk], device=adv.device).repeat_interleave(self.batch)
-            logits = self.head.logits(self.model, adv.flatten(0, 1))
-            precision.step(self.opt, F.cross_entropy(logits, labels, reduction="sum") / self.batch)
-            with torch.no_grad():
-                for i in chunk:
-                    self.family.project(self.params[i])
-                if self.track:
-                    self._record(chunk, logits.detach().float(), labels)
+    def loss(self, logits: Tensor, chunk: list[int]) -> Tensor:
+        return F.cross_entropy(logits, self.labels(chunk), reduction="sum")
 
-    def _record(self, chunk: list[int], logits: Tensor, labels: Tensor) -> None:
+    def observe(self, logits: Tensor, chunk: list[int]) -> None:
+        if not self.track:
+            return
+        logits, labels = logits.float(), self.labels(chunk)
         own = logits.gather(1, labels[:, None]).squeeze(1)
         rest = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
         hit = (own > rest).float().view(len(chunk), self.batch).mean(1)
@@ -154,9 +134,6 @@ class TargetedUAPs:
         for i, h, m in zip(chunk, hit.tolist(), margin.tolist()):
             self.hits[i].append(h)
             self.margins[i].append(m)
-
-    def param(self, i: int) -> Tensor:
-        return self.params[i].detach()
 
 
 def targeted_uaps(

@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from toolbox import precision
 from toolbox.api import ClipModel
 from toolbox.primitives.perturbations import PerturbationFamily
-from toolbox.primitives.tensors import as_float
 from toolbox.progress import progress
 from toolbox.zeroshot import ZeroShotHead
 
 from . import seeds
+from .uaps import BatchedUAPs
 
 if TYPE_CHECKING:  # annotations only: identify.py imports this module
     from .identify import IdentifyConfig
@@ -47,9 +46,8 @@ def group_loss(logits: Tensor, member: Tensor) -> Tensor:
     return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~member, float("-inf")), 1)
 
 
-class GroupUAPs:
-    """One UAP of ``family`` per group, each with its own init, batches and Adam state (as the race's
-    :class:`~invertune_plugin.race.TargetedUAPs`), ``chunk`` groups a forward pass."""
+class GroupUAPs(BatchedUAPs):
+    """One UAP of ``family`` per group (generator ``gens[g]`` for ``groups[g]``), toward any class of it."""
 
     def __init__(
         self,
@@ -61,26 +59,13 @@ class GroupUAPs:
         cfg: IdentifyConfig,
         gens: list[torch.Generator],
     ) -> None:
-        self.model, self.head, self.fit_images, self.family, self.gens = model, head, fit_images, family, gens
-        n_classes = len(head.classnames)
-        self.member = torch.zeros(len(groups), n_classes, dtype=torch.bool, device=fit_images.device)
+        super().__init__(model, head, fit_images, family, cfg, gens)
+        self.member = torch.zeros(len(groups), len(head.classnames), dtype=torch.bool, device=fit_images.device)
         for g, classes in enumerate(groups):
             self.member[g, classes.to(fit_images.device)] = True
-        self.params = [family.init(gen).to(fit_images.device).requires_grad_(True) for gen in gens]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
-        self.batch = min(cfg.batch_size, len(fit_images))
 
-    def step(self, chunk: int) -> None:
-        for start in range(0, len(self.params), chunk):
-            ids = list(range(start, min(start + chunk, len(self.params))))
-            idx = torch.stack([torch.randint(len(self.fit_images), (self.batch,), generator=self.gens[i]) for i in ids])
-            adv = self.family.apply(as_float(self.fit_images[idx]), torch.stack([self.params[i] for i in ids])[:, None])
-            logits = self.head.logits(self.model, adv.flatten(0, 1)).float()
-            member = self.member[ids].repeat_interleave(self.batch, 0)
-            precision.step(self.opt, group_loss(logits, member).sum() / self.batch)
-            with torch.no_grad():
-                for i in ids:
-                    self.family.project(self.params[i])
+    def loss(self, logits: Tensor, chunk: list[int]) -> Tensor:
+        return group_loss(logits.float(), self.member[chunk].repeat_interleave(self.batch, 0)).sum()
 
 
 @torch.no_grad()

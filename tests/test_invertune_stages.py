@@ -380,7 +380,9 @@ def test_race_screens_large_vocabularies_with_untargeted_uaps(monkeypatch):
     import invertune_plugin.identify as ident_mod
 
     raced: list[list[int]] = []
-    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    monkeypatch.setattr(
+        ident_mod, "_race", lambda m, i, h, c, s, candidates, split=None: raced.append(candidates) or "raced"
+    )
     model = PlantedClip()
     head = head_for(model)
     cfg = IdentifyConfig(max_race_classes=2, steps=5, batch_size=16, screen="untargeted")
@@ -431,7 +433,9 @@ def test_default_group_screen_puts_the_stripes_target_among_the_raced(monkeypatc
     import invertune_plugin.identify as ident_mod
 
     raced: list[list[int]] = []
-    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    monkeypatch.setattr(
+        ident_mod, "_race", lambda m, i, h, c, s, candidates, split=None: raced.append(candidates) or "raced"
+    )
     model = PlantedClip(stripes="texture")
     cfg = IdentifyConfig(screen="groups", max_race_classes=2, screen_groups=2, batch_size=16)
     identify(model, colour_images(96), head_for(model), cfg)
@@ -442,7 +446,9 @@ def test_both_screens_interleave_their_rankings(monkeypatch):
     import invertune_plugin.identify as ident_mod
 
     raced: list[list[int]] = []
-    monkeypatch.setattr(ident_mod, "_race", lambda m, i, h, c, s, candidates: raced.append(candidates) or "raced")
+    monkeypatch.setattr(
+        ident_mod, "_race", lambda m, i, h, c, s, candidates, split=None: raced.append(candidates) or "raced"
+    )
     monkeypatch.setattr(ident_mod, "group_screen", lambda *a, **k: (torch.tensor([0.0, 0.3, 0.1, 0.2]), torch.zeros(4)))
     model = PlantedClip()
     head = head_for(model)
