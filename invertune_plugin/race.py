@@ -114,19 +114,17 @@ class TargetedUAPs(BatchedUAPs):
         self.targets, self.track = targets, track
         self.hits: list[list[float]] = [[] for _ in targets]  # per step: fraction of its batch at its target
         self.margins: list[list[float]] = [[] for _ in targets]  # per step: its batch's mean logit margin
-
-    def labels(self, chunk: list[int]) -> Tensor:
-        return torch.tensor([self.targets[i] for i in chunk], device=self.fit_images.device).repeat_interleave(
-            self.batch
-        )
+        self.labels = torch.empty(0, dtype=torch.long)  # the last step's, per image
 
     def loss(self, logits: Tensor, chunk: list[int]) -> Tensor:
-        return F.cross_entropy(logits, self.labels(chunk), reduction="sum")
+        self.labels = torch.tensor([self.targets[i] for i in chunk], device=logits.device)
+        self.labels = self.labels.repeat_interleave(self.batch)  # observe() reads them too
+        return F.cross_entropy(logits, self.labels, reduction="sum")
 
     def observe(self, logits: Tensor, chunk: list[int]) -> None:
         if not self.track:
             return
-        logits, labels = logits.float(), self.labels(chunk)
+        logits, labels = logits.float(), self.labels
         own = logits.gather(1, labels[:, None]).squeeze(1)
         rest = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
         hit = (own > rest).float().view(len(chunk), self.batch).mean(1)
