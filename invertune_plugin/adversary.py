@@ -33,10 +33,16 @@ class Adversary:
     def __init__(
         self, param: Tensor, apply: Callable[[Tensor, Tensor], Tensor], project: Callable[[Tensor], None], target: int
     ) -> None:
-        self.param = param.detach().clone().requires_grad_(True)
+        self.found = param.detach().clone()  # the finding's trigger, which reset() returns to
+        self.param = self.found.clone().requires_grad_(True)
         self.apply, self.project, self.target = apply, project, target
         self.refreshes = 0
         self._opt: torch.optim.Optimizer | None = None
+
+    def reset(self) -> None:
+        """Back to the finding's trigger, refreshes and Adam state forgotten (several tunings, one finding)."""
+        self.param = self.found.clone().requires_grad_(True)
+        self.refreshes, self._opt = 0, None
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.apply(images, self.param.detach().to(images))

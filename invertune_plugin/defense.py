@@ -144,23 +144,8 @@ class InverTune(Defense):
 
     def _defend(self, ctx: DefenseContext) -> DefenseOutcome:
         cfg: InverTuneConfig = self.config
-        total = len(ctx.clean_data.dataset)  # decode only the n_images used: a defender's folder can be large
-        images = ctx.clean_data.uint8(
-            seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images else None
-        ).to(ctx.device)
-        head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
-        search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
-        key = null_key(cfg, ctx.model, ctx.classnames, ctx.templates, len(images))
-        null = select(ctx.nulls, key, self.name) if ctx.nulls else None
-        if null is not None:
-            self.check_null(null)
-        if cfg.target is None:
-            start = time.perf_counter()
-            search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
-            search.timings["identify"] = time.perf_counter() - start
-            result = run_cascade(self.detectors(), search, self.rule(ctx, search, null), full=ctx.reference)
-        else:
-            result = self.given_target(search, cfg.target)
+        search, result, key, null = self.detect(ctx)
+        images = search.images
         artifacts = write_artifacts(ctx.workdir, search.ident, result.finding.trigger, images)
         model, report, info = ctx.model, None, {"profile": cfg.profile, "n_images": len(images), "rounds": []}
         wanted = result.verdict is not Verdict.NO_BACKDOOR_FOUND or cfg.purify_when_clean
@@ -185,6 +170,28 @@ class InverTune(Defense):
             target=result.finding.target,
             trigger_masks={"inverted": result.finding.trigger.mask},
         )
+
+    def detect(self, ctx: DefenseContext) -> tuple[SearchContext, CascadeResult, str, CleanNull | None]:
+        """Sample the images, rank (stage 1) and run the cascade, or take the known target: the search and
+        its result that :meth:`purify` works from, with the null key and the null the verdict used."""
+        cfg: InverTuneConfig = self.config
+        total = len(ctx.clean_data.dataset)  # decode only the n_images used: a defender's folder can be large
+        images = ctx.clean_data.uint8(
+            seeded_subset(total, cfg.n_images, ctx.seed) if total > cfg.n_images else None
+        ).to(ctx.device)
+        head = ZeroShotHead(ctx.model, ctx.classnames, ctx.templates, ctx.device)
+        search = SearchContext(ctx.model, images, head, None, ctx.seed, cfg.identify, cfg.invert)
+        key = null_key(cfg, ctx.model, ctx.classnames, ctx.templates, len(images))
+        null = select(ctx.nulls, key, self.name) if ctx.nulls else None
+        if null is not None:
+            self.check_null(null)
+        if cfg.target is not None:
+            return search, self.given_target(search, cfg.target), key, null
+        start = time.perf_counter()
+        search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
+        search.timings["identify"] = time.perf_counter() - start
+        result = run_cascade(self.detectors(), search, self.rule(ctx, search, null), full=ctx.reference)
+        return search, result, key, null
 
     def rule(
         self, ctx: DefenseContext, search: SearchContext, null: CleanNull | None

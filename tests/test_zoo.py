@@ -3,6 +3,7 @@ a three-member smoke zoo built and evaluated end to end."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,13 @@ from toolbox.zoo.spec import CLEAN_FINETUNE, CLEAN_SCRATCH, draw_members, load_s
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ["mushroom", "banana", "lemon", "tennis ball", "pinwheel"]
 SEEDED = {"badnet", "blended", "wanet", "badclip", "badencoder", "patch", "blend", "color-filter", "border"}
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def members(path: Path, n: int | None = None):
@@ -221,6 +229,18 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     rows = json.loads(subset.read_text())["rows"]
     assert rows and all(r["asr_rebound"] is not None and 0 <= r["asr_rebound"] <= 1 for r in rows)
     assert "Median ASR after rebound fine-tuning" in (subset.parent / "zoo_summary.md").read_text()
+
+    # benchmarks/purify.py: one detection, stage 3 per variant, scored with the member's own trigger
+    purify = load_benchmark("purify")
+    quick = ["-p", "profile=quick", "-p", "n_images=32"]
+    argv = ["--zoo", str(zoo), "--ids", backdoored[0], *quick, "-v", "slow:tune.lr=1e-5", "--rebound-steps", "2"]
+    assert purify.main([*argv, "--out", str(tmp_path / "purify.json")]) == 0
+    rows = json.loads((tmp_path / "purify.json").read_text())
+    assert [r["variant"] for r in rows] == ["base", "slow"] and all(0 <= r["ca_after"] <= 1 for r in rows)
+    assert all(r["rebound"] is not None and r["ca_before"] == rows[0]["ca_before"] for r in rows)
+    assert "| base |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="identify.steps"):  # a variant may not change the detection
+        purify.main(["--zoo", str(zoo), "--ids", backdoored[0], "-v", "bad:identify.steps=3"])
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):

@@ -1,0 +1,200 @@
+"""Stage-3 variants on one detection (issue 42): purification settings compared on zoo members.
+
+    python benchmarks/purify.py --zoo ZOOS/dev --ids dev-004,dev-011 -v lr3e-4:tune.lr=3e-4 -v beta2:tune.beta=2
+    python benchmarks/purify.py --zoo ZOOS/dev --ids dev-004 -v refresh:tune.refresh_every=10 --rebound-steps 100
+
+Per member, InverTune's default detection runs once (stage 1 and the cascade, as a run would); then
+stage 3 runs once per variant (``base``, the default, first) on that same finding, and each purified
+model is scored against the member's own trigger: CA (in style) and real-trigger ASR@1, optionally
+after ``--rebound-steps`` of clean fine-tuning. A variant may set ``tune.*`` and ``min_round_asr``
+only: anything that would change the detection is refused (``-p`` sets the base, for every variant).
+Stage 3 draws from its own seeded generators, so each variant tunes as a run with it would. Tune on
+the dev split; the test split is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import toolbox
+from invertune_plugin.cascade import Verdict
+from invertune_plugin.defense import InverTune, InverTuneConfig
+from toolbox.api import DefenseContext
+from toolbox.evaluation import EvalInputs, MetricConfig, evaluate
+from toolbox.plugins import get_host
+from toolbox.rebound import ReboundConfig, rebound
+from toolbox.runner.request import seed_everything
+from toolbox.zoo.build import member_trigger, read_manifest, world_data, world_of
+from toolbox.zoo.spec import DEFAULT_WORLD
+
+PURIFY_ONLY = ("tune.", "min_round_asr")  # settings a variant may change: none reaches the detection
+BAR_ASR, BAR_DROP = 0.02, 0.02  # issue 42's purification success: real ASR@1 <= 2 %, CA drop <= 2 points
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=V,KEY=V`` -> (NAME, {KEY: V}); every key a purification setting."""
+    name, _, rest = text.partition(":")
+    pairs = dict(p.split("=", 1) for p in rest.split(",") if p)
+    bad = [k for k in pairs if not k.startswith(PURIFY_ONLY)]
+    if not name or bad:
+        raise SystemExit(f"variant {text!r}: NAME:KEY=V,... with keys {' or '.join(PURIFY_ONLY)}*; not {bad}")
+    return name, pairs
+
+
+def load_member(zoo: Path, record: dict[str, Any]) -> tuple[Any, Any]:
+    """The suspect as a defender holds it, and the scorer's inputs (eval split, real trigger, target)."""
+    world_name = record.get("world", DEFAULT_WORLD)
+    world = world_of(record["preset"], world=world_name).data
+    suspect = toolbox.load(
+        str(zoo / "members" / record["id"] / "model"),
+        clean_data=world["clean_data"],
+        classes=world["classes"],
+        templates=world["templates"],
+        device="cpu",
+    )
+    classnames, templates, data = world_data(record["preset"], ("eval", "train"), suspect.model.image_size, world_name)
+    inputs = EvalInputs(
+        eval_data=data["eval"],
+        classnames=classnames,
+        templates=templates,
+        trigger=member_trigger(zoo, record),
+        target=record["target"],
+        trigger_source="real",
+    )
+    return suspect, (inputs, data["train"])
+
+
+def score(model: Any, scorer: tuple[EvalInputs, Any], rebound_steps: int, seed: int) -> dict[str, float | None]:
+    inputs, train = scorer
+    registry = get_host().build_registry(quiet=True)
+    cpu, metric = torch.device("cpu"), MetricConfig(top_k=(1,))
+    got = evaluate(model, inputs, metric, registry, cpu)
+    out = {"ca": got.get("ca"), "asr": got.get("asr"), "rebound": None}
+    if rebound_steps:
+        again, _ = rebound(model, train, ReboundConfig(steps=rebound_steps), seed, cpu)
+        out["rebound"] = evaluate(again, inputs, metric, registry, cpu).get("asr")
+    return out
+
+
+def member_rows(
+    zoo: Path,
+    record: dict[str, Any],
+    base_params: dict[str, str],
+    variants: dict[str, dict[str, str]],
+    rebound_steps: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    suspect, scorer = load_member(zoo, record)
+    before = score(suspect.model, scorer, 0, seed)
+    base = InverTune(InverTune.configure(dict(base_params)))
+    with tempfile.TemporaryDirectory() as work:
+        ctx = DefenseContext(
+            suspect.model, suspect.clean, suspect.classnames, suspect.templates, seed, suspect.device, Path(work)
+        )
+        seed_everything(seed)  # as a run: its global generators, then the defense
+        start = time.perf_counter()
+        search, result, _, _ = base.detect(ctx)
+        detect_s = time.perf_counter() - start
+    row = {"id": record["id"], "arch": record["arch"], "family": record["family"], "target": record["target"]}
+    row |= {"found": result.finding.target, "verdict": result.verdict.value, "detect_s": round(detect_s, 1)}
+    if result.verdict is Verdict.NO_BACKDOOR_FOUND and not base.config.purify_when_clean:  # as the defense
+        return [row | {"variant": "-", "ca_before": before["ca"], "asr_before": before["asr"]}]
+    rows = []
+    for name, params in variants.items():
+        cfg: InverTuneConfig = InverTune.configure({**base_params, **params})
+        if replace(cfg, tune=base.config.tune, min_round_asr=base.config.min_round_asr) != base.config:
+            raise SystemExit(f"variant {name!r} changes more than purification")
+        if result.finding.adversary is not None:
+            result.finding.adversary.reset()  # each variant starts from the finding's own trigger
+        start = time.perf_counter()
+        model, report, rounds, _ = InverTune(cfg).purify(search, result)
+        took = time.perf_counter() - start
+        after = score(model, scorer, rebound_steps, seed)
+        guard = [g["agreement"] for r in rounds for g in r["guard"]]
+        rows.append(
+            row
+            | {"variant": name, "ca_before": before["ca"], "asr_before": before["asr"], "tune_s": round(took, 1)}
+            | {"ca_after": after["ca"], "asr_after": after["asr"], "rebound": after["rebound"], "rounds": len(rounds)}
+            | {"agreement": guard[-1] if guard else None}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def report(rows: list[dict[str, Any]], variants: list[str]) -> str:
+    lines = [
+        "| member | arch | family | variant | CA before -> after | real ASR@1 | rebound ASR | agreement | tune s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["variant"] == "-":
+            lines.append(f"| {r['id']} | {r['arch']} | {r['family']} | not detected ({r['found']}) | | | | | |")
+            continue
+        agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        lines.append(
+            f"| {r['id']} | {r['arch']} | {r['family']} | {r['variant']} | {pct(r['ca_before'])} -> "
+            f"{pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['rebound'])} | {agreement} | {r['tune_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "| variant | members | bar met | median CA drop | median real ASR@1 | median rebound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        if not mine:
+            continue
+        drops = [r["ca_before"] - r["ca_after"] for r in mine]
+        met = sum(r["asr_after"] <= BAR_ASR and r["ca_before"] - r["ca_after"] <= BAR_DROP for r in mine)
+        rebounds = [r["rebound"] for r in mine if r["rebound"] is not None]
+        lines.append(
+            f"| {v} | {len(mine)} | {met} | {pct(statistics.median(drops))} | "
+            f"{pct(statistics.median(r['asr_after'] for r in mine))} | "
+            f"{pct(statistics.median(rebounds)) if rebounds else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", type=Path, required=True, help="a built zoo split (its members' manifest)")
+    ap.add_argument("--ids", required=True, help="member ids, comma-separated (backdoored ones; clean are skipped)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=V", help="for every variant")
+    ap.add_argument("-v", "--variant", action="append", default=[], metavar="NAME:KEY=V,...")
+    ap.add_argument("--rebound-steps", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    variants = {"base": {}} | dict(parse_variant(v) for v in args.variant)
+    base_params = dict(p.split("=", 1) for p in args.param)
+    records = {r["id"]: r for r in read_manifest(args.zoo)}
+    wanted = args.ids.split(",")
+    if missing := [i for i in wanted if i not in records]:
+        raise SystemExit(f"not members of {args.zoo}: {', '.join(missing)}")
+    rows = []
+    for i in wanted:
+        if records[i]["label"] != "backdoored":
+            print(f"{i}: {records[i]['label']}, skipped")
+            continue
+        rows += member_rows(args.zoo, records[i], base_params, variants, args.rebound_steps, args.seed)
+    print(report(rows, list(variants)))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
