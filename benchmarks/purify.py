@@ -6,8 +6,9 @@
 Per member, InverTune's default detection runs once (stage 1 and the cascade, as a run would); then
 stage 3 runs once per variant (``base``, the default, first) on that same finding, and each purified
 model is scored against the member's own trigger: CA (in style) and real-trigger ASR@1, optionally
-after ``--rebound-steps`` of clean fine-tuning. A variant may set ``tune.*`` and ``min_round_asr``
-only: anything that would change the detection is refused (``-p`` sets the base, for every variant).
+after ``--rebound-steps`` of clean fine-tuning. A variant may set ``tune.*``, ``min_round_asr`` and a
+detector's tuning rule (``detectors.NAME.tune_steps``, ``.rounds``) only: anything that would change
+the detection is refused (``-p`` sets the base, for every variant).
 Stage 3 draws from its own seeded generators, so each variant tunes as a run with it would. Tune on
 the dev split; the test split is for reporting.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -36,7 +38,8 @@ from toolbox.runner.request import seed_everything
 from toolbox.zoo.build import member_trigger, read_manifest, world_data, world_of
 from toolbox.zoo.spec import DEFAULT_WORLD
 
-PURIFY_ONLY = ("tune.", "min_round_asr")  # settings a variant may change: none reaches the detection
+# settings a variant may change: none reaches the detection
+PURIFY_ONLY = re.compile(r"tune\.\w+|min_round_asr|detectors\.\w+\.(tune_steps|rounds)")
 BAR_ASR, BAR_DROP = 0.02, 0.02  # issue 42's purification success: real ASR@1 <= 2 %, CA drop <= 2 points
 
 
@@ -44,9 +47,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """``NAME:KEY=V,KEY=V`` -> (NAME, {KEY: V}); every key a purification setting."""
     name, _, rest = text.partition(":")
     pairs = dict(p.split("=", 1) for p in rest.split(",") if p)
-    bad = [k for k in pairs if not k.startswith(PURIFY_ONLY)]
+    bad = [k for k in pairs if not PURIFY_ONLY.fullmatch(k)]
     if not name or bad:
-        raise SystemExit(f"variant {text!r}: NAME:KEY=V,... with keys {' or '.join(PURIFY_ONLY)}*; not {bad}")
+        raise SystemExit(f"variant {text!r}: NAME:KEY=V,... with keys {PURIFY_ONLY.pattern}; not {bad}")
     return name, pairs
 
 
@@ -111,12 +114,12 @@ def member_rows(
     rows = []
     for name, params in variants.items():
         cfg: InverTuneConfig = InverTune.configure({**base_params, **params})
-        if replace(cfg, tune=base.config.tune, min_round_asr=base.config.min_round_asr) != base.config:
-            raise SystemExit(f"variant {name!r} changes more than purification")
+        # its detector's tuning rule (rounds, round 1's steps) is the variant's
+        rule = type(result.detector)(cfg.detectors[result.detector.name])
         if result.finding.adversary is not None:
             result.finding.adversary.reset()  # each variant starts from the finding's own trigger
         start = time.perf_counter()
-        model, report, rounds, _ = InverTune(cfg).purify(search, result)
+        model, report, rounds, _ = InverTune(cfg).purify(search, replace(result, detector=rule))
         took = time.perf_counter() - start
         after = score(model, scorer, rebound_steps, seed)
         guard = [g["agreement"] for r in rounds for g in r["guard"]]

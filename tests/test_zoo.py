@@ -241,6 +241,9 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     assert "| base |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="identify.steps"):  # a variant may not change the detection
         purify.main(["--zoo", str(zoo), "--ids", backdoored[0], "-v", "bad:identify.steps=3"])
+    assert purify.parse_variant("long:detectors.linf.tune_steps=400,tune.lr=1e-4")[1]["tune.lr"] == "1e-4"
+    with pytest.raises(SystemExit, match="detectors.linf.eps"):
+        purify.parse_variant("wider:detectors.linf.eps=0.2")
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
