@@ -16,6 +16,7 @@ the dev split; the test split is for reporting.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import statistics
@@ -28,29 +29,50 @@ from typing import Any
 import torch
 
 import toolbox
-from invertune_plugin.cascade import Verdict
+from invertune_plugin.cascade import CascadeResult, Verdict
 from invertune_plugin.defense import InverTune, InverTuneConfig
+from toolbox import precision
 from toolbox.api import DefenseContext
 from toolbox.evaluation import EvalInputs, MetricConfig, evaluate
 from toolbox.plugins import get_host
 from toolbox.rebound import ReboundConfig, rebound
 from toolbox.runner.request import seed_everything
 from toolbox.zoo.build import member_trigger, read_manifest, world_data, world_of
+from toolbox.zoo.metrics import PurificationBar
 from toolbox.zoo.spec import DEFAULT_WORLD
 
 # settings a variant may change: none reaches the detection
 PURIFY_ONLY = re.compile(r"tune\.\w+|min_round_asr|detectors\.\w+\.(tune_steps|rounds)")
-BAR_ASR, BAR_DROP = 0.02, 0.02  # issue 42's purification success: real ASR@1 <= 2 %, CA drop <= 2 points
+BAR = PurificationBar()  # the zoo's: real ASR@1 <= 2 %, CA drop <= 2 points
+
+
+def key_values(items: list[str], what: str) -> dict[str, str]:
+    if bad := [i for i in items if "=" not in i]:
+        raise SystemExit(f"{what}: KEY=VALUE expected, got {', '.join(map(repr, bad))}")
+    return dict(i.split("=", 1) for i in items)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """``NAME:KEY=V,KEY=V`` -> (NAME, {KEY: V}); every key a purification setting."""
     name, _, rest = text.partition(":")
-    pairs = dict(p.split("=", 1) for p in rest.split(",") if p)
+    pairs = key_values([p for p in rest.split(",") if p], f"variant {name!r}")
     bad = [k for k in pairs if not PURIFY_ONLY.fullmatch(k)]
-    if not name or bad:
-        raise SystemExit(f"variant {text!r}: NAME:KEY=V,... with keys {PURIFY_ONLY.pattern}; not {bad}")
+    if not name or name in ("base", "-") or bad:
+        raise SystemExit(f"variant {text!r}: NAME:KEY=V,... (NAME not base) with keys {PURIFY_ONLY.pattern}; not {bad}")
     return name, pairs
+
+
+def parse_variants(texts: list[str], base_params: dict[str, str]) -> dict[str, InverTuneConfig]:
+    """``base`` (the ``-p`` settings) and every variant, configured before anything runs."""
+    out: dict[str, InverTuneConfig] = {}
+    for name, params in [("base", {}), *map(parse_variant, texts)]:
+        if name in out:
+            raise SystemExit(f"variant {name!r} given twice")
+        try:
+            out[name] = InverTune.configure({**base_params, **params})
+        except ValueError as err:
+            raise SystemExit(f"variant {name!r}: {err}") from err
+    return out
 
 
 def load_member(zoo: Path, record: dict[str, Any]) -> tuple[Any, Any]:
@@ -88,38 +110,42 @@ def score(model: Any, scorer: tuple[EvalInputs, Any], rebound_steps: int, seed: 
     return out
 
 
+def with_rule(result: CascadeResult, cfg: InverTuneConfig) -> CascadeResult:
+    """``result`` with its detector's tuning rule (rounds, round 1's steps) as ``cfg`` sets it."""
+    rule = cfg.detectors.get(result.detector.name)
+    if rule is None:  # a known target's inversion, outside the cascade: its defaults, as the defense
+        return result
+    detector = copy.copy(result.detector)
+    detector.config = replace(detector.config, rounds=rule.rounds, tune_steps=rule.tune_steps)
+    return replace(result, detector=detector)
+
+
 def member_rows(
-    zoo: Path,
-    record: dict[str, Any],
-    base_params: dict[str, str],
-    variants: dict[str, dict[str, str]],
-    rebound_steps: int,
-    seed: int,
+    zoo: Path, record: dict[str, Any], variants: dict[str, InverTuneConfig], rebound_steps: int, seed: int
 ) -> list[dict[str, Any]]:
     suspect, scorer = load_member(zoo, record)
     before = score(suspect.model, scorer, 0, seed)
-    base = InverTune(InverTune.configure(dict(base_params)))
+    base = InverTune(variants["base"])
     with tempfile.TemporaryDirectory() as work:
         ctx = DefenseContext(
             suspect.model, suspect.clean, suspect.classnames, suspect.templates, seed, suspect.device, Path(work)
         )
         seed_everything(seed)  # as a run: its global generators, then the defense
         start = time.perf_counter()
-        search, result, _, _ = base.detect(ctx)
+        with precision.autocast(base.config.precision, ctx.device):  # as defend()
+            search, result, _, _ = base.detect(ctx)
         detect_s = time.perf_counter() - start
     row = {"id": record["id"], "arch": record["arch"], "family": record["family"], "target": record["target"]}
     row |= {"found": result.finding.target, "verdict": result.verdict.value, "detect_s": round(detect_s, 1)}
     if result.verdict is Verdict.NO_BACKDOOR_FOUND and not base.config.purify_when_clean:  # as the defense
         return [row | {"variant": "-", "ca_before": before["ca"], "asr_before": before["asr"]}]
     rows = []
-    for name, params in variants.items():
-        cfg: InverTuneConfig = InverTune.configure({**base_params, **params})
-        # its detector's tuning rule (rounds, round 1's steps) is the variant's
-        rule = type(result.detector)(cfg.detectors[result.detector.name])
+    for name, cfg in variants.items():
         if result.finding.adversary is not None:
             result.finding.adversary.reset()  # each variant starts from the finding's own trigger
         start = time.perf_counter()
-        model, report, rounds, _ = InverTune(cfg).purify(search, replace(result, detector=rule))
+        with precision.autocast(cfg.precision, ctx.device):
+            model, _, rounds, _ = InverTune(cfg).purify(search, with_rule(result, cfg))
         took = time.perf_counter() - start
         after = score(model, scorer, rebound_steps, seed)
         guard = [g["agreement"] for r in rounds for g in r["guard"]]
@@ -127,7 +153,7 @@ def member_rows(
             row
             | {"variant": name, "ca_before": before["ca"], "asr_before": before["asr"], "tune_s": round(took, 1)}
             | {"ca_after": after["ca"], "asr_after": after["asr"], "rebound": after["rebound"], "rounds": len(rounds)}
-            | {"agreement": guard[-1] if guard else None}
+            | {"agreement": guard[-1] if guard else None, "tune_steps": [r["tune_steps"] for r in rounds]}
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -139,21 +165,26 @@ def pct(v: float | None) -> str:
 
 def report(rows: list[dict[str, Any]], variants: list[str]) -> str:
     lines = [
-        "| member | arch | family | variant | CA before -> after | real ASR@1 | rebound ASR | agreement | tune s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| member | arch | family | target (found) | variant | CA before -> after | real ASR@1 | rebound ASR "
+        "| agreement | tune steps | tune s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        named = r["target"] if r["found"] == r["target"] else f"{r['target']} ({r['found']}: wrong)"
         if r["variant"] == "-":
-            lines.append(f"| {r['id']} | {r['arch']} | {r['family']} | not detected ({r['found']}) | | | | | |")
+            lines.append(f"| {r['id']} | {r['arch']} | {r['family']} | {named} | not detected | | | | | | |")
             continue
         agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
         lines.append(
-            f"| {r['id']} | {r['arch']} | {r['family']} | {r['variant']} | {pct(r['ca_before'])} -> "
-            f"{pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['rebound'])} | {agreement} | {r['tune_s']:.0f} |"
+            f"| {r['id']} | {r['arch']} | {r['family']} | {named} | {r['variant']} | {pct(r['ca_before'])} -> "
+            f"{pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['rebound'])} | {agreement} | "
+            f"{'+'.join(map(str, r['tune_steps']))} | {r['tune_s']:.0f} |"
         )
     lines += [
         "",
-        "| variant | members | bar met | median CA drop | median real ASR@1 | median rebound |",
+        f"{sum(r['variant'] == '-' for r in rows)} member(s) not detected: not purified, counted in no row below.",
+        "",
+        "| variant | members purified | bar met | median CA drop | median real ASR@1 | median rebound |",
         "|---|---|---|---|---|---|",
     ]
     for v in variants:
@@ -161,7 +192,7 @@ def report(rows: list[dict[str, Any]], variants: list[str]) -> str:
         if not mine:
             continue
         drops = [r["ca_before"] - r["ca_after"] for r in mine]
-        met = sum(r["asr_after"] <= BAR_ASR and r["ca_before"] - r["ca_after"] <= BAR_DROP for r in mine)
+        met = sum(BAR.passed(r["asr_after"], r["ca_before"] - r["ca_after"]) for r in mine)
         rebounds = [r["rebound"] for r in mine if r["rebound"] is not None]
         lines.append(
             f"| {v} | {len(mine)} | {met} | {pct(statistics.median(drops))} | "
@@ -181,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the rows as JSON")
     args = ap.parse_args(argv)
-    variants = {"base": {}} | dict(parse_variant(v) for v in args.variant)
-    base_params = dict(p.split("=", 1) for p in args.param)
+    variants = parse_variants(args.variant, key_values(args.param, "-p"))
     records = {r["id"]: r for r in read_manifest(args.zoo)}
     wanted = args.ids.split(",")
     if missing := [i for i in wanted if i not in records]:
@@ -192,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if records[i]["label"] != "backdoored":
             print(f"{i}: {records[i]['label']}, skipped")
             continue
-        rows += member_rows(args.zoo, records[i], base_params, variants, args.rebound_steps, args.seed)
+        rows += member_rows(args.zoo, records[i], variants, args.rebound_steps, args.seed)
     print(report(rows, list(variants)))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))

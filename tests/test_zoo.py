@@ -242,8 +242,15 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     with pytest.raises(SystemExit, match="identify.steps"):  # a variant may not change the detection
         purify.main(["--zoo", str(zoo), "--ids", backdoored[0], "-v", "bad:identify.steps=3"])
     assert purify.parse_variant("long:detectors.linf.tune_steps=400,tune.lr=1e-4")[1]["tune.lr"] == "1e-4"
-    with pytest.raises(SystemExit, match="detectors.linf.eps"):
-        purify.parse_variant("wider:detectors.linf.eps=0.2")
+    for bad, message in (("wider:detectors.linf.eps=0.2", "detectors.linf.eps"), ("base:tune.lr=1", "not base")):
+        with pytest.raises(SystemExit, match=message):
+            purify.parse_variant(bad)
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        purify.parse_variants(["x:tune.lr"], {})
+    with pytest.raises(SystemExit, match="given twice"):
+        purify.parse_variants(["x:tune.lr=1e-4", "x:tune.beta=1"], {})
+    with pytest.raises(SystemExit, match="variant 'x'"):  # a bad value fails before any detection runs
+        purify.parse_variants(["x:tune.nosuch=1"], {})
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
