@@ -87,6 +87,20 @@ def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
     assert compare(req)[0].from_cache
 
 
+def test_an_attacked_model_is_rebuilt_when_its_attacks_code_changed(tmp_path, caplog):
+    from toolbox.runner.attack_cache import built_by
+
+    entry = tmp_path / "attacked" / "k"
+    assert not built_by(entry, "c1")  # nothing built yet
+    entry.mkdir(parents=True)
+    (entry / "attack.json").write_text(json.dumps({"build_seconds": 1.0, "info": {}, "code": "c1"}))
+    assert built_by(entry, "c1") and not built_by(entry, "c2")
+    (entry / "attack.json").write_text(json.dumps({"build_seconds": 1.0, "info": {}}))
+    with caplog.at_level("WARNING"):
+        assert built_by(entry, "c2")  # built before codes were recorded: reused, said so
+    assert "does not record the attack code" in caplog.text
+
+
 def test_the_host_none_defense_is_not_fingerprinted(host):
     registry = host.build_registry(quiet=True)
     assert compare_mod.cell_code(registry, "none", "none") == {}  # the host's version, in the key, stands for it

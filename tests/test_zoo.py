@@ -289,6 +289,39 @@ def test_source_hash_covers_every_module_of_the_package(tmp_path, monkeypatch):
     assert code_fingerprint(importlib.import_module("fp_pkg.defense").D) == stamp  # once per process
 
 
+def test_an_attacks_fingerprint_holds_what_it_imports_of_its_package_not_its_siblings(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    import types
+
+    from toolbox.cache import _module_fingerprint, module_fingerprint
+
+    pkg = tmp_path / "mf_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "shared.py").write_text("X = 1\n")
+    (pkg / "one.py").write_text("from .shared import X\n\n\nclass One:\n    pass\n")
+    (pkg / "two.py").write_text("class Two:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("mf_pkg", "mf_pkg.one", "mf_pkg.shared", "mf_pkg.two"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    one = importlib.import_module("mf_pkg.one").One
+
+    def stamp() -> str:
+        _module_fingerprint.cache_clear()  # in a run it is taken once per process
+        return module_fingerprint(one)
+
+    first = stamp()
+    (pkg / "two.py").write_text("class Two:\n    x = 2\n")  # a sibling it does not import
+    (pkg / "three.py").write_text("")  # nor a new one
+    assert stamp() == first
+    (pkg / "shared.py").write_text("X = 2\n")  # what it imports is its code
+    assert stamp() != first
+    made = types.ModuleType("made_at_run_time")  # no source file: named, not hashed
+    monkeypatch.setitem(sys.modules, "made_at_run_time", made)
+    assert module_fingerprint(type("Made", (), {"__module__": "made_at_run_time"})).endswith("-Made")
+
+
 def test_one_plugins_fingerprint_holds_its_own_package_not_its_neighbours(tmp_path, monkeypatch):
     """Plugins that share a namespace (toolbox_plugins.*) are fingerprinted one package each."""
     import importlib

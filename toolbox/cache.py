@@ -8,11 +8,13 @@ file lock, so concurrent processes never see half an entry.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -69,6 +71,56 @@ def _package_fingerprint(package_name: str) -> str:
     from . import __version__
 
     return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
+
+
+def module_fingerprint(obj: Any) -> str:
+    """The code of one class among independent siblings (an attack of the attacks package): the
+    module defining ``obj`` and, transitively, the modules of its own package it imports, read from
+    the source; and the host's version. Editing or adding a sibling it does not import leaves it as
+    it was (a whole-package hash would rebuild every cached attack for one). Not for a package that
+    registers its parts dynamically (a defense's detectors): :func:`code_fingerprint` there."""
+    module = inspect.getmodule(obj)
+    if module is None or not getattr(module, "__file__", None):  # made at run time: no source to read
+        from . import __version__
+
+        return f"{__version__}-{getattr(obj, '__qualname__', obj)}"
+    return _module_fingerprint(module.__name__)
+
+
+@functools.cache
+def _module_fingerprint(name: str) -> str:
+    from . import __version__
+
+    digest = hashlib.sha256()
+    for module, path in sorted(_import_closure(name).items()):
+        digest.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{__version__}-{digest.hexdigest()[:16]}"
+
+
+def _import_closure(name: str) -> dict[str, Path]:
+    """``name`` and the modules of its top-level package it imports, transitively: name -> source file."""
+    top = name.partition(".")[0]
+    found: dict[str, Path] = {}
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        try:
+            spec = None if current in found else importlib.util.find_spec(current)
+        except (ImportError, ValueError):  # ``from .m import Name``: Name is no module
+            spec = None
+        if spec is None or not (spec.origin or "").endswith(".py"):
+            continue
+        found[current] = Path(spec.origin)  # type: ignore[arg-type]
+        package = current if spec.submodule_search_locations is not None else current.rpartition(".")[0]
+        for node in ast.walk(ast.parse(found[current].read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.partition(".")[0] == top]
+            elif isinstance(node, ast.ImportFrom):
+                relative = "." * node.level + (node.module or "")
+                base = importlib.util.resolve_name(relative, package) if node.level else relative
+                if base.partition(".")[0] == top:
+                    todo += [base] + [f"{base}.{a.name}" for a in node.names]  # a name may be a submodule
+    return found
 
 
 def source_hash(package: Any) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import atomic, escape, grid, outputs
 from .api import config_values
-from .cache import cache_root, code_fingerprint, config_hash, entry_lock
+from .cache import cache_root, code_fingerprint, config_hash, entry_lock, module_fingerprint
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .intake import documents
@@ -166,8 +166,8 @@ def cell_code(registry: Any, attack: str, defense: str) -> dict[str, str]:
     code = {}
     if (entry := registry.get("defense", defense)).plugin != HOST_PLUGIN:
         code["defense"] = code_fingerprint(entry.obj)
-    if attack != "none":
-        code["attack"] = code_fingerprint(registry.get("attack", attack).obj)
+    if attack != "none":  # its module and what it imports of its package: a sibling attack is not its code
+        code["attack"] = module_fingerprint(registry.get("attack", attack).obj)
     return code
 
 

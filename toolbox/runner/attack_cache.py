@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 
 from ..api import AttackContext, ClipModel, config_values
 
+log = logging.getLogger(__name__)
+
 
 def source_fingerprint(source: str) -> dict[str, Any]:
     """Path plus size and modification time: a changed training set is a different cache key."""
@@ -19,6 +22,21 @@ def source_fingerprint(source: str) -> dict[str, Any]:
         return {"source": source}
     stat = path.stat()
     return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def built_by(entry: Path, code: str) -> bool:
+    """Whether the attacked model in ``entry`` exists and was built by ``code``; one built before codes
+    were recorded is reused with a warning (its attack code is not known)."""
+    import json
+
+    if not (entry / "attack.json").exists():
+        return False
+    built = json.loads((entry / "attack.json").read_text()).get("code")
+    if built is None:
+        log.warning("attacked model %s does not record the attack code that built it; reused as is", entry.name)
+    elif built != code:
+        log.info("attacked model %s: its attack's code changed since; building it again", entry.name)
+    return built in (None, code)
 
 
 def backdoor_cached(
@@ -39,7 +57,7 @@ def backdoor_cached(
     import safetensors.torch
 
     from .. import atomic
-    from ..cache import cache_root, config_hash, entry_lock
+    from ..cache import cache_root, config_hash, entry_lock, module_fingerprint
 
     parts = (subset,) if subset else ()  # absent when whole: the keys of earlier caches hold
     if device.type != "cpu":  # another device trains to other numbers; CPU keys stay as they were
@@ -48,11 +66,12 @@ def backdoor_cached(
         model_sha, attack.name, config_values(attack.config), source_fingerprint(train_source), seed, *parts
     )
     entry = cache_root() / "attacked" / key
+    code = module_fingerprint(type(attack))  # the attack's code, beside the key (an editable install's version stays)
     with entry_lock(entry):
-        if not (entry / "attack.json").exists():
+        if not built_by(entry, code):
             start = time.perf_counter()
             model = attack.backdoor(context())
-            record = {"build_seconds": round(time.perf_counter() - start, 1), "info": attack.info}
+            record = {"build_seconds": round(time.perf_counter() - start, 1), "info": attack.info, "code": code}
             with atomic.atomic_dir(entry) as tmp:
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 atomic.save_safetensors(state, str(tmp / "model.safetensors"))
