@@ -176,6 +176,7 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         assert (zoo / "members" / m["id"] / "model" / "open_clip_config.json").is_file()
         assert m["label"] in ("clean", "backdoored", "not_implanted") and m["measured"]["ca"] > 0.5
         assert m["label"] != "backdoored" or m["implant_lift"] >= 0.5
+        assert m["attack_code"]  # every smoke member is a fine-tune by an attack (clean ones by poison rate 0)
     stamps = {p: p.stat().st_mtime_ns for p in zoo.glob("members/*/member.json")}
     assert main(["zoo", "build", str(ROOT / "zoo" / "smoke.yaml"), "--out", str(zoo)]) == 0  # resumes: nothing rebuilt
     assert {p: p.stat().st_mtime_ns for p in zoo.glob("members/*/member.json")} == stamps
@@ -251,6 +252,15 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         purify.parse_variants(["x:tune.lr=1e-4", "x:tune.beta=1"], {})
     with pytest.raises(SystemExit, match="variant 'x'"):  # a bad value fails before any detection runs
         purify.parse_variants(["x:tune.nosuch=1"], {})
+
+
+def test_a_member_built_by_other_attack_code_is_built_again(caplog):
+    from toolbox.zoo.build import built_by_code
+
+    assert built_by_code({"attack_code": "c1"}, "c1", "m") and not built_by_code({"attack_code": "c1"}, "c2", "m")
+    with caplog.at_level("WARNING"):
+        assert built_by_code({}, "c2", "m")  # built before codes were recorded: kept, said so
+    assert "does not record the attack code" in caplog.text
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):

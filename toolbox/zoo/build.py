@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .. import atomic, outputs
 from ..api import AttackContext, BuiltWorld, ImageData, build_config, config_values
-from ..cache import config_hash
+from ..cache import config_hash, module_fingerprint
 from ..commit import read_json
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
@@ -81,9 +81,10 @@ def build_member(
     spec = MemberSpec.from_dict(member)
     out = Path(zoo_dir) / "members" / spec.id
     key = build_key(spec, world)
+    code = module_fingerprint(type(make_attack(spec.attack, spec.params))) if spec.attack else None
     if (out / MEMBER_JSON).is_file():
         record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
-        if record.get("build_key") == key:
+        if record.get("build_key") == key and built_by_code(record, code, spec.id):
             record["label"] = member_label(record, implant_margin)  # the margin is the spec's, not the build's
             return record
     start = time.perf_counter()
@@ -132,6 +133,7 @@ def build_member(
         "measured": {k: measured.get(k) for k in ("ca", "asr", "asr_untriggered")},
         "arch": "resnet" if "resnet" in spec.preset else "vit",
         "base_sha256": loaded.sha256,
+        "attack_code": code,  # its module and what it imports of its package (toolbox.cache.module_fingerprint)
         **({} if world == DEFAULT_WORLD else {"world": world}),  # absent: the embedded world, as before
         "build_seconds": round(time.perf_counter() - start, 1),
     }
@@ -151,6 +153,18 @@ def build_member(
         record["build_seconds"],
     )
     return record
+
+
+def built_by_code(record: dict[str, Any], code: str | None, member_id: str) -> bool:
+    """Whether a member's record was built by this attack code; one built before codes were recorded
+    is kept, with a warning (rebuilding a zoo costs hours: delete its folder to rebuild it)."""
+    if "attack_code" not in record:
+        log.warning("member %s does not record the attack code that built it; kept as is", member_id)
+        return True
+    if record["attack_code"] != code:
+        log.info("member %s: its attack's code changed since it was built; building it again", member_id)
+        return False
+    return True
 
 
 class HeldPairs(Dataset):
