@@ -83,8 +83,11 @@ def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
     assert json.loads(stamp.read_text())["code"] == {"defense": "edited"}
     stamp.write_text(json.dumps({"code": {"defense": "edited"}, "result_sha256": None}))  # killed mid-run
     assert not compare(req)[0].from_cache
-    stamp.unlink()  # a cell saved before codes were recorded is reused, with a warning
+    stamp.unlink()  # a cell saved before codes were recorded is reused, and stamped as this code's
     assert compare(req)[0].from_cache
+    assert json.loads(stamp.read_text())["adopted"] is True
+    monkeypatch.setattr(compare_mod, "code_fingerprint", lambda obj: "edited again")
+    assert not compare(req)[0].from_cache  # so a later edit is seen
 
 
 def test_an_attacked_model_is_rebuilt_when_its_attacks_code_changed(tmp_path, caplog):
@@ -97,8 +100,10 @@ def test_an_attacked_model_is_rebuilt_when_its_attacks_code_changed(tmp_path, ca
     assert built_by(entry, "c1") and not built_by(entry, "c2")
     (entry / "attack.json").write_text(json.dumps({"build_seconds": 1.0, "info": {}}))
     with caplog.at_level("WARNING"):
-        assert built_by(entry, "c2")  # built before codes were recorded: reused, said so
-    assert "does not record the attack code" in caplog.text
+        assert built_by(entry, "c2")  # built before codes were recorded: taken as this code's, said so
+    assert "records no attack code" in caplog.text
+    assert json.loads((entry / "attack.json").read_text())["code_adopted"] is True
+    assert not built_by(entry, "c3")  # so a later edit rebuilds it
 
 
 def test_the_host_none_defense_is_not_fingerprinted(host):

@@ -254,13 +254,17 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         purify.parse_variants(["x:tune.nosuch=1"], {})
 
 
-def test_a_member_built_by_other_attack_code_is_built_again(caplog):
-    from toolbox.zoo.build import built_by_code
+def test_a_member_built_by_other_attack_code_is_built_again(tmp_path, caplog):
+    from toolbox.zoo.build import MEMBER_JSON, built_by_code
 
-    assert built_by_code({"attack_code": "c1"}, "c1", "m") and not built_by_code({"attack_code": "c1"}, "c2", "m")
+    out = tmp_path / "m"
+    out.mkdir()
+    assert built_by_code(out, {"attack_code": "c1"}, "c1") and built_by_code(out, {"attack_code": "c1"}, "c2") is None
+    assert built_by_code(out, {}, None) == {}  # from scratch: no attack, nothing to stamp
     with caplog.at_level("WARNING"):
-        assert built_by_code({}, "c2", "m")  # built before codes were recorded: kept, said so
-    assert "does not record the attack code" in caplog.text
+        adopted = built_by_code(out, {"id": "m"}, "c2")  # built before codes were recorded: taken as this code's
+    assert "records no attack code" in caplog.text and adopted["attack_code"] == "c2"
+    assert json.loads((out / MEMBER_JSON).read_text())["attack_code_adopted"] is True
 
 
 def test_saved_outcome_reused_only_for_the_same_configuration_and_code(caplog):
@@ -325,8 +329,13 @@ def test_an_attacks_fingerprint_holds_what_it_imports_of_its_package_not_its_sib
     (pkg / "two.py").write_text("class Two:\n    x = 2\n")  # a sibling it does not import
     (pkg / "three.py").write_text("")  # nor a new one
     assert stamp() == first
+    (tmp_path / "mf_ext.py").write_text("from mf_pkg.one import One\n\n\nclass Ext(One):\n    pass\n")
+    monkeypatch.delitem(sys.modules, "mf_ext", raising=False)
+    ext = importlib.import_module("mf_ext").Ext  # another package's subclass: what it inherits is its code
+    _module_fingerprint.cache_clear()
+    ext_first = module_fingerprint(ext)
     (pkg / "shared.py").write_text("X = 2\n")  # what it imports is its code
-    assert stamp() != first
+    assert stamp() != first and module_fingerprint(ext) != ext_first
     made = types.ModuleType("made_at_run_time")  # no source file: named, not hashed
     monkeypatch.setitem(sys.modules, "made_at_run_time", made)
     assert module_fingerprint(type("Made", (), {"__module__": "made_at_run_time"})).endswith("-Made")

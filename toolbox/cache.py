@@ -9,6 +9,7 @@ file lock, so concurrent processes never see half an entry.
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import fcntl
 import functools
@@ -17,10 +18,14 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when a cached recipe (world drawing, training) changes, so entries rebuild
 
@@ -73,54 +78,113 @@ def _package_fingerprint(package_name: str) -> str:
     return f"{__version__}-{source_hash(importlib.import_module(package_name))}"
 
 
+NOT_HASHED = frozenset({"toolbox", "torch"})  # the host (its version stands for it) and torch, too large to scan
+
+
+def stamp_code(entry: Path, code: Any, result: Path | None, adopted: bool = False) -> None:
+    """``ENTRY.code.json`` beside a cache entry (its maker owns the entry): the code that made it and the
+    sha256 of ``result``, what it made; None while it is being made, which matches nothing, so a build
+    killed between its result and its stamp is made again."""
+    from . import atomic
+
+    made = hashlib.sha256(result.read_bytes()).hexdigest() if result is not None else None
+    stamp = {"code": code, "result_sha256": made, **({"adopted": True} if adopted else {})}
+    atomic.write_json(Path(f"{entry}.code.json"), stamp)
+
+
+def made_by(entry: Path, code: Any, result: Path) -> bool:
+    """Whether ``result`` in ``entry`` was made by ``code``, as its stamp says. An entry made before
+    stamps were written is taken as this code's, once, and stamped so: a later edit makes it again."""
+    saved = Path(f"{entry}.code.json")
+    if not saved.is_file():
+        log.warning("%s records no code: taken as this code's from now on", entry)
+        stamp_code(entry, code, result, adopted=True)
+        return True
+    try:
+        stamp = json.loads(saved.read_text())
+        made = hashlib.sha256(result.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False  # unreadable: made again rather than trusted
+    if not isinstance(stamp, dict) or stamp.get("code") != code or stamp.get("result_sha256") != made:
+        log.info("%s was not made by this code; making it again", entry)
+        return False
+    return True
+
+
 def module_fingerprint(obj: Any) -> str:
     """The code of one class among independent siblings (an attack of the attacks package): the
-    module defining ``obj`` and, transitively, the modules of its own package it imports, read from
-    the source; and the host's version. Editing or adding a sibling it does not import leaves it as
-    it was (a whole-package hash would rebuild every cached attack for one). Not for a package that
-    registers its parts dynamically (a defense's detectors): :func:`code_fingerprint` there."""
-    module = inspect.getmodule(obj)
-    if module is None or not getattr(module, "__file__", None):  # made at run time: no source to read
-        from . import __version__
+    module defining ``obj``, and those of the classes it inherits from outside the host, the standard
+    library and torch, each with the modules of its own top-level package it imports, transitively,
+    read from the source; and the host's version (a host edit that changes results bumps it, or
+    ``CACHE_FORMAT``). Editing or adding a sibling it does not import leaves it as it was (a
+    whole-package hash would rebuild every cached attack for one). Not for a package that registers
+    its parts dynamically (a defense's detectors): :func:`code_fingerprint` there."""
+    from . import __version__
 
+    roots: list[tuple[str, str, str]] = []
+    for cls in obj.__mro__ if isinstance(obj, type) else (obj,):
+        module = inspect.getmodule(cls)
+        top = (module.__name__ if module else "").partition(".")[0]
+        if module and getattr(module, "__file__", None) and top not in sys.stdlib_module_names | NOT_HASHED:
+            roots.append((module.__name__, str(module.__file__), module.__package__ or ""))
+    if not roots:  # made at run time: no source to read, so it is named, not hashed
         return f"{__version__}-{getattr(obj, '__qualname__', obj)}"
-    return _module_fingerprint(module.__name__)
+    return _module_fingerprint(tuple(dict.fromkeys(roots)))
 
 
 @functools.cache
-def _module_fingerprint(name: str) -> str:
+def _module_fingerprint(roots: tuple[tuple[str, str, str], ...]) -> str:
     from . import __version__
 
+    files: dict[str, Path] = {}
+    for name, path, package in roots:
+        files |= _import_closure(name, Path(path), package)
     digest = hashlib.sha256()
-    for module, path in sorted(_import_closure(name).items()):
-        digest.update(module.encode() + b"\0" + path.read_bytes() + b"\0")
+    for module, source in sorted(files.items()):
+        digest.update(module.encode() + b"\0" + source.read_bytes() + b"\0")
     return f"{__version__}-{digest.hexdigest()[:16]}"
 
 
-def _import_closure(name: str) -> dict[str, Path]:
-    """``name`` and the modules of its top-level package it imports, transitively: name -> source file."""
-    top = name.partition(".")[0]
-    found: dict[str, Path] = {}
-    todo = [name]
+def _import_closure(name: str, path: Path, package: str) -> dict[str, Path]:
+    """Module ``name`` (source ``path``, in ``package``) and the modules of its top-level package it
+    imports, transitively: module name -> source file. Imports are read, not run."""
+    top = name.partition(".")[0] if name != "__main__" else ""
+    found, packages = {name: path}, set()
+    todo = collections.deque(_imported(path, package, top))
     while todo:
-        current = todo.pop()
+        current, guessed = todo.popleft()
+        if current in found or (guessed and current.rpartition(".")[0] not in packages):
+            continue  # ``from m import Name``: Name is a submodule only if m is a package
         try:
-            spec = None if current in found else importlib.util.find_spec(current)
-        except (ImportError, ValueError):  # ``from .m import Name``: Name is no module
-            spec = None
+            spec = importlib.util.find_spec(current)  # imports its parent packages, not the module
+        except Exception:  # noqa: BLE001  (a name that is no module, or a broken parent: not code we hash)
+            continue
         if spec is None or not (spec.origin or "").endswith(".py"):
             continue
         found[current] = Path(spec.origin)  # type: ignore[arg-type]
-        package = current if spec.submodule_search_locations is not None else current.rpartition(".")[0]
-        for node in ast.walk(ast.parse(found[current].read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.partition(".")[0] == top]
-            elif isinstance(node, ast.ImportFrom):
-                relative = "." * node.level + (node.module or "")
-                base = importlib.util.resolve_name(relative, package) if node.level else relative
-                if base.partition(".")[0] == top:
-                    todo += [base] + [f"{base}.{a.name}" for a in node.names]  # a name may be a submodule
+        is_package = spec.submodule_search_locations is not None
+        if is_package:
+            packages.add(current)
+        todo += _imported(found[current], current if is_package else current.rpartition(".")[0], top)
     return found
+
+
+def _imported(path: Path, package: str, top: str) -> list[tuple[str, bool]]:
+    """The modules of package ``top`` that the source at ``path`` imports (anywhere in it), each with
+    whether it is only a guess (``from m import Name``, Name perhaps a submodule)."""
+    out: list[tuple[str, bool]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, False) for a in node.names if top and a.name.partition(".")[0] == top]
+        elif isinstance(node, ast.ImportFrom):
+            relative = "." * node.level + (node.module or "")
+            try:
+                base = importlib.util.resolve_name(relative, package) if node.level else relative
+            except (ImportError, ValueError):  # beyond the top-level package
+                continue
+            if top and base.partition(".")[0] == top:
+                out += [(base, False)] + [(f"{base}.{a.name}", True) for a in node.names]
+    return out
 
 
 def source_hash(package: Any) -> str:

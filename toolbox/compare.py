@@ -14,7 +14,6 @@ Defense effectiveness rate (BackdoorBench's simplified DER, Wu et al. 2022):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ from typing import Any
 
 from . import atomic, escape, grid, outputs
 from .api import config_values
-from .cache import cache_root, code_fingerprint, config_hash, entry_lock, module_fingerprint
+from .cache import cache_root, code_fingerprint, config_hash, entry_lock, made_by, module_fingerprint, stamp_code
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .intake import documents
@@ -171,31 +170,6 @@ def cell_code(registry: Any, attack: str, defense: str) -> dict[str, str]:
     return code
 
 
-def stamp_code(entry: Path, code: dict[str, str], done: bool) -> None:
-    """``KEY.code.json``: the code and the sha256 of the result it made; before a run, none (a run killed
-    before its result and stamp are both written matches nothing, and runs again)."""
-    made = hashlib.sha256((entry / "result.json").read_bytes()).hexdigest() if done else None
-    atomic.write_json(Path(f"{entry}.code.json"), {"code": code, "result_sha256": made})
-
-
-def code_matches(entry: Path, code: dict[str, str]) -> bool:
-    """Whether the result in ``entry`` was made by ``code``; a cell saved before codes were recorded is
-    reused with a warning, as the zoo does with its outcomes."""
-    saved = Path(f"{entry}.code.json")
-    if not saved.is_file():
-        log.warning("compare: cell %s does not record the code it ran; reused as is", entry.name)
-        return True
-    try:
-        ran = json.loads(saved.read_text())
-        made = hashlib.sha256((entry / "result.json").read_bytes()).hexdigest()
-    except (OSError, ValueError):
-        return False  # unreadable: run it again rather than trust it
-    if not isinstance(ran, dict) or ran.get("code") != code or ran.get("result_sha256") != made:
-        log.info("compare: cell %s was not made by this attack and defense code; running it again", entry.name)
-        return False
-    return True
-
-
 def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     entry = cache_root() / "cells" / key
     start = time.perf_counter()
@@ -203,10 +177,10 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     with entry_lock(entry):
         path = entry / "result.json"
         doc = documents.reusable_result(path) if req.reuse else None  # a damaged entry is run again, not trusted
-        if doc is not None and not code_matches(entry, code):
+        if doc is not None and not made_by(entry, code, path):
             doc = None
         if not (cached := doc is not None):
-            stamp_code(entry, code, done=False)
+            stamp_code(entry, code, None)
             run(
                 RunRequest(
                     defense=defense,
@@ -219,7 +193,7 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
                 )
             )
             doc = json.loads(path.read_text())
-            stamp_code(entry, code, done=True)  # beside the entry, not in it: the run owns its out folder
+            stamp_code(entry, code, path)  # beside the entry, not in it: the run owns its out folder
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
 

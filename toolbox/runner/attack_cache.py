@@ -25,18 +25,22 @@ def source_fingerprint(source: str) -> dict[str, Any]:
 
 
 def built_by(entry: Path, code: str) -> bool:
-    """Whether the attacked model in ``entry`` exists and was built by ``code``; one built before codes
-    were recorded is reused with a warning (its attack code is not known)."""
+    """Whether the attacked model in ``entry`` exists and was built by ``code``. One built before codes
+    were recorded is taken as this code's, once, and stamped so (a later edit then rebuilds it)."""
     import json
+
+    from .. import atomic
 
     if not (entry / "attack.json").exists():
         return False
-    built = json.loads((entry / "attack.json").read_text()).get("code")
-    if built is None:
-        log.warning("attacked model %s does not record the attack code that built it; reused as is", entry.name)
-    elif built != code:
+    record = json.loads((entry / "attack.json").read_text())
+    if "code" not in record:
+        log.warning("attacked model %s records no attack code: taken as this code's build from now on", entry.name)
+        atomic.write_json(entry / "attack.json", {**record, "code": code, "code_adopted": True})
+        return True
+    if record["code"] != code:
         log.info("attacked model %s: its attack's code changed since; building it again", entry.name)
-    return built in (None, code)
+    return record["code"] == code
 
 
 def backdoor_cached(
@@ -80,9 +84,10 @@ def backdoor_cached(
                 )
                 (tmp / "attack.json").write_text(json.dumps(record, indent=2))
             return model, {**record, "cache_key": key, "from_cache": False}
-    record = json.loads((entry / "attack.json").read_text())
-    model = base.clone()
-    model.load_state_dict(safetensors.torch.load_file(str(entry / "model.safetensors")))
-    attack.load_trigger_state(safetensors.torch.load_file(str(entry / "trigger.safetensors")))
+        # read under the lock: a process running other code may rebuild the entry once it is released
+        record = json.loads((entry / "attack.json").read_text())
+        model = base.clone()
+        model.load_state_dict(safetensors.torch.load_file(str(entry / "model.safetensors")))
+        attack.load_trigger_state(safetensors.torch.load_file(str(entry / "trigger.safetensors")))
     attack.info = record.get("info", {})
     return model, {**record, "cache_key": key, "from_cache": True}

@@ -84,7 +84,7 @@ def build_member(
     code = module_fingerprint(type(make_attack(spec.attack, spec.params))) if spec.attack else None
     if (out / MEMBER_JSON).is_file():
         record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
-        if record.get("build_key") == key and built_by_code(record, code, spec.id):
+        if record.get("build_key") == key and (record := built_by_code(out, record, code)) is not None:
             record["label"] = member_label(record, implant_margin)  # the margin is the spec's, not the build's
             return record
     start = time.perf_counter()
@@ -155,16 +155,20 @@ def build_member(
     return record
 
 
-def built_by_code(record: dict[str, Any], code: str | None, member_id: str) -> bool:
-    """Whether a member's record was built by this attack code; one built before codes were recorded
-    is kept, with a warning (rebuilding a zoo costs hours: delete its folder to rebuild it)."""
+def built_by_code(out: Path, record: dict[str, Any], code: str | None) -> dict[str, Any] | None:
+    """The member's record when it was built by this attack code, else None (build it again). One built
+    before codes were recorded is taken as this code's, once, and stamped so: a later edit rebuilds it."""
     if "attack_code" not in record:
-        log.warning("member %s does not record the attack code that built it; kept as is", member_id)
-        return True
+        if code is None:  # trained from scratch: no attack
+            return record
+        log.warning("member %s records no attack code: taken as this code's build from now on", out.name)
+        record = {**record, "attack_code": code, "attack_code_adopted": True}
+        atomic.write_json(out / MEMBER_JSON, record)
+        return record
     if record["attack_code"] != code:
-        log.info("member %s: its attack's code changed since it was built; building it again", member_id)
-        return False
-    return True
+        log.info("member %s: its attack's code changed since it was built; building it again", out.name)
+        return None
+    return record
 
 
 class HeldPairs(Dataset):
