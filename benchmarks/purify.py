@@ -37,7 +37,8 @@ from toolbox.evaluation import EvalInputs, MetricConfig, evaluate
 from toolbox.plugins import get_host
 from toolbox.rebound import ReboundConfig, rebound
 from toolbox.runner.request import seed_everything
-from toolbox.zoo.build import member_trigger, read_manifest, world_data, world_of
+from toolbox.zoo.build import read_manifest, world_of
+from toolbox.zoo.evaluate import real_trigger_inputs
 from toolbox.zoo.metrics import PurificationBar
 from toolbox.zoo.spec import DEFAULT_WORLD
 
@@ -86,15 +87,7 @@ def load_member(zoo: Path, record: dict[str, Any]) -> tuple[Any, Any]:
         templates=world["templates"],
         device="cpu",
     )
-    classnames, templates, data = world_data(record["preset"], ("eval", "train"), suspect.model.image_size, world_name)
-    inputs = EvalInputs(
-        eval_data=data["eval"],
-        classnames=classnames,
-        templates=templates,
-        trigger=member_trigger(zoo, record),
-        target=record["target"],
-        trigger_source="real",
-    )
+    inputs, data = real_trigger_inputs(zoo, record, suspect.model.image_size, ("eval", "train"))
     return suspect, (inputs, data["train"])
 
 

@@ -150,6 +150,23 @@ def saved_outcome(out: Path, key: str, code: str, member_id: str) -> dict[str, A
     return saved["outcome"] if reusable(saved, key, code, member_id) else None
 
 
+def real_trigger_inputs(
+    zoo_dir: Path, record: dict[str, Any], image_size: int, splits: tuple[str, ...] = ("eval",)
+) -> tuple[EvalInputs, dict[str, Any]]:
+    """What a member is scored with: its world's evaluation split, vocabulary and templates, with its
+    own trigger and target; and the world's ``splits`` (the training pairs for a rebound)."""
+    classnames, templates, data = world_data(record["preset"], splits, image_size, record.get("world", DEFAULT_WORLD))
+    inputs = EvalInputs(
+        eval_data=data["eval"],
+        classnames=classnames,
+        templates=templates,
+        trigger=member_trigger(zoo_dir, record),
+        target=record["target"],
+        trigger_source="real",
+    )
+    return inputs, data
+
+
 def real_asr(
     zoo_dir: Path,
     record: dict[str, Any],
@@ -164,17 +181,7 @@ def real_asr(
     source = purified if purified.is_dir() else zoo_dir / "members" / record["id"] / "model"
     model = load_model(registry, str(source), None, torch.device("cpu"))[1].model
     splits = ("eval", "train") if rebound_cfg.enabled else ("eval",)  # the training pairs only when they are used
-    classnames, templates, data = world_data(
-        record["preset"], splits, model.image_size, record.get("world", DEFAULT_WORLD)
-    )
-    inputs = EvalInputs(
-        eval_data=data["eval"],
-        classnames=classnames,
-        templates=templates,
-        trigger=member_trigger(zoo_dir, record),
-        target=record["target"],
-        trigger_source="real",
-    )
+    inputs, data = real_trigger_inputs(zoo_dir, record, model.image_size, splits)
     metric = MetricConfig(top_k=(1,))
     asr = evaluate(model, inputs, metric, registry, torch.device("cpu")).get("asr")
     if not rebound_cfg.enabled:
