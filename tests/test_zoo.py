@@ -255,10 +255,15 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
 
 
 def test_a_member_built_by_other_attack_code_is_built_again(tmp_path, caplog):
-    from toolbox.zoo.build import MEMBER_JSON, built_by_code
+    from toolbox.cache import recorded_code
+    from toolbox.zoo.build import MEMBER_JSON
 
     out = tmp_path / "m"
     out.mkdir()
+
+    def built_by_code(out, record, code):  # as build_member asks
+        return recorded_code(out / MEMBER_JSON, record, "attack_code", code, "member")
+
     assert built_by_code(out, {"attack_code": "c1"}, "c1") and built_by_code(out, {"attack_code": "c1"}, "c2") is None
     assert built_by_code(out, {}, None) == {}  # from scratch: no attack, nothing to stamp
     with caplog.at_level("WARNING"):

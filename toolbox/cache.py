@@ -111,6 +111,25 @@ def made_by(entry: Path, code: Any, result: Path) -> bool:
     return True
 
 
+def recorded_code(path: Path, record: dict[str, Any], field: str, code: str | None, what: str) -> dict[str, Any] | None:
+    """``record`` (the JSON at ``path``) when its ``field`` says attack code ``code`` built it, else None:
+    build it again. One built before codes were recorded is taken as this code's, once, and stamped so
+    (``FIELD_adopted``): a later edit rebuilds it. ``code`` None: nothing to record (no attack trained it)."""
+    from . import atomic
+
+    if field not in record:
+        if code is None:
+            return record
+        log.warning("%s %s records no attack code: taken as this code's build from now on", what, path.parent.name)
+        record = {**record, field: code, f"{field}_adopted": True}
+        atomic.write_json(path, record)
+        return record
+    if record[field] != code:
+        log.info("%s %s: its attack's code changed since; building it again", what, path.parent.name)
+        return None
+    return record
+
+
 def module_fingerprint(obj: Any) -> str:
     """The code of one class among independent siblings (an attack of the attacks package): the
     module defining ``obj``, and those of the classes it inherits from outside the host, the standard

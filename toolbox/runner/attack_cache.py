@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,6 @@ from typing import Any
 import torch
 
 from ..api import AttackContext, ClipModel, config_values
-
-log = logging.getLogger(__name__)
 
 
 def source_fingerprint(source: str) -> dict[str, Any]:
@@ -25,22 +22,16 @@ def source_fingerprint(source: str) -> dict[str, Any]:
 
 
 def built_by(entry: Path, code: str) -> bool:
-    """Whether the attacked model in ``entry`` exists and was built by ``code``. One built before codes
-    were recorded is taken as this code's, once, and stamped so (a later edit then rebuilds it)."""
+    """Whether the attacked model in ``entry`` exists and was built by ``code`` (``cache.recorded_code``)."""
     import json
 
-    from .. import atomic
+    from ..cache import recorded_code
 
-    if not (entry / "attack.json").exists():
-        return False
-    record = json.loads((entry / "attack.json").read_text())
-    if "code" not in record:
-        log.warning("attacked model %s records no attack code: taken as this code's build from now on", entry.name)
-        atomic.write_json(entry / "attack.json", {**record, "code": code, "code_adopted": True})
-        return True
-    if record["code"] != code:
-        log.info("attacked model %s: its attack's code changed since; building it again", entry.name)
-    return record["code"] == code
+    record = entry / "attack.json"
+    return (
+        record.exists()
+        and recorded_code(record, json.loads(record.read_text()), "code", code, "attacked model") is not None
+    )
 
 
 def backdoor_cached(

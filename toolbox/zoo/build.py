@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .. import atomic, outputs
 from ..api import AttackContext, BuiltWorld, ImageData, build_config, config_values
-from ..cache import config_hash, module_fingerprint
+from ..cache import config_hash, module_fingerprint, recorded_code
 from ..commit import read_json
 from ..evaluation import EvalInputs, MetricConfig, evaluate
 from ..grid import Cell, GridConfig, run_grid
@@ -82,11 +82,9 @@ def build_member(
     out = Path(zoo_dir) / "members" / spec.id
     key = build_key(spec, world)
     code = module_fingerprint(type(make_attack(spec.attack, spec.params))) if spec.attack else None
-    if (out / MEMBER_JSON).is_file():
-        record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
-        if record.get("build_key") == key and (record := built_by_code(out, record, code)) is not None:
-            record["label"] = member_label(record, implant_margin)  # the margin is the spec's, not the build's
-            return record
+    if (record := built_member(out, key, code)) is not None:
+        record["label"] = member_label(record, implant_margin)  # the margin is the spec's, not the build's
+        return record
     start = time.perf_counter()
     device = torch.device("cpu")
     built = world_of(spec.preset, spec.seed if spec.kind == CLEAN_SCRATCH else None, world)
@@ -155,20 +153,14 @@ def build_member(
     return record
 
 
-def built_by_code(out: Path, record: dict[str, Any], code: str | None) -> dict[str, Any] | None:
-    """The member's record when it was built by this attack code, else None (build it again). One built
-    before codes were recorded is taken as this code's, once, and stamped so: a later edit rebuilds it."""
-    if "attack_code" not in record:
-        if code is None:  # trained from scratch: no attack
-            return record
-        log.warning("member %s records no attack code: taken as this code's build from now on", out.name)
-        record = {**record, "attack_code": code, "attack_code_adopted": True}
-        atomic.write_json(out / MEMBER_JSON, record)
-        return record
-    if record["attack_code"] != code:
-        log.info("member %s: its attack's code changed since it was built; building it again", out.name)
+def built_member(out: Path, key: str, code: str | None) -> dict[str, Any] | None:
+    """The member's record when it exists, with this build key, built by this attack code."""
+    if not (out / MEMBER_JSON).is_file():
         return None
-    return record
+    record = json.loads((out / MEMBER_JSON).read_text(encoding="utf-8"))
+    if record.get("build_key") != key:
+        return None
+    return recorded_code(out / MEMBER_JSON, record, "attack_code", code, "member")
 
 
 class HeldPairs(Dataset):
