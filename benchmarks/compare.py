@@ -6,6 +6,7 @@
     python benchmarks/compare.py --baseline-data-ratio 2   # baselines on 2x InverTune's data (faster)
     python benchmarks/compare.py --rebound-steps 100 --docs docs  # + rebound ASR; writes docs/results/compare-PRESET.md
     python benchmarks/compare.py --preset default-resnet -a badencoder.lambda2=3   # an attack setting for every cell
+    python benchmarks/compare.py --keep-cells docs/results/cells/compare-default   # resumable on the next machine
 
 Prints the paper-style table (from `toolbox compare`), then, per baseline, the attacks on
 which it lowered ASR@1 by at least 10 points (a baseline that never moves ASR is
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--baseline-data-ratio", type=float, help="the baselines' data_ratio (default: theirs, 10)")
     ap.add_argument("--rebound-steps", type=int, default=0, help="rebound ASR after this many clean fine-tuning steps")
     ap.add_argument("--docs", type=Path, help="also write the tables as DOCS/results/compare-PRESET.md")
+    ap.add_argument(
+        "--keep-cells",
+        type=Path,
+        metavar="DIR",
+        help="keep finished cells' results in DIR and take them from there (a grid longer than one machine's life)",
+    )
     ap.add_argument(
         "-a",
         "--attack-param",
@@ -143,6 +150,13 @@ def write_docs(
         + (f" except these attack settings: {attack_params}" if attack_params else "")
         + "; the "
         "cells' result.json files are listed in compare.json beside the table."
+        + (
+            f" Finished cells are kept in `{args.keep_cells}` and may come from earlier machines at the same "
+            "plugin code (the code stamps beside them say so); each result.json records when it ran and with "
+            "which versions."
+            if args.keep_cells
+            else ""
+        )
     )
     return write_page(
         args.docs / "results" / f"compare-{args.preset}.md",
@@ -185,6 +199,7 @@ def main() -> int:
         sources=Sources(preset=args.preset, rebound_steps=args.rebound_steps),
         defense_params={k: v for k, v in params.items() if k in defenses},
         attack_params=attack_params,
+        keep_cells=args.keep_cells,
     )
     start = time.perf_counter()
     cells = compare(req)

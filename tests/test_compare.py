@@ -90,6 +90,35 @@ def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
     assert not compare(req)[0].from_cache  # so a later edit is seen
 
 
+def test_kept_cells_resume_a_grid_on_a_machine_with_an_empty_cache(
+    host, smoke_world, tmp_path, cells_cache, monkeypatch
+):
+    kept = tmp_path / "kept"
+    req = CompareRequest(
+        attacks=["none"],
+        defenses=["ft"],
+        out=tmp_path / "cmp",
+        sources=Sources(preset="smoke"),
+        defense_params={"ft": dict(TINY_FT)},
+        keep_cells=kept,
+    )
+    (cell,) = compare(req)
+    assert sorted(p.name for p in kept.iterdir()) == [cell.key, f"{cell.key}.code.json"]
+    assert [p.name for p in (kept / cell.key).iterdir()] == ["result.json"]  # the result, not the checkpoint
+    shutil.rmtree(cells_cache)  # the next machine
+    (again,) = compare(req)
+    assert again.from_cache and again.after == cell.after
+    shutil.rmtree(cells_cache)
+    monkeypatch.setattr(compare_mod, "code_fingerprint", lambda obj: "edited")  # kept by other code: run again
+    assert not compare(req)[0].from_cache
+    assert json.loads((kept / f"{cell.key}.code.json").read_text())["code"] == {"defense": "edited"}
+    shutil.rmtree(cells_cache)
+    (kept / cell.key / "result.json").write_text("{}")  # damaged: its stamp does not vouch for it
+    assert not compare(req)[0].from_cache
+    with pytest.raises(ValueError, match="inside the input"):
+        compare(CompareRequest(**{**req.__dict__, "out": kept / "tables"}))
+
+
 def test_an_attacked_model_is_rebuilt_when_its_attacks_code_changed(tmp_path, caplog):
     from toolbox.runner.attack_cache import built_by
 

@@ -111,6 +111,27 @@ def made_by(entry: Path, code: Any, result: Path) -> bool:
     return True
 
 
+def carry_result(src: Path, dst: Path) -> bool:
+    """Copy a finished entry's ``result.json`` and code stamp from ``src`` to ``dst``: to a folder kept in
+    git, or from one into this machine's cache, so the next machine resumes a long grid. Only a result its
+    stamp vouches for travels (not pending, not damaged), and only the result, not the run's other files."""
+    from . import atomic
+
+    try:
+        stamp = Path(f"{src}.code.json").read_bytes()
+        data = (src / "result.json").read_bytes()
+        vouched = json.loads(stamp).get("result_sha256") == hashlib.sha256(data).hexdigest()
+    except (OSError, ValueError, AttributeError):
+        return False
+    target = dst / "result.json"
+    if not vouched or (target.is_file() and target.read_bytes() == data):
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(Path(f"{dst}.code.json"), stamp)  # the stamp first: killed before the result, they disagree
+    atomic.write_bytes(target, data)
+    return True
+
+
 def recorded_code(path: Path, record: dict[str, Any], field: str, code: str | None, what: str) -> dict[str, Any] | None:
     """``record`` (the JSON at ``path``) when its ``field`` says attack code ``code`` built it, else None:
     build it again. One built before codes were recorded is taken as this code's, once, and stamped so

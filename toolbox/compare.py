@@ -4,7 +4,10 @@ Every (attack, defense) cell is one ordinary :func:`toolbox.runner.run`, written
 entry keyed by the cell's full configuration (model source, attack and defense with their
 resolved parameters, data sources, seed, metric switches, the versions of the plugins it uses). A cell
 whose ``result.json`` exists, run by the attack and defense code loaded now, is reused, so an
-interrupted comparison resumes where it stopped; ``--no-reuse`` runs every cell again.
+interrupted comparison resumes where it stopped; ``--no-reuse`` runs every cell again. With
+``--keep-cells DIR`` each finished cell's result (not its checkpoint) is also copied to DIR, and
+taken from there when the cache lacks it: a grid longer than a machine's life resumes on the next
+one (cell keys of an embedded preset name no local path), under the same code checks.
 
 Defense effectiveness rate (BackdoorBench's simplified DER, Wu et al. 2022):
 ``DER = (max(0, ASR_bd - ASR_def) - max(0, CA_bd - CA_def) + 1) / 2``, in [0, 1];
@@ -25,7 +28,16 @@ from typing import Any
 
 from . import atomic, escape, grid, outputs
 from .api import config_values
-from .cache import cache_root, code_fingerprint, config_hash, entry_lock, made_by, module_fingerprint, stamp_code
+from .cache import (
+    cache_root,
+    carry_result,
+    code_fingerprint,
+    config_hash,
+    entry_lock,
+    made_by,
+    module_fingerprint,
+    stamp_code,
+)
 from .errors import InputError
 from .evaluation import IMPLANT_MARGIN, trigger_effect
 from .intake import documents
@@ -55,6 +67,7 @@ class CompareRequest:
     attack_params: dict[str, dict[str, str]] = field(default_factory=dict)  # attack -> {key: value}
     reuse: bool = True
     grid: grid.GridConfig = field(default_factory=grid.GridConfig)  # local, a process pool, or Slurm
+    keep_cells: Path | None = None  # finished cells' results also kept here (e.g. in git) and taken from here
 
 
 @dataclass
@@ -176,6 +189,8 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
     code = cell_code(get_host().build_registry(quiet=True), attack, defense)  # a grid job's own, as it loaded it
     with entry_lock(entry):
         path = entry / "result.json"
+        if req.keep_cells and req.reuse and not path.exists():
+            carry_result(req.keep_cells / key, entry)  # another machine's run of this cell, checked as a cached one
         doc = documents.reusable_result(path) if req.reuse else None  # a damaged entry is run again, not trusted
         if doc is not None and not made_by(entry, code, path):
             doc = None
@@ -194,6 +209,8 @@ def run_cell(req: CompareRequest, attack: str, defense: str, key: str) -> Cell:
             )
             doc = json.loads(path.read_text())
             stamp_code(entry, code, path)  # beside the entry, not in it: the run owns its out folder
+        if req.keep_cells:
+            carry_result(entry, req.keep_cells / key)
     return Cell(attack, defense, key, path, cached, time.perf_counter() - start, doc)
 
 
@@ -220,7 +237,8 @@ def compare(req: CompareRequest) -> list[Cell]:
             )
             configs[(attack, defense)] = (acfg, dcfg)
     check_measurement(req.sources)
-    outputs.check_out_dir(req.out, req.sources.input_paths(), outputs.COMPARE_OUTPUTS)
+    kept = [req.keep_cells] if req.keep_cells else []  # read and written, but never replaced by the tables
+    outputs.check_out_dir(req.out, [*req.sources.input_paths(), *kept], outputs.COMPARE_OUTPUTS)
     total = len(configs)
     jobs = []
     for i, ((attack, defense), (acfg, dcfg)) in enumerate(configs.items(), 1):

@@ -29,6 +29,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         attack_params=split_params(parse_kv(args.attack_param), [a for a in attacks if a != "none"], "attack"),
         reuse=not args.no_reuse,
         grid=grid_config_from(args),
+        keep_cells=args.keep_cells,
     )
     before = kept_folders(args.out)
     cells = compare(req)
@@ -72,5 +73,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="attack parameter override, e.g. --attack-param badnet.location=top-left",
     )
     p.add_argument("--no-reuse", action="store_true", help="run every cell again instead of reusing cached ones")
+    p.add_argument(
+        "--keep-cells",
+        type=out_arg,
+        metavar="DIR",
+        help="also keep each finished cell's result.json in DIR (e.g. tracked in git) and take cells from "
+        "there when the cache lacks them, so another machine resumes the grid",
+    )
     add_grid_args(p)
     p.set_defaults(func=cmd_compare)
