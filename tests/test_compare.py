@@ -62,16 +62,22 @@ def test_compare_writes_tables_and_reuses_cells(host, smoke_world, tmp_path, cel
     assert [c.from_cache for c in third] == [True, False]
 
 
-def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
-    host, smoke_world, tmp_path, cells_cache, monkeypatch
-):
-    req = CompareRequest(
+def one_ft_cell(tmp_path, **extra) -> CompareRequest:
+    """The cheapest real cell: the clean smoke model, fine-tuned briefly."""
+    return CompareRequest(
         attacks=["none"],
         defenses=["ft"],
         out=tmp_path / "cmp",
         sources=Sources(preset="smoke"),
         defense_params={"ft": dict(TINY_FT)},
+        **extra,
     )
+
+
+def test_a_cell_whose_code_changed_or_whose_stamp_is_pending_runs_again(
+    host, smoke_world, tmp_path, cells_cache, monkeypatch
+):
+    req = one_ft_cell(tmp_path)
     (cell,) = compare(req)
     stamp = cells_cache / "cells" / f"{cell.key}.code.json"
     saved = json.loads(stamp.read_text())  # beside the entry, not inside the run's folder
@@ -94,14 +100,7 @@ def test_kept_cells_resume_a_grid_on_a_machine_with_an_empty_cache(
     host, smoke_world, tmp_path, cells_cache, monkeypatch
 ):
     kept = tmp_path / "kept"
-    req = CompareRequest(
-        attacks=["none"],
-        defenses=["ft"],
-        out=tmp_path / "cmp",
-        sources=Sources(preset="smoke"),
-        defense_params={"ft": dict(TINY_FT)},
-        keep_cells=kept,
-    )
+    req = one_ft_cell(tmp_path, keep_cells=kept)
     (cell,) = compare(req)
     assert sorted(p.name for p in kept.iterdir()) == [cell.key, f"{cell.key}.code.json"]
     assert [p.name for p in (kept / cell.key).iterdir()] == ["result.json"]  # the result, not the checkpoint
