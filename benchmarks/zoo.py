@@ -5,6 +5,7 @@
     python benchmarks/zoo.py --root ZOOS --executor slurm      # members and evaluations as Slurm job arrays
     python benchmarks/zoo.py --defenses invertune,invertune-null --calibration null-vit.json --calibration null-rn.json
     python benchmarks/zoo.py --defenses invertune-refs          # each member beside its base preset (--reference)
+    python benchmarks/zoo.py --keep-outcomes docs/results/outcomes   # evaluations resumable on the next machine
 
 Builds each split's zoo (``zoo/SPLIT.yaml``; resumable, members cached by config) under
 ``ROOT/SPLIT``, evaluates every defense on it blind, and prints the scorer's summary table per
@@ -58,6 +59,12 @@ def main() -> int:
     ap.add_argument("--root", type=Path, default=Path("results/zoos"), help="where the zoos are built")
     ap.add_argument("--limit", type=int, help="only the first N members of each split (a quick look)")
     ap.add_argument(
+        "--keep-outcomes",
+        type=Path,
+        metavar="DIR",
+        help="keep the evaluations' outcomes in DIR/SPLIT and take them from there (resumes on another machine)",
+    )
+    ap.add_argument(
         "--docs",
         type=Path,
         help="write the generated pages here (default: the repository's docs/, after a complete run only)",
@@ -93,6 +100,7 @@ def main() -> int:
                 grid=grid,
                 calibration=tuple(args.calibration) if name == "invertune-null" else (),
                 references=("base",) if name == "invertune-refs" else (),
+                keep=args.keep_outcomes / split if args.keep_outcomes else None,
             )
             rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None

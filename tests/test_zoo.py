@@ -167,7 +167,7 @@ def test_bad_specs_are_input_errors(tmp_path, text, message):
 
 
 @pytest.mark.slow
-def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, capsys):
+def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, capsys, monkeypatch):
     zoo = tmp_path / "zoo"
     assert main(["zoo", "build", str(ROOT / "zoo" / "smoke.yaml"), "--out", str(zoo)]) == 0
     manifest = json.loads((zoo / "manifest.json").read_text())["members"]
@@ -205,6 +205,19 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     for only, message in (("nobody", "no member nobody"), (",", "names no member")):
         assert main(["zoo", "eval", str(zoo), "--defense", "none", "--out", str(report), "--only", only]) == 2
         assert message in capsys.readouterr().err
+
+    kept = tmp_path / "kept"  # --keep-outcomes: the next machine takes them instead of running the defense
+    keep = ["zoo", "eval", str(zoo), "--defense", "none", "--keep-outcomes", str(kept)]
+    assert main([*keep, "--out", str(tmp_path / "here")]) == 0
+    [config] = kept.iterdir()  # the configuration's folder; in it an outcome and a result.json per member
+    evaluated = sorted(m["id"] for m in manifest if m["label"] != "not_implanted")
+    assert sorted(p.name for p in config.iterdir()) == evaluated
+    assert all(sorted(f.name for f in p.rglob("*.json")) == ["outcome.json", "result.json"] for p in config.iterdir())
+    with monkeypatch.context() as patched:
+        patched.setattr("toolbox.zoo.evaluate.run", lambda *a, **k: pytest.fail("the defense ran again"))
+        assert main([*keep, "--out", str(tmp_path / "there")]) == 0
+    rows = [json.loads((tmp_path / d / "zoo_summary.json").read_text())["rows"] for d in ("here", "there")]
+    assert rows[0] == rows[1]
 
     backdoored = [m["id"] for m in manifest if m["label"] == "backdoored"]  # rebound ASR, scored by the scorer
     rebound = tmp_path / "rebound"

@@ -57,6 +57,7 @@ def cmd_zoo_eval(args: argparse.Namespace) -> int:
         rebound_steps=args.rebound_steps,
         calibration=tuple(args.calibration),
         references=tuple(args.reference),
+        keep=args.keep_outcomes,
     )
     title = f"{args.defense} on {args.directory}" + (f" (only {', '.join(only)})" if only else "")
     rows += not_implanted_rows(args.directory, only)  # listed apart by the scorer, never evaluated
@@ -190,6 +191,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="a clean model every member is compared with (repeatable), or 'base': each member's own base "
         "preset, the model it was fine-tuned from",
+    )
+    z.add_argument(
+        "--keep-outcomes",
+        type=out_arg,
+        metavar="DIR",
+        help="also keep each member's outcome and result.json in DIR (e.g. tracked in git) and take them from "
+        "there: an evaluation longer than one machine's life resumes on the next",
     )
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)

@@ -54,20 +54,27 @@ def eval_member(
     reference: bool = False,
     references: tuple[str, ...] = (),
     compared: dict[str, Any] | None = None,
+    keep: str | None = None,
 ) -> dict[str, Any]:
     """Run ``defense`` on one member and score it; reuse the outcome when it exists for this very
     member build, defense configuration and defense code. ``rebound_steps``: also the real trigger's
     ASR after that much clean fine-tuning of the defended model (toolbox/rebound.py); ``calibration``:
     clean nulls for the verdict (toolbox/null.py); ``reference``: a clean reference run for a null;
     ``references``: clean models to compare with; ``compared``: what those are, fingerprinted once by
-    :func:`eval_zoo` (it joins the outcome's key)."""
+    :func:`eval_zoo` (it joins the outcome's key); ``keep``: a folder outcomes are also kept in and
+    taken from (:func:`carry_outcome`)."""
     out = Path(out_dir) / record["id"]
     registry = get_host().build_registry(quiet=True)  # once per member: every hook is called to build it
     options = {**(compared or {}), "reference": reference}
     key = outcome_key(record, defense, params, seed, registry, rebound_steps, options)
     code = code_fingerprint(registry.get("defense", defense).obj)
     saved = saved_outcome(out, key, code, record["id"])
+    kept = Path(keep) / record["id"] if keep else None
+    if saved is None and kept is not None and (saved := saved_outcome(kept, key, code, record["id"])) is not None:
+        carry_outcome(kept, out)  # another machine's evaluation of this member build
     if saved is not None:
+        if kept is not None:
+            carry_outcome(out, kept)
         return {**saved, "label": record["label"]}  # the label follows the spec's margin
     result = run(
         RunRequest(
@@ -108,7 +115,24 @@ def eval_member(
         asr_rebound=asr_rebound,
     )
     atomic.write_json(out / OUTCOME_JSON, {"key": key, "code": code, "outcome": outcome.to_dict()})
+    if kept is not None:
+        carry_outcome(out, kept)
     return outcome.to_dict()
+
+
+def carry_outcome(src: Path, dst: Path) -> None:
+    """Copy a member's ``outcome.json`` and the defense's ``run/result.json`` (not its checkpoint) from
+    ``src`` to ``dst``: into a folder kept in git, or from one, so an evaluation longer than a machine's
+    life resumes on the next. The outcome names its key and code, checked where it is read; it goes
+    last, so a copy killed halfway is not taken."""
+    outcome = (src / OUTCOME_JSON).read_bytes()
+    if (dst / OUTCOME_JSON).is_file() and (dst / OUTCOME_JSON).read_bytes() == outcome:
+        return
+    if (src / "run" / "result.json").is_file():
+        (dst / "run").mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(dst / "run" / "result.json", (src / "run" / "result.json").read_bytes())
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(dst / OUTCOME_JSON, outcome)
 
 
 def member_sources(zoo_dir: Path, record: dict[str, Any], seed: int) -> Sources:
@@ -223,22 +247,27 @@ def eval_zoo(
     calibration: tuple[Path, ...] = (),
     reference: bool = False,
     references: tuple[str, ...] = (),
+    keep: Path | None = None,
 ) -> tuple[list[MemberOutcome], Path]:
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
-    ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it)."""
+    ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it).
+    ``keep``: outcomes also kept under KEEP/CONFIGURATION/ID and taken from there (same key and code):
+    a split evaluated over several machines, each building the members again (outcomes are keyed by
+    a member's recipe, not its bytes)."""
     records = [r for r in select(read_manifest(zoo_dir), only) if r["label"] != "not_implanted"]
-    out = out_dir or eval_dir(zoo_dir, defense, params, seed)
-    if rebound_steps and out_dir is None:  # its own folder: the same defense's outcomes without it stay apart
-        out = out.with_name(f"{out.name}-rebound{rebound_steps}")
+    default = eval_dir(zoo_dir, defense, params, seed)  # its name: this configuration's, wherever it is written
+    if rebound_steps:  # its own folder: the same defense's outcomes without it stay apart
+        default = default.with_name(f"{default.name}-rebound{rebound_steps}")
     compared = comparison_key(tuple(calibration), tuple(references))
-    if calibration and out_dir is None:  # likewise for each set of clean nulls
-        out = out.with_name(f"{out.name}-null{config_hash(compared['calibration'])[:8]}")
-    if reference and out_dir is None:
-        out = out.with_name(f"{out.name}-reference")
-    if references and out_dir is None:
-        out = out.with_name(f"{out.name}-refs{config_hash(compared['references'])[:8]}")
-    outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST], None)
+    if calibration:  # likewise for each set of clean nulls
+        default = default.with_name(f"{default.name}-null{config_hash(compared['calibration'])[:8]}")
+    if reference:
+        default = default.with_name(f"{default.name}-reference")
+    if references:
+        default = default.with_name(f"{default.name}-refs{config_hash(compared['references'])[:8]}")
+    out = out_dir or default
+    outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST, *([keep] if keep else [])], None)
     for r in records:  # a member's id names its folder under --out: a plain name, never a path
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
             raise InputError(f"{Path(zoo_dir) / MANIFEST}: member id {r.get('id')!r} is not a plain name")
@@ -260,6 +289,7 @@ def eval_zoo(
                 "reference": reference,
                 "references": tuple(str(r) for r in references),
                 "compared": compared,
+                "keep": None if keep is None else str(keep / default.name),
             },
         )
         for i, r in enumerate(records)
