@@ -217,7 +217,11 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
         patched.setattr("toolbox.zoo.evaluate.run", lambda *a, **k: pytest.fail("the defense ran again"))
         assert main([*keep, "--out", str(tmp_path / "there")]) == 0
     rows = [json.loads((tmp_path / d / "zoo_summary.json").read_text())["rows"] for d in ("here", "there")]
-    assert rows[0] == rows[1]
+    assert rows[0] == rows[1] and (tmp_path / "there" / evaluated[0] / "run" / "result.json").is_file()
+    damaged = config / evaluated[0] / "outcome.json"
+    damaged.write_text("{")  # a merge conflict, say: evaluated again, and kept anew
+    assert main([*keep, "--out", str(tmp_path / "third")]) == 0
+    assert json.loads(damaged.read_text())["outcome"]["member_id"] == evaluated[0]
 
     backdoored = [m["id"] for m in manifest if m["label"] == "backdoored"]  # rebound ASR, scored by the scorer
     rebound = tmp_path / "rebound"

@@ -114,20 +114,24 @@ def made_by(entry: Path, code: Any, result: Path) -> bool:
 def carry_result(src: Path, dst: Path) -> bool:
     """Copy a finished entry's ``result.json`` and code stamp from ``src`` to ``dst``: to a folder kept in
     git, or from one into this machine's cache, so the next machine resumes a long grid. Only a result its
-    stamp vouches for travels (not pending, not damaged), and only the result, not the run's other files."""
+    stamp vouches for travels (not pending, not damaged, not adopted: adoption holds on one machine,
+    once), and only the result, not the run's other files."""
     from . import atomic
 
     try:
         stamp = Path(f"{src}.code.json").read_bytes()
         data = (src / "result.json").read_bytes()
-        vouched = json.loads(stamp).get("result_sha256") == hashlib.sha256(data).hexdigest()
+        saved = json.loads(stamp)
+        vouched = saved.get("result_sha256") == hashlib.sha256(data).hexdigest() and not saved.get("adopted")
     except (OSError, ValueError, AttributeError):
         return False
-    target = dst / "result.json"
-    if not vouched or (target.is_file() and target.read_bytes() == data):
+    target, target_stamp = dst / "result.json", Path(f"{dst}.code.json")
+    same = target.is_file() and target_stamp.is_file()
+    same = same and (target.read_bytes(), target_stamp.read_bytes()) == (data, stamp)
+    if not vouched or same:
         return False
     dst.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(Path(f"{dst}.code.json"), stamp)  # the stamp first: killed before the result, they disagree
+    atomic.write_bytes(target_stamp, stamp)  # the stamp first: killed before the result, they disagree
     atomic.write_bytes(target, data)
     return True
 

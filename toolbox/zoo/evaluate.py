@@ -70,8 +70,10 @@ def eval_member(
     code = code_fingerprint(registry.get("defense", defense).obj)
     saved = saved_outcome(out, key, code, record["id"])
     kept = Path(keep) / record["id"] if keep else None
-    if saved is None and kept is not None and (saved := saved_outcome(kept, key, code, record["id"])) is not None:
-        carry_outcome(kept, out)  # another machine's evaluation of this member build
+    if saved is None and kept is not None:
+        saved = saved_outcome(kept, key, code, record["id"], coded=True)  # another machine's evaluation
+        if saved is not None:
+            carry_outcome(kept, out)
     if saved is not None:
         if kept is not None:
             carry_outcome(out, kept)
@@ -123,14 +125,23 @@ def eval_member(
 def carry_outcome(src: Path, dst: Path) -> None:
     """Copy a member's ``outcome.json`` and the defense's ``run/result.json`` (not its checkpoint) from
     ``src`` to ``dst``: into a folder kept in git, or from one, so an evaluation longer than a machine's
-    life resumes on the next. The outcome names its key and code, checked where it is read; it goes
-    last, so a copy killed halfway is not taken."""
+    life resumes on the next. Only an outcome that names its defense code travels (the key and code
+    are checked where it is read). The old outcome goes first and the new one last, so a copy killed
+    halfway leaves no outcome beside another's result."""
     outcome = (src / OUTCOME_JSON).read_bytes()
+    try:
+        if "code" not in json.loads(outcome):
+            return  # saved before codes were recorded: reused here as before, never published
+    except (ValueError, TypeError):
+        return
     if (dst / OUTCOME_JSON).is_file() and (dst / OUTCOME_JSON).read_bytes() == outcome:
         return
+    (dst / OUTCOME_JSON).unlink(missing_ok=True)
     if (src / "run" / "result.json").is_file():
         (dst / "run").mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(dst / "run" / "result.json", (src / "run" / "result.json").read_bytes())
+    else:
+        (dst / "run" / "result.json").unlink(missing_ok=True)  # an earlier copy's, not this outcome's
     dst.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(dst / OUTCOME_JSON, outcome)
 
@@ -166,12 +177,19 @@ def saved_result(zoo_dir: Path, record: dict[str, Any], defense: str, params: di
     return read_result(out / "run" / "result.json")
 
 
-def saved_outcome(out: Path, key: str, code: str, member_id: str) -> dict[str, Any] | None:
-    """The outcome saved in ``out`` when it stands for this key and defense code (keys.reusable)."""
+def saved_outcome(out: Path, key: str, code: str, member_id: str, coded: bool = False) -> dict[str, Any] | None:
+    """The outcome saved in ``out`` when it stands for this key and defense code (keys.reusable);
+    ``coded``: only one that names its code (a kept one). A damaged file is evaluated again."""
     if not (out / OUTCOME_JSON).is_file():
         return None
-    saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
-    return saved["outcome"] if reusable(saved, key, code, member_id) else None
+    try:
+        saved = json.loads((out / OUTCOME_JSON).read_text(encoding="utf-8"))
+        if (coded and "code" not in saved) or not reusable(saved, key, code, member_id):
+            return None
+        return dict(saved["outcome"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warning("%s: unreadable; evaluating the member again", out / OUTCOME_JSON)
+        return None
 
 
 def real_trigger_inputs(

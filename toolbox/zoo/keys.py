@@ -81,4 +81,5 @@ def outcome_key(
     cfg = configure(registry.get("defense", defense).obj, params)
     options = {"rebound_steps": rebound_steps, **(compared or {})}
     extra = ({k: v for k, v in options.items() if v},) if any(options.values()) else ()  # none: earlier keys hold
-    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra)
+    built = ({"attack_code": record["attack_code"]},) if record.get("attack_code") else ()  # its weights' maker too
+    return config_hash("zoo-outcome", record["build_key"], defense, config_values(cfg), seed, *extra, *built)
