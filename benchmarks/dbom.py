@@ -148,6 +148,7 @@ def main() -> int:
             "set scanned by DBOM and by FLARE (`toolbox scan-data --defense dbom|flare --attack A`); rates in %. "
             f"DBOM settings: {args.param or 'defaults'}. What DBOM is and the choices made: "
             "[dataset defenses](../dataset-defenses.md)."
+            + ("" if args.retrain else " Run without `--retrain`: no model was trained on the purified sets.")
         )
         body = [*table, "", "DBOM's own test, on held-out images of its primitives set:", "", *own, "", split]
         path = write_page(
