@@ -45,7 +45,7 @@ VARIANTS = {"invertune-null": {}, "invertune-refs": {}}  # InverTune's default w
 ALPHA = 0.05  # InverTune's default false-positive rate on the clean null
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", default="dev,test")
     ap.add_argument("--defenses", default=",".join(DEFENSES), help=f"of {', '.join([*DEFENSES, *VARIANTS])}")
@@ -70,6 +70,11 @@ def main() -> int:
         help="write the generated pages here (default: the repository's docs/, after a complete run only)",
     )
     add_grid_args(ap)
+    return ap
+
+
+def main() -> int:
+    ap = build_parser()
     args = ap.parse_args()
     if "invertune-null" in args.defenses.split(",") and not args.calibration:
         ap.error("invertune-null needs --calibration FILE (toolbox zoo calibrate)")

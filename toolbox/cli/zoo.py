@@ -152,6 +152,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--limit", type=int, help="build only the first N members drawn")
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_build)
+    add_eval_parser(zoo)
+    z = zoo.add_parser(
+        "calibrate",
+        help="a defense's clean null from the clean members of one or more zoos",
+        description="Run DEFENSE on each clean member of PRESET in the zoos given, measuring every "
+        "statistic and purifying nothing (resumable), and write their statistics as a clean null "
+        "(toolbox.null/1) that `toolbox run --calibration FILE` and `zoo eval --calibration FILE` take.",
+    )
+    z.add_argument("directory", type=Path, nargs="+", help="zoo folders (e.g. the dev split's)")
+    z.add_argument("--defense", required=True)
+    z.add_argument("--preset", required=True, help="the base preset whose clean members are the references")
+    z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
+    z.add_argument("--seed", type=seed_type, default=0)
+    z.add_argument("--alpha", type=float, default=0.05, help="false-positive rate for the leave-one-out check")
+    z.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_calibrate)
+
+
+def add_eval_parser(zoo: argparse._SubParsersAction) -> None:
     z = zoo.add_parser(
         "eval",
         help="run a defense on every member, blind, and score the population",
@@ -201,19 +221,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)
-    z = zoo.add_parser(
-        "calibrate",
-        help="a defense's clean null from the clean members of one or more zoos",
-        description="Run DEFENSE on each clean member of PRESET in the zoos given, measuring every "
-        "statistic and purifying nothing (resumable), and write their statistics as a clean null "
-        "(toolbox.null/1) that `toolbox run --calibration FILE` and `zoo eval --calibration FILE` take.",
-    )
-    z.add_argument("directory", type=Path, nargs="+", help="zoo folders (e.g. the dev split's)")
-    z.add_argument("--defense", required=True)
-    z.add_argument("--preset", required=True, help="the base preset whose clean members are the references")
-    z.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="defense parameter override")
-    z.add_argument("--seed", type=seed_type, default=0)
-    z.add_argument("--alpha", type=float, default=0.05, help="false-positive rate for the leave-one-out check")
-    z.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
-    add_grid_args(z)
-    z.set_defaults(func=cmd_zoo_calibrate)
