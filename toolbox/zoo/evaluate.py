@@ -70,13 +70,11 @@ def eval_member(
     code = code_fingerprint(registry.get("defense", defense).obj)
     saved = saved_outcome(out, key, code, record["id"])
     kept = Path(keep) / record["id"] if keep else None
-    if saved is None and kept is not None:
-        saved = saved_outcome(kept, key, code, record["id"], coded=True)  # another machine's evaluation
-        if saved is not None:
-            carry_outcome(kept, out)
+    if kept is not None and saved is not None:
+        carry_outcome(out, kept)
+    elif kept is not None and (saved := saved_outcome(kept, key, code, record["id"], coded=True)) is not None:
+        carry_outcome(kept, out)  # another machine's evaluation
     if saved is not None:
-        if kept is not None:
-            carry_outcome(out, kept)
         return {**saved, "label": record["label"]}  # the label follows the spec's margin
     result = run(
         RunRequest(
