@@ -70,6 +70,8 @@ class TuneConfig:
     kmeans_k: int = 2  # paper 2
     beta: float = 0.5  # paper 0.5
     lr: float = 1e-3  # paper 8e-6; feasibility study: 1e-3 with masked updates
+    # Not in the paper (paper 0): lr rises linearly over the first warmup_steps; CA is lost early, at full lr
+    warmup_steps: int = 0
     steps: int = 200  # paper 200
     batch_size: int = 64  # paper 64
     normalize_losses: bool = True  # paper False; activation / its start value, preservation / var(sims)
@@ -100,6 +102,8 @@ class TuneConfig:
             raise ValueError("tune.refresh_every must be >= 0, refresh_steps >= 1 and refresh_lr > 0")
         if self.consistency_weight < 0:
             raise ValueError("tune.consistency_weight must be >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError("tune.warmup_steps must be >= 0")
         if self.min_agreement > 0 and self.guard_every == 0:
             raise ValueError("tune.min_agreement needs tune.guard_every > 0 (agreement is never measured)")
 
@@ -304,6 +308,7 @@ def optimise(
             "round's re-inversion, or a detector that makes none): it stays as found"
         )
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     gen = torch.Generator().manual_seed(seed)
     for step in progress(range(cfg.steps), desc="stage 3: tune"):
         idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
@@ -315,6 +320,7 @@ def optimise(
         activation, preserve, unlearn = objective.terms(tuned, recorder, head, trigger, x, idx)
         loss = objective.total(activation, preserve, unlearn, cfg)
         precision.step(opt, loss)
+        warmup.step()
         if step % 25 == 0 or step == cfg.steps - 1:
             report.history.append(
                 {

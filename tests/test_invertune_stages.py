@@ -942,6 +942,27 @@ def test_tuning_refreshes_the_adversary_every_so_many_steps():
         TuneConfig(refresh_every=-1)
 
 
+def test_warmup_scales_the_first_steps_learning_rate():
+    from invertune_plugin.invert import patch_trigger
+    from invertune_plugin.tune import TuneConfig, tune
+
+    model = tiny_open_clip("smoke")
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8)
+    head = ZeroShotHead(model, ["mushroom", "banana", "lemon"], TEMPLATES, CPU)
+    trigger = patch_trigger(torch.rand(3, 4, 4), "top-left", 32, "lemon", 1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def moved(**kw: int) -> float:  # the largest parameter change after one step
+        tuned, _ = tune(model, images, trigger, head, TuneConfig(steps=1, batch_size=8, guard_every=0, **kw), seed=1)
+        return max(float((v - before[k]).abs().max()) for k, v in tuned.state_dict().items() if v.is_floating_point())
+
+    full, warm = moved(), moved(warmup_steps=10)
+    assert 0.05 < warm / full < 0.2  # Adam's first step is about lr per weight: a tenth of it
+    assert moved(warmup_steps=1) == full  # a one-step warmup is no warmup
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TuneConfig(warmup_steps=-1)
+
+
 def test_without_refreshes_the_adversary_tunes_exactly_as_the_fixed_trigger():
     from invertune_plugin.adversary import masked
     from invertune_plugin.invert import patch_trigger
