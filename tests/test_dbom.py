@@ -105,6 +105,10 @@ def test_scan_data_runs_dbom_on_an_attacks_poisoned_set(host, smoke_world, tmp_p
     out = tmp_path / "scan"
     argv = ["scan-data", "--defense", "dbom", "--attack", "sig", "--preset", "smoke", "--out", str(out)]
     assert main([*argv, "-p", "images=512"]) == 0
+    # the same seed, the same flags: two threads must not add the prompts' gradients in another order
+    assert main([*argv[:-1], str(tmp_path / "again"), "-p", "images=512"]) == 0
+    predictions = "scan-artifacts/dbom_predictions.csv"
+    assert (out / predictions).read_bytes() == (tmp_path / "again" / predictions).read_bytes()
     doc = json.loads((out / "scan.json").read_text())
     det = doc["metrics"]["detection"]
     # smoke scale (256 defender images): the 0.5 threshold flags about a fifth of clean samples; recall and ranking hold

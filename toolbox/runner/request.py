@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -87,6 +88,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+    # multi-threaded CPU kernels (index_put with accumulate: an indexed read's backward) add in any order
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: a CUDA op without such a kernel runs
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with it, set before init
 
 
 class StageTimer:
