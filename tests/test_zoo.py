@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -400,7 +401,7 @@ families: {badnet: {}}
 
 
 @pytest.mark.slow
-def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys):
+def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, tmp_path, capsys, monkeypatch):
     """Five clean smoke members are the references: `zoo calibrate` reuses a plain evaluation where
     every detector ran and measures the others in reference mode (every detector, nothing purified),
     and writes the null; `zoo eval --calibration` then calibrates each verdict with it, and a run
@@ -423,6 +424,13 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     [ref_dir] = zoo.glob("evals/invertune-*-reference")
     for member in ref_dir.glob("*/run/result.json"):  # reference runs purify nothing
         assert json.loads(member.read_text())["model"]["purified_sha256"] is None
+    again = ["zoo", "calibrate", str(zoo), *quick, "--preset", "smoke", "--out", str(tmp_path / "again.json")]
+    assert main([*again, "--keep-outcomes", str(tmp_path / "kept")]) == 0
+    shutil.rmtree(ref_dir)  # another machine: the plain evaluations' two references, the kept folder's three
+    monkeypatch.setattr("toolbox.zoo.evaluate.run", lambda *a, **k: pytest.fail("a kept reference measured again"))
+    assert main([*again, "--keep-outcomes", str(tmp_path / "kept")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["statistics"] == doc["statistics"]
+    monkeypatch.undo()
 
     report = tmp_path / "report"
     assert main(["zoo", "eval", str(zoo), *quick, "--calibration", str(null), "--out", str(report)]) == 0

@@ -99,6 +99,7 @@ def cmd_zoo_calibrate(args: argparse.Namespace) -> int:
         grid_config_from(args),
         ["toolbox", *args.argv],
         args.alpha,
+        args.keep_outcomes,
     )
     made.null.write(args.out)
     print(f"{'statistic':<16}{'scale':>7}{'n':>5}{'min':>10}{'median':>10}{'max':>10}")
@@ -167,6 +168,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--seed", type=seed_type, default=0)
     z.add_argument("--alpha", type=float, default=0.05, help="false-positive rate for the leave-one-out check")
     z.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    z.add_argument(
+        "--keep-outcomes",
+        type=out_arg,
+        metavar="DIR",
+        help="also keep each reference's outcome and result.json in DIR and take them from there (as zoo eval)",
+    )
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_calibrate)
 

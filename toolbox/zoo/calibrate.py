@@ -46,8 +46,9 @@ def calibrate(
     grid: GridConfig | None = None,
     command: list[str] | None = None,
     alpha: float = 0.05,
+    keep: Path | None = None,
 ) -> Calibration:
-    """Run the reference measurements (reusing those already made) and build the null."""
+    """Run the reference measurements (reusing those already made, here or in ``keep``) and build the null."""
     results: list[tuple[str, dict[str, Any]]] = []
     reused = 0
     for zoo in zoos:
@@ -65,7 +66,7 @@ def calibrate(
         reused += len(found)
         log.info("%s: %d references from its evaluation, %d measured now", zoo, len(found), len(rest))
         if rest:
-            _, out = eval_zoo(zoo, defense, params, seed, grid, None, rest, reference=True)
+            _, out = eval_zoo(zoo, defense, params, seed, grid, None, rest, reference=True, keep=keep)
             for member in rest:
                 found[member] = read_result(out / member / "run" / "result.json").get("detection") or {}
         results += [(f"{Path(zoo).name}/{member}", found[member]) for member in ids]
