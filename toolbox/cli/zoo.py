@@ -114,7 +114,7 @@ def cmd_zoo_calibrate(args: argparse.Namespace) -> int:
     n = len(made.null.references)
     print(
         f"null: {shown(args.out)} ({n} references: {made.reused} from earlier evaluations, "
-        f"{n - made.reused} measured now)"
+        f"{n - made.reused} measured now{' or taken from --keep-outcomes' if args.keep_outcomes else ''})"
     )
     return EXIT_OK
 
