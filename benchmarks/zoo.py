@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-outcomes",
         type=Path,
         metavar="DIR",
-        help="keep the evaluations' outcomes in DIR/SPLIT and take them from there (resumes on another machine)",
+        help="keep the evaluations' outcomes in DIR/SPLIT/CONFIGURATION, taken from there (resumes on another machine)",
     )
     ap.add_argument(
         "--docs",
@@ -105,7 +105,7 @@ def main() -> int:
                 grid=grid,
                 calibration=tuple(args.calibration) if name == "invertune-null" else (),
                 references=("base",) if name == "invertune-refs" else (),
-                keep=args.keep_outcomes / split if args.keep_outcomes else None,
+                keep=args.keep_outcomes,
             )
             rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None

@@ -210,7 +210,7 @@ def test_smoke_zoo_builds_and_is_scored_end_to_end(host, smoke_world, tmp_path, 
     kept = tmp_path / "kept"  # --keep-outcomes: the next machine takes them instead of running the defense
     keep = ["zoo", "eval", str(zoo), "--defense", "none", "--keep-outcomes", str(kept)]
     assert main([*keep, "--out", str(tmp_path / "here")]) == 0
-    [config] = kept.iterdir()  # the configuration's folder; in it an outcome and a result.json per member
+    [config] = (kept / zoo.name).iterdir()  # the zoo's configuration; in it an outcome and a result.json per member
     evaluated = sorted(m["id"] for m in manifest if m["label"] != "not_implanted")
     assert sorted(p.name for p in config.iterdir()) == evaluated
     assert all(sorted(f.name for f in p.rglob("*.json")) == ["outcome.json", "result.json"] for p in config.iterdir())

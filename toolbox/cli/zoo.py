@@ -168,14 +168,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--seed", type=seed_type, default=0)
     z.add_argument("--alpha", type=float, default=0.05, help="false-positive rate for the leave-one-out check")
     z.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    add_keep_outcomes(z, "reference")
+    add_grid_args(z)
+    z.set_defaults(func=cmd_zoo_calibrate)
+
+
+def add_keep_outcomes(z: argparse.ArgumentParser, whose: str) -> None:
     z.add_argument(
         "--keep-outcomes",
         type=out_arg,
         metavar="DIR",
-        help="also keep each reference's outcome and result.json in DIR and take them from there (as zoo eval)",
+        help=f"also keep each {whose}'s outcome and result.json in DIR/ZOO/CONFIGURATION/ (e.g. tracked in git) and "
+        "take them from there: an evaluation longer than one machine's life resumes on the next",
     )
-    add_grid_args(z)
-    z.set_defaults(func=cmd_zoo_calibrate)
 
 
 def add_eval_parser(zoo: argparse._SubParsersAction) -> None:
@@ -219,12 +224,6 @@ def add_eval_parser(zoo: argparse._SubParsersAction) -> None:
         help="a clean model every member is compared with (repeatable), or 'base': each member's own base "
         "preset, the model it was fine-tuned from",
     )
-    z.add_argument(
-        "--keep-outcomes",
-        type=out_arg,
-        metavar="DIR",
-        help="also keep each member's outcome and result.json in DIR (e.g. tracked in git) and take them from "
-        "there: an evaluation longer than one machine's life resumes on the next",
-    )
+    add_keep_outcomes(z, "member")
     add_grid_args(z)
     z.set_defaults(func=cmd_zoo_eval)

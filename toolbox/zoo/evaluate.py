@@ -268,7 +268,7 @@ def eval_zoo(
     """Evaluate every built member that is clean or backdoored (a member whose attack did not implant
     is reported apart, not evaluated); return the outcomes and the folder they were written to.
     ``only``: these member ids alone (a quick look; their outcomes are the full run's, reused by it).
-    ``keep``: outcomes also kept under KEEP/CONFIGURATION/ID and taken from there (same key and code):
+    ``keep``: outcomes also kept under KEEP/ZOO/CONFIGURATION/ID and taken from there (same key and code):
     a split evaluated over several machines, each building the members again (outcomes are keyed by
     a member's recipe, not its bytes)."""
     records = [r for r in select(read_manifest(zoo_dir), only) if r["label"] != "not_implanted"]
@@ -283,6 +283,7 @@ def eval_zoo(
     if references:
         default = default.with_name(f"{default.name}-refs{config_hash(compared['references'])[:8]}")
     out = out_dir or default
+    keep = Path(keep) / Path(zoo_dir).name if keep else None  # one folder holds several zoos' outcomes apart
     outputs.check_out_dir(out, [Path(zoo_dir) / "members", Path(zoo_dir) / MANIFEST, *([keep] if keep else [])], None)
     for r in records:  # a member's id names its folder under --out: a plain name, never a path
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", str(r.get("id"))):
