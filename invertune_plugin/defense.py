@@ -89,7 +89,15 @@ def paper_profile() -> InverTuneConfig:
         invert=InvertConfig(
             lr=1e-2, steps=300, batch_size=64, ssim_window=11, parameterization="clamp", mask_init_logit=0.0
         ),
-        tune=TuneConfig(layer_selection="mean+std", lr=8e-6, steps=200, normalize_losses=False, embedding_weight=0.0),
+        tune=TuneConfig(
+            layer_selection="mean+std",
+            beta=0.5,
+            lr=8e-6,
+            steps=200,
+            normalize_losses=False,
+            embedding_weight=0.0,
+            refresh_every=0,
+        ),
     )
 
 
@@ -276,6 +284,8 @@ class InverTune(Defense):
                     break
             first = r == 0
             tune_cfg = replace(cfg.tune, steps=rule.tune_steps) if first and rule.tune_steps is not None else cfg.tune
+            if not first:  # a later round's re-inversion has no adversary to refresh: it stays as found
+                tune_cfg = replace(tune_cfg, refresh_every=0)
             start = time.perf_counter()
             trigger = (finding.tune_with or finding.adversary or current) if first else current
             model, report = tune(

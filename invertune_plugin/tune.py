@@ -68,7 +68,7 @@ class TuneConfig:
 
     layer_selection: Literal["mean+std", "all"] = "all"  # paper mean+std
     kmeans_k: int = 2  # paper 2
-    beta: float = 0.5  # paper 0.5
+    beta: float = 4.0  # paper 0.5; with refresh_every, CA kept on the dev split (docs/invertune.md, stage 3)
     lr: float = 1e-3  # paper 8e-6; feasibility study: 1e-3 with masked updates
     # Not in the paper (paper 0): lr rises linearly over the first warmup_steps; CA is lost early, at full lr
     warmup_steps: int = 0
@@ -86,9 +86,9 @@ class TuneConfig:
     guard_every: int = 50
     guard_images: int = 256  # a seeded subset of the clean images, so a measurement costs one bounded pass
     min_agreement: float = 0.0  # > 0: stop and roll back below this agreement (off; e.g. 0.9 as a collapse guard)
-    # Not in the paper: every refresh_every steps the detector's trigger takes refresh_steps targeted Adam
-    # steps (lr refresh_lr) on the model being tuned (adversary.py); 0: the trigger stays as found
-    refresh_every: int = 0
+    # Not in the paper (paper 0): every refresh_every steps the detector's trigger takes refresh_steps targeted
+    # Adam steps (lr refresh_lr) on the model being tuned (adversary.py), so a high beta still unlearns it
+    refresh_every: int = 10
     refresh_steps: int = 5
     refresh_lr: float = 0.01
     # Not in the paper: hold randomly stamped images' embeddings to the suspect's clean ones (stamps.py),
