@@ -27,6 +27,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
@@ -117,6 +118,19 @@ def set_aside(out: Path, names: Iterable[str], ours: Callable[[Path], bool]) -> 
     return aside
 
 
+def holder(fd: int, tries: int = 20) -> str:
+    """Who holds the lock on ``fd``, as " (pid P on HOST)"; the holder writes it just after locking,
+    so an empty file is read again for up to 0.2 s ("" when it never says)."""
+    for attempt in range(tries):
+        try:
+            held = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+            return f" (pid {int(held['pid'])} on {str(held['host'])[:100]})"
+        except (ValueError, KeyError, TypeError):
+            if attempt < tries - 1:
+                time.sleep(0.01)
+    return ""
+
+
 class OutLock:
     """An exclusive ``flock`` on ``OUT/.toolbox-lock`` for one command: a second command on the same
     OUT is refused; the kernel drops the lock when its holder dies, so a killed run never leaves it stuck."""
@@ -147,13 +161,9 @@ class OutLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-                who = f" (pid {int(holder['pid'])} on {str(holder['host'])[:100]})"
-            except (ValueError, KeyError, TypeError):
-                who = ""
             raise InputError(
-                f"--out {self.out} is in use by another toolbox run{who}: wait for it to finish or choose another --out"
+                f"--out {self.out} is in use by another toolbox run{holder(fd)}: wait for it to finish or "
+                "choose another --out"
             ) from None
         if self._same(fd):
             os.ftruncate(fd, 0)
