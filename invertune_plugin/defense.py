@@ -283,9 +283,10 @@ class InverTune(Defense):
                 if current.holdout_asr < cfg.min_round_asr:
                     break
             first = r == 0
-            tune_cfg = replace(cfg.tune, steps=rule.tune_steps) if first and rule.tune_steps is not None else cfg.tune
-            if not first:  # a later round's re-inversion has no adversary to refresh: it stays as found
-                tune_cfg = replace(tune_cfg, refresh_every=0)
+            if first:
+                tune_cfg = cfg.tune if rule.tune_steps is None else replace(cfg.tune, steps=rule.tune_steps)
+            else:  # a later round's re-inversion has no adversary to refresh: it stays as found
+                tune_cfg = replace(cfg.tune, refresh_every=0)
             start = time.perf_counter()
             trigger = (finding.tune_with or finding.adversary or current) if first else current
             model, report = tune(
