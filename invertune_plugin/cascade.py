@@ -178,13 +178,18 @@ def run_cascade(
     ctx: SearchContext,
     passes: Callable[[Finding], bool] | None = None,
     full: bool = False,
+    rank: Callable[[Finding], float] | None = None,
 ) -> CascadeResult:
     """The detectors in order until a finding ``passes`` (default: its detector's gates; with a clean
-    null, its calibrated tail), or every detector when ``full`` (a clean reference: every statistic)."""
+    null, its calibrated tail), or every detector when ``full`` (a clean reference: every statistic).
+    With ``rank`` every detector runs and the trigger is the passing finding it ranks lowest (ties: the
+    earlier one): a clean null's smallest tail, so a natural attractor one detector finds does not
+    stand in for a stronger trigger a later one finds."""
     steps: list[dict[str, Any]] = []
     first: tuple[Finding, Detector] | None = None
     winner: tuple[Finding, Detector] | None = None
     ratios: list[float] = []
+    passed: list[tuple[Finding, Detector]] = []
     for det in detectors:
         if det.needs_race and (ctx.ident is None or ctx.ident.method != "targeted"):
             steps.append({"detector": det.name, "skipped": "needs stage 1's targeted race (identify.method)"})
@@ -202,8 +207,11 @@ def run_cascade(
             first = (found[0], det)
         if passing and winner is None:
             winner = (passing[0], det)
-        if winner is not None and not full:
+        passed += [(f, det) for f in passing]
+        if winner is not None and not full and rank is None:
             break
+    if rank is not None and passed:
+        winner = min(passed, key=lambda found: rank(found[0]))
     if winner is not None:
         return CascadeResult(Verdict.BACKDOORED, winner[0], winner[1], steps, max(ratios))
     if first is None:

@@ -60,6 +60,9 @@ class InverTuneConfig:
     precision: str = "fp32"
     # the calibrated verdict's false-positive rate on the clean null (--calibration; toolbox/null.py). Ours
     alpha: float = 0.05
+    # with --calibration, which finding is the trigger: "strongest" (every detector runs; the smallest
+    # tail) or "first" (the cascade stops at the first finding the null calls). Ours
+    calibrated_pick: str = "strongest"
     # with --reference: a trigger must send this much more of the held-out images to its target on the
     # suspect than on the reference it moves most (ours; AMDET compares with one clean anchor)
     min_differential: float = 0.5
@@ -74,6 +77,8 @@ class InverTuneConfig:
             raise ValueError("n_images must be >= 2 and the cascade needs at least one detector")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha is a false-positive rate in (0, 1); got {self.alpha}")
+        if self.calibrated_pick not in ("strongest", "first"):
+            raise ValueError(f"calibrated_pick is 'strongest' or 'first'; got {self.calibrated_pick!r}")
         if not -1 <= self.min_differential <= 1:
             raise ValueError(f"min_differential is a difference of rates in [-1, 1]; got {self.min_differential}")
         precision.check(self.precision, "invertune.precision")
@@ -119,6 +124,11 @@ def quick_profile() -> InverTuneConfig:
         invert=InvertConfig(steps=3, batch_size=4),
         tune=TuneConfig(steps=3, batch_size=4, guard_every=0),
     )
+
+
+def calibrated_tail(null: CleanNull) -> Callable[[Finding], float]:
+    """A finding's tail under the null, times k, on the values the result records (as the rule judges it)."""
+    return lambda f: null.adjusted(f.detector, round(f.strength or 0.0, 4))
 
 
 PROFILES = {"default": InverTuneConfig, "paper": paper_profile, "quick": quick_profile}
@@ -198,7 +208,8 @@ class InverTune(Defense):
         start = time.perf_counter()
         search.ident = identify(ctx.model, images, head, cfg.identify, ctx.seed)
         search.timings["identify"] = time.perf_counter() - start
-        result = run_cascade(self.detectors(), search, self.rule(ctx, search, null), full=ctx.reference)
+        rank = calibrated_tail(null) if null is not None and cfg.calibrated_pick == "strongest" else None
+        result = run_cascade(self.detectors(), search, self.rule(ctx, search, null), full=ctx.reference, rank=rank)
         return search, result, key, null
 
     def rule(
@@ -225,10 +236,7 @@ class InverTune(Defense):
             if null is None:
                 return effective_ratio(round(f.gate_ratio, 4), judged, cfg.min_differential) >= 1
             # the null calibrates the suspect's own strength; the references only veto (so one null serves both)
-            return (
-                not vetoed(judged, cfg.min_differential)
-                and null.adjusted(f.detector, round(f.strength or 0.0, 4)) <= cfg.alpha
-            )
+            return not vetoed(judged, cfg.min_differential) and calibrated_tail(null)(f) <= cfg.alpha
 
         return passes
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from invertune_plugin.replay import replay
 from toolbox.cli import main
 from toolbox.errors import InputError
+from toolbox.null import read_null
 from toolbox.zoo.spec import CLEAN_FINETUNE, CLEAN_SCRATCH, draw_members, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -437,6 +439,10 @@ def test_calibrate_writes_a_null_that_zoo_eval_and_run_take(host, smoke_world, t
     results = [json.loads(p.read_text()) for p in report.glob("*/run/result.json")]
     assert len(results) == 5 and all(r["detection"]["null"]["calibrated"] for r in results)
     assert all(0 <= r["detection"]["null"]["score"] <= 1 for r in results)
+    for plain_result in zoo.glob("evals/invertune-*/refs-00*/run/result.json"):  # replayed offline: the same call
+        said = json.loads((report / plain_result.parent.parent.name / "run" / "result.json").read_text())["detection"]
+        got = replay(json.loads(plain_result.read_text())["detection"], read_null(null), 0.05)
+        assert (got.backdoored, got.score) == (said["backdoored"], said["score"])
 
     capsys.readouterr()
     argv = ["run", *quick, "--preset", "smoke", "-p", "n_images=32", "--calibration", str(null)]

@@ -1,0 +1,75 @@
+"""A plain run's calibrated verdict, replayed offline from its ``result.json``: what the same run
+with ``--calibration`` would have said, without running it again.
+
+A run with a clean null walks the same cascade with the same seeds (``InverTune.rule``); a plain
+run stops at the first finding past its gates. Every finding a plain run records carries the
+strength the null calibrates, so the record answers for the calibrated run as far as it goes: the
+verdict wherever the null calls a recorded finding or the plain run measured every detector; the
+score and the trigger taken only where the plain run measured every detector the calibrated run
+would have (``exact``). A calibrated score from fewer statistics is a lower bound of the real one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from toolbox.null import CleanNull
+
+from .cascade import statistics, vetoed
+
+
+@dataclass(frozen=True)
+class Replayed:
+    backdoored: bool
+    score: float  # -log10(bound), as a calibrated run records detection.score (a lower bound unless exact)
+    bound: float  # k * smallest tail over the detectors replayed
+    target: str | None  # the class of the finding taken (or, none passing, of the first)
+    exact: bool  # the record held every detector the calibrated run would have run
+    as_plain: bool  # exact, and the plain run's finding (or none in both): its purification holds too
+
+
+def replay(
+    detection: Mapping[str, Any],
+    null: CleanNull,
+    alpha: float,
+    pick: str = "strongest",
+    min_differential: float = 0.5,
+) -> Replayed | None:
+    """The calibrated verdict of a plain run's ``detection`` under ``null`` at ``alpha``, taking the
+    trigger as ``InverTuneConfig.calibrated_pick`` says; None where the record cannot tell the verdict."""
+    steps = detection.get("cascade")
+    if steps is None:  # a target was given: nothing was assessed, calibrated or not
+        return None
+    found = [(i, j, f) for i, step in enumerate(steps) for j, f in enumerate(step.get("findings", []))]
+
+    def tail(i: int, f: Mapping[str, Any]) -> float:
+        if vetoed(f.get("differential"), min_differential):
+            return math.inf
+        return null.adjusted(steps[i]["detector"], f["strength"])
+
+    called = [(i, j) for i, j, f in found if tail(i, f) <= alpha]
+    complete = bool(detection.get("statistics_complete"))
+    if not called and not complete:
+        return None  # the gates stopped the cascade before the null would have
+    ran, exact = steps, complete
+    if called and pick == "first":
+        ran, exact = steps[: called[0][0] + 1], True
+    if not called:
+        taken = found[0][:2] if found else None
+    elif pick == "first":
+        taken = called[0]
+    else:
+        taken = min(called, key=lambda ij: tail(ij[0], steps[ij[0]]["findings"][ij[1]]))
+    assessed = null.assess({k: v["value"] for k, v in statistics(ran, min_differential).items()}, alpha)
+    plain = next(((i, j) for i, j, f in found if f.get("passed") is True), None)
+    return Replayed(
+        backdoored=bool(called),
+        score=round(-math.log10(max(assessed["bound"], 1e-300)), 6),
+        bound=assessed["bound"],
+        target=steps[taken[0]]["findings"][taken[1]].get("class") if taken else None,
+        exact=exact,
+        as_plain=exact and (taken == plain if called else plain is None),
+    )

@@ -1,0 +1,99 @@
+"""The calibrated cascade's choice of trigger (the smallest tail) and its offline replay from a plain
+run's record (invertune_plugin/replay.py, benchmarks/replay.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from invertune_plugin.cascade import Detector, Finding, run_cascade
+from invertune_plugin.replay import replay
+from toolbox.null import CleanNull, Statistic
+
+ALPHA = 0.05
+CLEAN = (-3.0, -2.5, -2.0, -2.8, -2.2, -2.6, -2.4, -2.7)  # each detector's strongest finding on clean models
+NULL = CleanNull("invertune", {}, {n: Statistic("linear", CLEAN) for n in ("inversion", "patch", "stripes")}, ())
+
+
+def detector(name: str, found: list[tuple[str, float, bool]]) -> Detector:
+    """A detector that finds (class, strength, past its gates) candidates, in that order."""
+
+    class Planted(Detector):
+        needs_race = False
+
+        def search(self, ctx):
+            return [
+                Finding(name, c, None, passed, 1.0 if passed else 0.5, {"class": c}, strength=s)
+                for c, s, passed in found
+            ]
+
+    Planted.name, Planted.label = name, name
+    return Planted(None)
+
+
+def cascade(*found: list[tuple[str, float, bool]]) -> list[Detector]:
+    return [detector(n, f) for n, f in zip(("inversion", "patch", "stripes"), found)]
+
+
+def tail(f: Finding) -> float:
+    return NULL.adjusted(f.detector, round(f.strength, 4))
+
+
+def calibrated(dets: list[Detector], pick: str) -> tuple:
+    result = run_cascade(
+        dets,
+        SimpleNamespace(timings={}, ident=None),
+        lambda f: tail(f) <= ALPHA,
+        rank=tail if pick == "strongest" else None,
+    )
+    return result, record(result, len(dets))
+
+
+def record(result, n: int) -> dict:
+    return {"cascade": result.steps, "statistics_complete": len(result.steps) == n}
+
+
+# patch finds a natural attractor the null calls; stripes, later, the planted trigger, far stronger
+ATTRACTOR = ([("necktie", -2.9, False)], [("badger", 0.0, False), ("necktie", -3.0, False)], [("necktie", 3.0, True)])
+
+
+def test_the_calibrated_trigger_is_the_smallest_tail_not_the_first_the_null_calls():
+    assert tail(Finding("patch", "badger", None, False, 0.5, {}, strength=0.0)) <= ALPHA  # the attractor is called
+    first, _ = calibrated(cascade(*ATTRACTOR), "first")
+    assert (first.finding.target, [s["detector"] for s in first.steps]) == ("badger", ["inversion", "patch"])
+    strongest, _ = calibrated(cascade(*ATTRACTOR), "strongest")
+    assert strongest.finding.target == "necktie" and strongest.detector.name == "stripes"
+    assert [s["detector"] for s in strongest.steps] == ["inversion", "patch", "stripes"]
+    tie, _ = calibrated(cascade([("yarn", 3.0, True)], [("comet", 3.0, True)], []), "strongest")
+    assert tie.finding.target == "yarn"  # equal tails: the earlier detector's
+
+
+@pytest.mark.parametrize("pick", ["strongest", "first"])
+@pytest.mark.parametrize(
+    "found",
+    [
+        ATTRACTOR,
+        ([("yarn", -2.9, False)], [("comet", -2.5, False)], [("skis", -2.7, False)]),  # clean: nothing called
+        ([("comet", 4.0, True)], [("yarn", -2.4, False)], [("skis", -2.3, False)]),  # the first detector: both agree
+    ],
+)
+def test_a_complete_plain_record_replays_to_what_the_calibrated_run_says(found, pick):
+    plain = run_cascade(cascade(*found), SimpleNamespace(timings={}, ident=None), full=True)
+    result, calibrated_record = calibrated(cascade(*found), pick)
+    got = replay(record(plain, 3), NULL, ALPHA, pick)
+    said = NULL.assess({s["detector"]: max(f["strength"] for f in s["findings"]) for s in result.steps}, ALPHA)
+    assert got is not None and got.exact
+    assert got.backdoored == (result.verdict.backdoored is True) and got.target == result.finding.target
+    assert got.bound == pytest.approx(said["bound"])
+    assert replay(calibrated_record, NULL, ALPHA, pick) == got  # a calibrated record replays to itself
+
+
+def test_a_plain_record_the_gates_cut_short_says_what_it_can():
+    cut = run_cascade(cascade(*ATTRACTOR[:1], [("necktie", 1.0, True)], []), SimpleNamespace(timings={}, ident=None))
+    strongest = replay(record(cut, 3), NULL, ALPHA)  # the null calls patch's finding: backdoored, the rest unknown
+    assert strongest.backdoored and not strongest.exact and not strongest.as_plain
+    assert replay(record(cut, 3), NULL, ALPHA, "first").exact  # "first" stops where the record does
+    quiet = run_cascade(cascade([("yarn", -2.9, True)], [], []), SimpleNamespace(timings={}, ident=None))
+    assert replay(record(quiet, 3), NULL, ALPHA) is None  # the gates stopped where the null would not have
+    assert replay({"target_given": True}, NULL, ALPHA) is None
