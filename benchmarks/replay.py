@@ -1,9 +1,11 @@
 """The calibrated verdict of a plain zoo evaluation, replayed offline from its kept outcomes (issue 42):
-what ``invertune-null`` would have said, in seconds instead of a re-run.
+what ``invertune-null`` would have said, in seconds instead of a re-run; or the gates' verdict of a
+calibrated evaluation (``--rule gates``).
 
     python benchmarks/replay.py docs/results/outcomes/dev/invertune-2013f5e017533143 \\
         --calibration docs/results/nulls/invertune-default.json \\
         --calibration docs/results/nulls/invertune-default-resnet.json
+    python benchmarks/replay.py KEPT_CALIBRATED_EVALUATION --rule gates [--threshold T_FROM_DEV]
 
 Reads every member folder (``ID/outcome.json`` and ``ID/run/result.json``, as ``--keep-outcomes``
 keeps them), replays each cascade under its architecture's null (:mod:`invertune_plugin.replay`)
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from invertune_plugin.defense import InverTuneConfig
-from invertune_plugin.replay import replay
+from invertune_plugin.replay import replay, replay_gates
 from toolbox.errors import InputError
 from toolbox.null import read_null, select
 from toolbox.zoo.report import markdown_members, markdown_summary
@@ -39,7 +41,7 @@ def read_json(path: Path) -> Any:
 
 
 def member_rows(
-    folder: Path, nulls: list, alpha: float, pick: str
+    folder: Path, nulls: list, alpha: float, pick: str, rule: str
 ) -> tuple[list[MemberOutcome], list[str], list[str], set[str]]:
     """Each kept member replayed: the rescored rows, the members the replay cannot tell, those whose
     score and trigger it bounds only, and the code versions the outcomes came from."""
@@ -50,11 +52,14 @@ def member_rows(
         row = MemberOutcome.from_dict(kept["outcome"])
         codes.add(str(kept.get("code")))
         detection = read_json(outcome_file.parent / "run" / "result.json").get("detection") or {}
-        try:
-            null = select(nulls, detection.get("null_key") or {}, "invertune")
-        except InputError as exc:
-            raise SystemExit(f"{row.member_id}: {exc}") from None
-        got = replay(detection, null, alpha, pick, min_differential)
+        if rule == "gates":
+            got = replay_gates(detection, min_differential)
+        else:
+            try:
+                null = select(nulls, detection.get("null_key") or {}, "invertune")
+            except InputError as exc:
+                raise SystemExit(f"{row.member_id}: {exc}") from None
+            got = replay(detection, null, alpha, pick, min_differential)
         if got is None:
             undetermined.append(row.member_id)
             continue
@@ -76,7 +81,9 @@ def member_rows(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outcomes", type=Path, help="a kept evaluation: DIR/ZOO/CONFIGURATION of --keep-outcomes")
-    ap.add_argument("--calibration", type=Path, action="append", required=True, help="a clean null (repeatable)")
+    ap.add_argument("--rule", choices=("null", "gates"), default="null", help="the verdict to replay")
+    ap.add_argument("--calibration", type=Path, action="append", default=[], help="a clean null (repeatable)")
+    ap.add_argument("--threshold", type=float, help="with --rule gates: a score cut chosen on dev")
     ap.add_argument("--alpha", type=float, default=InverTuneConfig().alpha)
     ap.add_argument("--pick", choices=("strongest", "first"), default=InverTuneConfig().calibrated_pick)
     args = ap.parse_args()
@@ -84,22 +91,31 @@ def main() -> int:
         ap.error(f"{args.outcomes} is not a folder of kept outcomes")
     if not 0 < args.alpha < 1:
         ap.error(f"--alpha is a false-positive rate in (0, 1); got {args.alpha}")
+    if args.rule == "null" and not args.calibration:
+        ap.error("--rule null needs --calibration FILE (one per architecture)")
     try:
         nulls = [read_null(p) for p in args.calibration]
     except InputError as exc:
         ap.error(str(exc))
-    rows, undetermined, bounded, codes = member_rows(args.outcomes, nulls, args.alpha, args.pick)
+    rows, undetermined, bounded, codes = member_rows(args.outcomes, nulls, args.alpha, args.pick, args.rule)
     if not rows:
         ap.error(f"{args.outcomes}: no member the replay can tell (ID/outcome.json and ID/run/result.json)")
-    title = f"{args.outcomes.name}, replayed under the clean null at alpha {args.alpha:g} (pick: {args.pick})"
-    print(markdown_summary(score_population(rows, threshold=-math.log10(args.alpha)), title))
+    if args.rule == "gates":
+        title, threshold = f"{args.outcomes.name}, replayed under the gates", args.threshold
+    else:
+        title = f"{args.outcomes.name}, replayed under the clean null at alpha {args.alpha:g} (pick: {args.pick})"
+        threshold = -math.log10(args.alpha)
+    print(markdown_summary(score_population(rows, threshold=threshold), title))
     print("\n## Members\n\n" + markdown_members(rows))
     print(f"\nReplayed from outcomes of code {', '.join(sorted(codes))}; {len(rows)} members.")
-    print(f"Undetermined (the gates stopped before the null would have): {', '.join(undetermined) or 'none'}.")
     print(
-        "Bounded (the gates stopped before every detector ran: score a lower bound, trigger among those recorded, "
-        f"purification not measured): {', '.join(bounded) or 'none'}."
+        f"Undetermined (the record stopped before the replayed rule would have): {', '.join(undetermined) or 'none'}."
     )
+    if args.rule == "null":
+        print(
+            "Bounded (the gates stopped before every detector ran: score a lower bound, trigger among those "
+            f"recorded, purification not measured): {', '.join(bounded) or 'none'}."
+        )
     return 0
 
 

@@ -6,6 +6,7 @@
     python benchmarks/zoo.py --defenses invertune,invertune-null --calibration null-vit.json --calibration null-rn.json
     python benchmarks/zoo.py --defenses invertune-refs          # each member beside its base preset (--reference)
     python benchmarks/zoo.py --keep-outcomes docs/results/outcomes   # evaluations resumable on the next machine
+    python benchmarks/zoo.py --rebound-steps 100               # and each purified model's rebound ASR
 
 Builds each split's zoo (``zoo/SPLIT.yaml``; resumable, members cached by config) under
 ``ROOT/SPLIT``, evaluates every defense on it blind, and prints the scorer's summary table per
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the evaluations' outcomes in DIR/SPLIT/CONFIGURATION, taken from there (resumes on another machine)",
     )
     ap.add_argument(
+        "--rebound-steps",
+        type=int,
+        default=0,
+        help="also the real trigger's ASR after this many clean fine-tuning steps of each defended model",
+    )
+    ap.add_argument(
         "--docs",
         type=Path,
         help="write the generated pages here (default: the repository's docs/, after a complete run only)",
@@ -78,6 +85,8 @@ def main() -> int:
     args = ap.parse_args()
     if "invertune-null" in args.defenses.split(",") and not args.calibration:
         ap.error("invertune-null needs --calibration FILE (toolbox zoo calibrate)")
+    if args.rebound_steps < 0:
+        ap.error(f"--rebound-steps must be >= 0, got {args.rebound_steps}")
     grid = grid_config_from(args)
     prov = provenance(["python", "benchmarks/zoo.py", *sys.argv[1:]])
     thresholds: dict[str, float | None] = {}
@@ -106,6 +115,7 @@ def main() -> int:
                 calibration=tuple(args.calibration) if name == "invertune-null" else (),
                 references=("base",) if name == "invertune-refs" else (),
                 keep=args.keep_outcomes,
+                rebound_steps=args.rebound_steps,
             )
             rows += not_implanted_rows(args.root / split)
             given = thresholds.get(name) if split != "dev" else None

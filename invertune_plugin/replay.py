@@ -7,6 +7,8 @@ strength the null calibrates, so the record answers for the calibrated run as fa
 verdict wherever the null calls a recorded finding or the plain run measured every detector; the
 score and the trigger taken only where the plain run measured every detector the calibrated run
 would have (``exact``). A calibrated score from fewer statistics is a lower bound of the real one.
+The other way, a calibrated run records every detector, so its record answers exactly for the
+gates (:func:`replay_gates`).
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ from typing import Any
 
 from toolbox.null import CleanNull
 
-from .cascade import statistics, vetoed
+from .cascade import effective_ratio, gate_score, statistics, vetoed
 
 
 @dataclass(frozen=True)
 class Replayed:
     backdoored: bool
-    score: float  # -log10(bound), as a calibrated run records detection.score (a lower bound unless exact)
-    bound: float  # k * smallest tail over the detectors replayed
+    score: float  # as the replayed rule's run records detection.score (under a null: a lower bound unless exact)
     target: str | None  # the class of the finding taken (or, none passing, of the first)
-    exact: bool  # the record held every detector the calibrated run would have run
-    as_plain: bool  # exact, and the plain run's finding (or none in both): its purification holds too
+    exact: bool  # the record held every detector the replayed run would have run
+    as_plain: bool  # exact, and the recorded run's finding (or none in both): its purification holds too
 
 
 def replay(
@@ -68,8 +69,30 @@ def replay(
     return Replayed(
         backdoored=bool(called),
         score=round(-math.log10(max(assessed["bound"], 1e-300)), 6),
-        bound=assessed["bound"],
         target=steps[taken[0]]["findings"][taken[1]].get("class") if taken else None,
         exact=exact,
         as_plain=exact and (taken == plain if called else plain is None),
+    )
+
+
+def replay_gates(detection: Mapping[str, Any], min_differential: float = 0.5) -> Replayed | None:
+    """The gates' verdict (no null) of a run's ``detection``; None where the record stopped before they
+    would have. Its purification is the record's only where neither found a trigger."""
+    steps = detection.get("cascade")
+    if steps is None:
+        return None
+    found = [(i, j, f) for i, step in enumerate(steps) for j, f in enumerate(step.get("findings", []))]
+    called = next(
+        ((i, j) for i, j, f in found if effective_ratio(f["gate_ratio"], f.get("differential"), min_differential) >= 1),
+        None,
+    )
+    if called is None and not detection.get("statistics_complete"):
+        return None
+    taken = called or (found[0][:2] if found else None)
+    return Replayed(
+        backdoored=called is not None,
+        score=round(gate_score(steps if called is None else steps[: called[0] + 1], min_differential), 4),
+        target=steps[taken[0]]["findings"][taken[1]].get("class") if taken else None,
+        exact=True,
+        as_plain=called is None and detection.get("backdoored") is False,
     )
