@@ -48,10 +48,13 @@ def member_rows(
     rows, undetermined, bounded, codes = [], [], [], set()
     min_differential = InverTuneConfig().min_differential
     for outcome_file in sorted(folder.glob("*/outcome.json")):
-        kept = read_json(outcome_file)
-        row = MemberOutcome.from_dict(kept["outcome"])
+        kept, result = read_json(outcome_file), read_json(outcome_file.parent / "run" / "result.json")
+        try:
+            row = MemberOutcome.from_dict(kept["outcome"])
+            detection = result.get("detection") or {}
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise SystemExit(f"{outcome_file.parent}: not a kept outcome ({exc})") from None
         codes.add(str(kept.get("code")))
-        detection = read_json(outcome_file.parent / "run" / "result.json").get("detection") or {}
         if rule == "gates":
             got = replay_gates(detection, min_differential)
         else:

@@ -154,6 +154,10 @@ def test_the_benchmark_scores_a_kept_plain_evaluation_under_the_null(tmp_path, m
     assert bench.main() == 0
     out = capsys.readouterr().out
     assert "TP 1 · FP 0 · TN 1 · FN 0" in out and "| backdoored | right |" in out and "code c1" in out
+    (tmp_path / "kept" / "z-1" / "outcome.json").write_text('{"code": "c1"}')
+    monkeypatch.setattr("sys.argv", ["replay.py", str(tmp_path / "kept"), "--calibration", str(tmp_path / "null.json")])
+    with pytest.raises(SystemExit, match="z-1: not a kept outcome"):
+        bench.main()
     monkeypatch.setattr("sys.argv", ["replay.py", str(tmp_path / "kept")])
     with pytest.raises(SystemExit):
         bench.main()
