@@ -64,9 +64,14 @@ def detection_record(
         if null is not None:
             assessed = null.assess({k: v["value"] for k, v in stats.items()}, cfg.alpha)
             doc["null"] = assessed
-            doc["score"] = round(-math.log10(max(assessed["bound"], 1e-300)), 6)
+            doc["score"] = calibrated_score(assessed["bound"])
             doc["score_definition"] = CALIBRATED_SCORE_DEFINITION
     return doc
+
+
+def calibrated_score(bound: float) -> float:
+    """``detection.score`` under a clean null: -log10 of k * smallest tail, uncapped so it ranks every model."""
+    return round(-math.log10(max(bound, 1e-300)), 6)
 
 
 def null_key(

@@ -21,6 +21,7 @@ from typing import Any
 from toolbox.null import CleanNull
 
 from .cascade import effective_ratio, gate_score, statistics, vetoed
+from .record import calibrated_score
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Replayed:
     target: str | None  # the class of the finding taken (or, none passing, of the first)
     exact: bool  # the record held every detector the replayed run would have run
     as_plain: bool  # exact, and the recorded run's finding (or none in both): its purification holds too
+
+
+def findings(steps: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Every recorded finding as (step index, index in its step, its record), in cascade order."""
+    return [(i, j, f) for i, step in enumerate(steps) for j, f in enumerate(step.get("findings", []))]
 
 
 def replay(
@@ -44,14 +50,15 @@ def replay(
     steps = detection.get("cascade")
     if steps is None:  # a target was given: nothing was assessed, calibrated or not
         return None
-    found = [(i, j, f) for i, step in enumerate(steps) for j, f in enumerate(step.get("findings", []))]
+    found = findings(steps)
 
     def tail(i: int, f: Mapping[str, Any]) -> float:
         if vetoed(f.get("differential"), min_differential):
             return math.inf
         return null.adjusted(steps[i]["detector"], f["strength"])
 
-    called = [(i, j) for i, j, f in found if tail(i, f) <= alpha]
+    tails = {(i, j): tail(i, f) for i, j, f in found}
+    called = [ij for ij, t in tails.items() if t <= alpha]
     complete = bool(detection.get("statistics_complete"))
     if not called and not complete:
         return None  # the gates stopped the cascade before the null would have
@@ -63,12 +70,12 @@ def replay(
     elif pick == "first":
         taken = called[0]
     else:
-        taken = min(called, key=lambda ij: tail(ij[0], steps[ij[0]]["findings"][ij[1]]))
+        taken = min(called, key=tails.__getitem__)
     assessed = null.assess({k: v["value"] for k, v in statistics(ran, min_differential).items()}, alpha)
     plain = next(((i, j) for i, j, f in found if f.get("passed") is True), None)
     return Replayed(
         backdoored=bool(called),
-        score=round(-math.log10(max(assessed["bound"], 1e-300)), 6),
+        score=calibrated_score(assessed["bound"]),
         target=steps[taken[0]]["findings"][taken[1]].get("class") if taken else None,
         exact=exact,
         as_plain=exact and (taken == plain if called else plain is None),
@@ -81,7 +88,7 @@ def replay_gates(detection: Mapping[str, Any], min_differential: float = 0.5) ->
     steps = detection.get("cascade")
     if steps is None:
         return None
-    found = [(i, j, f) for i, step in enumerate(steps) for j, f in enumerate(step.get("findings", []))]
+    found = findings(steps)
     called = next(
         ((i, j) for i, j, f in found if effective_ratio(f["gate_ratio"], f.get("differential"), min_differential) >= 1),
         None,
